@@ -1,0 +1,149 @@
+"""Stages: async units of work with named input and output ports."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from egresskit.pipeline.link import EOS, Link, _EndOfStream
+
+if TYPE_CHECKING:
+    from egresskit.pipeline.bus import Bus
+    from egresskit.pipeline.clock import GraphClock
+    from egresskit.pipeline.graph import Graph
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class OutputPort(Generic[T]):
+    """Where a stage sends items; linked to one link per downstream consumer (a tee)."""
+
+    def __init__(self, stage: Stage, name: str) -> None:
+        self.stage = stage
+        self.name = name
+        self.links: list[Link[T]] = []
+        self._closed = False
+
+    @property
+    def linked(self) -> bool:
+        return bool(self.links)
+
+    async def send(self, item: T) -> None:
+        for link in self.links:
+            await link.put(item)
+
+    def send_nowait(self, item: T) -> None:
+        for link in self.links:
+            link.put_nowait(item)
+
+    async def close(self) -> None:
+        """Forward end of stream downstream, once."""
+        if self._closed:
+            return
+        self._closed = True
+        for link in self.links:
+            await link.close()
+
+    def __repr__(self) -> str:
+        return f"{self.stage.name}.{self.name}"
+
+
+class InputPort(Generic[T]):
+    """Where a stage receives items; an unlinked input is at end of stream at once."""
+
+    def __init__(self, stage: Stage, name: str) -> None:
+        self.stage = stage
+        self.name = name
+        self.link: Link[T] | None = None
+
+    async def recv(self) -> T | _EndOfStream:
+        if self.link is None:
+            return EOS
+        return await self.link.get()
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        if self.link is None:
+            return
+        async for item in self.link:
+            yield item
+
+    def __repr__(self) -> str:
+        return f"{self.stage.name}.{self.name}"
+
+
+class Stage:
+    """Base of every pipeline stage.
+
+    A source stage watches `stopping` (or overrides `on_stop`) and closes its
+    outputs; any other stage runs until its inputs reach end of stream. The
+    graph closes a stage's outputs when `run` returns, so end of stream always
+    travels on.
+    """
+
+    def __init__(self, name: str | None = None) -> None:
+        self.name = name or type(self).__name__
+        self.graph: Graph | None = None
+        self.stopping = asyncio.Event()
+        self.inputs: dict[str, InputPort[Any]] = {}
+        self.outputs: dict[str, OutputPort[Any]] = {}
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+
+    def add_input(self, name: str) -> InputPort[Any]:
+        port: InputPort[Any] = InputPort(self, name)
+        self.inputs[name] = port
+        return port
+
+    def add_output(self, name: str) -> OutputPort[Any]:
+        port: OutputPort[Any] = OutputPort(self, name)
+        self.outputs[name] = port
+        return port
+
+    @property
+    def clock(self) -> GraphClock:
+        assert self.graph is not None, f"{self.name} is not in a graph"
+        return self.graph.clock
+
+    @property
+    def bus(self) -> Bus:
+        assert self.graph is not None, f"{self.name} is not in a graph"
+        return self.graph.bus
+
+    def post(self, kind: str, **data: Any) -> None:
+        if self.graph is not None:
+            self.graph.bus.post(kind, self.name, **data)
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def on_stop(self) -> None:
+        """A stop was requested: sources end their streams (default: set `stopping`)."""
+        self.stopping.set()
+
+    async def offload(self, fn: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run blocking media work on this stage's own worker thread, in order.
+
+        One thread per stage keeps codec calls serialized (codec contexts are
+        not thread-safe) while the event loop stays free.
+        """
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+
+    async def cleanup(self) -> None:
+        """Release resources after `run` ended for any reason (also on cancel)."""
+
+    def close_executor(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    def stats(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"

@@ -1,0 +1,162 @@
+"""RoomSubscriber: the source of per-track frames and room changes for a graph."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from livekit.protocol import models
+
+from egresskit.pipeline import EOS, Link, LinkPolicy, Stage
+from egresskit.rooms.events import (
+    ParticipantJoined,
+    ParticipantLeft,
+    TrackMuted,
+    TrackPublished,
+    TrackUnpublished,
+)
+from egresskit.rooms.local import LocalRoom, LocalTrack
+from egresskit.stages.media import TrackEnded, TrackFrame, TrackInfo, TrackMuteChanged, TrackStarted
+
+log = logging.getLogger(__name__)
+
+TrackFilter = Callable[[LocalTrack], bool]
+
+# Raw video is live: a subscriber keeps only the newest frames of each track.
+VIDEO_TRACK_QUEUE = 2
+# Audio is kept for up to a second of backlog; overflow is counted by the link.
+AUDIO_TRACK_QUEUE = 50
+
+
+def track_info(track: LocalTrack) -> TrackInfo:
+    return TrackInfo(
+        sid=track.sid,
+        kind=track.kind,
+        source=track.source,
+        participant_identity=track.participant.identity,
+        participant_name=track.participant.name,
+        mime_type=track.mime_type,
+    )
+
+
+class RoomSubscriber(Stage):
+    """Follows a room: subscribes to every matching track and forwards its frames.
+
+    Outputs `video` and `audio` carry TrackStarted / TrackFrame /
+    TrackMuteChanged / TrackEnded items. Drops happen per track at the
+    subscription (leaky), never on the way to the compositor or mixer, so
+    control items are never lost. Room changes are posted on the bus
+    (`participant_joined`, `participant_left`, `room_empty`).
+    """
+
+    def __init__(
+        self,
+        room: LocalRoom,
+        *,
+        video: bool = True,
+        audio: bool = True,
+        track_filter: TrackFilter | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.room = room
+        self.want_video = video
+        self.want_audio = audio
+        self.track_filter = track_filter
+        self.video = self.add_output("video")
+        self.audio = self.add_output("audio")
+        self._pumps: dict[str, asyncio.Task[None]] = {}
+        self._subscriptions: dict[str, tuple[LocalTrack, Link]] = {}
+        self._events: Link | None = None
+
+    def _wanted(self, track: LocalTrack) -> bool:
+        if track.kind == models.TrackType.VIDEO and not self.want_video:
+            return False
+        if track.kind == models.TrackType.AUDIO and not self.want_audio:
+            return False
+        return self.track_filter is None or self.track_filter(track)
+
+    def _port(self, track: LocalTrack):
+        return self.video if track.kind == models.TrackType.VIDEO else self.audio
+
+    async def run(self) -> None:
+        self._events = self.room.subscribe_events()
+        stop = asyncio.create_task(self.stopping.wait())
+        try:
+            while True:
+                get = asyncio.create_task(self._events.get())
+                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if get not in done:
+                    get.cancel()
+                    break
+                event = get.result()
+                if event is EOS:
+                    break
+                await self._handle(event)
+            for sid in list(self._subscriptions):
+                await self._end_track(sid)
+        finally:
+            stop.cancel()
+            self._release()
+
+    async def _handle(self, event: object) -> None:
+        if isinstance(event, TrackPublished) and self._wanted(event.track):
+            await self._start_track(event.track)
+        elif isinstance(event, TrackUnpublished) and event.track.sid in self._subscriptions:
+            await self._end_track(event.track.sid)
+        elif isinstance(event, TrackMuted) and event.track.sid in self._subscriptions:
+            track = event.track
+            await self._port(track).send(TrackMuteChanged(track_info(track), event.muted))
+        elif isinstance(event, ParticipantJoined):
+            self.post("participant_joined", identity=event.participant.identity)
+        elif isinstance(event, ParticipantLeft):
+            self.post("participant_left", identity=event.participant.identity)
+            if self.room.empty:
+                self.post("room_empty", room=self.room.name)
+
+    async def _start_track(self, track: LocalTrack) -> None:
+        if track.sid in self._subscriptions:
+            return
+        video = track.kind == models.TrackType.VIDEO
+        link = track.subscribe(
+            maxsize=VIDEO_TRACK_QUEUE if video else AUDIO_TRACK_QUEUE, policy=LinkPolicy.DROP_OLDEST
+        )
+        self._subscriptions[track.sid] = (track, link)
+        info = track_info(track)
+        port = self._port(track)
+        await port.send(TrackStarted(info))
+        if track.muted:
+            await port.send(TrackMuteChanged(info, True))
+        self._pumps[track.sid] = asyncio.create_task(self._pump(info, link, port))
+        self.post("track_subscribed", track_sid=track.sid, kind="video" if video else "audio")
+
+    async def _pump(self, info: TrackInfo, link: Link, port) -> None:
+        async for frame in link:
+            await port.send(TrackFrame(info, frame))
+
+    async def _end_track(self, sid: str) -> None:
+        track, link = self._subscriptions.pop(sid)
+        track.unsubscribe(link)
+        pump = self._pumps.pop(sid, None)
+        if pump is not None:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+        await self._port(track).send(TrackEnded(track_info(track)))
+
+    def _release(self) -> None:
+        """Drop every subscription (also on cancel, when nothing more may be sent)."""
+        for pump in self._pumps.values():
+            pump.cancel()
+        self._pumps.clear()
+        for track, link in self._subscriptions.values():
+            track.unsubscribe(link)
+        self._subscriptions.clear()
+        if self._events is not None:
+            self.room.unsubscribe_events(self._events)
+            self._events = None
+
+    def stats(self) -> dict[str, int]:
+        return {"dropped_" + sid: link.dropped for sid, (_, link) in self._subscriptions.items()}
