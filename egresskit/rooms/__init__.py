@@ -1,0 +1,28 @@
+"""Rooms that egress records: embedded rooms fed by WHIP publishers or in-process tracks."""
+
+from egresskit.rooms.events import (
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomEvent,
+    TrackMuted,
+    TrackPublished,
+    TrackUnpublished,
+)
+from egresskit.rooms.ice import restrict_ice_addresses
+from egresskit.rooms.local import LocalParticipant, LocalRoom, LocalTrack, RoomManager
+from egresskit.rooms.whip import whip_app
+
+__all__ = [
+    "LocalParticipant",
+    "LocalRoom",
+    "LocalTrack",
+    "ParticipantJoined",
+    "ParticipantLeft",
+    "RoomEvent",
+    "RoomManager",
+    "TrackMuted",
+    "TrackPublished",
+    "TrackUnpublished",
+    "restrict_ice_addresses",
+    "whip_app",
+]

@@ -1,0 +1,374 @@
+"""Embedded rooms: participants publish media tracks, stages subscribe to decoded frames.
+
+A room lives in this process. Tracks come from WHIP publishers (see
+`egresskit.rooms.whip`) or from any in-process `aiortc.MediaStreamTrack`.
+Each published track has exactly one reader task, which drains the track for
+as long as it is published and fans each frame out to bounded subscriber
+links; a remote WebRTC track buffers without limit inside aiortc, so it must
+be read even when nobody subscribes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import string
+import time
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from livekit.protocol import models
+
+from egresskit.pipeline.link import Link, LinkPolicy
+from egresskit.rooms.events import (
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomEvent,
+    TrackMuted,
+    TrackPublished,
+    TrackUnpublished,
+)
+
+log = logging.getLogger(__name__)
+
+SID_ALPHABET = string.ascii_letters + string.digits
+
+# A BLOCK subscriber that stops reading must not stall the reader for ever:
+# the reader is the only thing keeping the remote track's buffer small.
+BLOCKED_SUBSCRIBER_WAIT_S = 2.0
+# Bound on tearing down a publisher's connection or receiver.
+RELEASE_TIMEOUT_S = 5.0
+
+DEFAULT_MIME_TYPES = {"video": "video/VP8", "audio": "audio/opus"}
+TRACK_TYPES = {"video": models.TrackType.VIDEO, "audio": models.TrackType.AUDIO}
+DEFAULT_SOURCES = {"video": models.TrackSource.CAMERA, "audio": models.TrackSource.MICROPHONE}
+
+
+def new_sid(prefix: str) -> str:
+    """A LiveKit-style id: a type prefix and 12 random alphanumerics."""
+    return prefix + "".join(secrets.choice(SID_ALPHABET) for _ in range(12))
+
+
+class Closable(Protocol):
+    """What a participant's connection must offer so leaving can end it."""
+
+    async def close(self) -> None: ...
+
+
+class LocalTrack:
+    """A published track; subscribers get its decoded frames through their own links."""
+
+    def __init__(
+        self,
+        media: MediaStreamTrack,
+        participant: LocalParticipant,
+        *,
+        source: int,
+        name: str,
+        mime_type: str,
+        release: Callable[[], Awaitable[None]] | None,
+    ) -> None:
+        self.sid = new_sid("TR_")
+        self.kind: int = TRACK_TYPES[media.kind]
+        self.source = source
+        self.name = name
+        self.mime_type = mime_type
+        self.muted = False
+        self.participant = participant
+        self.published_at = time.time()
+        self._media = media
+        self._release = release
+        self._subscribers: list[Link] = []
+        self._reader: asyncio.Task[None] | None = None
+        self._ended = False
+
+    def __repr__(self) -> str:
+        return f"LocalTrack({self.sid}, {self.mime_type}, {self.participant.identity!r})"
+
+    def subscribe(self, maxsize: int = 30, policy: LinkPolicy = LinkPolicy.DROP_OLDEST) -> Link:
+        """A link receiving each decoded frame from now on, then EOS when the track ends."""
+        link: Link = Link(maxsize, policy, name=self.sid)
+        if self._ended:
+            link.close_nowait()
+        else:
+            self._subscribers.append(link)
+        return link
+
+    def unsubscribe(self, link: Link) -> None:
+        with contextlib.suppress(ValueError):
+            self._subscribers.remove(link)
+
+    def _start(self, on_end: Callable[[LocalTrack], None]) -> None:
+        self._reader = asyncio.create_task(self._read(on_end), name=f"read {self.sid}")
+
+    async def _read(self, on_end: Callable[[LocalTrack], None]) -> None:
+        while True:
+            try:
+                frame = await self._media.recv()
+            except MediaStreamError:
+                break
+            except Exception:
+                log.exception("track %s failed; unpublishing it", self.sid)
+                break
+            # A copy: subscribers may come and go while a BLOCK link makes us wait.
+            for link in list(self._subscribers):
+                if link.policy is LinkPolicy.BLOCK:
+                    try:
+                        await asyncio.wait_for(link.put(frame), BLOCKED_SUBSCRIBER_WAIT_S)
+                    except TimeoutError:
+                        link.dropped += 1
+                else:
+                    link.put_nowait(frame)
+        await self._close_subscribers()
+        on_end(self)
+
+    def _stop(self) -> None:
+        """No more frames: stop the reader (unless it is the caller) and the media track."""
+        self._ended = True
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            self._reader.cancel()
+        self._media.stop()
+
+    async def _close_subscribers(self) -> None:
+        """EOS to every subscriber; a BLOCK link first gets a bounded wait for room.
+
+        Waiting by polling: `Link.close` cannot be abandoned half way, and a
+        BLOCK link must not lose its last frames to `close_nowait`.
+        """
+        links, self._subscribers = self._subscribers, []
+        deadline = time.monotonic() + BLOCKED_SUBSCRIBER_WAIT_S
+        for link in links:
+            if link.policy is LinkPolicy.BLOCK:
+                while link.qsize() >= link.maxsize and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+            link.close_nowait()
+
+    async def _finish(self) -> None:
+        """After `_stop`: wait for the reader, end the subscribers, release the source."""
+        if self._reader is not None and self._reader is not asyncio.current_task():
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._reader), RELEASE_TIMEOUT_S)
+        await self._close_subscribers()
+        if self._release is not None:
+            release, self._release = self._release, None
+            try:
+                await asyncio.wait_for(release(), RELEASE_TIMEOUT_S)
+            except Exception:
+                log.warning("releasing track %s failed", self.sid, exc_info=True)
+
+
+class LocalParticipant:
+    """Someone in a room, owning its published tracks and, for WHIP, its connection."""
+
+    def __init__(
+        self,
+        room: LocalRoom,
+        identity: str,
+        *,
+        name: str,
+        metadata: str,
+        kind: int,
+        connection: Closable | None,
+    ) -> None:
+        self.sid = new_sid("PA_")
+        self.identity = identity
+        self.name = name
+        self.metadata = metadata
+        self.kind = kind
+        self.joined_at = time.time()
+        self.tracks: dict[str, LocalTrack] = {}
+        self.room = room
+        self.connection = connection
+
+    def __repr__(self) -> str:
+        return f"LocalParticipant({self.sid}, {self.identity!r})"
+
+
+class LocalRoom:
+    """Participants and tracks of one embedded room, and the subscribers to its events."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.sid = new_sid("RM_")
+        self.created_at = time.time()
+        self.participants: dict[str, LocalParticipant] = {}
+        self._event_links: list[Link] = []
+
+    def __repr__(self) -> str:
+        return f"LocalRoom({self.name!r}, {len(self.participants)} participants)"
+
+    @property
+    def empty(self) -> bool:
+        return not self.participants
+
+    def join(
+        self,
+        identity: str,
+        *,
+        name: str = "",
+        metadata: str = "",
+        kind: int = models.ParticipantInfo.Kind.STANDARD,
+        connection: Closable | None = None,
+    ) -> LocalParticipant:
+        """Add a participant; joining with an identity already present returns that participant.
+
+        `connection` (a WHIP peer connection) is closed when the participant
+        leaves; it cannot be attached to an existing participant.
+        """
+        existing = self.participants.get(identity)
+        if existing is not None:
+            if connection is not None:
+                raise ValueError(f"participant {identity!r} is already in room {self.name!r}")
+            return existing
+        participant = LocalParticipant(
+            self, identity, name=name, metadata=metadata, kind=kind, connection=connection
+        )
+        self.participants[identity] = participant
+        self._emit(ParticipantJoined(self, participant))
+        return participant
+
+    async def publish(
+        self,
+        track: MediaStreamTrack,
+        *,
+        identity: str,
+        source: int | None = None,
+        name: str = "",
+        mime_type: str | None = None,
+        release: Callable[[], Awaitable[None]] | None = None,
+    ) -> LocalTrack:
+        """Publish a media track for `identity`, joining it if needed.
+
+        The room takes the track over: unpublishing stops it. `mime_type` is
+        the codec it arrived in (WebRTC); in-process tracks default to what a
+        WebRTC publisher would send. `release` is awaited after unpublishing,
+        so a publisher can stop what feeds the track (a WebRTC receiver).
+        This coroutine never suspends, so a caller can publish several tracks
+        with no other task changing the room in between.
+        """
+        if track.kind not in TRACK_TYPES:
+            raise ValueError(f"cannot publish a {track.kind!r} track")
+        participant = self.join(identity)
+        local = LocalTrack(
+            track,
+            participant,
+            source=DEFAULT_SOURCES[track.kind] if source is None else source,
+            name=name,
+            mime_type=mime_type or DEFAULT_MIME_TYPES[track.kind],
+            release=release,
+        )
+        participant.tracks[local.sid] = local
+        local._start(self._remove_track)
+        self._emit(TrackPublished(self, local))
+        return local
+
+    async def unpublish(self, track_sid: str) -> None:
+        """Remove a track: its subscribers get EOS; unknown ids are ignored."""
+        track = self.track(track_sid)
+        if track is None:
+            return
+        self._remove_track(track)
+        await track._finish()
+
+    async def leave(self, identity: str) -> None:
+        """Unpublish every track of the participant, then it leaves and its connection closes."""
+        participant = self.participants.get(identity)
+        if participant is None:
+            return
+        for track_sid in list(participant.tracks):
+            await self.unpublish(track_sid)
+        # Another task may have replaced the participant while tracks were released.
+        if self.participants.get(identity) is participant:
+            del self.participants[identity]
+            self._emit(ParticipantLeft(self, participant))
+        if participant.connection is not None:
+            connection, participant.connection = participant.connection, None
+            try:
+                await asyncio.wait_for(connection.close(), RELEASE_TIMEOUT_S)
+            except Exception:
+                log.warning("closing the connection of %s failed", identity, exc_info=True)
+
+    def set_muted(self, track_sid: str, muted: bool) -> None:
+        track = self.track(track_sid)
+        if track is None:
+            raise KeyError(f"no track {track_sid!r} in room {self.name!r}")
+        if track.muted != muted:
+            track.muted = muted
+            self._emit(TrackMuted(self, track, muted))
+
+    def track(self, sid: str) -> LocalTrack | None:
+        for participant in self.participants.values():
+            track = participant.tracks.get(sid)
+            if track is not None:
+                return track
+        return None
+
+    def tracks(self) -> list[LocalTrack]:
+        return [t for p in self.participants.values() for t in p.tracks.values()]
+
+    def subscribe_events(self, maxsize: int = 256) -> Link:
+        """A link of room events: the current state first, then live events.
+
+        Events are put without waiting; when the link is full the oldest is
+        dropped and counted (`link.dropped`), so a consumer that sees drops
+        should re-read the room's state.
+        """
+        link: Link = Link(maxsize, LinkPolicy.DROP_OLDEST, name=f"events {self.name}")
+        for participant in self.participants.values():
+            link.put_nowait(ParticipantJoined(self, participant))
+            for track in participant.tracks.values():
+                link.put_nowait(TrackPublished(self, track))
+        self._event_links.append(link)
+        return link
+
+    def unsubscribe_events(self, link: Link) -> None:
+        with contextlib.suppress(ValueError):
+            self._event_links.remove(link)
+
+    async def close(self) -> None:
+        """Every participant leaves; event subscribers then get EOS."""
+        for identity in list(self.participants):
+            await self.leave(identity)
+        for link in self._event_links:
+            link.close_nowait()
+        self._event_links.clear()
+
+    def _emit(self, event: RoomEvent) -> None:
+        for link in self._event_links:
+            link.put_nowait(event)
+
+    def _remove_track(self, track: LocalTrack) -> None:
+        """Unpublish now: on request, or when the media ended by itself."""
+        if track.participant.tracks.pop(track.sid, None) is None:
+            return
+        track._stop()
+        self._emit(TrackUnpublished(self, track))
+
+
+class RoomManager:
+    """The embedded rooms of a process, by name, created on first use."""
+
+    def __init__(self) -> None:
+        self._rooms: dict[str, LocalRoom] = {}
+
+    def get_or_create(self, name: str) -> LocalRoom:
+        room = self._rooms.get(name)
+        if room is None:
+            room = self._rooms[name] = LocalRoom(name)
+        return room
+
+    def get(self, name: str) -> LocalRoom | None:
+        return self._rooms.get(name)
+
+    def rooms(self) -> list[LocalRoom]:
+        return list(self._rooms.values())
+
+    async def close(self) -> None:
+        """Close every room: participants leave and their peer connections close."""
+        rooms, self._rooms = list(self._rooms.values()), {}
+        for room in rooms:
+            await room.close()

@@ -1,0 +1,321 @@
+"""WHIP ingest: browsers and encoders publish into embedded rooms over WebRTC.
+
+`POST /{room}` takes a complete SDP offer (no trickle ICE: the answer is sent
+once ICE gathering has finished) and an access token, joins the token's
+identity to the room and publishes every audio and video track of the offer.
+The created resource, `{room}/{participant sid}`, ends the session on DELETE.
+Every response carries CORS headers so a page on another origin can publish.
+
+Track sources: video is `camera` and audio `microphone`, unless the query says
+`?source=screen_share` (video becomes `screen_share`, audio
+`screen_share_audio`) or a media section's msid (stream or track id) contains
+"screen", which marks that one track as screen share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import sdp as sdp_parser
+from livekit.protocol import models
+
+from egresskit.rooms.ice import restrict_ice_addresses
+from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
+from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
+
+log = logging.getLogger(__name__)
+
+SDP_CONTENT_TYPE = "application/sdp"
+# Bound on applying the offer and gathering ICE candidates for the answer.
+NEGOTIATION_TIMEOUT_S = 10.0
+
+CORS_HEADERS = {
+    "Access-Control-Allow-Origin": "*",
+    "Access-Control-Allow-Methods": "POST, DELETE, OPTIONS",
+    "Access-Control-Allow-Headers": "Authorization, Content-Type",
+    "Access-Control-Expose-Headers": "Location, ETag, Link",
+}
+
+SCREEN_SOURCES = {
+    "video": models.TrackSource.SCREEN_SHARE,
+    "audio": models.TrackSource.SCREEN_SHARE_AUDIO,
+}
+CAMERA_SOURCES = {"video": models.TrackSource.CAMERA, "audio": models.TrackSource.MICROPHONE}
+SOURCE_QUERY = {
+    "camera": CAMERA_SOURCES,
+    "microphone": CAMERA_SOURCES,
+    "screen_share": SCREEN_SOURCES,
+    "screen_share_audio": SCREEN_SOURCES,
+}
+# Codecs that only protect or repeat media; the negotiated codec is the first other one.
+NON_MEDIA_CODECS = {"rtx", "red", "ulpfec", "flexfec-03"}
+
+
+def whip_app(
+    rooms: RoomManager, keys: Mapping[str, str], *, ice_addresses: Sequence[str] | None = None
+) -> web.Application:
+    """The WHIP endpoint, to mount with `app.add_subapp("/whip", whip_app(...))`.
+
+    `ice_addresses` restricts ICE host candidates to those addresses for the
+    whole process (see `egresskit.rooms.ice`), and drops offered candidates a
+    socket on them cannot reach (loopback only reaches loopback; mDNS names
+    are never resolved, which would send multicast queries).
+    """
+    if ice_addresses is not None:
+        restrict_ice_addresses(ice_addresses)
+    endpoint = WhipEndpoint(rooms, keys, ice_addresses)
+    app = web.Application(middlewares=[cors_headers])
+    app.router.add_route("POST", "/{room}", endpoint.publish, name="whip-endpoint")
+    app.router.add_route("OPTIONS", "/{room}", preflight)
+    app.router.add_route("DELETE", "/{room}/{resource}", endpoint.delete, name="whip-resource")
+    app.router.add_route("PATCH", "/{room}/{resource}", trickle_not_supported)
+    app.router.add_route("OPTIONS", "/{room}/{resource}", preflight)
+    return app
+
+
+@web.middleware
+async def cors_headers(request: web.Request, handler) -> web.StreamResponse:
+    """Put the CORS headers on every answer, errors included."""
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(CORS_HEADERS)
+        raise
+    response.headers.update(CORS_HEADERS)
+    return response
+
+
+async def preflight(request: web.Request) -> web.Response:
+    return web.Response(status=204, headers={"Accept-Post": SDP_CONTENT_TYPE})
+
+
+async def trickle_not_supported(request: web.Request) -> web.Response:
+    raise web.HTTPMethodNotAllowed(
+        "PATCH",
+        ["DELETE", "OPTIONS"],
+        text="trickle ICE is not supported: send an offer with all candidates",
+    )
+
+
+class WhipEndpoint:
+    """Turns WHIP requests into participants of the embedded rooms."""
+
+    def __init__(
+        self, rooms: RoomManager, keys: Mapping[str, str], ice_addresses: Sequence[str] | None
+    ) -> None:
+        self._rooms = rooms
+        self._keys = keys
+        self._ice_addresses = None if ice_addresses is None else list(ice_addresses)
+
+    async def publish(self, request: web.Request) -> web.Response:
+        room_name = request.match_info["room"]
+        claims = self._authorize(request, room_name)
+        if request.content_type != SDP_CONTENT_TYPE:
+            raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be {SDP_CONTENT_TYPE}")
+        source_query = request.query.get("source", "").lower()
+        if source_query and source_query not in SOURCE_QUERY:
+            raise web.HTTPBadRequest(
+                text=f"unknown source {source_query!r}; use one of {', '.join(SOURCE_QUERY)}"
+            )
+        offer_text = filter_candidates(await request.text(), self._ice_addresses)
+        offer = parse_offer(offer_text)
+
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        participant: LocalParticipant | None = None
+        published = False
+        try:
+            try:
+                answer = await asyncio.wait_for(negotiate(pc, offer_text), NEGOTIATION_TIMEOUT_S)
+            except TimeoutError:
+                raise web.HTTPServiceUnavailable(text="ICE gathering timed out") from None
+            except Exception as exc:
+                log.info("rejected a WHIP offer for room %r: %s", room_name, exc)
+                raise web.HTTPBadRequest(text=f"cannot use this SDP offer: {exc}") from None
+            room = self._rooms.get_or_create(room_name)
+            participant = await self._replace_participant(room, claims, pc)
+            await publish_tracks(
+                room, participant, pc, offer, answer, SOURCE_QUERY.get(source_query)
+            )
+            published = True
+        finally:
+            if not published:
+                if participant is not None:
+                    await room.leave(participant.identity)  # closes pc too
+                else:
+                    await pc.close()
+        watch_connection(room, participant, pc)
+        location = request.app.router["whip-resource"].url_for(
+            room=room_name, resource=participant.sid
+        )
+        return web.Response(
+            status=201,
+            body=answer.encode(),
+            content_type=SDP_CONTENT_TYPE,
+            headers={"Location": str(location), "ETag": f'"{secrets.token_hex(8)}"'},
+        )
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """End a session; the unguessable resource URL is what authorizes it."""
+        room = self._rooms.get(request.match_info["room"])
+        resource = request.match_info["resource"]
+        participant = None
+        if room is not None:
+            participant = next((p for p in room.participants.values() if p.sid == resource), None)
+        if room is None or participant is None:
+            raise web.HTTPNotFound(text="no such WHIP session")
+        await room.leave(participant.identity)
+        return web.Response(status=200, text="session ended")
+
+    def _authorize(self, request: web.Request, room_name: str) -> Claims:
+        try:
+            claims = verify_token(bearer_token(request.headers.get("Authorization")), self._keys)
+        except TokenError as exc:
+            raise web.HTTPUnauthorized(
+                text=str(exc), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        if not claims.identity:
+            raise web.HTTPUnauthorized(
+                text="token has no identity (sub)", headers={"WWW-Authenticate": "Bearer"}
+            )
+        if claims.grant("roomJoin") is not True or claims.grant("room") != room_name:
+            raise web.HTTPForbidden(text=f"token does not grant joining room {room_name!r}")
+        if claims.grant("canPublish") is not True:
+            raise web.HTTPForbidden(text="token does not grant publishing")
+        return claims
+
+    @staticmethod
+    async def _replace_participant(
+        room: LocalRoom, claims: Claims, pc: RTCPeerConnection
+    ) -> LocalParticipant:
+        """Join the token's identity; a session already using it leaves first."""
+        while claims.identity in room.participants:
+            await room.leave(claims.identity)
+        # No await between the check above and the join: nobody can slip in.
+        return room.join(
+            claims.identity,
+            name=claims.name,
+            metadata=claims.metadata,
+            kind=participant_kind(claims.kind),
+            connection=pc,
+        )
+
+
+def parse_offer(text: str) -> sdp_parser.SessionDescription:
+    """The offer, or 400 when it is not SDP or publishes no audio or video."""
+    if not text.lstrip().startswith("v=0"):
+        raise web.HTTPBadRequest(text="the body is not an SDP offer (it must start with v=0)")
+    try:
+        offer = sdp_parser.SessionDescription.parse(text)
+    except Exception as exc:
+        raise web.HTTPBadRequest(text=f"malformed SDP offer: {exc}") from None
+    if not any(is_published(m) for m in offer.media):
+        raise web.HTTPBadRequest(text="the SDP offer sends no audio or video")
+    return offer
+
+
+def is_published(media: sdp_parser.MediaDescription) -> bool:
+    return media.kind in ("audio", "video") and media.direction in (None, "sendonly", "sendrecv")
+
+
+def filter_candidates(offer: str, ice_addresses: Sequence[str] | None) -> str:
+    """The offer without candidates that sockets on `ice_addresses` cannot reach.
+
+    Filtered as text, so the rest of the offer reaches aiortc untouched.
+    """
+    if ice_addresses is None:
+        return offer
+    loopback_only = all(ipaddress.ip_address(a).is_loopback for a in ice_addresses)
+    kept = []
+    for line in offer.splitlines():
+        if line.startswith("a=candidate:"):
+            fields = line.split()
+            try:
+                address = ipaddress.ip_address(fields[4])
+            except (IndexError, ValueError):  # malformed, or an mDNS name
+                continue
+            if loopback_only and not address.is_loopback:
+                continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
+async def negotiate(pc: RTCPeerConnection, offer: str) -> str:
+    """Apply the offer and answer it; aiortc gathers every candidate before returning."""
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+    await pc.setLocalDescription(await pc.createAnswer())
+    return pc.localDescription.sdp
+
+
+async def publish_tracks(
+    room: LocalRoom,
+    participant: LocalParticipant,
+    pc: RTCPeerConnection,
+    offer: sdp_parser.SessionDescription,
+    answer: str,
+    sources: Mapping[str, int] | None,
+) -> None:
+    answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
+    offered = {m.rtp.muxId: m for m in offer.media}
+    for transceiver in pc.getTransceivers():
+        track = transceiver.receiver.track
+        if track is None or transceiver.mid is None:
+            continue
+        kind = transceiver.kind
+        if sources is not None:
+            source = sources[kind]
+        elif offered_as_screen(offered.get(transceiver.mid)):
+            source = SCREEN_SOURCES[kind]
+        else:
+            source = CAMERA_SOURCES[kind]
+        await room.publish(
+            track,
+            identity=participant.identity,
+            source=source,
+            mime_type=negotiated_mime_type(answered.get(transceiver.mid)),
+            release=receiver_stopper(transceiver),
+        )
+
+
+def receiver_stopper(transceiver: RTCRtpTransceiver):
+    async def stop_receiver() -> None:
+        await transceiver.receiver.stop()
+
+    return stop_receiver
+
+
+def offered_as_screen(media: sdp_parser.MediaDescription | None) -> bool:
+    return media is not None and "screen" in (media.msid or "").lower()
+
+
+def negotiated_mime_type(media: sdp_parser.MediaDescription | None) -> str | None:
+    """The first media codec of the answer: the one the publisher sends."""
+    if media is None:
+        return None
+    for codec in media.rtp.codecs:
+        if codec.name.lower() not in NON_MEDIA_CODECS:
+            return codec.mimeType
+    return None
+
+
+def participant_kind(kind: str) -> int:
+    """The token's `kind` claim (e.g. "agent") as a participant kind; standard if unknown."""
+    try:
+        return models.ParticipantInfo.Kind.Value(kind.upper())
+    except ValueError:
+        return models.ParticipantInfo.Kind.STANDARD
+
+
+def watch_connection(room: LocalRoom, participant: LocalParticipant, pc: RTCPeerConnection) -> None:
+    """A participant whose connection fails or closes leaves the room."""
+
+    @pc.on("connectionstatechange")
+    async def on_state_change() -> None:
+        if pc.connectionState in ("failed", "closed"):
+            if room.participants.get(participant.identity) is participant:
+                await room.leave(participant.identity)

@@ -1,0 +1,66 @@
+"""Shared fixtures. Each owner appends its own; keep fixtures small and real."""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+
+from egresskit.rooms import RoomManager, restrict_ice_addresses, whip_app
+
+# --- rooms and WHIP (egresskit/rooms) -------------------------------------------
+
+WHIP_API_KEY = "whipkey"
+WHIP_API_SECRET = "whip-test-secret-of-sufficient-length"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def loopback_ice():
+    """Every WebRTC peer in the suite gathers host candidates on 127.0.0.1 only."""
+    restrict_ice_addresses(["127.0.0.1"])
+    yield
+    restrict_ice_addresses(None)
+
+
+@pytest.fixture
+async def rooms():
+    """A RoomManager, closed (peer connections too) after the test."""
+    manager = RoomManager()
+    yield manager
+    await manager.close()
+
+
+@pytest.fixture
+def whip_keys() -> dict[str, str]:
+    return {WHIP_API_KEY: WHIP_API_SECRET}
+
+
+@pytest.fixture
+async def whip_server(aiohttp_server, rooms, whip_keys):
+    """An aiohttp server on 127.0.0.1 with the WHIP endpoint mounted at /whip."""
+    app = web.Application()
+    app.add_subapp("/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
+    return await aiohttp_server(app, host="127.0.0.1")
+
+
+# --- storage servers (egresskit.storage tests; helpers in tests/storage_servers.py) ---
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on 127.0.0.1, shared by the storage tests."""
+    from storage_servers import MotoServer
+
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(moto_server, request):
+    """A fresh bucket on the shared moto server; yields its name."""
+    import re
+    import uuid
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    moto_server.boto3_client().create_bucket(Bucket=bucket)
+    return bucket
