@@ -1,0 +1,140 @@
+"""The contract every storage backend fulfils, and the helpers that keep secrets out of sight.
+
+A backend is built from one config convention, ``Backend.from_config(cfg)``, where ``cfg``
+is either the LiveKit protocol message for that backend (``S3Upload``, ``GCPUpload``,
+``AzureBlobUpload``, ``AliOSSUpload``) or a plain mapping with the same snake_case keys
+(as written in the server's YAML config). Backends open network clients lazily, so
+constructing one validates a request without touching the network.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import os
+import re
+import tempfile
+from collections.abc import AsyncIterator, Iterable, Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+
+REDACTED = "<redacted>"
+
+# Config keys whose values are credentials, in any backend's config.
+SECRET_KEYS = frozenset(
+    {"access_key", "secret", "session_token", "account_key", "credentials", "password"}
+)
+
+# Shapes of credentials that may surface in a library's exception text even when the
+# exact configured value does not (signatures, PEM keys, shared-key headers).
+_SECRET_PATTERNS = (
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
+    re.compile(r"(Signature=)[0-9a-fA-F]+"),
+    re.compile(r"(SharedKey [^:\s]+:)\S+"),
+    re.compile(r"(AccountKey=)[^;\s]+"),
+    re.compile(r'("private_key(?:_id)?"\s*:\s*")[^"]*'),
+)
+
+
+def config_to_dict(cfg: Mapping[str, Any] | Message | None) -> dict[str, Any]:
+    """Normalise a protocol message or a mapping into a plain dict with snake_case keys."""
+    if cfg is None:
+        return {}
+    if isinstance(cfg, Message):
+        return MessageToDict(cfg, preserving_proto_field_name=True)
+    return dict(cfg)
+
+
+def redact_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config with every credential value replaced, nested mappings included."""
+    out: dict[str, Any] = {}
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            out[key] = redact_config(value)
+        elif key in SECRET_KEYS and value:
+            out[key] = REDACTED
+        else:
+            out[key] = value
+    return out
+
+
+def secret_values(cfg: Mapping[str, Any]) -> list[str]:
+    """Every credential string in a config, nested mappings included."""
+    found: list[str] = []
+    for key, value in cfg.items():
+        if isinstance(value, Mapping):
+            found.extend(secret_values(value))
+        elif key in SECRET_KEYS and isinstance(value, str) and value:
+            found.append(value)
+    return found
+
+
+def scrub(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove known secret values and credential-shaped substrings from ``text``."""
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        if len(secret) >= 4:
+            text = text.replace(secret, REDACTED)
+    for pattern in _SECRET_PATTERNS:
+        text = pattern.sub(
+            lambda m: (m.group(1) if m.groups() else "") + REDACTED,
+            text,
+        )
+    return text
+
+
+class Storage(abc.ABC):
+    """An upload target: puts local files (or byte streams) under keys and says where.
+
+    Subclasses set ``name`` (their entry-point name) and implement ``from_config`` and
+    ``upload_file``. Instances are async context managers; ``close`` releases clients.
+    """
+
+    name: ClassVar[str]
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
+        """Build the backend from its protocol message or an equivalent mapping."""
+
+    @abc.abstractmethod
+    async def upload_file(self, path: Path, key: str, content_type: str) -> str:
+        """Upload ``path`` to ``key`` and return the final location (a URL or absolute path)."""
+
+    async def upload_stream(self, chunks: AsyncIterator[bytes], key: str, content_type: str) -> str:
+        """Upload a byte stream. The default spools to a temp file, then uploads that file."""
+        fd, name = tempfile.mkstemp(prefix="egresskit-spool-")
+        spool = Path(name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                async for chunk in chunks:
+                    await asyncio.to_thread(f.write, chunk)
+            return await self.upload_file(spool, key, content_type)
+        finally:
+            await asyncio.to_thread(spool.unlink, missing_ok=True)
+
+    async def close(self) -> None:  # noqa: B027 - a default: clientless backends hold nothing
+        """Release network clients. Safe to call more than once."""
+
+    def config(self) -> dict[str, Any]:
+        """The backend's effective config, secrets included (never log this; see redacted)."""
+        return {}
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config with every credential replaced: safe to log or echo."""
+        return redact_config(self.config())
+
+    def secret_values(self) -> list[str]:
+        """Credential strings this backend holds, for scrubbing error text."""
+        return secret_values(self.config())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.redacted()!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,162 @@
+"""Backends by name, found through the ``egresskit.storage`` entry-point group.
+
+Built-ins register through the same group in egresskit's own pyproject; the table below
+only covers running from a source tree that was never installed. An installed entry point
+with a built-in's name replaces the built-in. Backends import lazily, on first use, so an
+unused plugin's dependencies are never loaded.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+from collections.abc import Mapping
+from typing import Any
+
+from google.protobuf.message import Message
+
+from egresskit.storage.base import Storage
+
+ENTRY_POINT_GROUP = "egresskit.storage"
+
+_BUILTINS: dict[str, str] = {
+    "local": "egresskit.storage.local:LocalStorage",
+    "s3": "egresskit.storage.s3:S3Storage",
+}
+
+# Distributions that provide the backends LiveKit requests can name.
+PLUGIN_PACKAGES: dict[str, str] = {
+    "gcp": "egresskit-gcs",
+    "azure": "egresskit-azure",
+    "alioss": "egresskit-alioss",
+}
+
+# Request fields (on outputs and StorageConfig) in precedence order, with backend names.
+_REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
+    ("s3", "s3"),
+    ("gcp", "gcp"),
+    ("azure", "azure"),
+    ("aliOSS", "alioss"),
+)
+
+
+class StorageNotInstalled(LookupError):
+    """A backend was requested that no installed distribution provides."""
+
+    def __init__(self, name: str, package: str | None, detail: str = "") -> None:
+        self.backend = name
+        self.package = package
+        if package:
+            msg = f"storage backend {name!r} is not installed: pip install {package}"
+        else:
+            msg = f"storage backend {name!r} is not installed (no distribution provides it)"
+        super().__init__(f"{msg} ({detail})" if detail else msg)
+
+
+class Registry:
+    """Resolves backend names to ``Storage`` classes for one entry-point group."""
+
+    def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
+        self.group = group
+        self._loaded: dict[str, type[Storage]] = {}
+
+    def targets(self) -> dict[str, str]:
+        """Every known backend name mapped to its ``module:attr`` target."""
+        found = dict(_BUILTINS)
+        for ep in importlib.metadata.entry_points(group=self.group):
+            found[ep.name.lower()] = ep.value
+        return found
+
+    def names(self) -> list[str]:
+        return sorted(self.targets())
+
+    def get(self, name: str) -> type[Storage]:
+        """The backend class for ``name``, importing it on first use."""
+        key = name.lower()
+        if key in self._loaded:
+            return self._loaded[key]
+        target = self.targets().get(key)
+        if target is None:
+            raise StorageNotInstalled(key, PLUGIN_PACKAGES.get(key))
+        module_name, _, attr = target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module_name)
+        except ImportError as exc:
+            # The plugin is present but one of its own dependencies is not.
+            raise StorageNotInstalled(key, PLUGIN_PACKAGES.get(key), str(exc)) from exc
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+        if not (isinstance(obj, type) and issubclass(obj, Storage)):
+            raise TypeError(f"entry point {key!r} ({target}) is not a Storage subclass")
+        self._loaded[key] = obj
+        return obj
+
+    def open(self, name: str, cfg: Mapping[str, Any] | Message) -> Storage:
+        """Build backend ``name`` from its config (no network I/O happens here)."""
+        return self.get(name).from_config(cfg)
+
+    def from_spec(self, spec: Mapping[str, Any]) -> Storage:
+        """Build a backend from a one-key YAML mapping such as ``{"s3": {...}}``."""
+        if len(spec) != 1:
+            raise ValueError(f"a storage config names exactly one backend, got {sorted(spec)}")
+        ((name, cfg),) = spec.items()
+        return self.open(name, cfg or {})
+
+    def storage_for_output(
+        self,
+        output: Message,
+        request_storage: Message | None = None,
+        default: Mapping[str, Any] | None = None,
+    ) -> Storage | None:
+        """Choose where one output uploads.
+
+        Per-output ``s3``/``gcp``/``azure``/``aliOSS`` (or ``Output.storage`` of StartEgress)
+        wins, then StartEgress's request-level ``storage``, then the server's default
+        (``{"s3": {...}}`` from YAML). ``None`` means the file stays under --output-dir.
+        """
+        for candidate in (output, _field(output, "storage"), request_storage):
+            chosen = self._from_message(candidate)
+            if chosen is not None:
+                return chosen
+        if default:
+            return self.from_spec(default)
+        return None
+
+    def _from_message(self, msg: Message | None) -> Storage | None:
+        if msg is None:
+            return None
+        for field_name, backend in _REQUEST_FIELDS:
+            sub = _field(msg, field_name)
+            if sub is not None:
+                return self.open(backend, sub)
+        return None
+
+
+def _field(msg: Message | None, name: str) -> Message | None:
+    """The set sub-message ``name`` of ``msg``, or None when absent or unset."""
+    if msg is None or name not in msg.DESCRIPTOR.fields_by_name:
+        return None
+    return getattr(msg, name) if msg.HasField(name) else None
+
+
+default_registry = Registry()
+
+
+def get_backend(name: str) -> type[Storage]:
+    return default_registry.get(name)
+
+
+def open_storage(name: str, cfg: Mapping[str, Any] | Message) -> Storage:
+    return default_registry.open(name, cfg)
+
+
+def storage_from_spec(spec: Mapping[str, Any]) -> Storage:
+    return default_registry.from_spec(spec)
+
+
+def storage_for_output(
+    output: Message,
+    request_storage: Message | None = None,
+    default: Mapping[str, Any] | None = None,
+) -> Storage | None:
+    return default_registry.storage_for_output(output, request_storage, default)

@@ -1,0 +1,251 @@
+"""S3 and S3-compatible object storage through aiobotocore.
+
+Files at or above ``multipart_threshold`` go up as a multipart upload with a bounded
+number of parts in flight; each part is read from disk in a worker thread, so memory
+stays at ``part_size * max_concurrency`` and the event loop never waits on the disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self
+from urllib.parse import quote, urlsplit, urlunsplit
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from google.protobuf.message import Message
+
+from egresskit.storage.base import Storage, config_to_dict
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """An HTTP proxy for uploads (LiveKit ``ProxyConfig``)."""
+
+    url: str
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ProxySettings | None:
+        if not data or not data.get("url"):
+            return None
+        return cls(data["url"], data.get("username", ""), data.get("password", ""))
+
+    def url_with_auth(self) -> str:
+        """The proxy URL carrying basic credentials, the form botocore and aiohttp accept."""
+        if not self.username:
+            return self.url
+        parts = urlsplit(self.url)
+        auth = quote(self.username, safe="") + ":" + quote(self.password, safe="")
+        return urlunsplit(parts._replace(netloc=f"{auth}@{parts.hostname}:{parts.port or 80}"))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"url": self.url, "username": self.username, "password": self.password}
+
+
+@dataclass(repr=False)
+class S3Storage(Storage):
+    """Uploads to one bucket. Mirrors LiveKit's ``S3Upload`` fields plus transfer tuning."""
+
+    bucket: str
+    access_key: str = ""
+    secret: str = ""
+    session_token: str = ""
+    region: str = ""
+    endpoint: str = ""
+    force_path_style: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+    tagging: str = ""
+    content_disposition: str = ""
+    proxy: ProxySettings | None = None
+    multipart_threshold: int = 16 * MiB
+    part_size: int = 8 * MiB
+    max_concurrency: int = 8
+    connect_timeout: float = 5.0
+    read_timeout: float = 60.0
+
+    name = "s3"
+
+    def __post_init__(self) -> None:
+        if not self.bucket:
+            raise ValueError("s3 storage needs a bucket")
+        if self.part_size < 5 * MiB:
+            raise ValueError("s3 part_size must be at least 5 MiB")
+        self._client: Any = None
+        self._client_cm: Any = None
+        self._client_lock = asyncio.Lock()
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
+        data = config_to_dict(cfg)
+        if data.get("assume_role_arn"):
+            raise ValueError("s3 assume_role_arn is not supported; pass access_key and secret")
+        tuning = {
+            k: data[k]
+            for k in (
+                "multipart_threshold",
+                "part_size",
+                "max_concurrency",
+                "connect_timeout",
+                "read_timeout",
+            )
+            if k in data
+        }
+        return cls(
+            bucket=data.get("bucket", ""),
+            access_key=data.get("access_key", ""),
+            secret=data.get("secret", ""),
+            session_token=data.get("session_token", ""),
+            region=data.get("region", ""),
+            endpoint=data.get("endpoint", ""),
+            force_path_style=bool(data.get("force_path_style", False)),
+            metadata=dict(data.get("metadata") or {}),
+            tagging=data.get("tagging", ""),
+            content_disposition=data.get("content_disposition", ""),
+            proxy=ProxySettings.from_dict(data.get("proxy")),
+            **tuning,
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "bucket": self.bucket,
+            "access_key": self.access_key,
+            "secret": self.secret,
+            "session_token": self.session_token,
+            "region": self.region,
+            "endpoint": self.endpoint,
+            "force_path_style": self.force_path_style,
+            "metadata": dict(self.metadata),
+            "tagging": self.tagging,
+            "content_disposition": self.content_disposition,
+            "proxy": self.proxy.as_dict() if self.proxy else None,
+        }
+
+    def location(self, key: str) -> str:
+        """The object's URL, in the addressing style the client uses."""
+        path = quote(key)
+        if self.endpoint:
+            base = urlsplit(self.endpoint)
+            if self.force_path_style:
+                return f"{self.endpoint.rstrip('/')}/{self.bucket}/{path}"
+            return f"{base.scheme}://{self.bucket}.{base.netloc}/{path}"
+        if self.region:
+            return f"https://{self.bucket}.s3.{self.region}.amazonaws.com/{path}"
+        return f"https://{self.bucket}.s3.amazonaws.com/{path}"
+
+    async def _s3(self) -> Any:
+        async with self._client_lock:
+            if self._client is None:
+                proxies = None
+                if self.proxy:
+                    url = self.proxy.url_with_auth()
+                    proxies = {"http": url, "https": url}
+                config = AioConfig(
+                    s3={"addressing_style": "path" if self.force_path_style else "auto"},
+                    proxies=proxies,
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                    # Retries belong to the caller's RetryPolicy, so attempts are counted once.
+                    retries={"total_max_attempts": 1},
+                    max_pool_connections=max(10, self.max_concurrency),
+                    # S3-compatible servers differ in checksum support; send only what S3 requires.
+                    request_checksum_calculation="when_required",
+                    response_checksum_validation="when_required",
+                )
+                self._client_cm = get_session().create_client(
+                    "s3",
+                    region_name=self.region or "us-east-1",
+                    endpoint_url=self.endpoint or None,
+                    aws_access_key_id=self.access_key or None,
+                    aws_secret_access_key=self.secret or None,
+                    aws_session_token=self.session_token or None,
+                    config=config,
+                )
+                self._client = await self._client_cm.__aenter__()
+            return self._client
+
+    def _object_args(self, key: str, content_type: str) -> dict[str, Any]:
+        args: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if content_type:
+            args["ContentType"] = content_type
+        if self.metadata:
+            args["Metadata"] = dict(self.metadata)
+        if self.tagging:
+            args["Tagging"] = self.tagging
+        if self.content_disposition:
+            args["ContentDisposition"] = self.content_disposition
+        return args
+
+    async def upload_file(self, path: Path, key: str, content_type: str) -> str:
+        client = await self._s3()
+        size = (await asyncio.to_thread(os.stat, path)).st_size
+        if size < self.multipart_threshold:
+            body = await asyncio.to_thread(Path(path).read_bytes)
+            await client.put_object(Body=body, **self._object_args(key, content_type))
+        else:
+            await self._multipart(client, Path(path), size, key, content_type)
+        return self.location(key)
+
+    async def _multipart(
+        self, client: Any, path: Path, size: int, key: str, content_type: str
+    ) -> None:
+        created = await client.create_multipart_upload(**self._object_args(key, content_type))
+        upload_id = created["UploadId"]
+        offsets = range(0, size, self.part_size)
+        etags: dict[int, str] = {}
+        slots = asyncio.Semaphore(self.max_concurrency)
+        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
+
+        async def send(number: int, offset: int) -> None:
+            try:
+                length = min(self.part_size, size - offset)
+                data = await asyncio.to_thread(os.pread, fd, length, offset)
+                part = await client.upload_part(
+                    Bucket=self.bucket,
+                    Key=key,
+                    UploadId=upload_id,
+                    PartNumber=number,
+                    Body=data,
+                )
+                etags[number] = part["ETag"]
+            finally:
+                slots.release()
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for number, offset in enumerate(offsets, start=1):
+                    # A slot is taken before the task exists, so tasks in flight stay bounded.
+                    await slots.acquire()
+                    tg.create_task(send(number, offset))
+            await client.complete_multipart_upload(
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={
+                    "Parts": [{"PartNumber": n, "ETag": etags[n]} for n in sorted(etags)]
+                },
+            )
+        except BaseException:
+            # Free the server-side parts; the caller's retry starts a fresh upload.
+            try:
+                await asyncio.shield(
+                    client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+                )
+            except Exception:  # noqa: BLE001 - the original error is the one to report
+                pass
+            raise
+        finally:
+            await asyncio.to_thread(os.close, fd)
+
+    async def close(self) -> None:
+        async with self._client_lock:
+            if self._client_cm is not None:
+                cm, self._client_cm, self._client = self._client_cm, None, None
+                await cm.__aexit__(None, None, None)

@@ -1,0 +1,248 @@
+"""Real storage servers for tests and benchmarks, each on 127.0.0.1 and a free port.
+
+moto (S3) runs as a subprocess so it can be stopped and restarted on the same port for
+fault tests and does not share the test's GIL. Azurite (npm) and gcp-storage-emulator
+(PyPI) are subprocesses too. ``ForwardProxy`` is a small HTTP proxy that records what
+passes through it. Every wait here is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+START_TIMEOUT = 30.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = START_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {proc.args}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"server on port {port} did not start within {timeout}s: {proc.args}")
+
+
+class ServerProcess:
+    """A server subprocess bound to one port; start() and stop() may be repeated."""
+
+    def __init__(self, port: int | None = None, env: dict[str, str] | None = None) -> None:
+        self.port = port or free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> ServerProcess:
+        self.proc = subprocess.Popen(
+            self.command(),
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        wait_for_port(self.port, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self.proc = None
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+class MotoServer(ServerProcess):
+    """moto's S3 in server mode. ``enforce_auth`` makes it reject unknown credentials."""
+
+    def __init__(self, port: int | None = None, enforce_auth: bool = False) -> None:
+        super().__init__(port, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else {})
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
+
+    def boto3_client(self, **kwargs: object):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+            config=Config(s3={"addressing_style": "path"}),
+            **kwargs,
+        )
+
+
+class AzuriteBlob(ServerProcess):
+    """Azurite's blob service from npm (``azurite-blob`` on PATH)."""
+
+    ACCOUNT = "devstoreaccount1"
+    # Azurite's documented, public development key (not a secret).
+    KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.location = Path(tempfile.mkdtemp(prefix="egresskit-azurite-"))
+
+    def command(self) -> list[str]:
+        exe = shutil.which("azurite-blob")
+        if exe is None:
+            raise RuntimeError("azurite-blob not found: npm install -g azurite")
+        return [
+            exe,
+            "--blobHost",
+            "127.0.0.1",
+            "--blobPort",
+            str(self.port),
+            "--location",
+            str(self.location),
+            "--skipApiVersionCheck",
+            "--silent",
+        ]
+
+    @property
+    def account_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
+
+    def stop(self) -> None:
+        super().stop()
+        shutil.rmtree(self.location, ignore_errors=True)
+
+
+class GcsEmulator(ServerProcess):
+    """gcp-storage-emulator from PyPI, in memory."""
+
+    def command(self) -> list[str]:
+        exe = shutil.which("gcp-storage-emulator")
+        if exe is None:
+            raise RuntimeError("gcp-storage-emulator not found: pip install gcp-storage-emulator")
+        return [exe, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory"]
+
+
+@dataclass
+class ProxyRequest:
+    method: str
+    target: str
+    proxy_authorization: str | None
+
+
+@dataclass
+class ForwardProxy:
+    """An HTTP proxy on the running loop: absolute-form forwarding and CONNECT tunnels.
+
+    Hand-written because the test must see each request line and its Proxy-Authorization;
+    after the first request of a connection the bytes are relayed untouched.
+    """
+
+    requests: list[ProxyRequest] = field(default_factory=list)
+    port: int = 0
+    _server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def credentials(self) -> list[tuple[str, str]]:
+        """The (username, password) pairs clients sent, decoded from Basic auth."""
+        pairs = []
+        for r in self.requests:
+            if r.proxy_authorization and r.proxy_authorization.lower().startswith("basic "):
+                user, _, pw = base64.b64decode(r.proxy_authorization[6:]).decode().partition(":")
+                pairs.append((user, pw))
+        return pairs
+
+    async def __aenter__(self) -> ForwardProxy:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await asyncio.wait_for(self._server.wait_closed(), 10)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        upstream: asyncio.StreamWriter | None = None
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ", 2)
+            headers = [line for line in lines[1:] if line]
+            auth = next(
+                (
+                    h.split(":", 1)[1].strip()
+                    for h in headers
+                    if h.lower().startswith("proxy-authorization:")
+                ),
+                None,
+            )
+            self.requests.append(ProxyRequest(method, target, auth))
+            kept = [h for h in headers if not h.lower().startswith("proxy-")]
+            if method == "CONNECT":
+                host, _, port = target.rpartition(":")
+                up_reader, upstream = await asyncio.open_connection(host, int(port))
+                writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            else:
+                rest = target.split("://", 1)[1]
+                hostport, _, path = rest.partition("/")
+                host, _, port = hostport.partition(":")
+                up_reader, upstream = await asyncio.open_connection(host, int(port or 80))
+                request = "\r\n".join([f"{method} /{path} {version}", *kept]) + "\r\n\r\n"
+                upstream.write(request.encode("latin-1"))
+            await asyncio.gather(_relay(reader, upstream), _relay(up_reader, writer))
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
+            pass
+        finally:
+            for w in (upstream, writer):
+                if w is not None:
+                    w.close()
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(1 << 16):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        if writer.can_write_eof():
+            try:
+                writer.write_eof()
+            except OSError:
+                pass
