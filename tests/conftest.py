@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import pytest
 from aiohttp import web
+from publishers import WHIP_API_KEY, WHIP_API_SECRET
 
 from egresskit.rooms import RoomManager, restrict_ice_addresses, whip_app
 
 # --- rooms and WHIP (egresskit/rooms) -------------------------------------------
-
-WHIP_API_KEY = "whipkey"
-WHIP_API_SECRET = "whip-test-secret-of-sufficient-length"
 
 
 @pytest.fixture(autouse=True, scope="session")

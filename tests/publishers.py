@@ -28,6 +28,8 @@ from yarl import URL
 
 from egresskit.tokens import create_token
 
+WHIP_API_KEY = "whipkey"
+WHIP_API_SECRET = "whip-test-secret-of-sufficient-length"
 VIDEO_CLOCK_RATE = 90_000
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=20)
 
