@@ -1,0 +1,178 @@
+"""Output names: filename templates, default paths, extensions, HLS and image names.
+
+Names follow LiveKit Egress so existing tooling finds the files where it
+expects them. `confine` keeps every local path inside the service's output
+root: a requested path that would leave it is rejected, never written.
+
+Template values (room names, identities, track ids) come from clients, so a
+path separator or a bare `.`/`..` inside a value is replaced by `_`: a room
+named `../x` names a file, it does not climb a directory. The requested path
+itself may contain directories; `confine` decides whether it stays inside.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path, PurePosixPath
+
+from livekit.protocol import egress as egress_pb
+
+TIME_FORMAT = "%Y-%m-%dT%H%M%S"  # Go layout 2006-01-02T150405
+
+# Every extension an egress output can carry; a path ending in one of these
+# with the wrong one for its output has it replaced rather than doubled.
+KNOWN_EXTENSIONS = frozenset(
+    {".mp4", ".ogg", ".mp3", ".webm", ".m3u8", ".ts", ".m4s", ".jpeg", ".jpg", ".json"}
+)
+
+_TEMPLATE_KEYS = (
+    "room_name",
+    "room_id",
+    "publisher_identity",
+    "track_id",
+    "track_type",
+    "track_source",
+)
+_TEMPLATE = re.compile(r"\{(" + "|".join(_TEMPLATE_KEYS + ("time", "utc")) + r")\}")
+_UNSAFE_IN_VALUE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+class PathEscapesRoot(ValueError):
+    """A requested path would resolve outside the output root."""
+
+
+@dataclass(frozen=True)
+class NameFields:
+    """Values for the filename template placeholders."""
+
+    room_name: str = ""
+    room_id: str = ""
+    publisher_identity: str = ""
+    track_id: str = ""
+    track_type: str = ""
+    track_source: str = ""
+
+
+def format_time(when: datetime) -> str:
+    """`{time}`: local wall-clock time in LiveKit's `2006-01-02T150405` layout."""
+    return when.strftime(TIME_FORMAT)
+
+
+def format_utc(when: datetime) -> str:
+    """`{utc}` and TIMESTAMP suffixes: UTC `YYYYMMDDHHMMSS` plus 3-digit milliseconds."""
+    utc = when.astimezone(UTC)
+    return utc.strftime("%Y%m%d%H%M%S") + f"{utc.microsecond // 1000:03d}"
+
+
+def expand_template(template: str, fields: NameFields, when: datetime) -> str:
+    """Replace the `{...}` placeholders of a filename template."""
+    values: Mapping[str, str] = {
+        **{key: _safe_value(getattr(fields, key)) for key in _TEMPLATE_KEYS},
+        "time": format_time(when),
+        "utc": format_utc(when),
+    }
+    return _TEMPLATE.sub(lambda m: values[m.group(1)], template)
+
+
+def file_path(
+    requested: str, *, identifier: str, fields: NameFields, extension: str, when: datetime
+) -> str:
+    """The relative path of a file output, from the request's `filepath`.
+
+    An empty path, or one naming a directory (trailing `/`), gets the default
+    name `<identifier>-<time>`; the extension is fixed up with `with_extension`.
+    """
+    if not requested or requested.endswith("/"):
+        requested = f"{requested}{_safe_value(identifier)}-{format_time(when)}"
+    return with_extension(expand_template(requested, fields, when), extension)
+
+
+def output_prefix(requested: str, *, identifier: str, fields: NameFields, when: datetime) -> str:
+    """The name prefix of segments or images, from the request's `filename_prefix`.
+
+    Defaults like `file_path`; a known extension (`prefix.m3u8`) is dropped
+    because the segment, playlist and image names add their own.
+    """
+    if not requested or requested.endswith("/"):
+        requested = f"{requested}{_safe_value(identifier)}-{format_time(when)}"
+    stem, extension = os.path.splitext(expand_template(requested, fields, when))
+    return stem if extension.lower() in KNOWN_EXTENSIONS else stem + extension
+
+
+def with_extension(path: str, extension: str) -> str:
+    """`path` ending in `extension`: a wrong known extension is replaced, a missing one added."""
+    stem, current = os.path.splitext(path)
+    if current.lower() == extension:
+        return path
+    if current.lower() in KNOWN_EXTENSIONS:
+        return stem + extension
+    return path + extension
+
+
+def file_extension(file_type: str) -> str:
+    """Extension of an encoded file container: `mp4`, `ogg` or `mp3`."""
+    return {"mp4": ".mp4", "ogg": ".ogg", "mp3": ".mp3"}[file_type]
+
+
+def track_extension(codec: str) -> str:
+    """Extension of a track egress file, by the source codec (name or MIME type)."""
+    name = codec.lower().rpartition("/")[2]
+    if name == "opus":
+        return ".ogg"
+    if name in ("h264", "avc"):
+        return ".mp4"
+    if name in ("vp8", "vp9"):
+        return ".webm"
+    raise ValueError(f"no file type for track codec {codec!r}")
+
+
+def segment_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
+    """Name of one HLS segment: INDEX `{prefix}_00001.ts` or TIMESTAMP `{prefix}_<utc>.ts`."""
+    if suffix == egress_pb.TIMESTAMP:
+        return f"{prefix}_{format_utc(when)}.ts"
+    return f"{prefix}_{index:05d}.ts"
+
+
+def playlist_name(prefix: str, requested: str = "") -> str:
+    """The HLS playlist: `playlist_name` if given, else the segment prefix, as `.m3u8`."""
+    return with_extension(requested or prefix, ".m3u8")
+
+
+def live_playlist_name(requested: str) -> str | None:
+    """The optional sliding-window playlist, or None when the request names none."""
+    return with_extension(requested, ".m3u8") if requested else None
+
+
+def image_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
+    """Name of one snapshot: INDEX, TIMESTAMP or NONE_OVERWRITE (`{prefix}.jpeg`)."""
+    if suffix == egress_pb.IMAGE_SUFFIX_TIMESTAMP:
+        return f"{prefix}_{format_utc(when)}.jpeg"
+    if suffix == egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE:
+        return f"{prefix}.jpeg"
+    return f"{prefix}_{index:05d}.jpeg"
+
+
+def confine(root: Path, relative: str) -> Path:
+    """Resolve `relative` inside `root`, following symlinks; raise `PathEscapesRoot` otherwise.
+
+    Absolute paths are accepted when they already lie inside the root and
+    rejected when they do not. The result is the resolved path; callers
+    create directories and files under it.
+    """
+    if "\x00" in relative:
+        raise PathEscapesRoot("path contains a NUL character")
+    real_root = Path(root).resolve()
+    candidate = Path(relative) if PurePosixPath(relative).is_absolute() else real_root / relative
+    resolved = candidate.resolve()
+    if resolved != real_root and not resolved.is_relative_to(real_root):
+        raise PathEscapesRoot(f"path {relative!r} is outside the output directory")
+    return resolved
+
+
+def _safe_value(value: str) -> str:
+    cleaned = _UNSAFE_IN_VALUE.sub("_", value)
+    return "_" if cleaned in (".", "..") else cleaned

@@ -1,0 +1,652 @@
+"""Checking Start*Egress requests and reducing them to one `EgressSpec`.
+
+The wire has five request types, deprecated single-output fields beside the
+output lists, and the newer StartEgress with its own shape. Planning should
+see none of that: `validate` accepts any of them and returns one description
+of the sources, encoding and outputs, or raises `InvalidRequest` naming the
+field at fault. Storage messages are passed through untouched.
+
+Container and codec rules follow what the muxers can write: MP4 takes H.264
+with AAC, Opus or MP3; OGG only Opus audio; MP3 only MP3 audio; HLS (MPEG-TS)
+and RTMP (FLV) take H.264 with AAC or MP3; SRT (MPEG-TS) also Opus. VP8
+therefore fits none of the encoded outputs except snapshots and websockets.
+One encode feeds every output, so the codecs must fit all of them at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+from urllib.parse import urlsplit
+
+from google.protobuf.message import Message
+from livekit.protocol import egress as egress_pb
+from livekit.protocol import models as models_pb
+
+from egresskit.egress.encoding import (
+    AudioCodecName,
+    EncodingSettings,
+    InvalidRequest,
+    audio_codec_of,
+)
+
+Storage = (
+    egress_pb.S3Upload | egress_pb.GCPUpload | egress_pb.AzureBlobUpload | egress_pb.AliOSSUpload
+)
+EgressKind = Literal["room_composite", "track_composite", "participant", "track", "web", "media"]
+FileType = Literal["mp4", "ogg", "mp3", ""]
+StreamProtocol = Literal["rtmp", "srt", "websocket"]
+
+DEFAULT_SEGMENT_DURATION_S = 4
+DEFAULT_CAPTURE_INTERVAL_S = 10
+MAX_IMAGE_DIMENSION = 4096
+
+_LAYOUT = re.compile(r"^(grid|speaker|single-speaker)(-(light|dark))?$")
+_SCHEMES: dict[str, StreamProtocol] = {
+    "rtmp": "rtmp",
+    "rtmps": "rtmp",
+    "srt": "srt",
+    "ws": "websocket",
+    "wss": "websocket",
+}
+_PROTOCOLS: dict[int, StreamProtocol] = {
+    egress_pb.RTMP: "rtmp",
+    egress_pb.SRT: "srt",
+    egress_pb.WEBSOCKET: "websocket",
+}
+_FILE_TYPES: dict[int, FileType] = {
+    egress_pb.MP4: "mp4",
+    egress_pb.OGG: "ogg",
+    egress_pb.MP3: "mp3",
+}
+
+# Which codecs each encoded output can carry (see the module docstring).
+_AUDIO_FITS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"aac", "opus", "mp3"}),
+    "ogg": frozenset({"opus"}),
+    "mp3": frozenset({"mp3"}),
+    "segments": frozenset({"aac", "mp3"}),
+    "rtmp": frozenset({"aac", "mp3"}),
+    "srt": frozenset({"aac", "mp3", "opus"}),
+}
+_VIDEO_FITS: dict[str, frozenset[str]] = {
+    "mp4": frozenset({"h264"}),
+    "ogg": frozenset(),
+    "mp3": frozenset(),
+    "segments": frozenset({"h264"}),
+    "rtmp": frozenset({"h264"}),
+    "srt": frozenset({"h264"}),
+}
+_LABELS = {
+    "mp4": "MP4",
+    "ogg": "OGG",
+    "mp3": "MP3",
+    "segments": "HLS",
+    "rtmp": "RTMP",
+    "srt": "SRT",
+}
+
+
+@dataclass(frozen=True)
+class FileTarget:
+    """One file output; `file_type` is empty for track egress (the track's codec decides)."""
+
+    filepath: str
+    file_type: FileType
+    disable_manifest: bool
+    storage: Storage | None
+
+
+@dataclass(frozen=True)
+class SegmentsTarget:
+    """One HLS output."""
+
+    filename_prefix: str
+    playlist_name: str
+    live_playlist_name: str
+    segment_duration_s: int
+    suffix: int  # egress_pb.SegmentedFileSuffix
+    fragmented_mp4: bool
+    disable_manifest: bool
+    storage: Storage | None
+
+
+@dataclass(frozen=True)
+class StreamTarget:
+    """One stream output: every URL speaks the same protocol."""
+
+    protocol: StreamProtocol
+    urls: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ImagesTarget:
+    """One snapshot output; width/height 0 keep the source size."""
+
+    capture_interval_s: int
+    width: int
+    height: int
+    filename_prefix: str
+    suffix: int  # egress_pb.ImageFileSuffix
+    disable_manifest: bool
+    storage: Storage | None
+
+
+@dataclass(frozen=True)
+class EgressSpec:
+    """A valid egress request, independent of the wire message it came in."""
+
+    kind: EgressKind
+    request: Message
+    room_name: str = ""
+    audio: bool = True
+    video: bool = True
+    encoding: EncodingSettings | None = None
+    file: FileTarget | None = None
+    stream: StreamTarget | None = None
+    segments: SegmentsTarget | None = None
+    images: tuple[ImagesTarget, ...] = ()
+    websocket_url: str = ""
+    webhooks: tuple[models_pb.WebhookConfig, ...] = ()
+    layout: str = ""
+    custom_base_url: str = ""
+    audio_mixing: int = egress_pb.DEFAULT_MIXING
+    web_url: str = ""
+    await_start_signal: bool = False
+    participant_identity: str = ""
+    screen_share: bool = False
+    audio_track_id: str = ""
+    video_track_id: str = ""
+    track_id: str = ""
+    audio_config: egress_pb.AudioConfig | None = None
+
+
+@dataclass
+class _Outputs:
+    """Outputs gathered from a request before their codecs are checked."""
+
+    files: list[tuple[str, Message, Storage | None]] = dataclasses.field(default_factory=list)
+    streams: list[tuple[str, egress_pb.StreamOutput]] = dataclasses.field(default_factory=list)
+    segments: list[tuple[str, egress_pb.SegmentedFileOutput, Storage | None]] = dataclasses.field(
+        default_factory=list
+    )
+    images: list[tuple[str, egress_pb.ImageOutput, Storage | None]] = dataclasses.field(
+        default_factory=list
+    )
+
+
+def validate(request: Message) -> EgressSpec:
+    """Check a start request of any kind and describe it; raise `InvalidRequest` if it is invalid."""
+    if isinstance(request, egress_pb.RoomCompositeEgressRequest):
+        return _room_composite(request)
+    if isinstance(request, egress_pb.TrackCompositeEgressRequest):
+        return _track_composite(request)
+    if isinstance(request, egress_pb.ParticipantEgressRequest):
+        return _participant(request)
+    if isinstance(request, egress_pb.TrackEgressRequest):
+        return _track(request)
+    if isinstance(request, egress_pb.WebEgressRequest):
+        return _web(request)
+    if isinstance(request, egress_pb.StartEgressRequest):
+        return _start_egress(request)
+    raise TypeError(f"not an egress start request: {type(request).__name__}")
+
+
+def stream_protocol(url: str, field: str = "url") -> StreamProtocol:
+    """The protocol of a stream URL (`rtmp(s)://`, `srt://`, `ws(s)://`), for UpdateStream too."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise InvalidRequest(field, "not a valid URL") from None
+    protocol = _SCHEMES.get(parts.scheme.lower())
+    if protocol is None:
+        raise InvalidRequest(
+            field, "stream URLs must start with rtmp://, rtmps://, srt:// or ws(s)://"
+        )
+    if not host:
+        raise InvalidRequest(field, "stream URL has no host")
+    return protocol
+
+
+def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
+    _require(req.room_name, "room_name")
+    _check_layout(req.layout, "layout")
+    _check_audio_video_flags(req.audio_only, req.video_only)
+    if req.audio_mixing not in egress_pb.AudioMixing.values():
+        raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
+    outputs = _legacy_outputs(req)
+    return _encoded(
+        EgressSpec(
+            kind="room_composite",
+            request=req,
+            room_name=req.room_name,
+            audio=not req.video_only,
+            video=not req.audio_only,
+            layout=req.layout,
+            custom_base_url=req.custom_base_url,
+            audio_mixing=req.audio_mixing,
+            webhooks=_webhooks(req.webhooks),
+        ),
+        outputs,
+        req,
+        "options",
+    )
+
+
+def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:
+    _require(req.room_name, "room_name")
+    if not req.audio_track_id and not req.video_track_id:
+        raise InvalidRequest("audio_track_id", "set audio_track_id, video_track_id or both")
+    return _encoded(
+        EgressSpec(
+            kind="track_composite",
+            request=req,
+            room_name=req.room_name,
+            audio=bool(req.audio_track_id),
+            video=bool(req.video_track_id),
+            audio_track_id=req.audio_track_id,
+            video_track_id=req.video_track_id,
+            webhooks=_webhooks(req.webhooks),
+        ),
+        _legacy_outputs(req),
+        req,
+        "options",
+    )
+
+
+def _participant(req: egress_pb.ParticipantEgressRequest) -> EgressSpec:
+    _require(req.room_name, "room_name")
+    _require(req.identity, "identity")
+    return _encoded(
+        EgressSpec(
+            kind="participant",
+            request=req,
+            room_name=req.room_name,
+            participant_identity=req.identity,
+            screen_share=req.screen_share,
+            webhooks=_webhooks(req.webhooks),
+        ),
+        _legacy_outputs(req),
+        req,
+        "options",
+    )
+
+
+def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
+    _check_web_url(req.url, "url")
+    _check_audio_video_flags(req.audio_only, req.video_only)
+    return _encoded(
+        EgressSpec(
+            kind="web",
+            request=req,
+            audio=not req.video_only,
+            video=not req.audio_only,
+            web_url=req.url,
+            await_start_signal=req.await_start_signal,
+            webhooks=_webhooks(req.webhooks),
+        ),
+        _legacy_outputs(req),
+        req,
+        "options",
+    )
+
+
+def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
+    _require(req.room_name, "room_name")
+    _require(req.track_id, "track_id")
+    spec = EgressSpec(
+        kind="track",
+        request=req,
+        room_name=req.room_name,
+        track_id=req.track_id,
+        encoding=None,
+        webhooks=_webhooks(req.webhooks),
+    )
+    output = req.WhichOneof("output")
+    if output == "websocket_url":
+        if stream_protocol(req.websocket_url, "websocket_url") != "websocket":
+            raise InvalidRequest("websocket_url", "must start with ws:// or wss://")
+        return dataclasses.replace(spec, websocket_url=req.websocket_url)
+    if output == "file":
+        storage = _storage_of(req.file, "file")
+        return dataclasses.replace(
+            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage)
+        )
+    raise InvalidRequest("output", "set file or websocket_url")
+
+
+def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
+    source = req.WhichOneof("source")
+    webhooks = _webhooks(req.webhooks)
+    if source == "template":
+        template = req.template
+        _require(req.room_name, "room_name")
+        _check_layout(template.layout, "template.layout")
+        _check_audio_video_flags(template.audio_only, template.video_only, "template.")
+        spec = EgressSpec(
+            kind="room_composite",
+            request=req,
+            room_name=req.room_name,
+            audio=not template.video_only,
+            video=not template.audio_only,
+            layout=template.layout,
+            custom_base_url=template.custom_base_url,
+            webhooks=webhooks,
+        )
+    elif source == "web":
+        web = req.web
+        _check_web_url(web.url, "web.url")
+        _check_audio_video_flags(web.audio_only, web.video_only, "web.")
+        spec = EgressSpec(
+            kind="web",
+            request=req,
+            room_name=req.room_name,
+            audio=not web.video_only,
+            video=not web.audio_only,
+            web_url=web.url,
+            await_start_signal=web.await_start_signal,
+            webhooks=webhooks,
+        )
+    elif source == "media":
+        _require(req.room_name, "room_name")
+        spec = _media_spec(req, webhooks)
+    else:
+        raise InvalidRequest("source", "set template, web or media")
+    outputs = _Outputs()
+    default_storage = _provider(req.storage, "storage") if req.HasField("storage") else None
+    for index, output in enumerate(req.outputs):
+        field = f"outputs[{index}]"
+        storage = (
+            _provider(output.storage, f"{field}.storage")
+            if output.HasField("storage")
+            else default_storage
+        )
+        config = output.WhichOneof("config")
+        if config == "file":
+            outputs.files.append((f"{field}.file", output.file, storage))
+        elif config == "stream":
+            outputs.streams.append((f"{field}.stream", output.stream))
+        elif config == "segments":
+            outputs.segments.append((f"{field}.segments", output.segments, storage))
+        elif config == "images":
+            outputs.images.append((f"{field}.images", output.images, storage))
+        else:
+            raise InvalidRequest(field, "set file, stream, segments or images")
+    return _encoded(spec, outputs, req, "encoding")
+
+
+def _media_spec(
+    req: egress_pb.StartEgressRequest, webhooks: tuple[models_pb.WebhookConfig, ...]
+) -> EgressSpec:
+    media = req.media
+    video = media.WhichOneof("video")
+    if video == "participant_video":
+        _require(media.participant_video.identity, "media.participant_video.identity")
+    audio = media.HasField("audio") and (media.audio.capture_all or len(media.audio.routes) > 0)
+    for index, route in enumerate(media.audio.routes):
+        if route.WhichOneof("match") is None:
+            raise InvalidRequest(
+                f"media.audio.routes[{index}]",
+                "set track_id, participant_identity or participant_kind",
+            )
+    if video is None and not audio:
+        raise InvalidRequest("media", "select a video track, audio tracks or both")
+    return EgressSpec(
+        kind="media",
+        request=req,
+        room_name=req.room_name,
+        audio=audio,
+        video=video is not None,
+        video_track_id=media.video_track_id,
+        participant_identity=media.participant_video.identity,
+        screen_share=media.participant_video.prefer_screen_share,
+        audio_config=media.audio if audio else None,
+        webhooks=webhooks,
+    )
+
+
+def _legacy_outputs(req: Message) -> _Outputs:
+    """Outputs of the older requests: the deprecated single `file`/`stream`/`segments` plus lists."""
+    outputs = _Outputs()
+    single = req.WhichOneof("output") if "output" in req.DESCRIPTOR.oneofs_by_name else None
+    if single == "file":
+        outputs.files.append(("file", req.file, _storage_of(req.file, "file")))
+    elif single == "stream":
+        outputs.streams.append(("stream", req.stream))
+    elif single == "segments":
+        outputs.segments.append(("segments", req.segments, _storage_of(req.segments, "segments")))
+    for index, file in enumerate(req.file_outputs):
+        field = f"file_outputs[{index}]"
+        outputs.files.append((field, file, _storage_of(file, field)))
+    for index, stream in enumerate(req.stream_outputs):
+        outputs.streams.append((f"stream_outputs[{index}]", stream))
+    for index, segments in enumerate(req.segment_outputs):
+        field = f"segment_outputs[{index}]"
+        outputs.segments.append((field, segments, _storage_of(segments, field)))
+    for index, image in enumerate(req.image_outputs):
+        field = f"image_outputs[{index}]"
+        outputs.images.append((field, image, _storage_of(image, field)))
+    return outputs
+
+
+def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: str) -> EgressSpec:
+    """Check the outputs of an encoding egress against each other and resolve the encoding."""
+    for kind, items in (
+        ("file", outputs.files),
+        ("stream", outputs.streams),
+        ("segments", outputs.segments),
+    ):
+        if len(items) > 1:
+            raise InvalidRequest(items[1][0], f"at most one {kind} output is supported")
+    if not (outputs.files or outputs.streams or outputs.segments or outputs.images):
+        raise InvalidRequest("output", "at least one output is required")
+
+    choice = req.WhichOneof(encoding_oneof)
+    preset = req.preset if choice == "preset" else None
+    advanced = req.advanced if choice == "advanced" else None
+    explicit_codec = audio_codec_of(advanced)
+
+    file = None
+    if outputs.files:
+        field, message, storage = outputs.files[0]
+        file_type = _file_type(message, field, spec.video, explicit_codec, outputs)
+        file = FileTarget(message.filepath, file_type, message.disable_manifest, storage)
+    stream = None
+    if outputs.streams:
+        stream = _stream_target(*outputs.streams[0])
+    segments = None
+    if outputs.segments:
+        segments = _segments_target(*outputs.segments[0])
+    images = tuple(_images_target(*item) for item in outputs.images)
+    if images and not spec.video:
+        raise InvalidRequest(outputs.images[0][0], "image outputs need video")
+
+    default_codec: AudioCodecName = "aac"
+    if file is not None and file.file_type == "ogg":
+        default_codec = "opus"
+    elif file is not None and file.file_type == "mp3":
+        default_codec = "mp3"
+    encoding = EncodingSettings.from_request(preset, advanced, default_audio_codec=default_codec)
+    if segments is not None and not (advanced and advanced.key_frame_interval):
+        encoding = dataclasses.replace(
+            encoding, key_frame_interval_s=float(segments.segment_duration_s)
+        )
+
+    containers: list[tuple[str, str]] = []
+    if file is not None:
+        containers.append((outputs.files[0][0], file.file_type))
+    if segments is not None:
+        containers.append((outputs.segments[0][0], "segments"))
+    if stream is not None and stream.protocol != "websocket":
+        containers.append((outputs.streams[0][0], stream.protocol))
+    for field, container in containers:
+        _check_fit(field, container, spec, encoding)
+    return dataclasses.replace(
+        spec, encoding=encoding, file=file, stream=stream, segments=segments, images=images
+    )
+
+
+def _file_type(
+    message: Message,
+    field: str,
+    video: bool,
+    explicit_codec: AudioCodecName | None,
+    outputs: _Outputs,
+) -> FileType:
+    if message.file_type != egress_pb.DEFAULT_FILETYPE:
+        if message.file_type not in _FILE_TYPES:
+            raise InvalidRequest(f"{field}.file_type", f"unknown file type {message.file_type}")
+        return _FILE_TYPES[message.file_type]
+    if video:
+        return "mp4"
+    if explicit_codec == "aac":
+        return "mp4"
+    if explicit_codec == "mp3":
+        return "mp3"
+    if explicit_codec == "opus":
+        return "ogg"
+    # Audio only, codec left to us: OGG/Opus, unless another output needs AAC anyway.
+    return "mp4" if outputs.segments or outputs.streams else "ogg"
+
+
+def _check_fit(field: str, container: str, spec: EgressSpec, encoding: EncodingSettings) -> None:
+    label = _LABELS[container]
+    if spec.video and encoding.video_codec not in _VIDEO_FITS[container]:
+        if not _VIDEO_FITS[container]:
+            raise InvalidRequest(field, f"{label} output cannot contain video; set audio_only")
+        raise InvalidRequest(
+            field, f"{label} output cannot carry {encoding.video_codec.upper()} video"
+        )
+    if spec.audio and encoding.audio_codec not in _AUDIO_FITS[container]:
+        raise InvalidRequest(
+            field, f"{label} output cannot carry {encoding.audio_codec.upper()} audio"
+        )
+    if not spec.audio and container in ("ogg", "mp3"):
+        raise InvalidRequest(field, f"{label} output needs audio")
+
+
+def _stream_target(field: str, message: egress_pb.StreamOutput) -> StreamTarget:
+    urls = list(message.urls) + [d.url for d in message.destinations]
+    if not urls:
+        raise InvalidRequest(f"{field}.urls", "at least one URL is required")
+    if len(set(urls)) != len(urls):
+        raise InvalidRequest(f"{field}.urls", "URLs must be distinct")
+    protocols = {stream_protocol(url, f"{field}.urls") for url in urls}
+    if len(protocols) > 1:
+        raise InvalidRequest(f"{field}.urls", "all URLs of one stream output must use one protocol")
+    protocol = protocols.pop()
+    if message.protocol != egress_pb.DEFAULT_PROTOCOL:
+        declared = _PROTOCOLS.get(message.protocol)
+        if declared != protocol:
+            raise InvalidRequest(f"{field}.protocol", "does not match the URL scheme")
+    return StreamTarget(protocol, tuple(urls))
+
+
+def _segments_target(
+    field: str, message: egress_pb.SegmentedFileOutput, storage: Storage | None
+) -> SegmentsTarget:
+    if message.filename_suffix not in egress_pb.SegmentedFileSuffix.values():
+        raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
+    if message.protocol not in egress_pb.SegmentedFileProtocol.values():
+        raise InvalidRequest(f"{field}.protocol", "unknown protocol")
+    return SegmentsTarget(
+        filename_prefix=message.filename_prefix,
+        playlist_name=message.playlist_name,
+        live_playlist_name=message.live_playlist_name,
+        segment_duration_s=message.segment_duration or DEFAULT_SEGMENT_DURATION_S,
+        suffix=message.filename_suffix,
+        fragmented_mp4=message.protocol == egress_pb.HLS_FMP4_PROTOCOL,
+        disable_manifest=message.disable_manifest,
+        storage=storage,
+    )
+
+
+def _images_target(
+    field: str, message: egress_pb.ImageOutput, storage: Storage | None
+) -> ImagesTarget:
+    for name in ("width", "height"):
+        value = getattr(message, name)
+        if value and not 16 <= value <= MAX_IMAGE_DIMENSION:
+            raise InvalidRequest(
+                f"{field}.{name}", f"{value} must be 0 (source size) or between 16 and 4096"
+            )
+    if message.filename_suffix not in egress_pb.ImageFileSuffix.values():
+        raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
+    if message.image_codec not in (egress_pb.IC_DEFAULT, egress_pb.IC_JPEG):
+        raise InvalidRequest(f"{field}.image_codec", "only JPEG images are supported")
+    return ImagesTarget(
+        capture_interval_s=message.capture_interval or DEFAULT_CAPTURE_INTERVAL_S,
+        width=message.width,
+        height=message.height,
+        filename_prefix=message.filename_prefix,
+        suffix=message.filename_suffix,
+        disable_manifest=message.disable_manifest,
+        storage=storage,
+    )
+
+
+def _storage_of(message: Message, field: str) -> Storage | None:
+    """The upload target of an output message with an `output` oneof (s3/gcp/azure/aliOSS)."""
+    which = message.WhichOneof("output")
+    if which is None:
+        return None
+    storage = getattr(message, which)
+    _check_storage(storage, f"{field}.{which}")
+    return storage
+
+
+def _provider(config: egress_pb.StorageConfig, field: str) -> Storage | None:
+    which = config.WhichOneof("provider")
+    if which is None:
+        return None
+    storage = getattr(config, which)
+    _check_storage(storage, f"{field}.{which}")
+    return storage
+
+
+def _check_storage(storage: Storage, field: str) -> None:
+    if isinstance(storage, egress_pb.AzureBlobUpload):
+        _require(storage.account_name, f"{field}.account_name")
+        _require(storage.container_name, f"{field}.container_name")
+    else:
+        _require(storage.bucket, f"{field}.bucket")
+
+
+def _webhooks(
+    webhooks: Sequence[models_pb.WebhookConfig],
+) -> tuple[models_pb.WebhookConfig, ...]:
+    for index, webhook in enumerate(webhooks):
+        _check_web_url(webhook.url, f"webhooks[{index}].url")
+    return tuple(webhooks)
+
+
+def _check_web_url(url: str, field: str) -> None:
+    _require(url, field)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:
+        raise InvalidRequest(field, "not a valid URL") from None
+    if parts.scheme.lower() not in ("http", "https") or not host:
+        raise InvalidRequest(field, "must be an http:// or https:// URL")
+
+
+def _check_layout(layout: str, field: str) -> None:
+    if layout and not _LAYOUT.match(layout):
+        raise InvalidRequest(
+            field, "layout must be grid, speaker or single-speaker, optionally with -light or -dark"
+        )
+
+
+def _check_audio_video_flags(audio_only: bool, video_only: bool, prefix: str = "") -> None:
+    if audio_only and video_only:
+        raise InvalidRequest(f"{prefix}video_only", "audio_only and video_only cannot both be set")
+
+
+def _require(value: str, field: str) -> None:
+    if not value:
+        raise InvalidRequest(field, "required")

@@ -1,0 +1,49 @@
+"""Twirp authorization: a Bearer access token carrying the grants a service needs.
+
+Egress calls need `video.roomRecord`; a RoomService would ask for `roomList`
+or `roomAdmin`. Every failure is `unauthenticated` (401) with a message that
+says what was wrong with the token and never echoes the token or a secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from aiohttp import web
+
+from egresskit.service.twirp import Authorize, TwirpError
+from egresskit.tokens import DEFAULT_LEEWAY_S, Claims, TokenError, bearer_token, verify_token
+
+EGRESS_GRANT = "roomRecord"
+
+
+def require_grant(
+    keys: Mapping[str, str], grant: str | Sequence[str], *, leeway: float = DEFAULT_LEEWAY_S
+) -> Authorize:
+    """An `authorize` callable for `TwirpService` accepting tokens signed by one of `keys`.
+
+    `keys` maps API keys to their secrets. `grant` names the video grant(s)
+    the token must hold, as `roomRecord` or `video.roomRecord`; with several,
+    every one is required. The callable returns the verified `Claims`.
+    """
+    names = (grant,) if isinstance(grant, str) else tuple(grant)
+    required = tuple(name.removeprefix("video.") for name in names)
+    if not required:
+        raise ValueError("at least one grant is required")
+
+    async def authorize(request: web.Request, method: str) -> Claims:
+        try:
+            claims = verify_token(
+                bearer_token(request.headers.get("Authorization")), keys, leeway=leeway
+            )
+        except TokenError as error:
+            raise TwirpError("unauthenticated", f"invalid token: {error}") from None
+        missing = [name for name in required if claims.grant(name) is not True]
+        if missing:
+            raise TwirpError(
+                "unauthenticated",
+                f"token lacks the {', '.join(missing)} grant needed for {method}",
+            )
+        return claims
+
+    return authorize
