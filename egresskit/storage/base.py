@@ -15,8 +15,10 @@ import os
 import re
 import tempfile
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
@@ -83,6 +85,32 @@ def scrub(text: str, secrets: Iterable[str] = ()) -> str:
             text,
         )
     return text
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """An HTTP proxy for uploads (LiveKit ``ProxyConfig``)."""
+
+    url: str
+    username: str = ""
+    password: str = ""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> ProxySettings | None:
+        if not data or not data.get("url"):
+            return None
+        return cls(data["url"], data.get("username", ""), data.get("password", ""))
+
+    def url_with_auth(self) -> str:
+        """The proxy URL carrying basic credentials, the form botocore and aiohttp accept."""
+        if not self.username:
+            return self.url
+        parts = urlsplit(self.url)
+        auth = quote(self.username, safe="") + ":" + quote(self.password, safe="")
+        return urlunsplit(parts._replace(netloc=f"{auth}@{parts.hostname}:{parts.port or 80}"))
+
+    def as_dict(self) -> dict[str, str]:
+        return {"url": self.url, "username": self.username, "password": self.password}
 
 
 class Storage(abc.ABC):

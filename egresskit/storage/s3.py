@@ -13,41 +13,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from google.protobuf.message import Message
 
-from egresskit.storage.base import Storage, config_to_dict
+from egresskit.storage.base import ProxySettings, Storage, config_to_dict
 
 MiB = 1024 * 1024
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """An HTTP proxy for uploads (LiveKit ``ProxyConfig``)."""
-
-    url: str
-    username: str = ""
-    password: str = ""
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any] | None) -> ProxySettings | None:
-        if not data or not data.get("url"):
-            return None
-        return cls(data["url"], data.get("username", ""), data.get("password", ""))
-
-    def url_with_auth(self) -> str:
-        """The proxy URL carrying basic credentials, the form botocore and aiohttp accept."""
-        if not self.username:
-            return self.url
-        parts = urlsplit(self.url)
-        auth = quote(self.username, safe="") + ":" + quote(self.password, safe="")
-        return urlunsplit(parts._replace(netloc=f"{auth}@{parts.hostname}:{parts.port or 80}"))
-
-    def as_dict(self) -> dict[str, str]:
-        return {"url": self.url, "username": self.username, "password": self.password}
 
 
 @dataclass(repr=False)
