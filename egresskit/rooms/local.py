@@ -150,8 +150,8 @@ class LocalTrack:
     async def _finish(self) -> None:
         """After `_stop`: wait for the reader, end the subscribers, release the source."""
         if self._reader is not None and self._reader is not asyncio.current_task():
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._reader), RELEASE_TIMEOUT_S)
+            # asyncio.wait: the reader's own cancellation must not look like ours.
+            await asyncio.wait({self._reader}, timeout=RELEASE_TIMEOUT_S)
         await self._close_subscribers()
         if self._release is not None:
             release, self._release = self._release, None
