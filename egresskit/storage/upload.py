@@ -56,8 +56,15 @@ RetryHook = Callable[[Storage, int, str, float], None]
 
 
 def describe_error(exc: BaseException, storage: Storage) -> str:
-    """A one-line, secret-free description of ``exc``."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    """A one-line, secret-free description of ``exc``.
+
+    Some clients put the whole response body in the message; the first line and any
+    ``ErrorCode:`` line carry what a reader needs.
+    """
+    lines = str(exc).splitlines() or [""]
+    kept = [lines[0].strip()] + [ln.strip() for ln in lines[1:] if ln.startswith("ErrorCode:")]
+    text = "; ".join(part for part in kept if part)
+    text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return scrub(text, storage.secret_values())
 
 
