@@ -110,6 +110,23 @@ class MotoServer(ServerProcess):
         )
 
 
+class MotoS3Only(MotoServer):
+    """moto's S3 application alone, for clients whose signatures moto cannot route by.
+
+    moto's server picks a service from each request's AWS signature scope; OSS-signed
+    requests carry none it knows, so this serves the S3 app directly (signatures unchecked).
+    """
+
+    LAUNCHER = (
+        "import sys; from werkzeug.serving import run_simple; "
+        "from moto.moto_server.werkzeug_app import create_backend_app; "
+        "run_simple('127.0.0.1', int(sys.argv[1]), create_backend_app('s3'), threaded=True)"
+    )
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-c", self.LAUNCHER, str(self.port)]
+
+
 class AzuriteBlob(ServerProcess):
     """Azurite's blob service from npm (``azurite-blob`` on PATH)."""
 

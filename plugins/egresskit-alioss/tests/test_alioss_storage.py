@@ -1,0 +1,54 @@
+"""AliOSSStorage's OSS requests against moto's S3 server (see the README for what that proves)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from egresskit_alioss import AliOSSStorage
+from livekit.protocol import egress
+
+from egresskit.storage import storage_for_output
+
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def bucket(oss_target):
+    name = f"oss-{os.urandom(4).hex()}"
+    oss_target.boto3_client().create_bucket(Bucket=name)
+    return name
+
+
+def read_back(oss_target, bucket: str, key: str) -> tuple[list[str], dict, bytes]:
+    client = oss_target.boto3_client()
+    names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    obj = client.get_object(Bucket=bucket, Key=key)
+    return names, obj, obj["Body"].read()
+
+
+async def test_alioss_request_puts_object(oss_target, bucket, tmp_path):
+    data = os.urandom(3 * MiB + 7)
+    (tmp_path / "room.mp4").write_bytes(data)
+    output = egress.EncodedFileOutput(
+        filepath="room.mp4",
+        aliOSS=egress.AliOSSUpload(
+            access_key="LTAIexampleKey",
+            secret="oss-secret-value",
+            region="cn-hangzhou",
+            endpoint=oss_target.url,
+            bucket=bucket,
+        ),
+    )
+    storage = storage_for_output(output)
+    assert isinstance(storage, AliOSSStorage)
+    assert "oss-secret-value" not in repr(storage)
+    storage.use_path_style = True  # the local target addresses buckets by path
+    async with storage:
+        location = await storage.upload_file(tmp_path / "room.mp4", "rooms/room.mp4", "video/mp4")
+    assert location == f"{oss_target.url}/{bucket}/rooms/room.mp4"
+    names, obj, body = read_back(oss_target, bucket, "rooms/room.mp4")
+    assert names == ["rooms/room.mp4"]
+    assert obj["ContentType"] == "video/mp4"
+    assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
