@@ -122,7 +122,12 @@ class S3Storage(Storage):
                     url = self.proxy.url_with_auth()
                     proxies = {"http": url, "https": url}
                 config = AioConfig(
-                    s3={"addressing_style": "path" if self.force_path_style else "auto"},
+                    s3={
+                        "addressing_style": "path" if self.force_path_style else "auto",
+                        # Hashing every part for the signature would run on the event loop;
+                        # bodies are sent as UNSIGNED-PAYLOAD (TLS protects them on https).
+                        "payload_signing_enabled": False,
+                    },
                     proxies=proxies,
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.read_timeout,
