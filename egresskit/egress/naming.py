@@ -75,7 +75,10 @@ def expand_template(template: str, fields: NameFields, when: datetime) -> str:
         "time": format_time(when),
         "utc": format_utc(when),
     }
-    return _TEMPLATE.sub(lambda m: values[m.group(1)], template)
+    expanded = _TEMPLATE.sub(lambda m: values[m.group(1)], template)
+    # An empty value at the start ("{room_name}/x" without a room name) must not
+    # turn a relative template into an absolute path.
+    return expanded if template.startswith("/") else expanded.lstrip("/")
 
 
 def file_path(

@@ -73,7 +73,7 @@ def redact_stream_url(url: str) -> str:
     if "@" in netloc:
         userinfo, _, host = netloc.rpartition("@")
         user, sep, password = userinfo.partition(":")
-        netloc = f"{user}{sep}{mask_value(password) if sep else ''}@{host}"
+        netloc = f"{user}{sep}{'{...}' if password else ''}@{host}"  # passwords fully hidden
     path = parts.path
     if parts.scheme.lower() in ("rtmp", "rtmps"):
         head, sep, key = path.rpartition("/")

@@ -576,7 +576,7 @@ def _images_target(
             )
     if message.filename_suffix not in egress_pb.ImageFileSuffix.values():
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
-    if message.image_codec not in (egress_pb.IC_DEFAULT, egress_pb.IC_JPEG):
+    if message.image_codec not in (models_pb.IC_DEFAULT, models_pb.IC_JPEG):
         raise InvalidRequest(f"{field}.image_codec", "only JPEG images are supported")
     return ImagesTarget(
         capture_interval_s=message.capture_interval or DEFAULT_CAPTURE_INTERVAL_S,
