@@ -76,7 +76,7 @@ class TwirpError(Exception):
     def to_response(self) -> web.Response:
         """The error as an HTTP response (always JSON, whatever the request's content type)."""
         body = {"code": self.code, "msg": self.msg, "meta": self.meta}
-        return web.Response(status=self.status, text=json.dumps(body), content_type=JSON)
+        return _json_response(body, status=self.status)
 
 
 @dataclass(frozen=True)
@@ -157,7 +157,7 @@ class TwirpService:
             raise TwirpError("internal", "internal error")
         if content_type == PROTOBUF:
             return web.Response(body=response.SerializeToString(), content_type=PROTOBUF)
-        return web.Response(text=json.dumps(to_json_dict(response)), content_type=JSON)
+        return _json_response(to_json_dict(response))
 
 
 def to_json_dict(message: Message) -> dict[str, Any]:
@@ -203,6 +203,14 @@ async def _guarded(call: Awaitable[Any], doing: str) -> Any:
     except Exception:
         logger.exception("unexpected error while %s", doing)
         raise TwirpError("internal", "internal error") from None
+
+
+def _json_response(data: Mapping[str, Any], status: int = 200) -> web.Response:
+    # Exactly `application/json`, without aiohttp's `; charset=utf-8`: the Node
+    # server SDK only reads an error body whose Content-Type matches exactly.
+    return web.Response(
+        status=status, body=json.dumps(data).encode(), headers={"Content-Type": JSON}
+    )
 
 
 def _bad_route(request: web.Request, msg: str) -> TwirpError:
