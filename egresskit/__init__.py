@@ -1,0 +1,40 @@
+"""egresskit: record and live-stream real-time rooms from Python.
+
+The public names below compose into a pipeline in a few lines; see
+examples/record_room.py.
+"""
+
+from egresskit.egress.graphs import CompositeStages, FileOutput, composite_graph
+from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
+from egresskit.rooms import LocalRoom, RoomManager, whip_app
+from egresskit.stages.compositor import VideoCompositor
+from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
+from egresskit.stages.mixer import AudioMixer
+from egresskit.stages.muxer import FileMuxer, Mp4Muxer
+from egresskit.stages.subscriber import RoomSubscriber
+from egresskit.tokens import create_token
+
+__all__ = [
+    "EOS",
+    "AudioEncoder",
+    "AudioEncoding",
+    "AudioMixer",
+    "CompositeStages",
+    "FileMuxer",
+    "FileOutput",
+    "Graph",
+    "GraphState",
+    "Link",
+    "LinkPolicy",
+    "LocalRoom",
+    "Mp4Muxer",
+    "RoomManager",
+    "RoomSubscriber",
+    "Stage",
+    "VideoCompositor",
+    "VideoEncoder",
+    "VideoEncoding",
+    "composite_graph",
+    "create_token",
+    "whip_app",
+]

@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.layout import Rect, fit, grid_rects
@@ -35,6 +36,10 @@ class _Tile:
     version: int = 0
     muted: bool = False
     scaled: dict[tuple[int, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    # Frames are shared by every graph subscribed to the track: scaling through the
+    # frame's own cached reformatter from two compositor threads at once crashes
+    # swscale, so each tile owns one.
+    reformatter: VideoReformatter = field(default_factory=VideoReformatter)
 
 
 class VideoCompositor(Stage):
@@ -142,7 +147,8 @@ class VideoCompositor(Stage):
         cached = tile.scaled.get(key)
         if cached is None or cached[0] != version:
             # swscale runs without the GIL; the result is reused until a new frame arrives
-            data = frame.reformat(box.width, box.height, "yuv420p").to_ndarray()
+            scaled = tile.reformatter.reformat(frame, box.width, box.height, "yuv420p")
+            data = scaled.to_ndarray()
             tile.scaled = {key: (version, data)}
         else:
             data = cached[1]

@@ -65,6 +65,9 @@ class _Encoder(Stage):
             await self._send(packet)
 
     async def _send(self, packet: av.Packet) -> None:
+        if not packet.duration and self.kind == "video":
+            # one frame at constant frame rate: the muxer sizes the last sample from it
+            packet.duration = 1
         self.packets_out += 1
         self.bytes_out += packet.size
         await self.output.send(EncodedPacket(self.kind, packet))
@@ -83,7 +86,9 @@ class VideoEncoder(_Encoder):
 
     kind = "video"
 
-    def __init__(self, encoding: VideoEncoding = VideoEncoding(), *, name: str | None = None) -> None:
+    def __init__(
+        self, encoding: VideoEncoding = VideoEncoding(), *, name: str | None = None
+    ) -> None:
         super().__init__(name)
         if encoding.codec not in VIDEO_CODECS:
             raise ValueError(f"unsupported video codec {encoding.codec!r}")
@@ -121,13 +126,14 @@ class VideoEncoder(_Encoder):
         )
 
 
-
 class AudioEncoder(_Encoder):
     """Encodes the mixed audio; PyAV resamples to the codec's format and frame size."""
 
     kind = "audio"
 
-    def __init__(self, encoding: AudioEncoding = AudioEncoding(), *, name: str | None = None) -> None:
+    def __init__(
+        self, encoding: AudioEncoding = AudioEncoding(), *, name: str | None = None
+    ) -> None:
         super().__init__(name)
         if encoding.codec not in AUDIO_CODECS:
             raise ValueError(f"unsupported audio codec {encoding.codec!r}")
@@ -135,10 +141,14 @@ class AudioEncoder(_Encoder):
         # The codec context lives on a stream of a throwaway container so that
         # muxers can copy its parameters (extradata included) as a template.
         self._holder = av.open(io.BytesIO(), "w", format="matroska")
-        self._template = self._holder.add_stream(AUDIO_CODECS[encoding.codec], rate=encoding.sample_rate)
+        self._template = self._holder.add_stream(
+            AUDIO_CODECS[encoding.codec], rate=encoding.sample_rate
+        )
         ctx = self._template.codec_context
         ctx.layout = "stereo"
         ctx.bit_rate = encoding.bitrate_kbps * 1000
+        if encoding.codec == "aac":
+            ctx.profile = "LC"  # also tells muxers copying this template which profile it is
         ctx.flags |= av.codec.context.Flags.global_header
         ctx.open()
         self.context = ctx

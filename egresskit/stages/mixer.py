@@ -134,4 +134,8 @@ class AudioMixer(Stage):
     def stats(self) -> dict[str, int]:
         silence = self.silence_samples + sum(b.silence for b in self._tracks.values())
         dropped = self.dropped_samples + sum(b.dropped for b in self._tracks.values())
-        return {"frames_out": self.frames_out, "silence_samples": silence, "dropped_samples": dropped}
+        return {
+            "frames_out": self.frames_out,
+            "silence_samples": silence,
+            "dropped_samples": dropped,
+        }

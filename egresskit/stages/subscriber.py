@@ -130,7 +130,7 @@ class RoomSubscriber(Stage):
         if track.muted:
             await port.send(TrackMuteChanged(info, True))
         self._pumps[track.sid] = asyncio.create_task(self._pump(info, link, port))
-        self.post("track_subscribed", track_sid=track.sid, kind="video" if video else "audio")
+        self.post("track_subscribed", track_sid=track.sid, media="video" if video else "audio")
 
     async def _pump(self, info: TrackInfo, link: Link, port) -> None:
         async for frame in link:
