@@ -87,7 +87,9 @@ class Graph:
         self.clock.start()
         self._set_state(GraphState.RUNNING)
         for stage in self.stages:
-            self._tasks[stage] = asyncio.create_task(self._run_stage(stage), name=f"{self.name}/{stage.name}")
+            self._tasks[stage] = asyncio.create_task(
+                self._run_stage(stage), name=f"{self.name}/{stage.name}"
+            )
         self._watcher = asyncio.create_task(self._watch(), name=f"{self.name}/watch")
 
     async def _run_stage(self, stage: Stage) -> None:
@@ -148,7 +150,10 @@ class Graph:
             await asyncio.wait_for(self._done.wait(), timeout)
         except TimeoutError:
             stuck = [s.name for s, t in self._tasks.items() if not t.done()]
-            self._fail(self.stages[0], TimeoutError(f"stages did not drain in {timeout:.0f} s: {', '.join(stuck)}"))
+            self._fail(
+                self.stages[0],
+                TimeoutError(f"stages did not drain in {timeout:.0f} s: {', '.join(stuck)}"),
+            )
             for task in self._tasks.values():
                 task.cancel()
             await self._done.wait()
@@ -174,6 +179,8 @@ class Graph:
 
     def stats(self) -> dict[str, Any]:
         return {
-            "links": {link.name: {"dropped": link.dropped, "passed": link.passed} for link in self.links},
+            "links": {
+                link.name: {"dropped": link.dropped, "passed": link.passed} for link in self.links
+            },
             "stages": {stage.name: stage.stats() for stage in self.stages},
         }
