@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from egresskit.egress.encoding import EncodingSettings
 from egresskit.pipeline import Graph, LinkPolicy
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
@@ -42,6 +43,30 @@ class CompositeStages:
 
 
 CONTAINERS = {".mp4": "mp4", ".ogg": "ogg", ".webm": "webm", ".mp3": "mp3", ".mkv": "matroska"}
+
+
+def stage_encodings(
+    settings: EncodingSettings, *, audio: bool = True, video: bool = True
+) -> tuple[VideoEncoding | None, AudioEncoding | None]:
+    """The encoder settings of a request's EncodingSettings (None for a left-out medium)."""
+    video_encoding = audio_encoding = None
+    if video:
+        video_encoding = VideoEncoding(
+            codec=settings.video_codec,
+            width=settings.width,
+            height=settings.height,
+            fps=settings.framerate,
+            bitrate_kbps=settings.video_bitrate_kbps,
+            profile=settings.h264_profile,
+            keyframe_interval_s=settings.key_frame_interval_s,
+        )
+    if audio:
+        audio_encoding = AudioEncoding(
+            codec=settings.audio_codec,
+            bitrate_kbps=settings.audio_bitrate_kbps,
+            sample_rate=settings.audio_frequency,
+        )
+    return video_encoding, audio_encoding
 
 
 def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
