@@ -18,7 +18,7 @@ fi
 systemctl disable --now nginx >/dev/null 2>&1 || true
 
 command -v azurite-blob >/dev/null 2>&1 || npm install -g --silent azurite@3 >/dev/null
-npm install --silent --no-audit --no-fund --prefix tests/node >/dev/null
+npm install --silent --no-audit --no-fund --no-package-lock --prefix tests/node >/dev/null
 
 # One pip run, so the resolver sees aiobotocore's botocore pin and boto3 together.
 python3 -m pip install -q --disable-pip-version-check \
