@@ -214,7 +214,7 @@ def stream_protocol(url: str, field: str = "url") -> StreamProtocol:
 
 def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
-    _check_layout(req.layout, "layout")
+    check_layout(req.layout, "layout")
     _check_audio_video_flags(req.audio_only, req.video_only)
     if req.audio_mixing not in egress_pb.AudioMixing.values():
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
@@ -325,7 +325,7 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
     if source == "template":
         template = req.template
         _require(req.room_name, "room_name")
-        _check_layout(template.layout, "template.layout")
+        check_layout(template.layout, "template.layout")
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
         spec = EgressSpec(
             kind="room_composite",
@@ -635,7 +635,8 @@ def _check_web_url(url: str, field: str) -> None:
         raise InvalidRequest(field, "must be an http:// or https:// URL")
 
 
-def _check_layout(layout: str, field: str) -> None:
+def check_layout(layout: str, field: str = "layout") -> None:
+    """Raise InvalidRequest unless `layout` is a layout name (empty means grid)."""
     if layout and not _LAYOUT.match(layout):
         raise InvalidRequest(
             field, "layout must be grid, speaker or single-speaker, optionally with -light or -dark"

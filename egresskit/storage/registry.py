@@ -39,6 +39,14 @@ _REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
     ("aliOSS", "alioss"),
 )
 
+# The upload messages themselves, as validated requests carry them.
+_MESSAGE_BACKENDS: dict[str, str] = {
+    "S3Upload": "s3",
+    "GCPUpload": "gcp",
+    "AzureBlobUpload": "azure",
+    "AliOSSUpload": "alioss",
+}
+
 
 class StorageNotInstalled(LookupError):
     """A backend was requested that no installed distribution provides."""
@@ -122,6 +130,13 @@ class Registry:
             return self.from_spec(default)
         return None
 
+    def from_upload(self, upload: Message) -> Storage:
+        """Build the backend of an upload message (``S3Upload``, ``GCPUpload``, ...)."""
+        name = _MESSAGE_BACKENDS.get(upload.DESCRIPTOR.name)
+        if name is None:
+            raise ValueError(f"not a storage upload message: {upload.DESCRIPTOR.name}")
+        return self.open(name, upload)
+
     def _from_message(self, msg: Message | None) -> Storage | None:
         if msg is None:
             return None
@@ -148,6 +163,10 @@ def get_backend(name: str) -> type[Storage]:
 
 def open_storage(name: str, cfg: Mapping[str, Any] | Message) -> Storage:
     return default_registry.open(name, cfg)
+
+
+def storage_from_upload(upload: Message) -> Storage:
+    return default_registry.from_upload(upload)
 
 
 def storage_from_spec(spec: Mapping[str, Any]) -> Storage:

@@ -1,0 +1,174 @@
+"""`egresskit serve` runs the service; `egresskit record` makes one recording with live progress."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import web
+from livekit.protocol import egress as egress_pb
+
+from egresskit.service.app import MANAGER, ROOMS, create_app
+from egresskit.service.config import ConfigError, ServiceConfig, load_config
+from egresskit.tokens import create_token
+
+log = logging.getLogger("egresskit")
+
+
+def _service_flags(parser: argparse.ArgumentParser) -> None:
+    # Defaults are None so that environment variables and the YAML file can fill them.
+    parser.add_argument("--port", type=int, help="HTTP port (EGRESSKIT_PORT, default 7880)")
+    parser.add_argument("--bind", help="address to listen on (EGRESSKIT_BIND, default 127.0.0.1)")
+    parser.add_argument("--api-key", dest="api_key", help="API key (EGRESSKIT_API_KEY)")
+    parser.add_argument("--api-secret", dest="api_secret", help="API secret (EGRESSKIT_API_SECRET)")
+    parser.add_argument("--output-dir", dest="output_dir", help="root of every local output")
+    parser.add_argument("--config", help="YAML configuration file (EGRESSKIT_CONFIG)")
+    parser.add_argument(
+        "--webhook-url", dest="webhook_urls", action="append", help="webhook target (repeatable)"
+    )
+    parser.add_argument(
+        "--max-duration", dest="max_duration_s", type=float, help="session limit, s"
+    )
+    parser.add_argument(
+        "--max-concurrent", dest="max_concurrent", type=int, help="egresses at once"
+    )
+    parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
+    parser.add_argument(
+        "--dev", action="store_true", default=None, help="development keys devkey / secret"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="egresskit", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the Egress API service with embedded rooms")
+    _service_flags(serve)
+    record = commands.add_parser("record", help="record one room composite with live progress")
+    _service_flags(record)
+    record.add_argument("--room", required=True, help="embedded room to record (created if new)")
+    record.add_argument("--layout", default="grid", help="grid, speaker, single-speaker (+-light)")
+    record.add_argument(
+        "--out", required=True, help="output file (.mp4, or .ogg with --audio-only)"
+    )
+    record.add_argument("--duration", type=float, default=0, help="seconds; 0 = until Ctrl-C")
+    record.add_argument("--audio-only", action="store_true")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> ServiceConfig:
+    flags = {k: v for k, v in vars(args).items() if v is not None}
+    if args.command == "record":
+        out = Path(args.out).resolve()
+        flags["output_dir"] = str(out.parent)
+    return load_config(flags, os.environ)
+
+
+def _announce(config: ServiceConfig, room: str | None = None) -> None:
+    base = f"http://{config.bind}:{config.port}"
+    print(f"egresskit listening on {base} (Twirp API at {base}/twirp, WHIP at {base}/whip/<room>)")
+    if config.dev:
+        print(f"dev mode: API key {config.api_key!r}, API secret {config.api_secret!r}")
+    if room:
+        token = create_token(
+            config.api_key,
+            config.api_secret,
+            identity="publisher",
+            video={"roomJoin": True, "canPublish": True, "room": room},
+        )
+        print(f"publish with WHIP: POST {base}/whip/{room}  Authorization: Bearer {token}")
+    sys.stdout.flush()
+
+
+def serve(config: ServiceConfig) -> None:
+    app = create_app(config)
+    _announce(config)
+    web.run_app(
+        app,
+        host=config.bind,
+        port=config.port,
+        print=None,
+        shutdown_timeout=60,
+        handle_signals=True,
+    )
+
+
+async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
+    app = create_app(config)
+    runner = web.AppRunner(app, shutdown_timeout=60)
+    await runner.setup()
+    site = web.TCPSite(runner, config.bind, config.port)
+    await site.start()
+    _announce(config, args.room)
+    manager = app[MANAGER]
+    app[ROOMS].get_or_create(args.room)
+    request = egress_pb.RoomCompositeEgressRequest(
+        room_name=args.room,
+        layout=args.layout,
+        audio_only=args.audio_only,
+        file_outputs=[egress_pb.EncodedFileOutput(filepath=Path(args.out).name)],
+    )
+    try:
+        info = await manager.start(request)
+        session = manager.get(info.egress_id)
+        started = time.monotonic()
+        stop_at = started + args.duration if args.duration > 0 else None
+        while not session.done.is_set():
+            elapsed = time.monotonic() - started
+            if stop_at is not None and time.monotonic() >= stop_at and session.active:
+                manager.stop(info.egress_id)
+            muxer = session.plan.stages.muxers[0]
+            compositor = session.plan.stages.compositor
+            fps = compositor.frames_out / elapsed if compositor is not None and elapsed > 0 else 0.0
+            status = egress_pb.EgressStatus.Name(session.info.status).removeprefix("EGRESS_")
+            print(
+                f"\r{status:<8} {elapsed:7.1f} s  {muxer.size / 1e6:8.2f} MB  {fps:5.1f} fps",
+                end="",
+                flush=True,
+            )
+            try:
+                await asyncio.wait_for(session.done.wait(), 0.5)
+            except TimeoutError:
+                pass
+    except asyncio.CancelledError:
+        manager.stop(info.egress_id)
+        await session.wait()
+    finally:
+        await runner.cleanup()
+    print()
+    final = session.info
+    for result in final.file_results:
+        print(
+            f"{egress_pb.EgressStatus.Name(final.status)}: {result.location} ({result.size} bytes)"
+        )
+    if final.error:
+        print(f"error: {final.error}", file=sys.stderr)
+    return 0 if final.status == egress_pb.EGRESS_COMPLETE else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"egresskit: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "serve":
+        serve(config)
+        return 0
+    try:
+        return asyncio.run(record(config, args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""EgressManager: every egress of a service, by id, from start request to retention."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import string
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.message import Message
+from livekit.protocol import egress as egress_pb
+
+from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
+from egresskit.egress.planner import plan
+from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
+from egresskit.egress.validation import validate
+from egresskit.rooms.local import RoomManager
+from egresskit.storage.base import Storage
+from egresskit.storage.registry import storage_from_spec
+from egresskit.storage.upload import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+RETENTION_S = 24 * 3600
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+# Which EgressInfo `request` field carries each kind of start request.
+_REQUEST_FIELDS = {
+    "room_composite": "room_composite",
+    "track_composite": "track_composite",
+    "participant": "participant",
+    "track": "track",
+    "web": "web",
+    "media": "egress",
+}
+
+EventSink = Callable[[str, EgressSession], None]
+
+
+def new_egress_id() -> str:
+    return "EG_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+class EgressManager:
+    """Starts, stops, lists and retires egresses; the service's only door to graphs."""
+
+    def __init__(
+        self,
+        rooms: RoomManager,
+        output_dir: Path,
+        *,
+        default_storage: dict[str, Any] | None = None,
+        backup_storage: dict[str, Any] | None = None,
+        max_duration_s: float = 0.0,
+        max_concurrent: int = 0,
+        retry: RetryPolicy | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.rooms = rooms
+        self.output_dir = output_dir.resolve()
+        self.default_storage = dict(default_storage or {})
+        self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
+        self.max_duration_s = max_duration_s
+        self.max_concurrent = max_concurrent
+        self.retry = retry or RetryPolicy()
+        self._on_event = on_event
+        self._sessions: dict[str, EgressSession] = {}
+        self._accepting = True
+        self.started: dict[str, int] = {}  # kind -> egresses started
+        self.ended: dict[tuple[str, str], int] = {}  # (kind, final status) -> egresses ended
+
+    # --- starting ---------------------------------------------------------------------------
+
+    async def start(self, request: Message) -> egress_pb.EgressInfo:
+        """Validate, plan and start; returns the STARTING EgressInfo (redacted)."""
+        if not self._accepting:
+            raise NoCapacity("the service is shutting down")
+        if self.max_concurrent and len(self.active()) >= self.max_concurrent:
+            raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
+        spec = validate(request)
+        egress_id = new_egress_id()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        planned = plan(spec, egress_id, self.rooms, self.output_dir, self.default_storage)
+        info = egress_pb.EgressInfo(
+            egress_id=egress_id,
+            room_id=planned.room.sid,
+            room_name=planned.room.name,
+            source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
+        )
+        getattr(info, _REQUEST_FIELDS[spec.kind]).CopyFrom(request)
+        session = EgressSession(
+            info,
+            planned,
+            listener=self._event,
+            kind=spec.kind,
+            max_duration_s=self.max_duration_s,
+            retry=self.retry,
+            backup=self._backup,
+        )
+        session.webhooks = spec.webhooks
+        self._sessions[egress_id] = session
+        try:
+            await session.start()
+        except Exception:
+            self._sessions.pop(egress_id, None)
+            await planned.graph.cancel()
+            raise
+        return session.public_info()
+
+    def _event(self, event: str, session: EgressSession) -> None:
+        if event == "egress_started":
+            self.started[session.kind] = self.started.get(session.kind, 0) + 1
+        elif event == "egress_ended":
+            key = (session.kind, egress_pb.EgressStatus.Name(session.info.status))
+            self.ended[key] = self.ended.get(key, 0) + 1
+        if self._on_event is not None:
+            self._on_event(event, session)
+
+    # --- steering ---------------------------------------------------------------------------
+
+    def get(self, egress_id: str) -> EgressSession:
+        session = self._sessions.get(egress_id)
+        if session is None:
+            raise EgressNotFound(egress_id)
+        return session
+
+    def stop(self, egress_id: str) -> egress_pb.EgressInfo:
+        """Begin draining; the info returned is ENDING (final state by webhook / ListEgress)."""
+        session = self.get(egress_id)
+        if (
+            session.info.status != egress_pb.EGRESS_ACTIVE
+            and session.info.status != egress_pb.EGRESS_STARTING
+        ):
+            status = egress_pb.EgressStatus.Name(session.info.status)
+            raise EgressEnded(f"egress {egress_id} cannot be stopped: it is {status}")
+        session.end(STOP_API)
+        return session.public_info()
+
+    def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:
+        session = self.get(egress_id)
+        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
+            raise EgressEnded(f"egress {egress_id} has ended")
+        try:
+            session.update_layout(layout)
+        except ValueError as exc:
+            raise EgressEnded(f"egress {egress_id}: {exc}") from None
+        return session.public_info()
+
+    # --- listing ----------------------------------------------------------------------------
+
+    def active(self) -> list[EgressSession]:
+        return [s for s in self._sessions.values() if s.active]
+
+    def list(
+        self, *, room_name: str = "", egress_id: str = "", active: bool = False
+    ) -> list[egress_pb.EgressInfo]:
+        self._retire()
+        sessions: Iterable[EgressSession]
+        if egress_id:
+            sessions = [self._sessions[egress_id]] if egress_id in self._sessions else []
+        else:
+            sessions = self._sessions.values()
+        return [
+            s.public_info()
+            for s in sessions
+            if (not room_name or s.info.room_name == room_name) and (not active or s.active)
+        ]
+
+    def _retire(self) -> None:
+        """Forget egresses that ended more than RETENTION_S ago."""
+        cutoff = time.monotonic() - RETENTION_S
+        for egress_id in [
+            i
+            for i, s in self._sessions.items()
+            if s.ended_monotonic is not None and s.ended_monotonic < cutoff
+        ]:
+            del self._sessions[egress_id]
+
+    def dropped_frames(self) -> int:
+        return sum(link.dropped for s in self._sessions.values() for link in s.plan.graph.links)
+
+    def upload_bytes(self) -> int:
+        return sum(s.upload_bytes for s in self._sessions.values())
+
+    # --- shutting down ----------------------------------------------------------------------
+
+    async def shutdown(self, timeout: float = 30.0) -> None:
+        """Refuse new egresses, drain running ones to finished files, then return."""
+        self._accepting = False
+        running = self.active()
+        for session in running:
+            session.end(SHUTDOWN)
+        if not running:
+            return
+        done, pending = await asyncio.wait(
+            [asyncio.ensure_future(s.wait()) for s in running], timeout=timeout
+        )
+        for session in running:
+            if not session.done.is_set():
+                log.warning(
+                    "egress %s did not drain in %.0f s: aborting", session.egress_id, timeout
+                )
+                await session.abort()
+        for waiter in pending:
+            waiter.cancel()

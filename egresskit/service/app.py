@@ -1,0 +1,111 @@
+"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, health, metrics."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from livekit.protocol import egress as egress_pb
+
+from egresskit.egress.manager import EgressManager
+from egresskit.egress.session import EgressSession
+from egresskit.rooms import RoomManager, whip_app
+from egresskit.service.auth import EGRESS_GRANT, require_grant
+from egresskit.service.config import ServiceConfig
+from egresskit.service.egress_api import EgressApi
+from egresskit.service.metrics import render_metrics
+from egresskit.service.twirp import TwirpService
+from egresskit.service.webhooks import WebhookNotifier
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", ServiceConfig)
+ROOMS = web.AppKey("rooms", RoomManager)
+MANAGER = web.AppKey("manager", EgressManager)
+WEBHOOKS = web.AppKey("webhooks", WebhookNotifier)
+
+EGRESS_SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
+# How long SIGTERM waits for running egresses to finish their files.
+DRAIN_TIMEOUT_S = 30.0
+
+
+def ice_addresses(bind: str) -> list[str] | None:
+    """A service bound to loopback keeps WebRTC on loopback too; otherwise every interface."""
+    try:
+        if ipaddress.ip_address(bind).is_loopback:
+            return [bind]
+    except ValueError:
+        if bind == "localhost":
+            return ["127.0.0.1"]
+    return None
+
+
+def create_app(config: ServiceConfig) -> web.Application:
+    app = web.Application(client_max_size=4 * 1024 * 1024)
+    rooms = RoomManager()
+    webhooks = WebhookNotifier(
+        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
+    )
+
+    def on_event(event: str, session: EgressSession) -> None:
+        webhooks.notify(event, session.public_info(), session.webhooks)
+
+    manager = EgressManager(
+        rooms,
+        config.output_dir,
+        default_storage=dict(config.storage) or None,
+        backup_storage=dict(config.backup_storage) or None,
+        max_duration_s=config.max_duration_s,
+        max_concurrent=config.max_concurrent,
+        on_event=on_event,
+    )
+    app[CONFIG] = config
+    app[ROOMS] = rooms
+    app[MANAGER] = manager
+    app[WEBHOOKS] = webhooks
+
+    TwirpService(
+        EGRESS_SERVICE, EgressApi(manager), authorize=require_grant(config.keys, EGRESS_GRANT)
+    ).add_to(app)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.add_subapp("/whip", whip_app(rooms, config.keys, ice_addresses=ice_addresses(config.bind)))
+    app.cleanup_ctx.append(_lifetime)
+    app.on_shutdown.append(_drain)
+    return app
+
+
+async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    app[WEBHOOKS].start()
+    yield
+    await app[MANAGER].shutdown(DRAIN_TIMEOUT_S)
+    await app[WEBHOOKS].close()
+    await app[ROOMS].close()
+
+
+async def _drain(app: web.Application) -> None:
+    """SIGTERM: refuse new egresses and let running ones finish their files."""
+    await app[MANAGER].shutdown(DRAIN_TIMEOUT_S)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    manager = request.app[MANAGER]
+    cpus = os.cpu_count() or 1
+    return web.json_response(
+        {
+            "status": "ok",
+            "active_egress": len(manager.active()),
+            "load": round(os.getloadavg()[0] / cpus, 3),
+            "cpus": cpus,
+        }
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    text = render_metrics(request.app[MANAGER], request.app[WEBHOOKS])
+    return web.Response(
+        body=text.encode(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+    )

@@ -1,0 +1,129 @@
+"""The livekit.Egress service: Twirp handlers over the EgressManager."""
+
+from __future__ import annotations
+
+import logging
+
+from livekit.protocol import egress as egress_pb
+
+from egresskit.egress.encoding import InvalidRequest
+from egresskit.egress.errors import (
+    EgressEnded,
+    EgressError,
+    EgressNotFound,
+    NoCapacity,
+    NotSupported,
+    RoomNotFound,
+    TrackNotFound,
+)
+from egresskit.egress.manager import EgressManager
+from egresskit.egress.naming import PathEscapesRoot
+from egresskit.egress.validation import check_layout
+from egresskit.service.twirp import TwirpContext, TwirpError
+from egresskit.storage.registry import StorageNotInstalled
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[Exception], str], ...] = (
+    (EgressNotFound, "not_found"),
+    (RoomNotFound, "not_found"),
+    (TrackNotFound, "not_found"),
+    (EgressEnded, "failed_precondition"),
+    (NoCapacity, "unavailable"),
+    (NotSupported, "unimplemented"),
+    (InvalidRequest, "invalid_argument"),
+    (StorageNotInstalled, "invalid_argument"),
+)
+
+
+def twirp_error(exc: Exception) -> TwirpError:
+    """The Twirp error a refusal from the egress layer becomes."""
+    if isinstance(exc, PathEscapesRoot):
+        return TwirpError(
+            "invalid_argument", f"request has missing or invalid field: filepath ({exc})"
+        )
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return TwirpError(code, str(exc))
+    raise exc
+
+
+class EgressApi:
+    """One coroutine per RPC of livekit.Egress; refusals become Twirp errors."""
+
+    def __init__(self, manager: EgressManager) -> None:
+        self.manager = manager
+
+    async def _start(self, request) -> egress_pb.EgressInfo:
+        try:
+            return await self.manager.start(request)
+        except (EgressError, InvalidRequest, PathEscapesRoot, StorageNotInstalled) as exc:
+            raise twirp_error(exc) from None
+
+    async def StartRoomCompositeEgress(
+        self, request: egress_pb.RoomCompositeEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def StartTrackCompositeEgress(
+        self, request: egress_pb.TrackCompositeEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def StartTrackEgress(
+        self, request: egress_pb.TrackEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def StartParticipantEgress(
+        self, request: egress_pb.ParticipantEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def StartWebEgress(
+        self, request: egress_pb.WebEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def StartEgress(
+        self, request: egress_pb.StartEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        return await self._start(request)
+
+    async def UpdateLayout(
+        self, request: egress_pb.UpdateLayoutRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        try:
+            if not request.egress_id:
+                raise InvalidRequest("egress_id", "is required")
+            check_layout(request.layout)
+            return self.manager.update_layout(request.egress_id, request.layout)
+        except (EgressError, InvalidRequest) as exc:
+            raise twirp_error(exc) from None
+
+    async def UpdateStream(
+        self, request: egress_pb.UpdateStreamRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        try:
+            self.manager.get(request.egress_id)
+        except EgressError as exc:
+            raise twirp_error(exc) from None
+        raise TwirpError("invalid_argument", "egress has no stream output to update")
+
+    async def ListEgress(
+        self, request: egress_pb.ListEgressRequest, context: TwirpContext
+    ) -> egress_pb.ListEgressResponse:
+        items = self.manager.list(
+            room_name=request.room_name, egress_id=request.egress_id, active=request.active
+        )
+        return egress_pb.ListEgressResponse(items=items)
+
+    async def StopEgress(
+        self, request: egress_pb.StopEgressRequest, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
+        try:
+            if not request.egress_id:
+                raise InvalidRequest("egress_id", "is required")
+            return self.manager.stop(request.egress_id)
+        except (EgressError, InvalidRequest) as exc:
+            raise twirp_error(exc) from None
