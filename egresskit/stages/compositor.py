@@ -1,54 +1,123 @@
-"""VideoCompositor: many live tracks into one constant-frame-rate picture."""
+"""VideoCompositor: the participants of a room in one constant-frame-rate picture."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Any
 
 import av
-import numpy as np
 from av.video.reformatter import VideoReformatter
+from livekit.protocol.models import TrackSource, TrackType
 
-from egresskit.pipeline import EOS, Stage
-from egresskit.stages.layout import Rect, fit, grid_rects
-from egresskit.stages.media import TrackEnded, TrackFrame, TrackMuteChanged, TrackStarted
-
-DARK_BACKGROUND = (18, 18, 22)
-
-
-def rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
-    """BT.601 limited range, the colour space x264 assumes for yuv420p input."""
-    r, g, b = rgb
-    y = 16 + (65.481 * r + 128.553 * g + 24.966 * b) / 255
-    u = 128 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255
-    v = 128 + (112.0 * r - 93.786 * g - 18.214 * b) / 255
-    return round(y), round(u), round(v)
+from egresskit.pipeline import EOS, InputPort, Stage
+from egresskit.stages.canvas import Planes, blank_planes, fill, frame_planes
+from egresskit.stages.labels import label_patch, overflow_patch, placeholder_patch
+from egresskit.stages.layout import (
+    GRID,
+    SINGLE_SPEAKER,
+    SPEAKER,
+    Layout,
+    Placement,
+    Rect,
+    Theme,
+    fit,
+    parse_layout,
+    place,
+)
+from egresskit.stages.media import (
+    TrackEnded,
+    TrackFrame,
+    TrackInfo,
+    TrackItem,
+    TrackMuteChanged,
+    TrackStarted,
+)
+from egresskit.stages.speaker import SpeakerTracker
 
 
 @dataclass(slots=True)
-class _Tile:
-    """One track's place in the picture and the newest frame it has shown."""
+class _VideoTrack:
+    """One video track, its newest frame, and that frame scaled for its tile."""
 
-    sid: str
+    info: TrackInfo
+    order: int
     frame: av.VideoFrame | None = None
     version: int = 0
     muted: bool = False
-    scaled: dict[tuple[int, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    # (width, height, version) of the scaled frame, its planes, and the frame keeping them alive
+    scaled: tuple[tuple[int, int, int], Planes, av.VideoFrame] | None = None
     # Frames are shared by every graph subscribed to the track: scaling through the
     # frame's own cached reformatter from two compositor threads at once crashes
-    # swscale, so each tile owns one.
+    # swscale, so each track owns one.
     reformatter: VideoReformatter = field(default_factory=VideoReformatter)
 
 
+@dataclass(slots=True)
+class _Participant:
+    """Someone with at least one track: one tile, whatever they publish."""
+
+    identity: str
+    name: str
+    order: int
+    sids: set[str] = field(default_factory=set)
+    mics: dict[str, bool] = field(default_factory=dict)  # microphone sid -> muted
+
+    @property
+    def mic_muted(self) -> bool:
+        return bool(self.mics) and all(self.mics.values())
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    """What one tile shows in one output frame; captured in the loop thread."""
+
+    key: str  # participant identity, or a screen share's track sid
+    label: str
+    mic_muted: bool
+    track: _VideoTrack | None
+    frame: av.VideoFrame | None  # None: a placeholder with initials
+    version: int
+
+    @property
+    def static_key(self) -> tuple[Any, ...]:
+        """What the unchanging part of the tile depends on."""
+        return (self.key, self.label, self.mic_muted, self.frame is None)
+
+
+@dataclass(frozen=True, slots=True)
+class _Scene:
+    theme: Theme
+    placement: Placement
+    views: tuple[_View, ...]
+    highlight: int | None  # tile outlined as the one talking (grid only)
+
+
+def _label_px(tile: Rect) -> int:
+    return max(10, min(22, round(tile.height * 0.075)))
+
+
+def _margin(tile: Rect) -> int:
+    return max(4, round(tile.height * 0.03)) & ~1
+
+
 class VideoCompositor(Stage):
-    """Draws the newest frame of every video track into a grid, `fps` times a second.
+    """Draws every participant of a room in a layout, `fps` times a second.
 
     Frames are produced on the graph clock, not on arrival: frame n has
     pts n in a 1/fps time base and is emitted when the clock reaches n/fps,
     so the output is constant frame rate and its length equals wall time
     however the sources behave. A stalled track keeps showing its last frame.
+
+    Input `input` takes the video tracks' items (frames included); input
+    `roster` takes every track's start, end and mute without frames, so
+    participants without video get a placeholder tile and muted
+    microphones are marked. Tiles are per participant; a screen share gets
+    a tile of its own and turns `grid` into the speaker arrangement with
+    the share large. `speakers` (filled by the mixer) says who is talking.
     """
 
     def __init__(
@@ -57,7 +126,8 @@ class VideoCompositor(Stage):
         height: int = 720,
         fps: int = 30,
         *,
-        background: tuple[int, int, int] = DARK_BACKGROUND,
+        layout: str = "grid",
+        speakers: SpeakerTracker | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -67,48 +137,93 @@ class VideoCompositor(Stage):
         self.height = height
         self.fps = fps
         self.time_base = Fraction(1, fps)
+        self.speakers = speakers
         self.input = self.add_input("input")
+        self.roster = self.add_input("roster")
         self.output = self.add_output("output")
-        self._tiles: dict[str, _Tile] = {}
-        self._background = self._canvas(background)
+        self._layout_lock = threading.Lock()
+        self._layout = parse_layout(layout)
+        self._participants: dict[str, _Participant] = {}
+        self._videos: dict[str, _VideoTrack] = {}
+        self._joined = 0
+        self._static: tuple[tuple[Any, ...], Planes] | None = None
         self.frames_out = 0
 
-    def _canvas(self, rgb: tuple[int, int, int]) -> np.ndarray:
-        y, u, v = rgb_to_yuv(rgb)
-        canvas = np.empty((self.height * 3 // 2, self.width), np.uint8)
-        canvas[: self.height] = y
-        chroma = self.height // 4
-        canvas[self.height : self.height + chroma] = u
-        canvas[self.height + chroma :] = v
-        return canvas
+    @property
+    def layout(self) -> Layout:
+        with self._layout_lock:
+            return self._layout
+
+    def set_layout(self, name: str) -> None:
+        """Switch layout (a LiveKit layout name) from the next output frame on.
+
+        Safe from any thread; ValueError for an unknown name.
+        """
+        layout = parse_layout(name)
+        with self._layout_lock:
+            self._layout = layout
 
     async def run(self) -> None:
-        intake = asyncio.create_task(self._intake())
+        intakes = [asyncio.create_task(self._intake(port)) for port in (self.input, self.roster)]
         try:
             await self._tick()
         finally:
-            intake.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await intake
+            for intake in intakes:
+                intake.cancel()
+            for intake in intakes:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await intake
 
-    async def _intake(self) -> None:
-        while True:
-            item = await self.input.recv()
-            if item is EOS:
-                return
-            if isinstance(item, TrackFrame):
-                tile = self._tiles.get(item.track.sid)
-                if tile is not None:
-                    tile.frame = item.frame
-                    tile.version += 1
-            elif isinstance(item, TrackStarted):
-                self._tiles.setdefault(item.track.sid, _Tile(item.track.sid))
-            elif isinstance(item, TrackEnded):
-                self._tiles.pop(item.track.sid, None)
-            elif isinstance(item, TrackMuteChanged):
-                tile = self._tiles.get(item.track.sid)
-                if tile is not None:
-                    tile.muted = item.muted
+    async def _intake(self, port: InputPort[TrackItem]) -> None:
+        while (item := await port.recv()) is not EOS:
+            self.apply(item)
+
+    def apply(self, item: TrackItem) -> None:
+        """Take one track item into account (in the loop thread, or with no graph at all)."""
+        info = item.track
+        if isinstance(item, TrackFrame):
+            track = self._videos.get(info.sid)
+            if track is not None:
+                track.frame = item.frame
+                track.version += 1
+        elif isinstance(item, TrackStarted):
+            self._start(info)
+        elif isinstance(item, TrackEnded):
+            self._end(info)
+        elif isinstance(item, TrackMuteChanged):
+            track = self._videos.get(info.sid)
+            if track is not None:
+                track.muted = item.muted
+            person = self._participants.get(info.participant_identity)
+            if person is not None and info.sid in person.mics:
+                person.mics[info.sid] = item.muted
+
+    def _start(self, info: TrackInfo) -> None:
+        person = self._participants.get(info.participant_identity)
+        if person is None:
+            self._joined += 1
+            person = _Participant(
+                info.participant_identity,
+                info.participant_name or info.participant_identity,
+                self._joined,
+            )
+            self._participants[person.identity] = person
+        person.sids.add(info.sid)
+        if info.kind == TrackType.VIDEO and info.sid not in self._videos:
+            self._joined += 1
+            self._videos[info.sid] = _VideoTrack(info, self._joined)
+        if info.kind == TrackType.AUDIO and info.source == TrackSource.MICROPHONE:
+            person.mics.setdefault(info.sid, False)
+
+    def _end(self, info: TrackInfo) -> None:
+        self._videos.pop(info.sid, None)
+        person = self._participants.get(info.participant_identity)
+        if person is None:
+            return
+        person.sids.discard(info.sid)
+        person.mics.pop(info.sid, None)
+        if not person.sids:
+            del self._participants[person.identity]
 
     async def _tick(self) -> None:
         n = 0
@@ -116,49 +231,170 @@ class VideoCompositor(Stage):
             await self.clock.sleep_until(n / self.fps)
             if self.stopping.is_set():
                 break
-            # snapshot in the loop thread: intake may replace frames while the worker draws
-            tiles = [(tile, tile.frame, tile.version) for tile in self._tiles.values()]
-            frame = await self.offload(self._render, tiles)
+            # the scene is captured in the loop thread: intake changes tracks while the worker draws
+            frame = await self.offload(self._render, self._scene())
             frame.pts = n
             frame.time_base = self.time_base
             await self.output.send(frame)
             n += 1
             self.frames_out = n
 
-    def _render(self, tiles: list[tuple[_Tile, av.VideoFrame | None, int]]) -> av.VideoFrame:
-        canvas = self._background.copy()
-        h, w = self.height, self.width
-        planes = (
-            canvas[:h],
-            canvas[h : h + h // 4].reshape(h // 2, w // 2),
-            canvas[h + h // 4 :].reshape(h // 2, w // 2),
+    def compose(self) -> av.VideoFrame:
+        """Draw the current state now, without a clock (benchmarks, documentation)."""
+        return self._render(self._scene())
+
+    # --- what to show: runs in the loop thread ------------------------------------------
+
+    def _scene(self) -> _Scene:
+        layout = self.layout
+        people = sorted(self._participants.values(), key=lambda p: p.order)
+        views = [self._participant_view(p) for p in people]
+        shares = sorted(
+            (t for t in self._videos.values() if t.info.source == TrackSource.SCREEN_SHARE),
+            key=lambda t: -t.order,
         )
-        for (tile, frame, version), rect in zip(tiles, grid_rects(len(tiles), w, h), strict=True):
-            if frame is not None:
-                self._draw(planes, tile, frame, version, rect)
-        return av.VideoFrame.from_ndarray(canvas, format="yuv420p")
+        arrangement = layout.arrangement
+        active = self.speakers.active if self.speakers is not None else None
+        keys = [v.key for v in views]
+        speaker_index = keys.index(active) if active in keys else None
+        if shares:
+            # the newest share is large; a share makes a grid a speaker arrangement
+            if arrangement == GRID:
+                arrangement = SPEAKER
+            views = [self._share_view(t) for t in shares] + views
+            speaker_index = None if speaker_index is None else speaker_index + len(shares)
+        elif arrangement in (SPEAKER, SINGLE_SPEAKER) and speaker_index:
+            views.insert(0, views.pop(speaker_index))
+            speaker_index = 0
+        placement = place(arrangement, len(views), self.width, self.height)
+        last = placement.shown - 1
+        if speaker_index is not None and speaker_index > last >= 0:
+            # whoever talks is never hidden behind the overflow tile
+            views[last], views[speaker_index] = views[speaker_index], views[last]
+            speaker_index = last
+        highlight = None
+        if (
+            arrangement == GRID
+            and len(views) > 1
+            and speaker_index is not None
+            and self.speakers is not None
+            and self.speakers.speaking(views[speaker_index].key)
+        ):
+            highlight = speaker_index
+        return _Scene(layout.theme, placement, tuple(views[: placement.shown]), highlight)
+
+    def _participant_view(self, person: _Participant) -> _View:
+        cameras = [
+            self._videos[sid]
+            for sid in person.sids
+            if sid in self._videos and self._videos[sid].info.source != TrackSource.SCREEN_SHARE
+        ]
+        camera = min(
+            cameras,
+            key=lambda t: (t.info.source != TrackSource.CAMERA, t.order),
+            default=None,
+        )
+        shown = camera is not None and not camera.muted and camera.frame is not None
+        return _View(
+            person.identity,
+            person.name,
+            person.mic_muted,
+            camera if shown else None,
+            camera.frame if shown and camera else None,
+            camera.version if shown and camera else 0,
+        )
+
+    def _share_view(self, track: _VideoTrack) -> _View:
+        name = track.info.participant_name or track.info.participant_identity
+        visible = not track.muted and track.frame is not None
+        return _View(
+            track.info.sid,
+            f"{name} (screen)",
+            False,
+            track if visible else None,
+            track.frame if visible else None,
+            track.version,
+        )
+
+    # --- drawing: runs on the stage's worker thread ---------------------------------------
+
+    def _render(self, scene: _Scene) -> av.VideoFrame:
+        frame = av.VideoFrame(self.width, self.height, "yuv420p")
+        planes = frame_planes(frame)
+        for target, source in zip(planes, self._static_layer(scene), strict=True):
+            target[...] = source
+        for view, rect in zip(scene.views, scene.placement.rects, strict=False):
+            if view.track is None or view.frame is None:
+                continue
+            self._draw_video(planes, view.track, view.frame, view.version, rect)
+            self._draw_label(planes, view, rect, scene.theme)
+        if scene.highlight is not None:
+            self._outline(planes, scene.placement.rects[scene.highlight], scene.theme)
+        return frame
+
+    def _static_layer(self, scene: _Scene) -> Planes:
+        """Background, tile boxes, placeholders and overflow: redrawn only when they change."""
+        key = (
+            scene.theme,
+            scene.placement,
+            tuple(v.static_key for v in scene.views),
+        )
+        if self._static is not None and self._static[0] == key:
+            return self._static[1]
+        planes = blank_planes(self.width, self.height, scene.theme.background)
+        rects = scene.placement.rects
+        for view, rect in zip(scene.views, rects, strict=False):
+            fill(planes, rect, scene.theme.tile)
+            if view.frame is None:
+                name = view.label
+                placeholder_patch(name, view.key, scene.theme, rect.width, rect.height).draw(
+                    planes, rect.x, rect.y
+                )
+                self._draw_label(planes, view, rect, scene.theme)
+        if scene.placement.hidden:
+            rect = rects[-1]
+            overflow_patch(scene.placement.hidden, scene.theme, rect.width, rect.height).draw(
+                planes, rect.x, rect.y
+            )
+        self._static = (key, planes)
+        return planes
 
     @staticmethod
-    def _draw(
-        planes: tuple[np.ndarray, ...], tile: _Tile, frame: av.VideoFrame, version: int, rect: Rect
+    def _draw_video(
+        planes: Planes, track: _VideoTrack, frame: av.VideoFrame, version: int, rect: Rect
     ) -> None:
         box = fit(frame.width, frame.height, rect)
-        key = (box.width, box.height)
-        cached = tile.scaled.get(key)
-        if cached is None or cached[0] != version:
+        key = (box.width, box.height, version)
+        if track.scaled is None or track.scaled[0] != key:
             # swscale runs without the GIL; the result is reused until a new frame arrives
-            scaled = tile.reformatter.reformat(frame, box.width, box.height, "yuv420p")
-            data = scaled.to_ndarray()
-            tile.scaled = {key: (version, data)}
-        else:
-            data = cached[1]
-        bh, bw = box.height, box.width
-        planes[0][box.y : box.y + bh, box.x : box.x + bw] = data[:bh]
-        u = data[bh : bh + bh // 4].reshape(bh // 2, bw // 2)
-        v = data[bh + bh // 4 :].reshape(bh // 2, bw // 2)
-        cy, cx = box.y // 2, box.x // 2
-        planes[1][cy : cy + bh // 2, cx : cx + bw // 2] = u
-        planes[2][cy : cy + bh // 2, cx : cx + bw // 2] = v
+            scaled = track.reformatter.reformat(frame, box.width, box.height, "yuv420p", threads=1)
+            track.scaled = (key, frame_planes(scaled), scaled)
+        source = track.scaled[1]
+        planes[0][box.y : box.y + box.height, box.x : box.x + box.width] = source[0]
+        cy, cx, ch, cw = box.y // 2, box.x // 2, box.height // 2, box.width // 2
+        planes[1][cy : cy + ch, cx : cx + cw] = source[1]
+        planes[2][cy : cy + ch, cx : cx + cw] = source[2]
+
+    @staticmethod
+    def _draw_label(planes: Planes, view: _View, rect: Rect, theme: Theme) -> None:
+        margin = _margin(rect)
+        patch = label_patch(
+            view.label, view.mic_muted, theme, _label_px(rect), rect.width - 2 * margin
+        )
+        if patch.height + 2 * margin <= rect.height:
+            patch.draw(planes, rect.x + margin, rect.y + rect.height - margin - patch.height)
+
+    @staticmethod
+    def _outline(planes: Planes, rect: Rect, theme: Theme) -> None:
+        width = 4 if rect.height >= 200 else 2
+        right, bottom = rect.x + rect.width - width, rect.y + rect.height - width
+        for edge in (
+            Rect(rect.x, rect.y, rect.width, width),
+            Rect(rect.x, bottom, rect.width, width),
+            Rect(rect.x, rect.y, width, rect.height),
+            Rect(right, rect.y, width, rect.height),
+        ):
+            fill(planes, edge, theme.highlight)
 
     def stats(self) -> dict[str, int]:
-        return {"frames_out": self.frames_out, "tiles": len(self._tiles)}
+        return {"frames_out": self.frames_out, "tiles": len(self._participants)}

@@ -18,6 +18,7 @@ class TrackInfo:
     participant_identity: str
     participant_name: str = ""
     mime_type: str = ""
+    participant_kind: int = 0  # livekit.protocol.models.ParticipantInfo.Kind (0: STANDARD)
 
 
 @dataclass(frozen=True, slots=True)

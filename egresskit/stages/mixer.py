@@ -8,9 +8,18 @@ from fractions import Fraction
 
 import av
 import numpy as np
+from livekit.protocol.egress import AudioMixing
+from livekit.protocol.models import ParticipantInfo
 
 from egresskit.pipeline import EOS, Stage
-from egresskit.stages.media import TrackEnded, TrackFrame, TrackMuteChanged, TrackStarted
+from egresskit.stages.media import (
+    TrackEnded,
+    TrackFrame,
+    TrackInfo,
+    TrackMuteChanged,
+    TrackStarted,
+)
+from egresskit.stages.speaker import SpeakerTracker
 
 SAMPLE_RATE = 48_000
 CHANNELS = 2
@@ -21,10 +30,19 @@ PREBUFFER_SAMPLES = 3 * TICK_SAMPLES
 MAX_BUFFER_SAMPLES = SAMPLE_RATE
 
 
-class _TrackBuffer:
-    """Interleaved s16 stereo samples of one track, waiting to be mixed."""
+LEFT, RIGHT = 0, 1
 
-    def __init__(self) -> None:
+
+class _TrackBuffer:
+    """Interleaved s16 stereo samples of one track, waiting to be mixed.
+
+    `channel` is None to mix the track in stereo, or LEFT / RIGHT to put
+    its mono downmix on that channel only.
+    """
+
+    def __init__(self, info: TrackInfo, channel: int | None) -> None:
+        self.info = info
+        self.channel = channel
         self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
         self.samples = np.zeros((0, CHANNELS), np.int16)
         self.started = False
@@ -62,10 +80,27 @@ class AudioMixer(Stage):
     The output never pauses: with nobody publishing it is silence, and a
     track that runs dry contributes counted silence, so the audio length
     equals wall time like the video's.
+
+    `mixing` is a LiveKit AudioMixing value: DEFAULT_MIXING keeps every
+    track in stereo; DUAL_CHANNEL_AGENT puts agent participants on the left
+    and everyone else on the right; DUAL_CHANNEL_ALTERNATE puts each new
+    track on the other channel than the one before. With `speakers`, the
+    level of every participant is reported on each tick (active speaker).
     """
 
-    def __init__(self, *, name: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        mixing: int = AudioMixing.DEFAULT_MIXING,
+        speakers: SpeakerTracker | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name)
+        if mixing not in AudioMixing.values():
+            raise ValueError(f"unknown audio mixing {mixing!r}")
+        self.mixing = mixing
+        self.speakers = speakers
+        self._next_channel = LEFT
         self.input = self.add_input("input")
         self.output = self.add_output("output")
         self.time_base = Fraction(1, SAMPLE_RATE)
@@ -94,15 +129,33 @@ class AudioMixer(Stage):
                     # resampling 20 ms of audio takes microseconds: fine on the loop
                     buffer.push(item.frame)
             elif isinstance(item, TrackStarted):
-                self._tracks.setdefault(item.track.sid, _TrackBuffer())
+                if item.track.sid not in self._tracks:
+                    self._tracks[item.track.sid] = _TrackBuffer(
+                        item.track, self._channel(item.track)
+                    )
             elif isinstance(item, TrackEnded):
                 buffer = self._tracks.pop(item.track.sid, None)
                 if buffer is not None:
                     self._account(buffer)
+                self._forget_speaker(item.track.participant_identity)
             elif isinstance(item, TrackMuteChanged):
                 buffer = self._tracks.get(item.track.sid)
                 if buffer is not None:
                     buffer.muted = item.muted
+
+    def _channel(self, track: TrackInfo) -> int | None:
+        if self.mixing == AudioMixing.DUAL_CHANNEL_AGENT:
+            return LEFT if track.participant_kind == ParticipantInfo.Kind.AGENT else RIGHT
+        if self.mixing == AudioMixing.DUAL_CHANNEL_ALTERNATE:
+            channel, self._next_channel = self._next_channel, 1 - self._next_channel
+            return channel
+        return None
+
+    def _forget_speaker(self, identity: str) -> None:
+        if self.speakers is not None and not any(
+            b.info.participant_identity == identity for b in self._tracks.values()
+        ):
+            self.speakers.forget(identity)
 
     def _account(self, buffer: _TrackBuffer) -> None:
         self.silence_samples += buffer.silence
@@ -120,10 +173,21 @@ class AudioMixer(Stage):
 
     def _mix(self, n: int) -> av.AudioFrame:
         total = np.zeros((TICK_SAMPLES, CHANNELS), np.int32)
+        levels: dict[str, float] = {}
         for buffer in self._tracks.values():
             chunk = buffer.take(TICK_SAMPLES)
-            if chunk is not None:
+            if chunk is None:
+                continue
+            if buffer.channel is None:
                 total += chunk
+            else:
+                total[:, buffer.channel] += chunk.sum(axis=1, dtype=np.int32) // CHANNELS
+            if self.speakers is not None:
+                identity = buffer.info.participant_identity
+                rms = float(np.sqrt(np.mean(np.square(chunk, dtype=np.float32)))) / 32768
+                levels[identity] = max(rms, levels.get(identity, 0.0))
+        if self.speakers is not None:
+            self.speakers.observe(n * TICK_SAMPLES / SAMPLE_RATE, levels)
         mixed = np.clip(total, -32768, 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(mixed.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = SAMPLE_RATE

@@ -38,6 +38,7 @@ def track_info(track: LocalTrack) -> TrackInfo:
         participant_identity=track.participant.identity,
         participant_name=track.participant.name,
         mime_type=track.mime_type,
+        participant_kind=track.participant.kind,
     )
 
 
@@ -49,6 +50,10 @@ class RoomSubscriber(Stage):
     subscription (leaky), never on the way to the compositor or mixer, so
     control items are never lost. Room changes are posted on the bus
     (`participant_joined`, `participant_left`, `room_empty`).
+
+    Output `roster` carries TrackStarted / TrackMuteChanged / TrackEnded,
+    without frames, for every track the filter admits, audio and video,
+    subscribed or not: who is in the room and whose microphone is muted.
     """
 
     def __init__(
@@ -67,6 +72,8 @@ class RoomSubscriber(Stage):
         self.track_filter = track_filter
         self.video = self.add_output("video")
         self.audio = self.add_output("audio")
+        self.roster = self.add_output("roster")
+        self._announced: dict[str, LocalTrack] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: dict[str, tuple[LocalTrack, Link]] = {}
         self._events: Link | None = None
@@ -97,24 +104,48 @@ class RoomSubscriber(Stage):
                 await self._handle(event)
             for sid in list(self._subscriptions):
                 await self._end_track(sid)
+            for track in list(self._announced.values()):
+                await self._retire(track)
         finally:
             stop.cancel()
             self._release()
 
     async def _handle(self, event: object) -> None:
-        if isinstance(event, TrackPublished) and self._wanted(event.track):
-            await self._start_track(event.track)
-        elif isinstance(event, TrackUnpublished) and event.track.sid in self._subscriptions:
-            await self._end_track(event.track.sid)
-        elif isinstance(event, TrackMuted) and event.track.sid in self._subscriptions:
+        if isinstance(event, TrackPublished):
+            await self._announce(event.track)
+            if self._wanted(event.track):
+                await self._start_track(event.track)
+        elif isinstance(event, TrackUnpublished):
+            if event.track.sid in self._subscriptions:
+                await self._end_track(event.track.sid)
+            await self._retire(event.track)
+        elif isinstance(event, TrackMuted):
             track = event.track
-            await self._port(track).send(TrackMuteChanged(track_info(track), event.muted))
+            if track.sid in self._subscriptions:
+                await self._port(track).send(TrackMuteChanged(track_info(track), event.muted))
+            if track.sid in self._announced:
+                await self.roster.send(TrackMuteChanged(track_info(track), event.muted))
         elif isinstance(event, ParticipantJoined):
             self.post("participant_joined", identity=event.participant.identity)
         elif isinstance(event, ParticipantLeft):
             self.post("participant_left", identity=event.participant.identity)
             if self.room.empty:
                 self.post("room_empty", room=self.room.name)
+
+    async def _announce(self, track: LocalTrack) -> None:
+        if track.sid in self._announced:
+            return
+        if self.track_filter is not None and not self.track_filter(track):
+            return
+        self._announced[track.sid] = track
+        info = track_info(track)
+        await self.roster.send(TrackStarted(info))
+        if track.muted:
+            await self.roster.send(TrackMuteChanged(info, True))
+
+    async def _retire(self, track: LocalTrack) -> None:
+        if self._announced.pop(track.sid, None) is not None:
+            await self.roster.send(TrackEnded(track_info(track)))
 
     async def _start_track(self, track: LocalTrack) -> None:
         if track.sid in self._subscriptions:
@@ -154,6 +185,7 @@ class RoomSubscriber(Stage):
         for track, link in self._subscriptions.values():
             track.unsubscribe(link)
         self._subscriptions.clear()
+        self._announced.clear()
         if self._events is not None:
             self.room.unsubscribe_events(self._events)
             self._events = None
