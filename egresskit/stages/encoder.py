@@ -154,4 +154,8 @@ class AudioEncoder(_Encoder):
         self.context = ctx
 
     def add_stream(self, container: OutputContainer) -> Stream:
-        return container.add_stream_from_template(self._template)
+        stream = container.add_stream_from_template(self._template)
+        # The template copy leaves extradata out; without it FLV carries no AAC
+        # sequence header and OGG no OpusHead, so players drop or refuse the audio.
+        stream.codec_context.extradata = self.context.extradata
+        return stream

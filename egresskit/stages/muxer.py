@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -21,6 +22,27 @@ MP4_OPTIONS = {
     "frag_duration": "1000000",
     "flush_packets": "1",
 }
+
+
+def private_packet(
+    packet: av.Packet, stream: Stream, *, shift: Fraction = Fraction(0)
+) -> av.Packet:
+    """A copy of a shared packet for one container, `shift` seconds earlier.
+
+    Every output of a graph receives the same packet objects, each on its own
+    worker thread, and muxing rebases a packet's timestamps in place; so no
+    muxer touches the shared packet, each muxes a copy of its own.
+    """
+    copy = av.Packet(memoryview(packet))
+    tb = packet.time_base
+    offset = round(shift / tb) if shift else 0
+    copy.time_base = tb
+    copy.pts = None if packet.pts is None else packet.pts - offset
+    copy.dts = None if packet.dts is None else packet.dts - offset
+    copy.duration = packet.duration
+    copy.is_keyframe = packet.is_keyframe
+    copy.stream = stream
+    return copy
 
 
 class FileMuxer(Stage):
@@ -64,8 +86,7 @@ class FileMuxer(Stage):
 
     def _write(self, item: EncodedPacket) -> None:
         assert self._container is not None
-        item.packet.stream = self._streams[item.kind]
-        self._container.mux(item.packet)
+        self._container.mux(private_packet(item.packet, self._streams[item.kind]))
 
     def _close(self) -> None:
         container, self._container = self._container, None

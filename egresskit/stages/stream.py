@@ -1,0 +1,481 @@
+"""StreamSink: live streams to RTMP/RTMPS (FLV) and SRT (MPEG-TS) URLs, one writer thread each.
+
+The sink never blocks its input: each URL has its own bounded packet queue
+drained by its own thread, so a slow, hung or dead destination costs only
+that destination. A URL that falls behind loses packets (counted) and
+resumes at the next key frame; a dropped connection is reopened with
+backoff, then the URL is FAILED. URLs come and go while the graph runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import queue
+import re
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import av
+from av.container import OutputContainer
+from av.stream import Stream
+
+from egresskit.pipeline import EOS, Stage
+from egresskit.stages.encoder import _Encoder
+from egresskit.stages.media import EncodedPacket
+from egresskit.stages.muxer import private_packet
+
+log = logging.getLogger(__name__)
+
+# Containers by URL scheme.
+STREAM_FORMATS = {"rtmp": "flv", "rtmps": "flv", "srt": "mpegts"}
+DEFAULT_PORTS = {"rtmp": 1935, "rtmps": 443}
+FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
+# About three seconds of packets (video at 30 fps plus AAC frames) per URL.
+URL_QUEUE_PACKETS = 256
+CONNECT_TIMEOUT_S = 5.0
+_SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
+
+
+class StreamStatus(enum.Enum):
+    """Per-URL status, as reported in StreamInfo."""
+
+    ACTIVE = "active"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Waits before each reconnection attempt; once they are used up the URL is FAILED."""
+
+    delays: tuple[float, ...] = (0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class StreamState:
+    """A snapshot of one URL's stream. `url` is the real URL: never log it, log `safe_url`."""
+
+    url: str
+    status: StreamStatus = StreamStatus.ACTIVE
+    started_at_ns: int = 0  # first packet delivered
+    ended_at_ns: int = 0
+    error: str = ""
+    retries: int = 0
+    dropped_packets: int = 0
+    bytes_sent: int = 0
+
+    @property
+    def safe_url(self) -> str:
+        return safe_url(self.url)
+
+    def __repr__(self) -> str:
+        return (
+            f"StreamState({self.safe_url}, {self.status.value}, retries={self.retries}, "
+            f"dropped={self.dropped_packets}, error={self.error!r})"
+        )
+
+
+def stream_format(url: str) -> str:
+    """The container a URL is streamed in; ValueError for an unsupported scheme."""
+    scheme = url.partition("://")[0].lower()
+    if scheme not in STREAM_FORMATS:
+        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {safe_url(url)}")
+    return STREAM_FORMATS[scheme]
+
+
+def safe_url(url: str) -> str:
+    """`url` fit for logs and errors: stream key, password and secret query values masked.
+
+    The same masking as the egress layer's request redaction; stages cannot
+    import that layer, so this small copy of the rule lives here.
+    """
+    try:
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "{...}"
+    userinfo = "{...}@" if "@" in parts.netloc else ""
+    path = parts.path
+    if parts.scheme.lower() in ("rtmp", "rtmps"):
+        head, sep, key = path.rpartition("/")
+        if sep and head and key:
+            path = f"{head}/{_mask(key)}"
+    masked = "&".join(
+        f"{name}={_mask(value) if _SECRET_QUERY.search(name) else value}" for name, value in query
+    )
+    return f"{parts.scheme}://{userinfo}{parts.hostname or ''}{port}{path}" + (
+        f"?{masked}" if masked else ""
+    )
+
+
+def _mask(value: str) -> str:
+    if not value:
+        return value
+    return "{" + value[:2] + "..." + value[-2:] + "}" if len(value) >= 8 else "{...}"
+
+
+def _describe(exc: BaseException, url: str) -> str:
+    """An error message with the URL (FFmpeg quotes it) replaced by its safe form."""
+    text = str(exc) or type(exc).__name__
+    text = text.replace(url, safe_url(url))
+    key = urlsplit(url).path.rpartition("/")[2]
+    return text.replace(key, _mask(key)) if len(key) >= 4 else text
+
+
+_STOP = object()
+
+
+class _UrlWriter:
+    """One destination: a bounded queue and a thread that owns the container.
+
+    `offer` and `request_stop` run on the event loop and never block; every
+    network call (connect, mux, close) happens on the writer thread.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        encoders: Sequence[_Encoder],
+        retry: RetryPolicy,
+        queue_packets: int,
+        notify: Callable[[StreamState], None],
+    ) -> None:
+        self.format = stream_format(url)
+        self.url = url
+        self.encoders = list(encoders)
+        self.retry = retry
+        self._notify = notify
+        self._queue: queue.Queue[Any] = queue.Queue(queue_packets)
+        self._needs_key = any(e.kind == "video" for e in self.encoders)
+        self._resync = False  # after a drop: wait for the next key frame
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._state = StreamState(url)
+        self._finalised = False
+        self._container: OutputContainer | None = None
+        self._streams: dict[str, Stream] = {}
+        self._offset = Fraction(0)
+        self.thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
+        self.done: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def state(self) -> StreamState:
+        with self._lock:
+            return self._state
+
+    def _update(self, **changes: Any) -> StreamState:
+        with self._lock:
+            if self._finalised:
+                return self._state
+            self._state = replace(self._state, **changes)
+            return self._state
+
+    # --- event loop side -------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.done = asyncio.Event()
+        self._loop = loop
+        self.thread.start()
+
+    def offer(self, item: EncodedPacket) -> None:
+        if self._stop.is_set() or self._finalised:
+            return
+        if self._resync:
+            if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
+                self._count_drop()
+                return
+            self._resync = False
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._count_drop()
+            self._resync = True
+
+    def _count_drop(self) -> None:
+        with self._lock:
+            self._state = replace(self._state, dropped_packets=self._state.dropped_packets + 1)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.put_nowait(_STOP)
+                return
+            except queue.Full:
+                self._discard_queued()
+
+    def give_up(self, reason: str) -> StreamState:
+        """The thread did not finish in time: report FAILED now and leave it behind."""
+        with self._lock:
+            if not self._finalised:
+                self._state = replace(
+                    self._state,
+                    status=StreamStatus.FAILED,
+                    ended_at_ns=time.time_ns(),
+                    error=reason,
+                )
+                self._finalised = True
+            return self._state
+
+    # --- writer thread ---------------------------------------------------------
+
+    def _run(self) -> None:
+        failures = 0
+        try:
+            while (item := self._queue.get()) is not _STOP:
+                try:
+                    if self._container is None and not self._connect_at(item):
+                        continue
+                    sent = self._write(item)
+                except Exception as exc:  # network and muxer errors alike: reconnect
+                    self._drop_connection()
+                    failures += 1
+                    if failures > len(self.retry.delays):
+                        self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+                        return
+                    self._backoff(exc, self.retry.delays[failures - 1])
+                    continue
+                if failures or not self.state.started_at_ns:
+                    failures = 0
+                    self._publish(
+                        self._update(started_at_ns=self.state.started_at_ns or time.time_ns())
+                    )
+                self._update(bytes_sent=self.state.bytes_sent + sent)
+            self._drop_connection()
+            self.finish(StreamStatus.FINISHED, self.state.error)
+        except Exception as exc:  # a bug must not kill the thread silently
+            log.exception("stream writer for %s failed", safe_url(self.url))
+            self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+        finally:
+            self._drop_connection()
+            self._signal_done()
+
+    def _connect_at(self, item: EncodedPacket) -> bool:
+        """Open the destination at a key frame (or any audio packet when there is no video)."""
+        if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
+            return False
+        self._preflight()
+        container = av.open(self.url, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
+        try:
+            self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
+        except Exception:
+            container.close()
+            raise
+        self._container = container
+        packet = item.packet
+        self._offset = Fraction(packet.pts or 0) * (packet.time_base or Fraction(1))
+        return True
+
+    def _preflight(self) -> None:
+        """Reach the RTMP host first with a bounded TCP connect.
+
+        FFmpeg's own connect runs while PyAV holds the interpreter lock, so an
+        unreachable host would freeze the whole process; this check fails
+        fast instead (and releases the lock while it waits).
+        """
+        parts = urlsplit(self.url)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS:
+            return
+        address = (parts.hostname or "", parts.port or DEFAULT_PORTS[scheme])
+        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+
+    def _write(self, item: EncodedPacket) -> int:
+        assert self._container is not None
+        if item.kind not in self._streams:
+            return 0
+        if item.seconds < self._offset:
+            return 0  # from before this connection's first key frame
+        packet = private_packet(item.packet, self._streams[item.kind], shift=self._offset)
+        self._container.mux(packet)
+        return packet.size
+
+    def _drop_connection(self) -> None:
+        container, self._container = self._container, None
+        if container is None:
+            return
+        try:
+            container.close()
+        except Exception as exc:  # the peer is gone; nothing left to flush
+            log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
+
+    def _backoff(self, exc: Exception, delay: float) -> None:
+        state = self._update(retries=self.state.retries + 1, error=_describe(exc, self.url))
+        log.info(
+            "stream %s lost (%s); retry %d in %.1f s",
+            state.safe_url,
+            state.error,
+            state.retries,
+            delay,
+        )
+        self._publish(state)
+        if self._stop.wait(delay):
+            return
+        self._discard_queued()  # stale by now: resume with fresh packets at a key frame
+
+    def _discard_queued(self) -> None:
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                self._queue.put_nowait(_STOP)
+                return
+            self._count_drop()
+
+    def finish(self, status: StreamStatus, error: str = "") -> None:
+        """Record the final status once (later calls change nothing) and announce it."""
+        with self._lock:
+            if self._finalised:
+                return
+            self._state = replace(
+                self._state, status=status, ended_at_ns=time.time_ns(), error=error
+            )
+            self._finalised = True
+            state = self._state
+        if status is StreamStatus.FAILED:
+            log.warning("stream %s failed: %s", state.safe_url, error)
+        self._publish(state)
+
+    def _publish(self, state: StreamState) -> None:
+        if self._loop is None:  # never started: we are on the loop thread
+            self._notify(state)
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._notify, state)
+        except RuntimeError:  # the loop is gone; nobody is listening any more
+            pass
+
+    def _signal_done(self) -> None:
+        if self.done is not None and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(self.done.set)
+            except RuntimeError:
+                pass
+
+
+class StreamSink(Stage):
+    """Streams the encoders' packets to every URL; `add_url`/`remove_url` while running.
+
+    Posts `stream_state` (url as safe_url, status, state) on every change of
+    a URL. It never fails the graph because of a destination: a URL that
+    cannot be reached ends FAILED and the other outputs go on. On end of
+    stream every writer gets `close_timeout` seconds to flush and close.
+    """
+
+    def __init__(
+        self,
+        encoders: Sequence[_Encoder],
+        urls: Sequence[str] = (),
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        queue_packets: int = URL_QUEUE_PACKETS,
+        close_timeout: float = 5.0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        if not encoders:
+            raise ValueError("a stream sink needs at least one encoder")
+        self.encoders = list(encoders)
+        self.retry = retry
+        self.queue_packets = queue_packets
+        self.close_timeout = close_timeout
+        self.input = self.add_input("input")
+        self._writers: dict[str, _UrlWriter] = {}
+        self._ended: list[StreamState] = []  # removed URLs, for results
+        self._loop: asyncio.AbstractEventLoop | None = None
+        for url in urls:
+            self.add_url(url)
+
+    # --- control (event loop) ----------------------------------------------------
+
+    def add_url(self, url: str) -> StreamState:
+        """Start streaming to one more URL (at the next key frame); ValueError if already there."""
+        current = self._writers.get(url)
+        if current is not None and current.state.status is StreamStatus.ACTIVE:
+            raise ValueError(f"already streaming to {safe_url(url)}")
+        writer = _UrlWriter(url, self.encoders, self.retry, self.queue_packets, self._on_state)
+        if current is not None:
+            self._ended.append(current.state)
+        self._writers[url] = writer
+        if self._loop is not None:
+            writer.start(self._loop)
+        self._on_state(writer.state)
+        return writer.state
+
+    async def remove_url(self, url: str) -> StreamState:
+        """Stop streaming to `url` (bounded by `close_timeout`); KeyError if it is not streamed."""
+        writer = self._writers.get(url)
+        if writer is None:
+            raise KeyError(f"not streaming to {safe_url(url)}")
+        return await self._stop_writer(writer)
+
+    @property
+    def states(self) -> list[StreamState]:
+        """Every URL this sink has streamed to, removed ones included, in order of addition."""
+        return self._ended + [w.state for w in self._writers.values()]
+
+    def state(self, url: str) -> StreamState:
+        return self._writers[url].state
+
+    @property
+    def active_urls(self) -> list[str]:
+        return [u for u, w in self._writers.items() if w.state.status is StreamStatus.ACTIVE]
+
+    @property
+    def all_failed(self) -> bool:
+        states = self.states
+        return bool(states) and all(s.status is StreamStatus.FAILED for s in states)
+
+    # --- stage ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for writer in self._writers.values():
+            if writer.done is None:
+                writer.start(self._loop)
+        while (item := await self.input.recv()) is not EOS:
+            for writer in list(self._writers.values()):
+                writer.offer(item)
+        await asyncio.gather(*(self._stop_writer(w) for w in list(self._writers.values())))
+
+    async def _stop_writer(self, writer: _UrlWriter) -> StreamState:
+        writer.request_stop()
+        if writer.done is not None:
+            try:
+                await asyncio.wait_for(writer.done.wait(), self.close_timeout)
+            except TimeoutError:
+                state = writer.give_up(f"did not close within {self.close_timeout:.0f} s")
+                log.warning("stream %s: %s", state.safe_url, state.error)
+                self._on_state(state)
+        else:
+            writer.finish(StreamStatus.FINISHED)
+        return writer.state
+
+    async def cleanup(self) -> None:
+        for writer in self._writers.values():
+            writer.request_stop()  # cancelled graph: threads finish on their own
+
+    def _on_state(self, state: StreamState) -> None:
+        self.post("stream_state", url=state.safe_url, status=state.status.value, state=state)
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            s.safe_url: {
+                "status": s.status.value,
+                "dropped": s.dropped_packets,
+                "bytes": s.bytes_sent,
+            }
+            for s in self.states
+        }
