@@ -43,16 +43,24 @@ class WebhookLog:
             if e.egress_info.egress_id == egress_id
         ]
 
-    async def wait_for(self, egress_id: str, event: str, timeout: float = 30.0) -> api.WebhookEvent:
+    async def _first(self, match, timeout: float) -> api.WebhookEvent:
         async def found():
             async with self.arrived:
                 while True:
                     for e in self.events:
-                        if e.egress_info.egress_id == egress_id and e.event == event:
+                        if match(e):
                             return e
                     await self.arrived.wait()
 
         return await asyncio.wait_for(found(), timeout)
+
+    async def wait_for(self, egress_id: str, event: str, timeout: float = 30.0) -> api.WebhookEvent:
+        return await self._first(
+            lambda e: e.egress_info.egress_id == egress_id and e.event == event, timeout
+        )
+
+    async def wait_for_room(self, room: str, event: str, timeout: float = 15.0) -> api.WebhookEvent:
+        return await self._first(lambda e: e.room.name == room and e.event == event, timeout)
 
 
 def service_config(output_dir: Path, webhook_url: str = "", **overrides) -> ServiceConfig:

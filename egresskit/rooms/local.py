@@ -1,4 +1,4 @@
-"""Embedded rooms: participants publish media tracks, stages subscribe to decoded frames.
+"""Embedded rooms: participants publish media tracks, stages subscribe to their frames.
 
 A room lives in this process. Tracks come from WHIP publishers (see
 `egresskit.rooms.whip`) or from any in-process `aiortc.MediaStreamTrack`.
@@ -6,6 +6,10 @@ Each published track has exactly one reader task, which drains the track for
 as long as it is published and fans each frame out to bounded subscriber
 links; a remote WebRTC track buffers without limit inside aiortc, so it must
 be read even when nobody subscribes.
+
+A WebRTC track also offers its encoded frames (`subscribe_encoded`, through
+`egresskit.rooms.encoded`), and is decoded only while it has decoded
+subscribers: a track that is only recorded as it arrives costs no decoding.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from livekit.protocol import models
 
 from egresskit.pipeline.link import Link, LinkPolicy
+from egresskit.rooms.encoded import ENCODED_QUEUE, EncodedReceiver
 from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
@@ -59,8 +64,12 @@ class Closable(Protocol):
     async def close(self) -> None: ...
 
 
+class NoEncodedMedia(Exception):
+    """The track offers decoded frames only (an in-process track, not a WebRTC one)."""
+
+
 class LocalTrack:
-    """A published track; subscribers get its decoded frames through their own links."""
+    """A published track; subscribers get its frames, decoded or encoded, through their own links."""
 
     def __init__(
         self,
@@ -71,6 +80,7 @@ class LocalTrack:
         name: str,
         mime_type: str,
         release: Callable[[], Awaitable[None]] | None,
+        encoded: EncodedReceiver | None = None,
     ) -> None:
         self.sid = new_sid("TR_")
         self.kind: int = TRACK_TYPES[media.kind]
@@ -82,6 +92,7 @@ class LocalTrack:
         self.published_at = time.time()
         self._media = media
         self._release = release
+        self._encoded = encoded
         self._subscribers: list[Link] = []
         self._reader: asyncio.Task[None] | None = None
         self._ended = False
@@ -96,11 +107,38 @@ class LocalTrack:
             link.close_nowait()
         else:
             self._subscribers.append(link)
+            self._update_decoding()
         return link
 
     def unsubscribe(self, link: Link) -> None:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(link)
+        self._update_decoding()
+
+    @property
+    def has_encoded_media(self) -> bool:
+        return self._encoded is not None
+
+    def subscribe_encoded(self, maxsize: int = ENCODED_QUEUE) -> Link:
+        """A link of `EncodedFrame`s from the next key frame on (requested now), then EOS."""
+        if self._encoded is None:
+            raise NoEncodedMedia(
+                f"track {self.sid} has no encoded media (it is not a WebRTC track)"
+            )
+        if self._ended:
+            link: Link = Link(1, LinkPolicy.BLOCK, name=self.sid)
+            link.close_nowait()
+            return link
+        return self._encoded.subscribe(maxsize)
+
+    def unsubscribe_encoded(self, link: Link) -> None:
+        if self._encoded is not None:
+            self._encoded.unsubscribe(link)
+
+    def _update_decoding(self) -> None:
+        """Decode only while someone wants decoded frames."""
+        if self._encoded is not None:
+            self._encoded.decoding = bool(self._subscribers)
 
     def _start(self, on_end: Callable[[LocalTrack], None]) -> None:
         self._reader = asyncio.create_task(self._read(on_end), name=f"read {self.sid}")
@@ -140,6 +178,9 @@ class LocalTrack:
         BLOCK link must not lose its last frames to `close_nowait`.
         """
         links, self._subscribers = self._subscribers, []
+        self._update_decoding()
+        if self._encoded is not None:
+            self._encoded.close()
         deadline = time.monotonic() + BLOCKED_SUBSCRIBER_WAIT_S
         for link in links:
             if link.policy is LinkPolicy.BLOCK:
@@ -191,12 +232,13 @@ class LocalParticipant:
 class LocalRoom:
     """Participants and tracks of one embedded room, and the subscribers to its events."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, on_event: Callable[[RoomEvent], None] | None = None) -> None:
         self.name = name
         self.sid = new_sid("RM_")
         self.created_at = time.time()
         self.participants: dict[str, LocalParticipant] = {}
         self._event_links: list[Link] = []
+        self._on_event = on_event
 
     def __repr__(self) -> str:
         return f"LocalRoom({self.name!r}, {len(self.participants)} participants)"
@@ -240,6 +282,7 @@ class LocalRoom:
         name: str = "",
         mime_type: str | None = None,
         release: Callable[[], Awaitable[None]] | None = None,
+        encoded: EncodedReceiver | None = None,
     ) -> LocalTrack:
         """Publish a media track for `identity`, joining it if needed.
 
@@ -247,6 +290,7 @@ class LocalRoom:
         the codec it arrived in (WebRTC); in-process tracks default to what a
         WebRTC publisher would send. `release` is awaited after unpublishing,
         so a publisher can stop what feeds the track (a WebRTC receiver).
+        `encoded` offers the track's encoded frames and decodes on demand.
         This coroutine never suspends, so a caller can publish several tracks
         with no other task changing the room in between.
         """
@@ -260,6 +304,7 @@ class LocalRoom:
             name=name,
             mime_type=mime_type or DEFAULT_MIME_TYPES[track.kind],
             release=release,
+            encoded=encoded,
         )
         participant.tracks[local.sid] = local
         local._start(self._remove_track)
@@ -340,6 +385,11 @@ class LocalRoom:
     def _emit(self, event: RoomEvent) -> None:
         for link in self._event_links:
             link.put_nowait(event)
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("room event observer failed on %s", type(event).__name__)
 
     def _remove_track(self, track: LocalTrack) -> None:
         """Unpublish now: on request, or when the media ended by itself."""
@@ -352,13 +402,15 @@ class LocalRoom:
 class RoomManager:
     """The embedded rooms of a process, by name, created on first use."""
 
-    def __init__(self) -> None:
+    def __init__(self, on_event: Callable[[RoomEvent], None] | None = None) -> None:
+        """`on_event` sees every event of every room (webhooks, auto egress); it must not block."""
         self._rooms: dict[str, LocalRoom] = {}
+        self._on_event = on_event
 
     def get_or_create(self, name: str) -> LocalRoom:
         room = self._rooms.get(name)
         if room is None:
-            room = self._rooms[name] = LocalRoom(name)
+            room = self._rooms[name] = LocalRoom(name, self._on_event)
         return room
 
     def get(self, name: str) -> LocalRoom | None:

@@ -12,11 +12,27 @@ from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.session import EgressSession
-from egresskit.rooms import RoomManager, whip_app
+from egresskit.rooms import (
+    ParticipantJoined,
+    ParticipantLeft,
+    RoomEvent,
+    RoomManager,
+    TrackPublished,
+    TrackUnpublished,
+    whip_app,
+)
 from egresskit.service.auth import EGRESS_GRANT, require_grant
 from egresskit.service.config import ServiceConfig
 from egresskit.service.egress_api import EgressApi
 from egresskit.service.metrics import render_metrics
+from egresskit.service.room_api import (
+    ROOM_GRANTS,
+    ROOM_SERVICE,
+    RoomApi,
+    participant_info,
+    room_info,
+    track_info,
+)
 from egresskit.service.twirp import TwirpService
 from egresskit.service.webhooks import WebhookNotifier
 
@@ -43,12 +59,27 @@ def ice_addresses(bind: str) -> list[str] | None:
     return None
 
 
+def notify_room_event(webhooks: WebhookNotifier, event: RoomEvent) -> None:
+    """Room webhooks for the server-wide URLs, as a LiveKit server sends them."""
+    if isinstance(event, ParticipantJoined | ParticipantLeft):
+        name = "participant_joined" if isinstance(event, ParticipantJoined) else "participant_left"
+        webhooks.notify_room(name, room_info(event.room), participant_info(event.participant))
+    elif isinstance(event, TrackPublished | TrackUnpublished):
+        name = "track_published" if isinstance(event, TrackPublished) else "track_unpublished"
+        webhooks.notify_room(
+            name,
+            room_info(event.room),
+            participant_info(event.track.participant),
+            track_info(event.track),
+        )
+
+
 def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
-    rooms = RoomManager()
     webhooks = WebhookNotifier(
         config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
     )
+    rooms = RoomManager(on_event=lambda event: notify_room_event(webhooks, event))
 
     def on_event(event: str, session: EgressSession) -> None:
         webhooks.notify(event, session.public_info(), session.webhooks)
@@ -69,6 +100,9 @@ def create_app(config: ServiceConfig) -> web.Application:
 
     TwirpService(
         EGRESS_SERVICE, EgressApi(manager), authorize=require_grant(config.keys, EGRESS_GRANT)
+    ).add_to(app)
+    TwirpService(
+        ROOM_SERVICE, RoomApi(rooms), authorize=require_grant(config.keys, ROOM_GRANTS, any_of=True)
     ).add_to(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)

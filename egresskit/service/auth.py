@@ -18,13 +18,18 @@ EGRESS_GRANT = "roomRecord"
 
 
 def require_grant(
-    keys: Mapping[str, str], grant: str | Sequence[str], *, leeway: float = DEFAULT_LEEWAY_S
+    keys: Mapping[str, str],
+    grant: str | Sequence[str],
+    *,
+    leeway: float = DEFAULT_LEEWAY_S,
+    any_of: bool = False,
 ) -> Authorize:
     """An `authorize` callable for `TwirpService` accepting tokens signed by one of `keys`.
 
     `keys` maps API keys to their secrets. `grant` names the video grant(s)
     the token must hold, as `roomRecord` or `video.roomRecord`; with several,
-    every one is required. The callable returns the verified `Claims`.
+    every one is required, or one of them with `any_of`. The callable
+    returns the verified `Claims`.
     """
     names = (grant,) if isinstance(grant, str) else tuple(grant)
     required = tuple(name.removeprefix("video.") for name in names)
@@ -39,6 +44,13 @@ def require_grant(
         except TokenError as error:
             raise TwirpError("unauthenticated", f"invalid token: {error}") from None
         missing = [name for name in required if claims.grant(name) is not True]
+        if any_of and len(missing) < len(required):
+            return claims
+        if any_of:
+            raise TwirpError(
+                "unauthenticated",
+                f"token needs one of the {' or '.join(required)} grants for {method}",
+            )
         if missing:
             raise TwirpError(
                 "unauthenticated",

@@ -119,17 +119,32 @@ class WebhookNotifier:
         extra_targets: Sequence[models_pb.WebhookConfig] = (),
     ) -> None:
         """Queue `event` for every target; returns at once, whatever the receivers do."""
+        if self._accepting(event, egress_info.egress_id):
+            body = encode_event(event, egress_info)
+            for target in self._targets(extra_targets):
+                self._enqueue(target, body, event, egress_info.egress_id)
+
+    def notify_room(
+        self,
+        event: str,
+        room: models_pb.Room,
+        participant: models_pb.ParticipantInfo | None = None,
+        track: models_pb.TrackInfo | None = None,
+    ) -> None:
+        """Queue a room event (participant_joined, track_published, ...) for the server-wide URLs."""
+        if self._accepting(event, room.name):
+            body = encode_room_event(event, room, participant, track)
+            for target in self._targets(()):
+                self._enqueue(target, body, event, room.name)
+
+    def _accepting(self, event: str, subject: str) -> bool:
         if self._closing:
             self.stats.dropped += 1
-            logger.warning(
-                "webhooks: %s for %s after shutdown dropped", event, egress_info.egress_id
-            )
-            return
+            logger.warning("webhooks: %s for %s after shutdown dropped", event, subject)
+            return False
         if self._session is None:
             raise RuntimeError("WebhookNotifier.start() was not called")
-        body = encode_event(event, egress_info)
-        for target in self._targets(extra_targets):
-            self._enqueue(target, body, event, egress_info.egress_id)
+        return True
 
     def _targets(self, extra: Sequence[models_pb.WebhookConfig]) -> list[_Target]:
         targets = [_Target(url, self._api_key) for url in self._urls]
@@ -212,14 +227,33 @@ class WebhookNotifier:
 
 
 def encode_event(event: str, egress_info: egress_pb.EgressInfo) -> str:
-    """The JSON body of one webhook (secrets redacted)."""
+    """The JSON body of one egress webhook (secrets redacted)."""
     message = webhook_pb.WebhookEvent(
         event=event,
         room=models_pb.Room(sid=egress_info.room_id, name=egress_info.room_name),
         egress_info=redact(egress_info),
-        id="EV_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12)),
-        created_at=int(time.time()),
     )
+    return _encode(message)
+
+
+def encode_room_event(
+    event: str,
+    room: models_pb.Room,
+    participant: models_pb.ParticipantInfo | None = None,
+    track: models_pb.TrackInfo | None = None,
+) -> str:
+    """The JSON body of one room webhook."""
+    message = webhook_pb.WebhookEvent(event=event, room=room)
+    if participant is not None:
+        message.participant.CopyFrom(participant)
+    if track is not None:
+        message.track.CopyFrom(track)
+    return _encode(message)
+
+
+def _encode(message: webhook_pb.WebhookEvent) -> str:
+    message.id = "EV_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+    message.created_at = int(time.time())
     return json_format.MessageToJson(message, indent=None)
 
 
