@@ -35,6 +35,7 @@ from egresskit.service.room_api import (
 )
 from egresskit.service.twirp import TwirpService
 from egresskit.service.webhooks import WebhookNotifier
+from egresskit.storage.upload import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,9 @@ def create_app(config: ServiceConfig) -> web.Application:
         backup_storage=dict(config.backup_storage) or None,
         max_duration_s=config.max_duration_s,
         max_concurrent=config.max_concurrent,
+        retry=RetryPolicy(
+            config.upload_attempts, config.upload_initial_delay, config.upload_max_delay
+        ),
         on_event=on_event,
     )
     app[CONFIG] = config

@@ -41,6 +41,10 @@ class ServiceConfig:
     max_concurrent: int = 0  # 0 = no limit on egresses running at once
     storage: Mapping[str, Any] = field(default_factory=dict, repr=False)
     backup_storage: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Each upload is retried with exponential backoff before the backup storage is tried.
+    upload_attempts: int = 5
+    upload_initial_delay: float = 0.1  # seconds before the second attempt, doubling after
+    upload_max_delay: float = 5.0
     extra_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     dev: bool = False
     log_level: str = "info"
@@ -170,6 +174,16 @@ def _coerce(name: str, value: Any) -> Any:
             if limit < 0:
                 raise ValueError("must be 0 (no limit) or positive")
             return limit
+        if name == "upload_attempts":
+            attempts = _int(value)
+            if attempts < 1:
+                raise ValueError("must be at least 1")
+            return attempts
+        if name in ("upload_initial_delay", "upload_max_delay"):
+            delay = float(value)
+            if not delay >= 0:
+                raise ValueError("must be a non-negative number of seconds")
+            return delay
         if name in ("storage", "backup_storage", "extra_keys"):
             if not isinstance(value, Mapping):
                 raise ValueError("must be a mapping")
