@@ -20,6 +20,7 @@ from aiortc import (
     MediaStreamTrack,
     RTCConfiguration,
     RTCPeerConnection,
+    RTCRtpSender,
     RTCSessionDescription,
     VideoStreamTrack,
 )
@@ -170,12 +171,24 @@ async def whip_publish(
     tracks: list[MediaStreamTrack],
     *,
     source: str | None = None,
+    video_codec: str | None = None,
 ) -> WhipSession:
-    """Offer `tracks` to `{base_url}/whip/{room}` and apply the answer (non-trickle)."""
+    """Offer `tracks` to `{base_url}/whip/{room}` and apply the answer (non-trickle).
+
+    `video_codec` (a MIME type such as "video/H264") offers only that codec for video.
+    """
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         for track in tracks:
-            pc.addTransceiver(track, direction="sendonly")
+            transceiver = pc.addTransceiver(track, direction="sendonly")
+            if video_codec is not None and track.kind == "video":
+                transceiver.setCodecPreferences(
+                    [
+                        codec
+                        for codec in RTCRtpSender.getCapabilities("video").codecs
+                        if codec.mimeType.lower() in (video_codec.lower(), "video/rtx")
+                    ]
+                )
         await pc.setLocalDescription(await pc.createOffer())
         url = URL(str(base_url)) / "whip" / room
         if source is not None:

@@ -25,6 +25,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSe
 from aiortc import sdp as sdp_parser
 from livekit.protocol import models
 
+from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.ice import restrict_ice_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
 from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
@@ -279,6 +280,8 @@ async def publish_tracks(
             source=source,
             mime_type=negotiated_mime_type(answered.get(transceiver.mid)),
             release=receiver_stopper(transceiver),
+            # encoded frames for track egress; decoding only while someone wants frames
+            encoded=EncodedReceiver(transceiver.receiver),
         )
 
 

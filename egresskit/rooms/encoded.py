@@ -1,0 +1,224 @@
+"""Encoded frames of a WebRTC track, taken from aiortc's receiver; decoding only on demand.
+
+aiortc has no public API for encoded media. Its `RTCRtpReceiver` depacketizes
+RTP (VP8 and H.264 through `aiortc.codecs.depayload`; an Opus payload is the
+frame), reassembles frames in its jitter buffer, unwraps RTP timestamps
+(`TimestampMapper`: relative to the first frame, 32-bit wrap-around counted)
+and puts each `(codec, JitterFrame)` on a private queue read by its decoder
+thread. That thread constructs its decoder on the first frame it is given.
+
+This module is the only place that reaches into aiortc, and it touches:
+
+- `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (name-mangled): replaced
+  by a router that copies every reassembled frame to encoded subscribers and
+  passes it on to aiortc's queue only while someone wants decoded frames. So
+  a track that is only recorded as it arrives never has a decoder. `None`
+  (the receiver stopping) is always passed on, so aiortc's thread and its
+  track end exactly as before. The decoder thread itself is started by
+  aiortc in `receive()` and stays idle on its queue.
+- `RTCRtpReceiver._send_rtcp_pli(ssrc)`: asks the sender for a key frame.
+- `JitterFrame.data` and `.timestamp`: the frame's bytes (H.264 as Annex B)
+  and its unwrapped RTP timestamp.
+- the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
+  `codec.clockRate` of the `RTCRtpCodecParameters` inside them.
+
+tests/test_track_egress.py proves this against the aiortc versions allowed in
+pyproject.toml; widen that range only after those tests pass on a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiortc import RTCRtpReceiver
+
+from egresskit.pipeline.link import Link, LinkPolicy
+
+log = logging.getLogger(__name__)
+
+# While a subscriber waits for a key frame, ask again this often (the request or
+# the key frame itself may be lost, and some senders ignore requests for a while).
+KEYFRAME_REQUEST_INTERVAL_S = 1.0
+# Encoded frames a subscriber may have queued; beyond that it restarts at a key frame.
+ENCODED_QUEUE = 120
+
+_H264_IDR = 5
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedFrame:
+    """One reassembled frame, as the publisher encoded it.
+
+    `timestamp` is in units of `clock_rate` (90 kHz for video, 48 kHz for
+    Opus), counted from the receiver's first frame; a pause in sending is a
+    jump in it, never a renumbering.
+    """
+
+    data: bytes
+    timestamp: int
+    clock_rate: int
+    keyframe: bool
+    mime_type: str
+
+
+def is_keyframe(mime_type: str, data: bytes) -> bool:
+    """Whether a frame can be decoded on its own (audio frames always can)."""
+    codec = mime_type.lower()
+    if codec == "video/vp8":
+        # RFC 6386 section 9.1: bit 0 of the frame tag is 0 for a key frame
+        return bool(data) and not data[0] & 0x01
+    if codec == "video/h264":
+        return _H264_IDR in h264_nal_types(data)
+    return True
+
+
+def h264_nal_types(annex_b: bytes) -> set[int]:
+    """The NAL unit types in an Annex B buffer (found by their start codes)."""
+    types = set()
+    start = annex_b.find(b"\x00\x00\x01")
+    while start != -1 and start + 3 < len(annex_b):
+        types.add(annex_b[start + 3] & 0x1F)
+        start = annex_b.find(b"\x00\x00\x01", start + 3)
+    return types
+
+
+class _Subscription:
+    """An encoded subscriber; it receives frames from a key frame on."""
+
+    __slots__ = ("link", "synced")
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self.synced = False
+
+
+class _FrameRouter:
+    """Stands in for aiortc's decoder queue (see the module docstring).
+
+    aiortc calls `put` in the event loop thread; its decoder thread calls
+    `get`, which reads aiortc's own queue.
+    """
+
+    def __init__(self, receiver: EncodedReceiver, inner: queue.Queue) -> None:
+        self._receiver = receiver
+        self._inner = inner
+
+    def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        if item is None:
+            self._inner.put(None)
+            self._receiver.close()
+            return
+        if self._receiver._route(*item):
+            self._inner.put(item)
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        return self._inner.get(*args, **kwargs)
+
+
+class EncodedReceiver:
+    """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
+
+    Subscriber links are BLOCK links filled without waiting: a subscriber
+    that falls `ENCODED_QUEUE` frames behind loses frames (counted on its
+    link) and resumes at the next key frame, which is requested at once.
+    """
+
+    def __init__(self, receiver: RTCRtpReceiver) -> None:
+        self._receiver = receiver
+        inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
+        self._subscriptions: list[_Subscription] = []
+        self._decoding = False
+        self._decoder_synced = False
+        self._last_request = 0.0
+        self._requests: set[asyncio.Task[None]] = set()
+        self._closed = False
+        self.frames_received = 0
+        self.frames_decoded = 0
+        self.keyframe_requests = 0
+
+    @property
+    def decoding(self) -> bool:
+        return self._decoding
+
+    @decoding.setter
+    def decoding(self, wanted: bool) -> None:
+        """Pass frames to aiortc's decoder (from the next key frame on) or stop doing so."""
+        if wanted and not self._decoding:
+            self._decoder_synced = False
+            self.request_keyframe(throttled=False)
+        self._decoding = wanted
+
+    def subscribe(self, maxsize: int = ENCODED_QUEUE) -> Link:
+        """A link of EncodedFrame from the next key frame on (requested now), EOS at the end."""
+        link: Link = Link(maxsize, LinkPolicy.BLOCK, name="encoded")
+        if self._closed:
+            link.close_nowait()
+            return link
+        self._subscriptions.append(_Subscription(link))
+        self.request_keyframe(throttled=False)
+        return link
+
+    def unsubscribe(self, link: Link) -> None:
+        self._subscriptions = [s for s in self._subscriptions if s.link is not link]
+
+    def close(self) -> None:
+        """No more frames: every subscriber gets EOS."""
+        self._closed = True
+        subscriptions, self._subscriptions = self._subscriptions, []
+        for subscription in subscriptions:
+            subscription.link.close_nowait()
+
+    def request_keyframe(self, *, throttled: bool = True) -> None:
+        """Send a PLI to the sender, at most once per KEYFRAME_REQUEST_INTERVAL_S if throttled."""
+        now = time.monotonic()
+        if throttled and now - self._last_request < KEYFRAME_REQUEST_INTERVAL_S:
+            return
+        sources = self._receiver.getSynchronizationSources()
+        if not sources:
+            return  # nothing received yet: the first frame asks again
+        self._last_request = now
+        self.keyframe_requests += 1
+        for source in sources:
+            task = asyncio.ensure_future(self._receiver._send_rtcp_pli(source.source))
+            self._requests.add(task)
+            task.add_done_callback(self._requests.discard)
+
+    def _route(self, codec: Any, jitter_frame: Any) -> bool:
+        """Hand a frame to encoded subscribers; True if aiortc's decoder should get it too."""
+        self.frames_received += 1
+        mime_type = codec.mimeType
+        keyframe = is_keyframe(mime_type, jitter_frame.data)
+        waiting = False
+        if self._subscriptions:
+            frame = EncodedFrame(
+                bytes(jitter_frame.data),
+                jitter_frame.timestamp,
+                codec.clockRate,
+                keyframe,
+                mime_type,
+            )
+            for subscription in self._subscriptions:
+                if not subscription.synced:
+                    if not keyframe:
+                        waiting = True
+                        continue
+                    subscription.synced = True
+                if not subscription.link.put_nowait(frame):
+                    subscription.synced = False
+                    waiting = True
+        decode = False
+        if self._decoding:
+            self._decoder_synced = self._decoder_synced or keyframe
+            decode = self._decoder_synced
+            waiting = waiting or not decode
+        if waiting:
+            self.request_keyframe()
+        if decode:
+            self.frames_decoded += 1
+        return decode

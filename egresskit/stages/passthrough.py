@@ -1,0 +1,254 @@
+"""Track egress without transcoding: a track's encoded frames written to a file as they came.
+
+`EncodedTrackSource` turns the depacketized frames of one WebRTC track into
+packets on the graph clock; `PassthroughFileWriter` muxes them: Opus into
+Ogg, VP8 into WebM, H.264 into MP4. Nothing is decoded or encoded.
+"""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+from av.container import OutputContainer
+from av.stream import Stream
+from livekit.protocol import models
+
+from egresskit.pipeline import EOS, Stage
+from egresskit.rooms.encoded import EncodedFrame
+from egresskit.rooms.local import LocalTrack
+from egresskit.stages.media import EncodedPacket
+from egresskit.stages.muxer import MP4_OPTIONS
+
+# (container format, muxer options, stream codec) per source codec
+PASSTHROUGH_FORMATS: dict[str, tuple[str, dict[str, str], str]] = {
+    "video/h264": ("mp4", MP4_OPTIONS, "h264"),
+    "video/vp8": ("webm", {}, "vp8"),
+    "audio/opus": ("ogg", {}, "libopus"),
+}
+OPUS_RATE = 48_000
+
+
+def passthrough_supported(mime_type: str) -> bool:
+    return mime_type.lower() in PASSTHROUGH_FORMATS
+
+
+class RtpTimeline:
+    """RTP timestamps as one ever-increasing count.
+
+    Each step is the difference to the previous timestamp modulo 2**32, read
+    as signed, so a 32-bit wrap-around is a small step forward. That holds
+    whether or not the timestamps were already unwrapped upstream.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+        self.position = 0
+
+    def advance(self, timestamp: int) -> int:
+        if self._last is not None:
+            step = (timestamp - self._last) & 0xFFFFFFFF
+            if step >= 1 << 31:
+                step -= 1 << 32
+            self.position += step
+        self._last = timestamp
+        return self.position
+
+
+def opus_samples(packet: bytes) -> int:
+    """Samples at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    config = toc >> 3
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        frame = (480, 960, 1920, 2880)[config % 4]
+    elif config < 16:  # hybrid: 10, 20 ms
+        frame = (480, 960)[config % 2]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        frame = (120, 240, 480, 960)[config % 4]
+    code = toc & 0x03
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    else:
+        count = packet[1] & 0x3F if len(packet) > 1 else 0
+    return frame * count
+
+
+class EncodedTrackSource(Stage):
+    """Source of one track's encoded frames as packets timed on the graph clock.
+
+    The first frame (a key frame; see `LocalTrack.subscribe_encoded`) gets
+    the graph time it arrived at; every later one keeps its RTP distance
+    from it, so a pause in sending stays a pause in the file. A packet is
+    sent once the next one arrives, which gives it its exact duration.
+    Posts `source_closed` when the track is unpublished, which ends the
+    graph by itself.
+    """
+
+    def __init__(self, track: LocalTrack, *, name: str | None = None) -> None:
+        super().__init__(name)
+        self.track = track
+        self.kind = "video" if track.kind == models.TrackType.VIDEO else "audio"
+        self.output = self.add_output("output")
+        self._link = None
+        self._timeline = RtpTimeline()
+        self._origin: int | None = None
+        self._pending: av.Packet | None = None
+        self._last_duration = 0
+        self.frames_in = 0
+
+    async def run(self) -> None:
+        self._link = self.track.subscribe_encoded()
+        try:
+            async for frame in self._link:
+                await self._emit(self._packet(frame))
+                self.frames_in += 1
+            if self._pending is not None:
+                self._pending.duration = self._last_duration
+                await self.output.send(EncodedPacket(self.kind, self._pending))
+                self._pending = None
+        finally:
+            self.track.unsubscribe_encoded(self._link)
+        if not self.stopping.is_set():
+            self.post("source_closed", reason="track unpublished", track_sid=self.track.sid)
+
+    def on_stop(self) -> None:
+        super().on_stop()
+        if self._link is not None:
+            self.track.unsubscribe_encoded(self._link)
+            self._link.close_nowait()
+
+    def _packet(self, frame: EncodedFrame) -> av.Packet:
+        position = self._timeline.advance(frame.timestamp)
+        if self._origin is None:
+            self._origin = round(self.clock.now() * frame.clock_rate) - position
+        packet = av.Packet(frame.data)
+        packet.pts = packet.dts = self._origin + position
+        packet.time_base = Fraction(1, frame.clock_rate)
+        packet.is_keyframe = frame.keyframe
+        if self.kind == "audio":
+            packet.duration = opus_samples(frame.data) * frame.clock_rate // OPUS_RATE
+        return packet
+
+    async def _emit(self, packet: av.Packet) -> None:
+        pending, self._pending = self._pending, packet
+        if pending is None:
+            return
+        if self.kind == "video":
+            self._last_duration = max(1, packet.pts - pending.pts)
+            pending.duration = self._last_duration
+        await self.output.send(EncodedPacket(self.kind, pending))
+
+    def stats(self) -> dict[str, int]:
+        dropped = self._link.dropped if self._link is not None else 0
+        return {"frames_in": self.frames_in, "dropped": dropped}
+
+
+class PassthroughFileWriter(Stage):
+    """Muxes one track's packets into a file, opened at the first packet.
+
+    Opening late lets the container take the picture size from the first
+    key frame (read by FFmpeg's parser; nothing is decoded). The file is
+    always closed in cleanup, so what arrived is kept also when the graph
+    fails or is cancelled. Posts `first_media` and `file_closed` like the
+    other file muxers.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], mime_type: str, *, name: str | None = None
+    ) -> None:
+        super().__init__(name)
+        codec = mime_type.lower()
+        if codec not in PASSTHROUGH_FORMATS:
+            raise ValueError(f"cannot record {mime_type or 'this codec'} without transcoding")
+        self.path = Path(path)
+        self.mime_type = codec
+        self.input = self.add_input("input")
+        self._container: OutputContainer | None = None
+        self._stream: Stream | None = None
+        self.packets_written = 0
+        self.first_pts_s: float | None = None
+        self.last_pts_s = 0.0
+
+    def _open(self, first: av.Packet) -> None:
+        format, options, codec = PASSTHROUGH_FORMATS[self.mime_type]
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        container = av.open(str(self.path), "w", format=format, options=options)
+        try:
+            if codec == "libopus":
+                # Ogg needs the OpusHead header as stream extradata, which PyAV only
+                # fills from a codec context: this encoder is opened for its header
+                # (48 kHz stereo, as WebRTC negotiates Opus) and never encodes.
+                stream = container.add_stream(codec, rate=OPUS_RATE, layout="stereo")
+            else:
+                width, height = picture_size(codec, bytes(first))
+                stream = container.add_mux_stream(
+                    codec, width=width, height=height, time_base=first.time_base
+                )
+            stream.time_base = first.time_base
+        except BaseException:
+            container.close()
+            raise
+        self._container, self._stream = container, stream
+
+    def _write(self, packet: av.Packet) -> None:
+        assert self._container is not None
+        packet.stream = self._stream
+        self._container.mux(packet)
+
+    def _close(self) -> None:
+        container, self._container = self._container, None
+        if container is not None:
+            container.close()
+
+    async def run(self) -> None:
+        while (item := await self.input.recv()) is not EOS:
+            packet = item.packet
+            if self._container is None:
+                await self.offload(self._open, packet)
+            seconds = float(packet.pts * packet.time_base)
+            await self.offload(self._write, packet)
+            self.packets_written += 1
+            self.last_pts_s = max(self.last_pts_s, seconds)
+            if self.first_pts_s is None:
+                self.first_pts_s = seconds
+                self.post("first_media", path=str(self.path))
+        await self.offload(self._close)
+        self.post("file_closed", path=str(self.path), size=self.size)
+
+    async def cleanup(self) -> None:
+        if self._container is not None:
+            await self.offload(self._close)
+
+    @property
+    def size(self) -> int:
+        try:
+            return self.path.stat().st_size
+        except OSError:
+            return 0
+
+    @property
+    def duration_s(self) -> float:
+        return 0.0 if self.first_pts_s is None else self.last_pts_s - self.first_pts_s
+
+    def stats(self) -> dict[str, float]:
+        return {"packets": self.packets_written, "bytes": self.size, "duration_s": self.duration_s}
+
+
+def picture_size(codec: str, keyframe: bytes) -> tuple[int, int]:
+    """Width and height from a key frame's headers, read by FFmpeg's bitstream parser.
+
+    The codec context is only a holder for the parser's results: it is never
+    opened, so no decoder runs.
+    """
+    holder = av.CodecContext.create(codec, "r")
+    holder.parse(keyframe)
+    holder.parse(None)  # flush: the parser reads the headers once a frame is complete
+    if not holder.width or not holder.height:
+        raise ValueError(f"the first {codec} key frame carries no picture size")
+    return holder.width, holder.height
