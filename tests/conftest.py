@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 from aiohttp import web
 from publishers import WHIP_API_KEY, WHIP_API_SECRET
+from storage_servers import (  # noqa: F401 - storage fixtures, shared with plugins/*/tests
+    azurite,
+    azurite_env,
+    gcs_emulator,
+    gcs_emulator_env,
+    moto_server,
+    oss_target,
+    s3_bucket,
+)
 
 from egresskit.rooms import RoomManager, restrict_ice_addresses, whip_app
 
@@ -38,27 +47,3 @@ async def whip_server(aiohttp_server, rooms, whip_keys):
     app = web.Application()
     app.add_subapp("/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
     return await aiohttp_server(app, host="127.0.0.1")
-
-
-# --- storage servers (egresskit.storage tests; helpers in tests/storage_servers.py) ---
-
-
-@pytest.fixture(scope="session")
-def moto_server():
-    """moto's S3 server on 127.0.0.1, shared by the storage tests."""
-    from storage_servers import MotoServer
-
-    with MotoServer() as server:
-        yield server
-
-
-@pytest.fixture
-def s3_bucket(moto_server, request):
-    """A fresh bucket on the shared moto server; yields its name."""
-    import re
-    import uuid
-
-    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
-    moto_server.boto3_client().create_bucket(Bucket=bucket)
-    return bucket

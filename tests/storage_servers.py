@@ -4,21 +4,30 @@ moto (S3) runs as a subprocess so it can be stopped and restarted on the same po
 fault tests and does not share the test's GIL. Azurite (npm) and gcp-storage-emulator
 (PyPI) are subprocesses too. ``ForwardProxy`` is a small HTTP proxy that records what
 passes through it. Every wait here is bounded.
+
+The pytest fixtures at the end are shared: ``tests/conftest.py`` and each plugin's
+``tests/conftest.py`` import them, so every suite starts its servers the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 START_TIMEOUT = 30.0
 
@@ -109,6 +118,10 @@ class MotoServer(ServerProcess):
             **kwargs,
         )
 
+    def create_bucket(self, name: str) -> str:
+        self.boto3_client().create_bucket(Bucket=name)
+        return name
+
 
 class MotoS3Only(MotoServer):
     """moto's S3 application alone, for clients whose signatures moto cannot route by.
@@ -158,6 +171,18 @@ class AzuriteBlob(ServerProcess):
     def account_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/{self.ACCOUNT}"
 
+    def service_client(self):
+        """azure-storage-blob's own (synchronous) client for this account."""
+        from azure.storage.blob import BlobServiceClient
+
+        credential = {"account_name": self.ACCOUNT, "account_key": self.KEY}
+        return BlobServiceClient(self.account_url, credential=credential)
+
+    def create_container(self, name: str) -> str:
+        with self.service_client() as service:
+            service.create_container(name)
+        return name
+
     def stop(self) -> None:
         super().stop()
         shutil.rmtree(self.location, ignore_errors=True)
@@ -171,6 +196,17 @@ class GcsEmulator(ServerProcess):
         if exe is None:
             raise RuntimeError("gcp-storage-emulator not found: pip install gcp-storage-emulator")
         return [exe, "start", "--host", "127.0.0.1", "--port", str(self.port), "--in-memory"]
+
+    def create_bucket(self, name: str) -> str:
+        request = urllib.request.Request(
+            f"{self.url}/storage/v1/b?project=test",
+            data=json.dumps({"name": name}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            if response.status != 200:
+                raise RuntimeError(f"cannot create bucket {name}: HTTP {response.status}")
+        return name
 
 
 @dataclass
@@ -263,3 +299,68 @@ async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
                 writer.write_eof()
             except OSError:
                 pass
+
+
+def unique_name(request: pytest.FixtureRequest, prefix: str = "") -> str:
+    """A bucket-safe name from the test's name, unique per call."""
+    base = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    return f"{prefix}{base}-{uuid.uuid4().hex[:8]}"
+
+
+# --- shared fixtures ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """moto's S3 server on 127.0.0.1, shared by the storage tests."""
+    with MotoServer() as server:
+        yield server
+
+
+@pytest.fixture
+def s3_bucket(moto_server, request):
+    """A fresh bucket on the shared moto server; yields its name."""
+    return moto_server.create_bucket(unique_name(request))
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator():
+    """gcp-storage-emulator on 127.0.0.1."""
+    with GcsEmulator() as server:
+        yield server
+
+
+@pytest.fixture
+def gcs_emulator_env(gcs_emulator, monkeypatch):
+    """The emulator, with ``STORAGE_EMULATOR_HOST`` pointing at it for this test.
+
+    LiveKit's ``GCPUpload`` has no endpoint field; GCS clients (and egresskit-gcs)
+    take an emulator's address from this variable.
+    """
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    return gcs_emulator
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's blob service on 127.0.0.1."""
+    with AzuriteBlob() as server:
+        yield server
+
+
+@pytest.fixture
+def azurite_env(azurite, monkeypatch):
+    """Azurite, with ``EGRESSKIT_AZURE_ACCOUNT_URL`` pointing at it for this test.
+
+    LiveKit's ``AzureBlobUpload`` has no endpoint field; egresskit-azure reads the
+    account URL override from this variable.
+    """
+    monkeypatch.setenv("EGRESSKIT_AZURE_ACCOUNT_URL", azurite.account_url)
+    return azurite
+
+
+@pytest.fixture(scope="session")
+def oss_target():
+    """moto's S3 application alone, as the target of OSS-signed requests."""
+    with MotoS3Only() as server:
+        yield server

@@ -1,13 +1,16 @@
 """Alibaba Cloud OSS backend for egresskit (LiveKit ``AliOSSUpload``), on alibabacloud-oss-v2.
 
 Config keys: ``access_key``, ``secret``, ``region``, ``endpoint``, ``bucket``, and
-egresskit's ``use_path_style`` (for endpoints that address buckets by path). Each file
-goes up as one PutObject (OSS allows up to 5 GiB), read in a worker thread.
+egresskit's ``use_path_style`` (for endpoints that address buckets by path; when unset,
+endpoints whose host is an IP address or ``localhost`` use it, since a bucket cannot be
+a subdomain of those). Each file goes up as one PutObject (OSS allows up to 5 GiB), read
+in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +26,18 @@ from egresskit.storage.base import Storage, config_to_dict
 MAX_PUT = 5 * 1024**3  # OSS PutObject limit
 
 
+def addressed_by_path(endpoint: str) -> bool:
+    """Whether buckets must be addressed by path: true for IP-address and localhost hosts."""
+    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
 class AliOSSStorage(Storage):
     name = "alioss"
 
@@ -33,7 +48,7 @@ class AliOSSStorage(Storage):
         secret: str,
         region: str = "",
         endpoint: str = "",
-        use_path_style: bool = False,
+        use_path_style: bool | None = None,
     ) -> None:
         if not bucket:
             raise ValueError("alioss storage needs a bucket")
@@ -44,7 +59,9 @@ class AliOSSStorage(Storage):
         self.secret = secret
         self.region = region
         self.endpoint = endpoint
-        self.use_path_style = use_path_style
+        self.use_path_style = (
+            addressed_by_path(endpoint) if use_path_style is None else use_path_style
+        )
         self._client: oss_aio.AsyncClient | None = None
 
     @classmethod
@@ -56,7 +73,9 @@ class AliOSSStorage(Storage):
             secret=data.get("secret", ""),
             region=data.get("region", ""),
             endpoint=data.get("endpoint", ""),
-            use_path_style=bool(data.get("use_path_style", False)),
+            use_path_style=(
+                None if data.get("use_path_style") is None else bool(data["use_path_style"])
+            ),
         )
 
     def config(self) -> dict[str, Any]:

@@ -15,21 +15,16 @@ from egresskit.storage import RetryPolicy, UploadFailed, storage_for_output, upl
 
 
 @pytest.fixture
-async def container(azurite):
-    name = f"rec-{os.urandom(4).hex()}"
-    async with BlobServiceClient(
-        azurite.account_url, credential=azurite_credential(azurite)
-    ) as svc:
-        await svc.create_container(name)
-    return name
+def container(azurite):
+    return azurite.create_container(f"rec-{os.urandom(4).hex()}")
 
 
 def azurite_credential(azurite) -> dict[str, str]:
     return {"account_name": azurite.ACCOUNT, "account_key": azurite.KEY}
 
 
-async def test_azure_request_uploads_to_azurite(azurite, container, tmp_path, monkeypatch):
-    monkeypatch.setenv("EGRESSKIT_AZURE_ACCOUNT_URL", azurite.account_url)
+async def test_azure_request_uploads_to_azurite(azurite_env, container, tmp_path):
+    azurite = azurite_env
     data = os.urandom(9 * 1024 * 1024 + 3)  # above one block: staged blocks, then commit
     (tmp_path / "room.mp4").write_bytes(data)
     output = egress.EncodedFileOutput(

@@ -5,25 +5,18 @@ from __future__ import annotations
 import hashlib
 import os
 
-import aiohttp
 import pytest
 from egresskit_gcs import GCSStorage
 from gcloud.aio.storage import Storage as GcsClient
 from livekit.protocol import egress
-from storage_servers import ForwardProxy
+from storage_servers import ForwardProxy, unique_name
 
 from egresskit.storage import open_storage, storage_for_output
 
 
 @pytest.fixture
-async def bucket(gcs_emulator, request):
-    name = f"rec-{request.node.name[-20:].lower().strip('_[]')}-{os.urandom(3).hex()}"
-    async with aiohttp.ClientSession() as http:
-        resp = await http.post(
-            f"{gcs_emulator.url}/storage/v1/b?project=test", json={"name": name}, timeout=10
-        )
-        assert resp.status == 200, await resp.text()
-    return name
+def bucket(gcs_emulator, request):
+    return gcs_emulator.create_bucket(unique_name(request, "rec-"))
 
 
 async def read_back(gcs_emulator, bucket: str, key: str) -> tuple[list[str], bytes]:
@@ -33,8 +26,8 @@ async def read_back(gcs_emulator, bucket: str, key: str) -> tuple[list[str], byt
     return [item["name"] for item in listed.get("items", [])], data
 
 
-async def test_gcp_request_uploads_to_emulator(gcs_emulator, bucket, tmp_path, monkeypatch):
-    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+async def test_gcp_request_uploads_to_emulator(gcs_emulator_env, bucket, tmp_path):
+    gcs_emulator = gcs_emulator_env
     data = os.urandom(2 * 1024 * 1024 + 5)
     (tmp_path / "room.mp4").write_bytes(data)
     output = egress.EncodedFileOutput(filepath="room.mp4", gcp=egress.GCPUpload(bucket=bucket))
