@@ -28,14 +28,11 @@ log = logging.getLogger(__name__)
 RETENTION_S = 24 * 3600
 _ID_ALPHABET = string.ascii_letters + string.digits
 
-# Which EgressInfo `request` field carries each kind of start request.
+# Which EgressInfo `request` field carries each type of start request (StartEgress's
+# request stays a StartEgressRequest whatever its source, so the type decides, not the kind).
 _REQUEST_FIELDS = {
-    "room_composite": "room_composite",
-    "track_composite": "track_composite",
-    "participant": "participant",
-    "track": "track",
-    "web": "web",
-    "media": "egress",
+    f.message_type.full_name: f.name
+    for f in egress_pb.EgressInfo.DESCRIPTOR.oneofs_by_name["request"].fields
 }
 
 EventSink = Callable[[str, EgressSession], None]
@@ -91,7 +88,7 @@ class EgressManager:
             room_name=planned.room.name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
-        getattr(info, _REQUEST_FIELDS[spec.kind]).CopyFrom(request)
+        getattr(info, _REQUEST_FIELDS[request.DESCRIPTOR.full_name]).CopyFrom(request)
         session = EgressSession(
             info,
             planned,
