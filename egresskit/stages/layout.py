@@ -130,8 +130,8 @@ def gap_for(width: int, height: int) -> int:
 
 
 def _tile_size(cell_width: float, cell_height: float, aspect: float) -> tuple[int, int]:
-    width = min(cell_width, cell_height * aspect)
-    return _even(width), _even(width / aspect)
+    height = _even(min(cell_width / aspect, cell_height))
+    return _even(min(cell_width, height * aspect + 0.5)), height
 
 
 def grid_rects(count: int, width: int, height: int, aspect: float = TILE_ASPECT) -> list[Rect]:
@@ -225,8 +225,8 @@ def fit(src_width: int, src_height: int, rect: Rect, tolerance: float = 0.02) ->
     sliver of letterbox is uglier than an invisible stretch.
     """
     scale = min(rect.width / src_width, rect.height / src_height)
-    w = min(rect.width, _even(src_width * scale))
-    h = min(rect.height, _even(src_height * scale))
+    w = min(rect.width, _even(src_width * scale + 0.5))
+    h = min(rect.height, _even(src_height * scale + 0.5))
     if w >= rect.width * (1 - tolerance) and h >= rect.height * (1 - tolerance):
         return rect
     x = rect.x + ((rect.width - w) // 2 & ~1)
