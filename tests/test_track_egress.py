@@ -17,6 +17,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCRtpReceiver
 from aiortc.codecs.h264 import H264Decoder
+from chromium import chromium_available, chromium_publisher
 from h264_source import H264PacketTrack, make_h264_file, read_h264_packets
 from livekit.protocol import models
 from media_checks import ffprobe, stream
@@ -207,3 +208,62 @@ async def test_unknown_or_in_process_track_is_refused(rooms: RoomManager, tmp_pa
     local = await room.publish(SineAudioTrack(), identity="synth")
     with pytest.raises(ValueError, match="no encoded media"):
         track_graph(room, local.sid, tmp_path / "x.ogg")
+
+
+# --- a browser's VP8 and Opus ------------------------------------------------------------
+
+
+def media_end_s(path: Path, kind: str) -> tuple[float, int, bool]:
+    """Where the decoded media ends on the recording's timeline, frames decoded, first is key."""
+    with av.open(str(path)) as container:
+        media = container.streams.video[0] if kind == "video" else container.streams.audio[0]
+        first_key = next(p for p in container.demux(media) if p.size).is_keyframe
+        container.seek(0)
+        end, count = 0.0, 0
+        for frame in container.decode(media):
+            count += 1
+            duration = (
+                frame.samples / frame.sample_rate
+                if kind == "audio"
+                else float(frame.duration * frame.time_base)
+                if frame.duration
+                else 0.0
+            )
+            end = max(end, frame.time + duration)
+    return end, count, first_key
+
+
+@pytest.mark.chromium
+@pytest.mark.skipif(not chromium_available(), reason="Debian chromium is not installed")
+async def test_browser_vp8_and_opus_become_webm_and_ogg(
+    whip_server: TestServer, rooms: RoomManager, tmp_path: Path
+):
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "browser")
+    async with chromium_publisher(whip_server.make_url("/"), ROOM, token) as browser:
+        await browser.wait_published(30.0)
+        room = rooms.get(ROOM)
+        video = await published_track(room, "browser", models.TrackType.VIDEO)
+        audio = await published_track(room, "browser", models.TrackType.AUDIO)
+        assert (video.mime_type, audio.mime_type) == ("video/VP8", "audio/opus")
+        # Join mid-stream: the browser's first key frame is long gone, so the
+        # recording must ask for one.
+        await asyncio.sleep(1.0)
+        runs = [
+            track_graph(room, video.sid, tmp_path / "camera.webm"),
+            track_graph(room, audio.sid, tmp_path / "microphone.ogg"),
+        ]
+        for graph, _ in runs:
+            await graph.start()
+        await asyncio.sleep(5.0)
+        walls = [graph.clock.now() for graph, _ in runs]
+        for graph, _ in runs:
+            assert await graph.stop() is GraphState.COMPLETE, graph.error
+
+    for (_, stages), wall, kind in zip(runs, walls, ("video", "audio"), strict=True):
+        path = stages.muxers[0].path
+        info = ffprobe(path)
+        assert stream(info, kind)["codec_name"] == ("vp8" if kind == "video" else "opus")
+        end, count, first_key = media_end_s(path, kind)
+        assert first_key
+        assert count > (4 * 15 if kind == "video" else 4 * 50)
+        assert abs(end - wall) <= 0.05 * wall, (kind, end, wall)
