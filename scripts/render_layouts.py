@@ -40,8 +40,12 @@ def camera_picture(colour: tuple[int, int, int], width: int = 640, height: int =
     person = np.array(colour, np.float32) * 0.35
     head = ((xx - width / 2) / (height * 0.13)) ** 2 + ((yy - height * 0.42) / (height * 0.17)) ** 2
     body = ((xx - width / 2) / (height * 0.36)) ** 2 + ((yy - height * 1.05) / (height * 0.36)) ** 2
-    mask = ((head <= 1) | (body <= 1))[..., None]
-    return np.clip(np.where(mask, person, wall), 0, 255).astype(np.uint8)
+    # about one pixel of soft edge, so the outline is smooth at any size
+    mask = np.maximum(
+        np.clip((1 - np.sqrt(head)) * height * 0.15, 0, 1),
+        np.clip((1 - np.sqrt(body)) * height * 0.36, 0, 1),
+    )[..., None]
+    return np.clip(wall * (1 - mask) + person * mask, 0, 255).astype(np.uint8)
 
 
 def slide_picture(width: int = 1280, height: int = 720) -> np.ndarray:
