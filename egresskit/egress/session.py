@@ -164,7 +164,9 @@ class EgressSession:
     async def _deliver(self, planned: PlannedFile, muxer: FileMuxer) -> str:
         """Fill the file's result; upload it if it has a storage. Returns an error or ''."""
         size = muxer.size
-        result = egress_pb.FileInfo(
+        # add() returns the stored element (append would store a copy), so the upload's
+        # location set below lands in file_results.
+        result = self.info.file_results.add(
             filename=planned.key,
             started_at=self.info.started_at,
             ended_at=self.info.ended_at,
@@ -172,7 +174,6 @@ class EgressSession:
             size=size,
             location=str(planned.local_path),
         )
-        self.info.file_results.append(result)
         if self._single_file_output():
             self.info.file.CopyFrom(result)
         if planned.storage is None or size == 0:
