@@ -14,7 +14,9 @@ import enum
 import logging
 import queue
 import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +43,10 @@ FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
 # About three seconds of packets (video at 30 fps plus AAC frames) per URL.
 URL_QUEUE_PACKETS = 256
 CONNECT_TIMEOUT_S = 5.0
+# PyAV's bundled FFmpeg has no libsrt, so SRT goes through the SRT project's own
+# sender: MPEG-TS is muxed into its stdin, 1316 bytes (7 TS packets) per SRT packet.
+SRT_SENDER = "srt-live-transmit"
+SRT_CHUNK = 1316
 _SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
 
 
@@ -84,10 +90,15 @@ class StreamState:
 
 
 def stream_format(url: str) -> str:
-    """The container a URL is streamed in; ValueError for an unsupported scheme."""
+    """The container a URL is streamed in; ValueError for a scheme that cannot be streamed here."""
     scheme = url.partition("://")[0].lower()
     if scheme not in STREAM_FORMATS:
         raise ValueError(f"unsupported stream URL scheme {scheme!r} in {safe_url(url)}")
+    if scheme == "srt" and shutil.which(SRT_SENDER) is None:
+        raise ValueError(
+            f"SRT streaming needs {SRT_SENDER} (Debian package srt-tools): "
+            "the FFmpeg inside PyAV is built without SRT"
+        )
     return STREAM_FORMATS[scheme]
 
 
@@ -162,6 +173,7 @@ class _UrlWriter:
         self._state = StreamState(url)
         self._finalised = False
         self._container: OutputContainer | None = None
+        self._sender: subprocess.Popen[bytes] | None = None
         self._streams: dict[str, Stream] = {}
         self._offset = Fraction(0)
         self.thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
@@ -265,7 +277,18 @@ class _UrlWriter:
         if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
             return False
         self._preflight()
-        container = av.open(self.url, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
+        if self.url.lower().startswith("srt://"):
+            self._sender = subprocess.Popen(
+                [SRT_SENDER, "-q", "-a:no", f"-c:{SRT_CHUNK}", "file://con", self.url],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            assert self._sender.stdin is not None
+            target: Any = self._sender.stdin
+        else:
+            target = self.url
+        container = av.open(target, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
         try:
             self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
         except Exception:
@@ -302,12 +325,26 @@ class _UrlWriter:
 
     def _drop_connection(self) -> None:
         container, self._container = self._container, None
-        if container is None:
-            return
-        try:
-            container.close()
-        except Exception as exc:  # the peer is gone; nothing left to flush
-            log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
+        if container is not None:
+            try:
+                container.close()
+            except Exception as exc:  # the peer is gone; nothing left to flush
+                log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            try:
+                assert sender.stdin is not None
+                sender.stdin.close()  # end of input: the sender flushes and exits
+                sender.wait(CONNECT_TIMEOUT_S)
+            except (OSError, subprocess.TimeoutExpired):
+                sender.kill()
+                sender.wait()
+
+    def abort(self) -> None:
+        """Unblock a writer stuck on a hung destination, where that is possible (SRT sender)."""
+        sender = self._sender
+        if sender is not None and sender.poll() is None:
+            sender.kill()
 
     def _backoff(self, exc: Exception, delay: float) -> None:
         state = self._update(retries=self.state.retries + 1, error=_describe(exc, self.url))
@@ -457,6 +494,7 @@ class StreamSink(Stage):
                 await asyncio.wait_for(writer.done.wait(), self.close_timeout)
             except TimeoutError:
                 state = writer.give_up(f"did not close within {self.close_timeout:.0f} s")
+                writer.abort()
                 log.warning("stream %s: %s", state.safe_url, state.error)
                 self._on_state(state)
         else:

@@ -1,0 +1,132 @@
+"""HLS output of a room composite: segments, playlists and their announcements, read by ffprobe."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from livekit.protocol import egress as egress_pb
+from media_checks import ffprobe, stream
+from publishers import SineAudioTrack, SyntheticVideoTrack
+
+from egresskit import GraphState, composite_graph
+from egresskit.egress.graphs import SegmentsOutput
+
+
+def first_video_packet_is_key(path: Path) -> bool:
+    result = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=flags",
+            "-read_intervals",
+            "%+#1",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    packets = json.loads(result.stdout)["packets"]
+    return bool(packets) and packets[0]["flags"].startswith("K")
+
+
+def playlist_entries(path: Path) -> list[tuple[float, str]]:
+    """(EXTINF duration, URI) of every segment a playlist lists."""
+    lines = path.read_text().splitlines()
+    return [
+        (float(line.split(":")[1].rstrip(",")), lines[i + 1])
+        for i, line in enumerate(lines)
+        if line.startswith("#EXTINF:")
+    ]
+
+
+async def record(room, outputs, seconds: float, name: str):
+    graph, stages = composite_graph(room, outputs, name=name)
+    closed_while_running: list[str] = []
+    graph.bus.subscribe(
+        lambda m: (
+            closed_while_running.append(m.data["filename"])
+            if m.kind == "segment_closed" and graph.state is GraphState.RUNNING
+            else None
+        )
+    )
+    await graph.start()
+    await asyncio.sleep(seconds)
+    assert await graph.stop() is GraphState.COMPLETE, graph.error
+    return stages.segmenters[0], closed_while_running
+
+
+@pytest.mark.slow
+async def test_hls_segments_and_playlists(rooms, tmp_path):
+    room = rooms.get_or_create("hls")
+    await room.publish(SyntheticVideoTrack((220, 40, 40)), identity="alice")
+    await room.publish(SineAudioTrack(440.0), identity="alice")
+    four = SegmentsOutput(tmp_path / "four" / "rec", live_playlist="rec-live", segment_duration=4)
+    two = SegmentsOutput(
+        tmp_path / "two" / "short",
+        playlist="index.m3u8",
+        live_playlist="live.m3u8",
+        segment_duration=2,
+        suffix=egress_pb.TIMESTAMP,
+    )
+    # both recordings run at once, from the same room
+    (four_hls, four_early), (two_hls, two_early) = await asyncio.gather(
+        record(room, [four], 13.0, "four"), record(room, [two], 13.0, "two")
+    )
+
+    # 4 s segments: ffprobe reads the whole recording through the playlist
+    playlist = tmp_path / "four" / "rec.m3u8"
+    info = ffprobe(playlist)
+    assert abs(float(info["format"]["duration"]) - 13.0) <= 0.7, info["format"]
+    assert stream(info, "video")["codec_name"] == "h264"
+    assert stream(info, "audio")["codec_name"] == "aac"
+    entries = playlist_entries(playlist)
+    assert [uri for _, uri in entries] == [f"rec_{i:05d}.ts" for i in range(4)]
+    for index, (_, uri) in enumerate(entries):
+        segment = playlist.parent / uri
+        duration = float(ffprobe(segment)["format"]["duration"])
+        if index < len(entries) - 1:
+            assert abs(duration - 4.0) <= 0.4, f"{uri} lasts {duration:.2f} s"
+        assert first_video_packet_is_key(segment), f"{uri} does not start with a key frame"
+    text = playlist.read_text()
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in text and text.rstrip().endswith("#EXT-X-ENDLIST")
+    stamps = re.findall(r"#EXT-X-PROGRAM-DATE-TIME:(\S+)", text)
+    assert len(stamps) == 4
+    times = [datetime.fromisoformat(s.replace("Z", "+00:00")) for s in stamps]
+    assert all(abs((b - a).total_seconds() - 4.0) < 0.1 for a, b in itertools.pairwise(times))
+    # the results match the files, and every segment but the last was announced while recording
+    results = four_hls.results
+    assert results.segment_count == 4 and results.playlist == playlist
+    assert results.size == sum((playlist.parent / uri).stat().st_size for _, uri in entries)
+    assert abs(results.duration_s - 13.0) <= 0.7
+    assert four_early[:3] == ["rec_00000.ts", "rec_00001.ts", "rec_00002.ts"]
+
+    # 2 s segments named by timestamp: the live playlist holds the last five
+    index = tmp_path / "two" / "index.m3u8"
+    all_segments = playlist_entries(index)
+    assert len(all_segments) == 7, all_segments
+    assert all(re.fullmatch(r"short_\d{17}\.ts", uri) for _, uri in all_segments)
+    first = datetime.strptime(all_segments[0][1][6:20], "%Y%m%d%H%M%S").replace(tzinfo=UTC)
+    assert abs((first - datetime.now(UTC)).total_seconds()) < 60
+    live = tmp_path / "two" / "live.m3u8"
+    assert playlist_entries(live) == all_segments[-5:]
+    assert "#EXT-X-MEDIA-SEQUENCE:2" in live.read_text()
+    assert (
+        abs(float(ffprobe(live)["format"]["duration"]) - sum(d for d, _ in all_segments[-5:])) < 0.5
+    )
+    assert two_hls.results.live_playlist == live
+    assert len(two_early) >= 6
