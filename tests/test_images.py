@@ -1,0 +1,74 @@
+"""Image snapshots of a room composite: JPEGs at the requested size showing the composite of their time."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from livekit.protocol import egress as egress_pb
+from media_checks import frame_at, region_color
+from PIL import Image
+from publishers import SyntheticVideoTrack, colors_close
+
+from egresskit import FileOutput, GraphState, composite_graph
+from egresskit.egress.graphs import ImageOutput
+
+RED, BLUE = (220, 40, 40), (40, 60, 220)
+# 320x180 images of the 1280x720 composite: regions inside the tiles, scaled by 1/4
+FULL = (75, 38, 245, 142)
+TILE_LEFT = (25, 55, 135, 125)
+TILE_RIGHT = (185, 55, 295, 125)
+BLUE_JOINS_AT = 3.0
+
+
+@pytest.mark.slow
+async def test_snapshots_every_two_seconds(rooms, tmp_path):
+    room = rooms.get_or_create("snaps")
+    await room.publish(SyntheticVideoTrack(RED), identity="alice")
+    archive = tmp_path / "archive.mp4"
+    outputs = [
+        FileOutput(archive),
+        ImageOutput(tmp_path / "thumbs" / "snap", capture_interval=2, width=320, height=180),
+        ImageOutput(
+            tmp_path / "latest",
+            capture_interval=2,
+            suffix=egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE,
+        ),
+    ]  # the MP4 shows what the composite was at every moment
+    graph, stages = composite_graph(room, outputs, audio=None, name="snaps")
+    written = []
+    graph.bus.subscribe(lambda m: written.append(m.data) if m.kind == "image_written" else None)
+    await graph.start()
+    await graph.clock.sleep_until(BLUE_JOINS_AT)
+    await room.publish(SyntheticVideoTrack(BLUE), identity="bob")
+    await graph.clock.sleep_until(7.0)
+    assert await graph.stop() is GraphState.COMPLETE, graph.error
+
+    snapshots = stages.snapshotters[0].images
+    assert len(snapshots) in (3, 4), snapshots
+    files = sorted((tmp_path / "thumbs").iterdir())
+    assert [f.name for f in files] == [f"snap_{i:05d}.jpeg" for i in range(len(snapshots))]
+    assert {w["path"] for w in written} >= {str(s.path) for s in snapshots}
+    for snapshot in snapshots:
+        with Image.open(snapshot.path) as jpeg:
+            assert jpeg.format == "JPEG" and jpeg.size == (320, 180)
+            image = np.asarray(jpeg.convert("RGB"))
+        when = (snapshot.timestamp_ns - graph.clock.started_at_ns) / 1e9
+        assert abs(when - snapshot.media_time_s) < 0.01
+        composite = frame_at(archive, when)[::4, ::4]  # 1280x720 -> 320x180
+        for region in (FULL, TILE_LEFT, TILE_RIGHT):
+            assert colors_close(region_color(image, *region), region_color(composite, *region))
+        if when < 1.0:
+            continue  # alice's first frame may not have been drawn yet
+        if when < BLUE_JOINS_AT - 0.1:
+            assert colors_close(region_color(image, *FULL), RED), (when, region_color(image, *FULL))
+        elif when > BLUE_JOINS_AT + 0.6:  # bob's first frames have reached the compositor
+            assert colors_close(region_color(image, *TILE_LEFT), RED), when
+            assert colors_close(region_color(image, *TILE_RIGHT), BLUE), when
+
+    # NONE_OVERWRITE keeps one file, the newest snapshot, at the composite's own size
+    latest = stages.snapshotters[1]
+    assert len(latest.images) == len(snapshots)
+    assert {s.path for s in latest.images} == {tmp_path / "latest.jpeg"}
+    with Image.open(tmp_path / "latest.jpeg") as jpeg:
+        assert jpeg.size == (1280, 720)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.mp4", "latest.jpeg", "thumbs"]
