@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -13,11 +14,18 @@ from pathlib import Path
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.encoding import InvalidRequest
+from egresskit.egress.errors import EgressEnded, EgressError
+from egresskit.egress.manager import EgressManager
+from egresskit.egress.naming import PathEscapesRoot
 from egresskit.service.app import MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
 from egresskit.tokens import create_token
 
 log = logging.getLogger("egresskit")
+
+# The container `record --out` asks for by its suffix (audio-only MP4 is AAC in MP4).
+FILE_TYPES = {".mp4": egress_pb.MP4, ".ogg": egress_pb.OGG, ".mp3": egress_pb.MP3}
 
 
 def _service_flags(parser: argparse.ArgumentParser) -> None:
@@ -97,6 +105,12 @@ def serve(config: ServiceConfig) -> None:
     )
 
 
+def _stop(manager: EgressManager, egress_id: str) -> None:
+    """Stop the recording unless it is already ending (the room emptied, a limit hit)."""
+    with contextlib.suppress(EgressEnded):
+        manager.stop(egress_id)
+
+
 async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     app = create_app(config)
     runner = web.AppRunner(app, shutdown_timeout=60)
@@ -106,21 +120,33 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     _announce(config, args.room)
     manager = app[MANAGER]
     app[ROOMS].get_or_create(args.room)
+    out = Path(args.out)
     request = egress_pb.RoomCompositeEgressRequest(
         room_name=args.room,
         layout=args.layout,
         audio_only=args.audio_only,
-        file_outputs=[egress_pb.EncodedFileOutput(filepath=Path(args.out).name)],
+        file_outputs=[
+            egress_pb.EncodedFileOutput(
+                filepath=out.name,
+                file_type=FILE_TYPES.get(out.suffix.lower(), egress_pb.DEFAULT_FILETYPE),
+            )
+        ],
     )
     try:
         info = await manager.start(request)
-        session = manager.get(info.egress_id)
+    except (EgressError, InvalidRequest, PathEscapesRoot) as exc:
+        await runner.cleanup()
+        print(f"egresskit: {exc}", file=sys.stderr)
+        return 2
+    session = manager.get(info.egress_id)
+    try:
         started = time.monotonic()
         stop_at = started + args.duration if args.duration > 0 else None
         while not session.done.is_set():
             elapsed = time.monotonic() - started
-            if stop_at is not None and time.monotonic() >= stop_at and session.active:
-                manager.stop(info.egress_id)
+            if stop_at is not None and time.monotonic() >= stop_at:
+                stop_at = None
+                _stop(manager, info.egress_id)
             muxer = session.plan.stages.muxers[0]
             compositor = session.plan.stages.compositor
             fps = compositor.frames_out / elapsed if compositor is not None and elapsed > 0 else 0.0
@@ -135,7 +161,7 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
             except TimeoutError:
                 pass
     except asyncio.CancelledError:
-        manager.stop(info.egress_id)
+        _stop(manager, info.egress_id)
         await session.wait()
     finally:
         await runner.cleanup()
