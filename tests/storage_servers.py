@@ -96,10 +96,20 @@ class ServerProcess:
 
 
 class MotoServer(ServerProcess):
-    """moto's S3 in server mode. ``enforce_auth`` makes it reject unknown credentials."""
+    """moto's S3 in server mode. ``enforce_auth`` makes it reject unknown credentials.
 
-    def __init__(self, port: int | None = None, enforce_auth: bool = False) -> None:
-        super().__init__(port, {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else {})
+    ``endpoint_host`` names a host (reached through a ``ForwardProxy`` host entry) that
+    moto treats as an S3 endpoint: path-style requests to it and virtual-hosted requests
+    to its subdomains both find their bucket.
+    """
+
+    def __init__(
+        self, port: int | None = None, enforce_auth: bool = False, endpoint_host: str = ""
+    ) -> None:
+        env = {"INITIAL_NO_AUTH_ACTION_COUNT": "0"} if enforce_auth else {}
+        super().__init__(port, env)
+        if endpoint_host:
+            self.env["MOTO_S3_CUSTOM_ENDPOINTS"] = f"http://{endpoint_host}:{self.port}"
 
     def command(self) -> list[str]:
         return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)]
@@ -221,9 +231,12 @@ class ForwardProxy:
     """An HTTP proxy on the running loop: absolute-form forwarding and CONNECT tunnels.
 
     Hand-written because the test must see each request line and its Proxy-Authorization;
-    after the first request of a connection the bytes are relayed untouched.
+    after the first request of a connection the bytes are relayed untouched. ``hosts``
+    works like resolver entries: a host equal to a key, or a subdomain of it, is reached
+    at the key's address, so tests can name 127.0.0.1 services by DNS names.
     """
 
+    hosts: dict[str, str] = field(default_factory=dict)
     requests: list[ProxyRequest] = field(default_factory=list)
     port: int = 0
     _server: asyncio.Server | None = None
@@ -251,6 +264,12 @@ class ForwardProxy:
         self._server.close()
         await asyncio.wait_for(self._server.wait_closed(), 10)
 
+    def _address(self, host: str) -> str:
+        for name, address in self.hosts.items():
+            if host == name or host.endswith("." + name):
+                return address
+        return host
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         upstream: asyncio.StreamWriter | None = None
         try:
@@ -270,13 +289,15 @@ class ForwardProxy:
             kept = [h for h in headers if not h.lower().startswith("proxy-")]
             if method == "CONNECT":
                 host, _, port = target.rpartition(":")
-                up_reader, upstream = await asyncio.open_connection(host, int(port))
+                up_reader, upstream = await asyncio.open_connection(self._address(host), int(port))
                 writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
             else:
                 rest = target.split("://", 1)[1]
                 hostport, _, path = rest.partition("/")
                 host, _, port = hostport.partition(":")
-                up_reader, upstream = await asyncio.open_connection(host, int(port or 80))
+                up_reader, upstream = await asyncio.open_connection(
+                    self._address(host), int(port or 80)
+                )
                 request = "\r\n".join([f"{method} /{path} {version}", *kept]) + "\r\n\r\n"
                 upstream.write(request.encode("latin-1"))
             await asyncio.gather(_relay(reader, upstream), _relay(up_reader, writer))

@@ -8,6 +8,8 @@ stays at ``part_size * max_concurrency`` and the event loop never waits on the d
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,6 +24,25 @@ from google.protobuf.message import Message
 from egresskit.storage.base import ProxySettings, Storage, config_to_dict
 
 MiB = 1024 * 1024
+
+# botocore's DEBUG records print request headers and signing input: the access key id,
+# the session token, signatures. Unless the application chose a level for these loggers,
+# they stay at INFO, so `--log-level debug` never writes credentials.
+for _name in ("botocore", "aiobotocore"):
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
+
+
+def host_is_address(url: str) -> bool:
+    """Whether the URL's host is an IP address or localhost, which cannot have bucket subdomains."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(repr=False)
@@ -102,12 +123,21 @@ class S3Storage(Storage):
             "proxy": self.proxy.as_dict() if self.proxy else None,
         }
 
+    @property
+    def path_style(self) -> bool:
+        """Buckets addressed by path: when asked, or when the endpoint's host is an address.
+
+        Otherwise a custom endpoint gets virtual-hosted requests (``bucket.host``), as
+        LiveKit's ``force_path_style: false`` means.
+        """
+        return self.force_path_style or bool(self.endpoint and host_is_address(self.endpoint))
+
     def location(self, key: str) -> str:
         """The object's URL, in the addressing style the client uses."""
         path = quote(key)
         if self.endpoint:
             base = urlsplit(self.endpoint)
-            if self.force_path_style:
+            if self.path_style:
                 return f"{self.endpoint.rstrip('/')}/{self.bucket}/{path}"
             return f"{base.scheme}://{self.bucket}.{base.netloc}/{path}"
         if self.region:
@@ -123,7 +153,10 @@ class S3Storage(Storage):
                     proxies = {"http": url, "https": url}
                 config = AioConfig(
                     s3={
-                        "addressing_style": "path" if self.force_path_style else "auto",
+                        # botocore's "auto" means path style for every custom endpoint.
+                        "addressing_style": "path"
+                        if self.path_style
+                        else ("virtual" if self.endpoint else "auto"),
                         # Hashing every part for the signature would run on the event loop;
                         # bodies are sent as UNSIGNED-PAYLOAD (TLS protects them on https).
                         "payload_signing_enabled": False,

@@ -98,8 +98,17 @@ class GCSStorage(Storage):
     async def upload_file(self, path: Path, key: str, content_type: str) -> str:
         client = self._open()
         data = await asyncio.to_thread(Path(path).read_bytes)
+        # With metadata, small objects go up as one multipart request (large ones resumable)
+        # whose JSON part names the content type. A plain media upload would do on GCS, but
+        # gcp-storage-emulator reads any application/json body (a manifest) as metadata.
+        content_type = content_type or "application/octet-stream"
         await client.upload(
-            self.bucket, key, data, content_type=content_type or None, timeout=self.timeout
+            self.bucket,
+            key,
+            data,
+            content_type=content_type,
+            metadata={"contentType": content_type},
+            timeout=self.timeout,
         )
         return self.location(key)
 
