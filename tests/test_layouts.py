@@ -317,3 +317,13 @@ def test_compositor_keeps_up_with_a_stream_of_items():
         compositor.apply(TrackEnded(camera(i)))
     image = picture(compositor)
     assert colors_close(region_color(image, 0, 0, W, H), DARK.background, 6)
+
+
+@pytest.mark.parametrize("size", [(1280, 720), (720, 1280), (1920, 1080)])
+def test_speaker_strip_holds_four_tiles_in_any_orientation(size):
+    placement = place("speaker", 5, *size)
+    main, *strip = placement.rects
+    assert placement.hidden == 0 and len(strip) == 4
+    assert all(main.width > 2 * r.width for r in strip)
+    place_more = place("speaker", 9, *size)
+    assert place_more.shown + place_more.hidden == 9 and place_more.hidden > 0

@@ -22,8 +22,10 @@ ARRANGEMENTS = (GRID, SPEAKER, SINGLE_SPEAKER)
 MAX_GRID_TILES = 16
 # Tiles are cut to the usual camera shape; other shapes are letterboxed inside.
 TILE_ASPECT = 16 / 9
-# The speaker strip takes this share of the long side.
+# The speaker strip takes this share of the long side...
 STRIP_SHARE = 0.2
+# ... and holds at least this many tiles (portrait canvases: smaller tiles).
+STRIP_MIN_TILES = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +174,11 @@ def _speaker_rects(count: int, width: int, height: int, aspect: float) -> list[R
     landscape = width >= height
     long_side, short_side = (width, height) if landscape else (height, width)
     strip = _even((long_side - 3 * gap) * STRIP_SHARE)
+    along = (short_side - (STRIP_MIN_TILES + 1) * gap) / STRIP_MIN_TILES
     if landscape:
-        small_w, small_h = _tile_size(strip, short_side - 2 * gap, aspect)
+        small_w, small_h = _tile_size(strip, along, aspect)
     else:
-        small_w, small_h = _tile_size(short_side - 2 * gap, strip, aspect)
+        small_w, small_h = _tile_size(along, strip, aspect)
     step = (small_h if landscape else small_w) + gap
     capacity = max(1, (short_side - gap) // step)
     others = min(count - 1, capacity)
