@@ -109,6 +109,9 @@ class VideoEncoder(_Encoder):
         if e.codec == "h264":
             ctx.profile = H264_PROFILES[e.profile]
             ctx.options = {
+                # libx264 reads the profile by name: the codec context's profile number
+                # for Constrained Baseline is not mapped and silently gave High.
+                "profile": e.profile,
                 "preset": e.preset,
                 "tune": e.tune,
                 "x264-params": f"keyint={ctx.gop_size}:min-keyint={ctx.gop_size}:scenecut=0"
