@@ -120,6 +120,8 @@ def plan(
         [FileOutput(f.local_path) for f in files],
         video=video,
         audio=audio,
+        layout=spec.layout or "grid",
+        audio_mixing=spec.audio_mixing,
         name=egress_id,
     )
     return Plan(graph=graph, stages=stages, room=room, files=files)

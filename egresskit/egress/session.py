@@ -231,9 +231,7 @@ class EgressSession:
         compositor = self.plan.stages.compositor
         if compositor is None:
             raise ValueError("this egress has no video to lay out")
-        set_layout = getattr(compositor, "set_layout", None)
-        if set_layout is not None:
-            set_layout(layout)
+        compositor.set_layout(layout or "grid")
         self.info.room_composite.layout = layout
         self._changed("egress_updated")
 
