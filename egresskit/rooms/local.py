@@ -119,6 +119,11 @@ class LocalTrack:
     def has_encoded_media(self) -> bool:
         return self._encoded is not None
 
+    @property
+    def encoded(self) -> EncodedReceiver | None:
+        """Where encoded frames come from (WebRTC tracks only), with its counters."""
+        return self._encoded
+
     def subscribe_encoded(self, maxsize: int = ENCODED_QUEUE) -> Link:
         """A link of `EncodedFrame`s from the next key frame on (requested now), then EOS."""
         if self._encoded is None:
