@@ -3,6 +3,10 @@
 Files at or above ``multipart_threshold`` go up as a multipart upload with a bounded
 number of parts in flight; each part is read from disk in a worker thread, so memory
 stays at ``part_size * max_concurrency`` and the event loop never waits on the disk.
+
+Bodies are handed to botocore as ``bytearray``: botocore wraps ``bytes`` in a BytesIO,
+which aiohttp then copies whole and sends in 64 KiB reads with a loop turn after each,
+while a bytearray reaches aiohttp as one buffer it writes at once.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +23,7 @@ from typing import Any, Self
 from urllib.parse import quote, urlsplit
 
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
+from aiobotocore.session import AioSession, get_session
 from google.protobuf.message import Message
 
 from egresskit.storage.base import ProxySettings, Storage, config_to_dict
@@ -43,6 +48,43 @@ def host_is_address(url: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+_session_lock = threading.Lock()
+_session: AioSession | None = None
+
+
+async def _throwaway_client(session: AioSession) -> None:
+    async with session.create_client(
+        "s3", region_name="us-east-1", aws_access_key_id="-", aws_secret_access_key="-"
+    ):
+        pass
+
+
+def shared_session() -> AioSession:
+    """The process's botocore session with S3's model loaded. Blocking: call it in a thread.
+
+    A client needs botocore's S3 model and endpoint rules, large JSON files that take
+    tens to hundreds of milliseconds to parse. One shared session parses them once, and
+    a throwaway client built here, on a worker thread, does it away from the event loop.
+    """
+    global _session
+    with _session_lock:
+        if _session is None:
+            session = get_session()
+            asyncio.run(_throwaway_client(session))
+            _session = session
+        return _session
+
+
+def read_range(path: Path, offset: int, length: int) -> bytearray:
+    """``length`` bytes of ``path`` from ``offset``, read straight into one buffer."""
+    buffer = bytearray(length)
+    with open(path, "rb", buffering=0) as f:
+        got = os.preadv(f.fileno(), [buffer], offset)
+    if got != length:
+        raise OSError(f"{path} shrank while uploading: {got} of {length} bytes at {offset}")
+    return buffer
 
 
 @dataclass(repr=False)
@@ -171,7 +213,8 @@ class S3Storage(Storage):
                     request_checksum_calculation="when_required",
                     response_checksum_validation="when_required",
                 )
-                self._client_cm = get_session().create_client(
+                session = await asyncio.to_thread(shared_session)
+                self._client_cm = session.create_client(
                     "s3",
                     region_name=self.region or "us-east-1",
                     endpoint_url=self.endpoint or None,
@@ -199,7 +242,7 @@ class S3Storage(Storage):
         client = await self._s3()
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size < self.multipart_threshold:
-            body = await asyncio.to_thread(Path(path).read_bytes)
+            body = await asyncio.to_thread(read_range, Path(path), 0, size)
             await client.put_object(Body=body, **self._object_args(key, content_type))
         else:
             await self._multipart(client, Path(path), size, key, content_type)
@@ -213,12 +256,11 @@ class S3Storage(Storage):
         offsets = range(0, size, self.part_size)
         etags: dict[int, str] = {}
         slots = asyncio.Semaphore(self.max_concurrency)
-        fd = await asyncio.to_thread(os.open, path, os.O_RDONLY)
 
         async def send(number: int, offset: int) -> None:
             try:
                 length = min(self.part_size, size - offset)
-                data = await asyncio.to_thread(os.pread, fd, length, offset)
+                data = await asyncio.to_thread(read_range, path, offset, length)
                 part = await client.upload_part(
                     Bucket=self.bucket,
                     Key=key,
@@ -253,8 +295,6 @@ class S3Storage(Storage):
             except Exception:  # noqa: BLE001 - the original error is the one to report
                 pass
             raise
-        finally:
-            await asyncio.to_thread(os.close, fd)
 
     async def close(self) -> None:
         async with self._client_lock:
