@@ -21,6 +21,9 @@ MP4_OPTIONS = {
     "movflags": "+hybrid_fragmented",
     "frag_duration": "1000000",
     "flush_packets": "1",
+    # AAC starts with priming samples at a negative time; shifting every stream to
+    # hide them would stretch the first video frame, so keep them in an edit list.
+    "avoid_negative_ts": "disabled",
 }
 
 
