@@ -10,6 +10,7 @@ per media second; the machine is shared, so the medians of several rounds
 are printed.
 
 Run: python bench/composite.py [--rounds 3] [--seconds 60] [--tune zerolatency]
+     python bench/composite.py --breakdown   # decode, compose, encode timed apart
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from egresskit.stages.media import TrackFrame, TrackInfo, TrackStarted
 
 FPS = 30
 WIDTH, HEIGHT = 1280, 720
-DECODED_AHEAD = 8  # frames each decoder thread may run ahead of the compositor
+DECODED_AHEAD = 8  # rows of frames the decoding thread may run ahead of the compositor
 
 
 class MediaTimeClock(GraphClock):
