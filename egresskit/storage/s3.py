@@ -104,7 +104,7 @@ class S3Storage(Storage):
     proxy: ProxySettings | None = None
     multipart_threshold: int = 16 * MiB
     part_size: int = 8 * MiB
-    max_concurrency: int = 8
+    max_concurrency: int = 10  # parts in flight, as boto3's TransferManager
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
 
