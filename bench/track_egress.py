@@ -55,16 +55,28 @@ async def publish(url: str, count: int, source: Path) -> None:
     """`count` WHIP sessions sending the same pre-encoded packets in a loop, until SIGTERM."""
     restrict_ice_addresses(["127.0.0.1"])
     packets = read_h264_packets(source)
-    sessions = []
+    sessions, tracks = [], []
     for index in range(count):
         token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, f"pub{index:03d}")
-        track = H264PacketTrack(packets, loop=True)
+        tracks.append(H264PacketTrack(packets, loop=True))
+        sessions.append(await whip_publish(url, ROOM, token, tracks[-1:], video_codec="video/H264"))
+    # Media flows once every connection is set up, so handshakes do not compete with it.
+    await asyncio.sleep(2 + count / 10)
+    for track in tracks:
         track.start()
-        sessions.append(await whip_publish(url, ROOM, token, [track], video_codec="video/H264"))
     print("published", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    process, wall0 = psutil.Process(), time.monotonic()
+    cpu0 = sum(process.cpu_times()[:2])
     await stop.wait()
+    cores = (sum(process.cpu_times()[:2]) - cpu0) / (time.monotonic() - wall0)
+    sent = sum(track.sent for track in tracks)
+    print(
+        f"publisher process          {cores:.2f} core sending, {sent} packets "
+        f"({sent / count / (time.monotonic() - wall0):.1f} per track per s; 30 wanted)",
+        file=sys.stderr,
+    )
     for session in sessions:
         await session.pc.close()
 
@@ -146,7 +158,9 @@ async def run(count: int, seconds: float, work: Path, source: Path) -> None:
         for graph, _ in runs:
             await graph.start()
         await asyncio.sleep(2)  # every recording past its first key frame
+        written0 = sum(stages.muxers[0].packets_written for _, stages in runs)
         egress_cores, egress_rss = await meter.measure(seconds)
+        written = sum(stages.muxers[0].packets_written for _, stages in runs) - written0
         # Publishers whose connection failed under load leave, ending their egress early.
         lasted = sum(not graph.state.ended for graph, _ in runs)
         for graph, _ in runs:
@@ -176,6 +190,15 @@ async def run(count: int, seconds: float, work: Path, source: Path) -> None:
     )
     print(
         f"CPU per track, total       {egress_cores / count:.4f} core (process {egress_cores:.2f})"
+    )
+    rate = written / count / seconds
+    print(
+        f"frames written             {rate:.1f} per track per s of 30 sent "
+        "(fewer: the box dropped packets before this process read them)"
+    )
+    print(
+        f"CPU per track at 30 fps    {egress_cores / count * 30 / max(rate, 1e-9):.4f} core "
+        "(scaled to every frame arriving)"
     )
     print(f"CPU per track, receive     {idle_cores / count:.4f} core (reference: room only)")
     print(f"CPU per track, egress own  {own_cores / count:.4f} core")
