@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -35,6 +36,7 @@ from egresskit.service.room_api import (
 )
 from egresskit.service.twirp import TwirpService
 from egresskit.service.webhooks import WebhookNotifier
+from egresskit.storage.s3 import shared_session
 from egresskit.storage.upload import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -118,7 +120,11 @@ def create_app(config: ServiceConfig) -> web.Application:
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     app[WEBHOOKS].start()
+    # Parse botocore's S3 model now, in a thread, not during the first upload: that
+    # parse holds the GIL for a few hundred ms and would stall every running egress.
+    warm_up = asyncio.create_task(asyncio.to_thread(shared_session))
     yield
+    await asyncio.gather(warm_up, return_exceptions=True)
     await app[MANAGER].shutdown(DRAIN_TIMEOUT_S)
     # Rooms first: closing them posts participant_left / track_unpublished, which the
     # notifier still delivers (bounded by its drain timeout) instead of dropping with a warning.
