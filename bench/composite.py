@@ -211,7 +211,10 @@ async def egresskit_grid(inputs: list[Path], out: Path, encoding: VideoEncoding)
     return compositor.frames_out
 
 
-def ffmpeg_grid(inputs: list[Path], out: Path, encoding: VideoEncoding) -> None:
+def ffmpeg_grid(
+    inputs: list[Path], out: Path, encoding: VideoEncoding, seconds: float | None = None
+) -> None:
+    """The reference: ffmpeg's own decode + xstack + libx264 (of the first `seconds`)."""
     gop = round(encoding.keyframe_interval_s * encoding.fps)
     x264_params = (
         f"keyint={gop}:min-keyint={gop}:scenecut=0"
@@ -239,6 +242,7 @@ def ffmpeg_grid(inputs: list[Path], out: Path, encoding: VideoEncoding) -> None:
         x264_params,
         "-pix_fmt",
         "yuv420p",
+        *(["-t", str(seconds)] if seconds else []),
         str(out),
     ]
     subprocess.run(command, check=True, timeout=600)

@@ -8,7 +8,10 @@ process hosts the WHIP endpoint and records the room's composite (1280x720@30
 H.264 veryfast + AAC, MP4) for `--seconds`. Printed per round and as the
 median of the rounds: the recording process's CPU (user + sys, every thread:
 WebRTC receive and decode included) per media second, and its peak RSS.
-The publishers' CPU is shown for context.
+The publishers' CPU is shown for context. CPU seconds stretch when the
+machine is shared, so each round also measures a reference in the same run:
+the ffmpeg CLI making the same grid from the same files offline (decode +
+xstack + libx264, no WebRTC), and prints the ratio to it.
 
 Run: python bench/live_composite.py [--rounds 3] [--seconds 30] [--publishers 4]
 """
@@ -28,10 +31,12 @@ import psutil
 from _common import OUT_DIR, TESTS_DIR, CpuTimes, median, peak_rss_mb, spread, vp8_inputs
 from aiohttp import web
 from aiortc.contrib.media import MediaPlayer
+from composite import ffmpeg_grid
 from livekit.protocol import models
 
 from egresskit import FileOutput, RoomManager, composite_graph, whip_app
 from egresskit.rooms import restrict_ice_addresses
+from egresskit.stages.encoder import VideoEncoding
 
 sys.path.insert(0, str(TESTS_DIR))
 from publishers import (  # noqa: E402
@@ -172,12 +177,16 @@ def main() -> None:
         asyncio.run(publish(args.url, args.publishers, INPUT_SECONDS))
         return
 
-    vp8_inputs(INPUT_SECONDS)  # made once, before anything is measured
-    cores, rss = [], []
+    inputs = vp8_inputs(INPUT_SECONDS)  # made once, before anything is measured
+    cores, rss, references = [], [], []
     for round_ in range(1, args.rounds + 1):
         report, publishers_cpu = run_round(args.seconds, args.publishers)
         core = report["cpu_s"] / report["media_s"]
         video_s = report["frames"] / 30
+        before = CpuTimes.now()
+        ffmpeg_grid(inputs, OUT_DIR / "live-reference.mp4", VideoEncoding(), args.seconds)
+        reference = (CpuTimes.now() - before).children / args.seconds
+        references.append(reference)
         cores.append(core)
         rss.append(report["peak_rss_mb"])
         print(
@@ -186,12 +195,18 @@ def main() -> None:
             f"with publishers joined {report['rss_before_mb']:.0f}); {report['frames']} frames "
             f"({video_s:.1f} s of video) in {report['media_s']:.1f} s, drops "
             f"{report['dropped'] or 'none'} {report['subscriber'] or ''}; publishers process "
-            f"{publishers_cpu:.0f} cpu s",
+            f"{publishers_cpu:.0f} cpu s; ffmpeg reference {reference:.3f} core "
+            f"(ratio {core / reference:.2f})",
             flush=True,
         )
     print(f"\n{args.publishers} WHIP publishers, 2x2 1280x720@30 H.264 veryfast + AAC to MP4")
     print(f"recording process: {median(cores):.3f} core per media second (runs: {spread(cores)})")
     print(f"peak RSS: {median(rss):.0f} MB (runs: {spread(rss)})")
+    ratios = [c / r for c, r in zip(cores, references, strict=True)]
+    print(
+        f"ffmpeg CLI offline reference (same grid, same files): {median(references):.3f} core; "
+        f"ratio recording process / reference {median(ratios):.2f} (runs: {spread(ratios)})"
+    )
     print("targets: <= 0.6 core, <= 200 MB")
 
 
