@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import statistics
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,3 +77,65 @@ def median(values: list[float]) -> float:
 
 def spread(values: list[float]) -> str:
     return "  ".join(f"{v:.3f}" for v in values)
+
+
+class ThreadCpu:
+    """CPU seconds of each thread of this process between `start` and `stop`, by thread name.
+
+    Reads Linux's /proc/self/task; threads that are not Python's (codec
+    workers such as x264's) are grouped under their kernel name. A sampler
+    thread re-reads every 0.2 s so threads that end early still count.
+    """
+
+    def __init__(self) -> None:
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._done = threading.Event()
+        self._sampler: threading.Thread | None = None
+        self._ticks = os.sysconf("SC_CLK_TCK")
+
+    def _poll(self) -> None:
+        python = {t.native_id: t.name for t in threading.enumerate()}
+        for entry in os.scandir("/proc/self/task"):
+            tid = int(entry.name)
+            try:
+                stat = Path(entry.path, "stat").read_text()
+                comm = Path(entry.path, "comm").read_text().strip()
+            except OSError:
+                continue
+            fields = stat.rsplit(")", 1)[1].split()
+            self._last[tid] = (int(fields[11]) + int(fields[12])) / self._ticks
+            if tid in python:
+                self._names[tid] = python[tid].rstrip("0123456789").rstrip("_")
+            else:
+                self._names.setdefault(tid, f"{comm} (native threads)")
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.2):
+            self._poll()
+
+    def start(self) -> None:
+        self._poll()
+        self._start = dict(self._last)
+        self._sampler = threading.Thread(target=self._sample, name="thread-cpu", daemon=True)
+        self._sampler.start()
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        if self._sampler is not None:
+            self._sampler.join()
+        self._poll()
+        totals: dict[str, float] = {}
+        for tid, cpu in self._last.items():
+            name = self._names[tid]
+            if name != "thread-cpu":
+                totals[name] = totals.get(name, 0.0) + cpu - self._start.get(tid, 0.0)
+        return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def print_threads(totals: dict[str, float], media_seconds: float) -> None:
+    print("  core per media second by thread:")
+    for name, cpu in totals.items():
+        if cpu / media_seconds >= 0.001:
+            print(f"    {cpu / media_seconds:.3f}  {name}")

@@ -11,6 +11,7 @@ are printed.
 
 Run: python bench/composite.py [--rounds 3] [--seconds 60] [--tune zerolatency]
      python bench/composite.py --breakdown   # decode, compose, encode timed apart
+     python bench/composite.py --only egresskit --rounds 1 --threads   # CPU by thread
 """
 
 from __future__ import annotations
@@ -25,7 +26,17 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
-from _common import INPUT_HEIGHT, INPUT_WIDTH, OUT_DIR, CpuTimes, median, spread, vp8_inputs
+from _common import (
+    INPUT_HEIGHT,
+    INPUT_WIDTH,
+    OUT_DIR,
+    CpuTimes,
+    ThreadCpu,
+    median,
+    print_threads,
+    spread,
+    vp8_inputs,
+)
 from av.video.reformatter import VideoReformatter
 from livekit.protocol import models
 
@@ -311,6 +322,7 @@ def main() -> None:
     parser.add_argument(
         "--breakdown", action="store_true", help="time decode, compose and encode apart"
     )
+    parser.add_argument("--threads", action="store_true", help="egresskit's CPU by thread")
     args = parser.parse_args()
     if args.breakdown:
         breakdown(vp8_inputs(args.seconds), args.seconds, VideoEncoding(tune=args.tune))
@@ -326,8 +338,13 @@ def main() -> None:
         for name in names:
             before, start = CpuTimes.now(), time.monotonic()
             if name == "egresskit":
+                threads = ThreadCpu()
+                if args.threads:
+                    threads.start()
                 asyncio.run(egresskit_grid(inputs, outputs[name], encoding))
                 cpu = (CpuTimes.now() - before).own
+                if args.threads:
+                    print_threads(threads.stop(), args.seconds)
             else:
                 ffmpeg_grid(inputs, outputs[name], encoding)
                 cpu = (CpuTimes.now() - before).children

@@ -13,7 +13,7 @@ machine is shared, so each round also measures a reference in the same run:
 the ffmpeg CLI making the same grid from the same files offline (decode +
 xstack + libx264, no WebRTC), and prints the ratio to it.
 
-Run: python bench/live_composite.py [--rounds 3] [--seconds 30] [--publishers 4]
+Run: python bench/live_composite.py [--rounds 3] [--seconds 30] [--publishers 4] [--threads]
 """
 
 from __future__ import annotations
@@ -28,7 +28,17 @@ import sys
 import time
 
 import psutil
-from _common import OUT_DIR, TESTS_DIR, CpuTimes, median, peak_rss_mb, spread, vp8_inputs
+from _common import (
+    OUT_DIR,
+    TESTS_DIR,
+    CpuTimes,
+    ThreadCpu,
+    median,
+    peak_rss_mb,
+    print_threads,
+    spread,
+    vp8_inputs,
+)
 from aiohttp import web
 from aiortc.contrib.media import MediaPlayer
 from composite import ffmpeg_grid
@@ -57,7 +67,7 @@ WARM_UP_S = 2.0  # first key frames and decoder start-up are not part of the mea
 # --- the recording process ----------------------------------------------------------------
 
 
-async def record(seconds: float, publishers: int) -> dict:
+async def record(seconds: float, publishers: int, by_thread: bool = False) -> dict:
     rss_imported = psutil.Process().memory_info().rss / 2**20
     restrict_ice_addresses([LOOPBACK])
     rooms = RoomManager()
@@ -80,12 +90,16 @@ async def record(seconds: float, publishers: int) -> dict:
         path = OUT_DIR / "live-composite.mp4"
         graph, stages = composite_graph(room, [FileOutput(path)], name="bench-live")
         rss_joined = psutil.Process().memory_info().rss / 2**20
+        threads = ThreadCpu()
+        if by_thread:
+            threads.start()
         before = CpuTimes.now()
         await graph.start()
         await asyncio.sleep(seconds)
         media_s = graph.clock.now()
         state = await graph.stop()
         cpu = (CpuTimes.now() - before).own
+        by_thread_cpu = threads.stop() if by_thread else {}
         if graph.error is not None:
             raise RuntimeError(f"graph ended {state.value}: {graph.error}")
         dropped = {name: link["dropped"] for name, link in graph.stats()["links"].items()}
@@ -98,6 +112,7 @@ async def record(seconds: float, publishers: int) -> dict:
             "frames": stages.compositor.frames_out if stages.compositor else 0,
             "dropped": {name: n for name, n in dropped.items() if n},
             "subscriber": stages.subscriber.stats(),
+            "threads": by_thread_cpu,
         }
     finally:
         await rooms.close()
@@ -132,9 +147,11 @@ async def publish(url: str, publishers: int, seconds: int) -> None:
 # --- the orchestrator ---------------------------------------------------------------------
 
 
-def run_round(seconds: float, publishers: int) -> tuple[dict, float]:
+def run_round(seconds: float, publishers: int, by_thread: bool) -> tuple[dict, float]:
     """One recording with fresh processes; returns its report and the publishers' CPU."""
     me = [sys.executable, __file__, "--seconds", str(seconds), "--publishers", str(publishers)]
+    if by_thread:
+        me.append("--threads")
     egress = subprocess.Popen([*me, "--role", "egress"], stdout=subprocess.PIPE, text=True)
     publisher = None
     try:
@@ -166,12 +183,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--publishers", type=int, default=4)
+    parser.add_argument("--threads", action="store_true", help="recording CPU by thread")
     parser.add_argument("--role", choices=["egress", "publish"], help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.role == "egress":
-        print(json.dumps(asyncio.run(record(args.seconds, args.publishers))), flush=True)
+        report = asyncio.run(record(args.seconds, args.publishers, args.threads))
+        print(json.dumps(report), flush=True)
         return
     if args.role == "publish":
         asyncio.run(publish(args.url, args.publishers, INPUT_SECONDS))
@@ -180,7 +199,7 @@ def main() -> None:
     inputs = vp8_inputs(INPUT_SECONDS)  # made once, before anything is measured
     cores, rss, references = [], [], []
     for round_ in range(1, args.rounds + 1):
-        report, publishers_cpu = run_round(args.seconds, args.publishers)
+        report, publishers_cpu = run_round(args.seconds, args.publishers, args.threads)
         core = report["cpu_s"] / report["media_s"]
         video_s = report["frames"] / 30
         before = CpuTimes.now()
@@ -199,6 +218,8 @@ def main() -> None:
             f"(ratio {core / reference:.2f})",
             flush=True,
         )
+        if report["threads"]:
+            print_threads(report["threads"], report["media_s"])
     print(f"\n{args.publishers} WHIP publishers, 2x2 1280x720@30 H.264 veryfast + AAC to MP4")
     print(f"recording process: {median(cores):.3f} core per media second (runs: {spread(cores)})")
     print(f"peak RSS: {median(rss):.0f} MB (runs: {spread(rss)})")
