@@ -24,6 +24,7 @@ from service_fixtures import API_KEY, API_SECRET, service_config
 
 from egresskit.egress.errors import EgressEnded
 from egresskit.service.app import MANAGER, ROOMS, create_app
+from egresskit.service.twirp import to_json_dict
 from egresskit.tokens import create_token
 
 SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
@@ -331,3 +332,38 @@ async def test_fuzz_protobuf_bodies_at_every_method(fuzzed, caplog, case):
     fuzzed.check(method, status, answer, content_type)
     await fuzzed.settle()
     _no_bugs_logged(caplog)
+
+
+# --- ListEgress answers from cached encodings ----------------------------------------------------
+
+
+async def test_list_answers_track_every_change(fuzzed):
+    """Each ListEgress answer is exactly the current listing encoded, in both formats,
+    however often it is asked and whatever changed in between."""
+
+    def expected(content_type: str) -> bytes:
+        listing = egress_pb.ListEgressResponse(items=fuzzed.manager.list())
+        if content_type == PROTOBUF:
+            return listing.SerializeToString()
+        return json.dumps(to_json_dict(listing)).encode()
+
+    async def assert_current() -> None:
+        for content_type, body in ((PROTOBUF, b""), (JSON, b"{}")):
+            for _ in range(2):  # the second answer comes from the cache
+                status, answer, _ = await fuzzed.post("ListEgress", body, content_type)
+                assert status == 200 and answer == expected(content_type)
+
+    await assert_current()
+    started = await fuzzed.manager.start(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name=ROOM, audio_only=True, file_outputs=[egress_pb.EncodedFileOutput()]
+        )
+    )
+    await assert_current()
+    session = fuzzed.manager.get(started.egress_id)
+    fuzzed.stop(started.egress_id)  # ENDING
+    await assert_current()
+    await asyncio.wait_for(session.wait(), 30)  # COMPLETE or ABORTED, with results
+    await assert_current()
+    status, answer, _ = await fuzzed.post("ListEgress", b'{"active": true}', JSON)
+    assert [i["egress_id"] for i in json.loads(answer)["items"]] == [fuzzed.background]

@@ -19,7 +19,8 @@ from egresskit.egress.errors import (
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.naming import PathEscapesRoot
 from egresskit.egress.validation import check_layout
-from egresskit.service.twirp import TwirpContext, TwirpError
+from egresskit.service.listings import EncodedListings
+from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
 from egresskit.storage.registry import StorageNotInstalled
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class EgressApi:
 
     def __init__(self, manager: EgressManager) -> None:
         self.manager = manager
+        self._listings = EncodedListings()
 
     async def _start(self, request) -> egress_pb.EgressInfo:
         try:
@@ -112,11 +114,13 @@ class EgressApi:
 
     async def ListEgress(
         self, request: egress_pb.ListEgressRequest, context: TwirpContext
-    ) -> egress_pb.ListEgressResponse:
+    ) -> Encoded:
         items = self.manager.list(
             room_name=request.room_name, egress_id=request.egress_id, active=request.active
         )
-        return egress_pb.ListEgressResponse(items=items)
+        if not (request.room_name or request.egress_id or request.active):
+            self._listings.keep_only(items)  # an unfiltered listing holds every known egress
+        return Encoded(self._listings.encode(items, context.content_type))
 
     async def StopEgress(
         self, request: egress_pb.StopEgressRequest, context: TwirpContext
