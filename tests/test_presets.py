@@ -84,18 +84,35 @@ PRESETS = {
 }
 
 
+# Portrait presets encode the same pixel count at the same rate and bitrate as their
+# landscape twins, so their bitrate is measured once, on the landscape encode;
+# a portrait encode is kept short and checked for its size and frame rate.
+MEASURED = {
+    egress_pb.H264_720P_30,
+    egress_pb.H264_720P_60,
+    egress_pb.H264_1080P_30,
+    egress_pb.H264_1080P_60,
+}
+SHORT_SECONDS = 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "preset", list(PRESETS), ids=[egress_pb.EncodingOptionsPreset.Name(p) for p in PRESETS]
 )
 async def test_preset_resolution_rate_and_bitrate(preset, tmp_path):
     width, height, fps, kbps = PRESETS[preset]
-    video = await encode_offline(EncodingSettings.from_request(preset, None), tmp_path / "p.mp4")
+    settings = EncodingSettings.from_request(preset, None)
+    video_encoding, _ = stage_encodings(settings, audio=False)
+    assert video_encoding.bitrate_kbps == kbps
+    seconds = SECONDS if preset in MEASURED else SHORT_SECONDS
+    video = await encode_offline(settings, tmp_path / "p.mp4", seconds)
     assert (video["codec_name"], video["width"], video["height"]) == ("h264", width, height)
     assert video["r_frame_rate"] == f"{fps}/1"
-    assert int(video["nb_read_frames"]) == fps * SECONDS
-    bitrate = int(video["bit_rate"]) / 1000
-    assert abs(bitrate - kbps) <= 0.25 * kbps, f"{bitrate:.0f} kbps for a {kbps} kbps preset"
+    assert int(video["nb_read_frames"]) == fps * seconds
+    if preset in MEASURED:
+        bitrate = int(video["bit_rate"]) / 1000
+        assert abs(bitrate - kbps) <= 0.25 * kbps, f"{bitrate:.0f} kbps for a {kbps} kbps preset"
 
 
 def key_frame_times(path) -> list[float]:

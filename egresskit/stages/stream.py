@@ -47,6 +47,7 @@ CONNECT_TIMEOUT_S = 5.0
 # sender: MPEG-TS is muxed into its stdin, 1316 bytes (7 TS packets) per SRT packet.
 SRT_SENDER = "srt-live-transmit"
 SRT_CHUNK = 1316
+SRT_DRAIN_S = 1.0
 _SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
 
 
@@ -332,13 +333,19 @@ class _UrlWriter:
                 log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
         sender, self._sender = self._sender, None
         if sender is not None:
+            # The sender does not exit at the end of its input: give it a moment to
+            # send what it read, then ask it to close the SRT connection.
             try:
                 assert sender.stdin is not None
-                sender.stdin.close()  # end of input: the sender flushes and exits
-                sender.wait(CONNECT_TIMEOUT_S)
+                sender.stdin.close()
+                sender.wait(SRT_DRAIN_S)
             except (OSError, subprocess.TimeoutExpired):
-                sender.kill()
-                sender.wait()
+                sender.terminate()
+                try:
+                    sender.wait(SRT_DRAIN_S)
+                except subprocess.TimeoutExpired:
+                    sender.kill()
+                    sender.wait()
 
     def abort(self) -> None:
         """Unblock a writer stuck on a hung destination, where that is possible (SRT sender)."""
@@ -448,6 +455,8 @@ class StreamSink(Stage):
         self._writers[url] = writer
         if self._loop is not None:
             writer.start(self._loop)
+            for encoder in self.encoders:
+                encoder.request_keyframe()  # start the new destination now, not a GOP later
         self._on_state(writer.state)
         return writer.state
 
