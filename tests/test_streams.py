@@ -146,7 +146,14 @@ async def test_stream_to_srt_listener_decodes(rooms, tmp_path):
     port = free_port()
     received = tmp_path / "received.ts"
     listener = await asyncio.create_subprocess_exec(
-        *["ffmpeg", "-v", "error", "-y", "-i", f"srt://127.0.0.1:{port}?mode=listener"],
+        *[
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            f"srt://127.0.0.1:{port}?mode=listener&latency=500000",
+        ],
         *["-c", "copy", "-f", "mpegts", str(received)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
@@ -154,7 +161,7 @@ async def test_stream_to_srt_listener_decodes(rooms, tmp_path):
     )
     try:
         await wait_for(lambda: udp_listening(port), 10, "the SRT listener")
-        url = f"srt://127.0.0.1:{port}?mode=caller"
+        url = f"srt://127.0.0.1:{port}?mode=caller&latency=500"
         graph, stages = composite_graph(room, [StreamOutput((url,))], video=STREAM_VIDEO)
         await graph.start()
         await asyncio.sleep(4.0)

@@ -144,6 +144,31 @@ def _describe(exc: BaseException, url: str) -> str:
 
 
 _STOP = object()
+TS_PACKET = 188
+# An MPEG-TS null packet (PID 0x1FFF): demuxers skip it.
+TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * (TS_PACKET - 4)
+
+
+class _WholeChunks:
+    """The SRT sender's stdin; counts what is written so the end can be padded.
+
+    The sender reads its input in whole chunks and drops a short last one, so
+    the stream is padded with MPEG-TS null packets to a chunk boundary.
+    """
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+        self.written = 0
+
+    def write(self, data: bytes) -> int:
+        self.pipe.write(data)
+        self.written += len(data)
+        return len(data)
+
+    def finish(self) -> None:
+        short = (-self.written) % SRT_CHUNK
+        self.pipe.write(TS_NULL_PACKET * (short // TS_PACKET))
+        self.pipe.close()
 
 
 class _UrlWriter:
@@ -175,6 +200,7 @@ class _UrlWriter:
         self._finalised = False
         self._container: OutputContainer | None = None
         self._sender: subprocess.Popen[bytes] | None = None
+        self._srt_input: _WholeChunks | None = None
         self._streams: dict[str, Stream] = {}
         self._offset = Fraction(0)
         self.thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
@@ -286,7 +312,8 @@ class _UrlWriter:
                 stderr=subprocess.DEVNULL,
             )
             assert self._sender.stdin is not None
-            target: Any = self._sender.stdin
+            self._srt_input = _WholeChunks(self._sender.stdin)
+            target: Any = self._srt_input
         else:
             target = self.url
         container = av.open(target, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
@@ -336,8 +363,8 @@ class _UrlWriter:
             # The sender does not exit at the end of its input: give it a moment to
             # send what it read, then ask it to close the SRT connection.
             try:
-                assert sender.stdin is not None
-                sender.stdin.close()
+                assert self._srt_input is not None
+                self._srt_input.finish()
                 sender.wait(SRT_DRAIN_S)
             except (OSError, subprocess.TimeoutExpired):
                 sender.terminate()
