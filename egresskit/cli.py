@@ -147,8 +147,8 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
             if stop_at is not None and time.monotonic() >= stop_at:
                 stop_at = None
                 _stop(manager, info.egress_id)
-            muxer = session.plan.stages.muxers[0]
-            compositor = session.plan.stages.compositor
+            muxer = session.plan.files[0].writer
+            compositor = session.plan.compositor
             fps = compositor.frames_out / elapsed if compositor is not None and elapsed > 0 else 0.0
             status = egress_pb.EgressStatus.Name(session.info.status).removeprefix("EGRESS_")
             print(

@@ -47,3 +47,18 @@ async def whip_server(aiohttp_server, rooms, whip_keys):
     app = web.Application()
     app.add_subapp("/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
     return await aiohttp_server(app, host="127.0.0.1")
+
+
+# --- nginx-rtmp (tests/rtmp_server.py) ------------------------------------------------------
+
+
+@pytest.fixture
+def rtmp_server():
+    """nginx with its RTMP module on 127.0.0.1, recording what it receives."""
+    from rtmp_server import RtmpServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with RtmpServer() as server:
+        yield server

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from media_checks import ffprobe, stream
 from publishers import SineAudioTrack, SyntheticVideoTrack
-from rtmp_server import RtmpServer, free_port, unavailable_reason
+from rtmp_server import free_port
 
 from egresskit import FileOutput, GraphState, VideoEncoding, composite_graph
 from egresskit.egress.graphs import StreamOutput
@@ -21,15 +21,6 @@ from egresskit.stages.stream import RetryPolicy, StreamStatus
 # Streams start at a key frame: one a second keeps a new URL's start prompt.
 STREAM_VIDEO = VideoEncoding(keyframe_interval_s=1.0)
 KEY_A, KEY_B, KEY_C = "alpha-secret-key-1", "bravo-secret-key-2", "charlie-secret-key-3"
-
-
-@pytest.fixture
-def rtmp_server():
-    reason = unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    with RtmpServer() as server:
-        yield server
 
 
 async def wait_for(predicate, timeout: float, what: str) -> None:

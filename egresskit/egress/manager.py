@@ -147,6 +147,16 @@ class EgressManager:
             raise EgressEnded(f"egress {egress_id}: {exc}") from None
         return session.public_info()
 
+    async def update_stream(
+        self, egress_id: str, add: list[str], remove: list[str]
+    ) -> egress_pb.EgressInfo:
+        """Add and remove stream URLs of a running egress (ValueError for a bad change)."""
+        session = self.get(egress_id)
+        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
+            raise EgressEnded(f"egress {egress_id} has ended")
+        await session.update_stream(add, remove)
+        return session.public_info()
+
     # --- listing ----------------------------------------------------------------------------
 
     def active(self) -> list[EgressSession]:

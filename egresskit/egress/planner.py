@@ -1,19 +1,42 @@
-"""From a validated request to a graph: where files go, where they upload, which stages run."""
+"""From a validated request to a graph: where outputs go, where they upload, which stages run."""
 
 from __future__ import annotations
 
 import mimetypes
+import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from egresskit.egress.errors import NotSupported, RoomNotFound
-from egresskit.egress.graphs import CompositeStages, FileOutput, composite_graph, stage_encodings
-from egresskit.egress.naming import NameFields, confine, file_extension, file_path
+from google.protobuf.message import Message
+
+from egresskit.egress import naming
+from egresskit.egress.errors import NotSupported, RoomNotFound, TrackNotFound
+from egresskit.egress.graphs import (
+    FileOutput,
+    ImageOutput,
+    Output,
+    SegmentsOutput,
+    StreamOutput,
+    composite_graph,
+    stage_encodings,
+)
+from egresskit.egress.track_graphs import (
+    SourceNotFound,
+    TrackDescription,
+    participant_graph,
+    track_composite_graph,
+    track_graph,
+    track_websocket_graph,
+)
 from egresskit.egress.validation import EgressSpec
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
+from egresskit.stages.compositor import VideoCompositor
+from egresskit.stages.hls import HlsSegmenter
+from egresskit.stages.snapshot import ImageSnapshotter
+from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec, storage_from_upload
 
@@ -22,7 +45,19 @@ CONTENT_TYPES = {
     ".ogg": "audio/ogg",
     ".webm": "video/webm",
     ".mp3": "audio/mpeg",
+    ".ts": "video/mp2t",
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".jpeg": "image/jpeg",
+    ".json": "application/json",
 }
+
+
+def content_type(path: Path) -> str:
+    return (
+        CONTENT_TYPES.get(path.suffix.lower())
+        or mimetypes.guess_type(path.name)[0]
+        or "application/octet-stream"
+    )
 
 
 @dataclass
@@ -33,23 +68,38 @@ class PlannedFile:
     key: str  # the requested relative name; the object key when it uploads
     storage: Storage | None
     disable_manifest: bool
+    writer: Any = None  # the stage writing it: size, duration_s
 
     @property
     def content_type(self) -> str:
-        suffix = self.local_path.suffix.lower()
-        return (
-            CONTENT_TYPES.get(suffix)
-            or mimetypes.guess_type(self.local_path.name)[0]
-            or "application/octet-stream"
-        )
+        return content_type(self.local_path)
+
+
+@dataclass
+class PlannedDirectory:
+    """Segments or images: many files under one prefix, uploaded as each one is written."""
+
+    stage: HlsSegmenter | ImageSnapshotter
+    local_dir: Path
+    key_dir: str  # the relative directory; object keys are key_dir/filename
+    prefix: str  # the requested name prefix, relative
+    storage: Storage | None
+    disable_manifest: bool
+
+    def key(self, local: Path) -> str:
+        return posixpath.join(self.key_dir, local.name) if self.key_dir else local.name
 
 
 @dataclass
 class Plan:
     graph: Graph
-    stages: CompositeStages
     room: LocalRoom
+    compositor: VideoCompositor | None = None
     files: list[PlannedFile] = field(default_factory=list)
+    segments: list[PlannedDirectory] = field(default_factory=list)
+    images: list[PlannedDirectory] = field(default_factory=list)
+    stream: StreamSink | None = None
+    track: TrackDescription | None = None
 
 
 def _unsupported(spec: EgressSpec) -> str | None:
@@ -58,23 +108,64 @@ def _unsupported(spec: EgressSpec) -> str | None:
         return "web egress (recording a web page needs a browser, which egresskit does not run)"
     if spec.custom_base_url:
         return "custom_base_url (layouts are drawn by egresskit, not by a web page)"
-    if spec.kind in ("track", "track_composite", "participant", "media"):
-        return f"{spec.kind.replace('_', ' ')} egress"
-    if spec.segments is not None:
-        return "segment (HLS) outputs"
-    if spec.stream is not None:
-        return "stream outputs"
-    if spec.images:
-        return "image outputs"
     if spec.await_start_signal:
         return "await_start_signal"
+    if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
+        return "websocket stream outputs of composites"
+    if spec.segments is not None and spec.segments.fragmented_mp4:
+        return "fragmented MP4 segments"
+    if spec.kind == "media" and spec.audio_config is not None:
+        routes = spec.audio_config.routes
+        if spec.audio_config.capture_all or len(routes) > 1 or any(not r.track_id for r in routes):
+            return "media audio routes other than one track id"
     return None
 
 
 def check_supported(spec: EgressSpec) -> None:
     missing = _unsupported(spec)
     if missing is not None:
-        raise NotSupported(f"{missing} is not implemented yet")
+        raise NotSupported(f"{missing} is not implemented")
+
+
+class _Namer:
+    """Names and storage of one request's outputs, all confined to the output root."""
+
+    def __init__(
+        self,
+        output_root: Path,
+        identifier: str,
+        fields: naming.NameFields,
+        when: datetime,
+        default_storage: dict[str, Any] | None,
+    ) -> None:
+        self.root = output_root
+        self.identifier = identifier
+        self.fields = fields
+        self.when = when
+        self.default_storage = default_storage
+
+    def storage(self, upload: Message | None) -> Storage | None:
+        if upload is not None:
+            return storage_from_upload(upload)
+        if self.default_storage:
+            return storage_from_spec(self.default_storage)
+        return None
+
+    def file(self, requested: str, extension: str) -> tuple[str, Path]:
+        relative = naming.file_path(
+            requested,
+            identifier=self.identifier,
+            fields=self.fields,
+            extension=extension,
+            when=self.when,
+        )
+        return relative, naming.confine(self.root, relative)
+
+    def prefix(self, requested: str) -> tuple[str, Path]:
+        relative = naming.output_prefix(
+            requested, identifier=self.identifier, fields=self.fields, when=self.when
+        )
+        return relative, naming.confine(self.root, relative)
 
 
 def plan(
@@ -85,43 +176,192 @@ def plan(
     default_storage: dict[str, Any] | None = None,
     when: datetime | None = None,
 ) -> Plan:
-    """Resolve rooms, names and storage, and build the graph (nothing runs yet).
+    """Resolve rooms, tracks, names and storage, and build the graph (nothing runs yet).
 
-    Raises RoomNotFound, NotSupported, PathEscapesRoot, InvalidRequest or
-    StorageNotInstalled for the service to turn into Twirp errors.
+    Raises RoomNotFound, TrackNotFound, NotSupported, PathEscapesRoot,
+    InvalidRequest or StorageNotInstalled for the service to turn into
+    Twirp errors.
     """
     check_supported(spec)
     room = rooms.get(spec.room_name)
     if room is None:
         raise RoomNotFound(spec.room_name)
     when = when or datetime.now(UTC)
-    fields = NameFields(room_name=room.name, room_id=room.sid)
-    files: list[PlannedFile] = []
-    if spec.file is not None:
-        relative = file_path(
-            spec.file.filepath,
-            identifier=room.name,
-            fields=fields,
-            extension=file_extension(spec.file.file_type),
-            when=when,
+    try:
+        if spec.kind == "track":
+            return _plan_track(spec, egress_id, room, output_root, default_storage, when)
+        return _plan_encoded(spec, egress_id, room, output_root, default_storage, when)
+    except SourceNotFound as exc:
+        raise TrackNotFound(str(exc)) from None
+
+
+def _track_sids(spec: EgressSpec) -> tuple[str, str]:
+    """(audio, video) track ids of a track composite or a media source."""
+    audio = spec.audio_track_id
+    if spec.kind == "media" and spec.audio_config is not None and spec.audio_config.routes:
+        audio = spec.audio_config.routes[0].track_id
+    return audio, spec.video_track_id
+
+
+def _identifier(spec: EgressSpec, room: LocalRoom) -> tuple[str, naming.NameFields]:
+    """The default file name stem and the template values of a request."""
+    if spec.participant_identity:
+        fields = naming.NameFields(
+            room.name, room.sid, publisher_identity=spec.participant_identity
         )
-        local = confine(output_root, relative)
-        if spec.file.storage is not None:
-            storage = storage_from_upload(spec.file.storage)
-        elif default_storage:
-            storage = storage_from_spec(default_storage)
-        else:
-            storage = None
-        files.append(PlannedFile(local, relative, storage, spec.file.disable_manifest))
+        return spec.participant_identity, fields
+    audio, video = _track_sids(spec)
+    if audio or video:
+        track = room.track(video or audio)
+        if track is None:
+            raise TrackNotFound(f"track {video or audio!r} is not published in room {room.name!r}")
+        described = TrackDescription.of(track)
+        return room.name, described.name_fields(room)
+    return room.name, naming.NameFields(room_name=room.name, room_id=room.sid)
+
+
+def _plan_track(
+    spec: EgressSpec,
+    egress_id: str,
+    room: LocalRoom,
+    output_root: Path,
+    default_storage: dict[str, Any] | None,
+    when: datetime,
+) -> Plan:
+    """Track egress: the encoded track to a file as it is, or decoded PCM to a websocket."""
+    track = room.track(spec.track_id)
+    if track is None:
+        raise TrackNotFound(f"track {spec.track_id!r} is not published in room {room.name!r}")
+    described = TrackDescription.of(track)
+    if spec.websocket_url:
+        if described.track_kind != "audio":
+            raise NotSupported("websocket output of a video track is not implemented")
+        graph, stages = track_websocket_graph(
+            room, spec.track_id, spec.websocket_url, name=egress_id
+        )
+        return Plan(graph=graph, room=room, track=stages.track)
+    assert spec.file is not None
+    namer = _Namer(output_root, track.sid, described.name_fields(room), when, default_storage)
+    relative, local = namer.file(spec.file.filepath, described.extension)
+    try:
+        graph, stages = track_graph(room, spec.track_id, local, name=egress_id)
+    except ValueError as exc:
+        raise NotSupported(f"track egress of this track: {exc}") from None
+    planned = PlannedFile(
+        local,
+        relative,
+        namer.storage(spec.file.storage),
+        spec.file.disable_manifest,
+        stages.muxers[0],
+    )
+    return Plan(graph=graph, room=room, files=[planned], track=stages.track)
+
+
+def _plan_encoded(
+    spec: EgressSpec,
+    egress_id: str,
+    room: LocalRoom,
+    output_root: Path,
+    default_storage: dict[str, Any] | None,
+    when: datetime,
+) -> Plan:
+    """Composites, participant and track composite egress: one encode, every output."""
+    identifier, fields = _identifier(spec, room)
+    namer = _Namer(output_root, identifier, fields, when, default_storage)
+    outputs: list[Output] = []
+    files: list[PlannedFile] = []
+    # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
+    segment_targets: list[tuple[str, Path, Storage | None, bool]] = []
+    image_targets: list[tuple[str, Path, Storage | None, bool]] = []
+    if spec.file is not None:
+        relative, local = namer.file(spec.file.filepath, naming.file_extension(spec.file.file_type))
+        outputs.append(FileOutput(local))
+        files.append(
+            PlannedFile(
+                local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest
+            )
+        )
+    if spec.segments is not None:
+        target = spec.segments
+        relative, local = namer.prefix(target.filename_prefix)
+        outputs.append(
+            SegmentsOutput(
+                local,
+                playlist=target.playlist_name,
+                live_playlist=target.live_playlist_name,
+                segment_duration=float(target.segment_duration_s),
+                suffix=target.suffix,
+            )
+        )
+        segment_targets.append(
+            (relative, local, namer.storage(target.storage), target.disable_manifest)
+        )
+    for target in spec.images:
+        relative, local = namer.prefix(target.filename_prefix)
+        outputs.append(
+            ImageOutput(
+                local,
+                capture_interval=float(target.capture_interval_s),
+                width=target.width,
+                height=target.height,
+                suffix=target.suffix,
+            )
+        )
+        image_targets.append(
+            (relative, local, namer.storage(target.storage), target.disable_manifest)
+        )
+    if spec.stream is not None:
+        outputs.append(StreamOutput(tuple(spec.stream.urls)))
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
-    graph, stages = composite_graph(
-        room,
-        [FileOutput(f.local_path) for f in files],
-        video=video,
-        audio=audio,
-        layout=spec.layout or "grid",
-        audio_mixing=spec.audio_mixing,
-        name=egress_id,
+    try:
+        if spec.participant_identity:
+            graph, stages = participant_graph(
+                room,
+                spec.participant_identity,
+                outputs,
+                screen_share=spec.screen_share,
+                video=video,
+                audio=audio,
+                name=egress_id,
+            )
+        elif spec.kind in ("track_composite", "media"):
+            audio_sid, video_sid = _track_sids(spec)
+            graph, stages = track_composite_graph(
+                room, audio_sid, video_sid, outputs, video=video, audio=audio, name=egress_id
+            )
+        else:
+            graph, stages = composite_graph(
+                room,
+                outputs,
+                video=video,
+                audio=audio,
+                layout=spec.layout or "grid",
+                audio_mixing=spec.audio_mixing,
+                name=egress_id,
+            )
+    except ValueError as exc:
+        raise NotSupported(str(exc)) from None
+    for planned, writer in zip(files, stages.muxers, strict=True):
+        planned.writer = writer
+    segments = [
+        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
+        for stage, (rel, local, storage, no_manifest) in zip(
+            stages.segmenters, segment_targets, strict=True
+        )
+    ]
+    images = [
+        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
+        for stage, (rel, local, storage, no_manifest) in zip(
+            stages.snapshotters, image_targets, strict=True
+        )
+    ]
+    return Plan(
+        graph=graph,
+        room=room,
+        compositor=stages.compositor,
+        files=files,
+        segments=segments,
+        images=images,
+        stream=stages.streams[0] if stages.streams else None,
     )
-    return Plan(graph=graph, stages=stages, room=room, files=files)

@@ -1,4 +1,4 @@
-"""One egress from start to end: its EgressInfo, its graph, and what happens to its files."""
+"""One egress from start to end: its EgressInfo, its graph, and what happens to its outputs."""
 
 from __future__ import annotations
 
@@ -7,15 +7,24 @@ import contextlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from livekit.protocol import egress as egress_pb
 
-from egresskit.egress.manifest import build_manifest, manifest_name, write_manifest
-from egresskit.egress.planner import Plan, PlannedFile
+from egresskit.egress.delivery import DirectoryDelivery
+from egresskit.egress.manifest import (
+    ManifestImage,
+    ManifestSegment,
+    TrackDetails,
+    build_manifest,
+    manifest_name,
+    write_manifest,
+)
+from egresskit.egress.planner import Plan, PlannedDirectory, PlannedFile
 from egresskit.egress.redact import redact
 from egresskit.pipeline import BusMessage, GraphState
-from egresskit.stages.muxer import FileMuxer
+from egresskit.stages.stream import StreamState, StreamStatus
 from egresskit.storage.base import Storage
 from egresskit.storage.upload import RetryPolicy, UploadFailed, upload_with_retry
 
@@ -27,6 +36,14 @@ STOP_API = "End reason: StopEgress API"
 SOURCE_CLOSED = "Source closed"
 LIMIT_REACHED = "Session limit reached"
 SHUTDOWN = "End reason: service shutting down"
+STREAMS_STOPPED = "All streams stopped"
+STREAMS_FAILED = "All streams failed"
+
+_STREAM_STATUS = {
+    StreamStatus.ACTIVE: egress_pb.StreamInfo.ACTIVE,
+    StreamStatus.FINISHED: egress_pb.StreamInfo.FINISHED,
+    StreamStatus.FAILED: egress_pb.StreamInfo.FAILED,
+}
 
 # Listener of lifecycle events: ("egress_started" | "egress_updated" | "egress_ended", session)
 Listener = Callable[[str, "EgressSession"], None]
@@ -36,9 +53,10 @@ class EgressSession:
     """Runs one plan and keeps its EgressInfo true.
 
     STARTING -> ACTIVE (first media written) -> ENDING -> COMPLETE, FAILED,
-    ABORTED or LIMIT_REACHED. Whatever ends the graph, files that were
-    written are finalized, uploaded (or kept locally, said in the error) and
-    listed in the results and the manifest.
+    ABORTED or LIMIT_REACHED. Whatever ends the graph, what was written is
+    finalized, uploaded (or kept locally, said in the error) and listed in
+    the results and the manifest. Segments and images upload as they are
+    written, not at the end.
     """
 
     def __init__(
@@ -62,12 +80,18 @@ class EgressSession:
         self._backup = backup
         self._end_reason = ""
         self._end_status: int | None = None
+        self._end_error = ""
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[GraphState] | None = None
         self._public: egress_pb.EgressInfo | None = None
+        self._delivery = DirectoryDelivery(self._retry, backup)
+        self._segments: dict[Path, list[Path]] = {}  # directory prefix -> segment files
+        self._images: list[tuple[Path, int]] = []  # (file, capture time ns)
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
         self.upload_bytes = 0
+        if plan.stream is not None:
+            self._stream_results(plan.stream.states)
         plan.graph.bus.subscribe(self._on_bus)
 
     @property
@@ -97,12 +121,87 @@ class EgressSession:
         await self.plan.graph.start()
         self._task = asyncio.create_task(self._run(), name=f"egress {self.egress_id}")
 
+    # --- what the graph reports -------------------------------------------------------------
+
     def _on_bus(self, message: BusMessage) -> None:
-        if message.kind == "first_media" and self.info.status == egress_pb.EGRESS_STARTING:
+        kind, data = message.kind, message.data
+        if self.info.status == egress_pb.EGRESS_STARTING and self._is_first_media(message):
             self.info.status = egress_pb.EGRESS_ACTIVE
             self._changed("egress_updated")
-        elif message.kind == "room_empty":
+        if kind in ("room_empty", "source_closed"):
             self.end(SOURCE_CLOSED)
+        elif kind == "segment_closed":
+            path = Path(data["path"])
+            directory = self._directory(self.plan.segments, path)
+            if directory is not None:
+                self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
+                self._delivery.announce(directory, path)
+        elif kind == "playlist_updated":
+            path = Path(data["path"])
+            directory = self._directory(self.plan.segments, path, any_name=True)
+            if directory is not None:
+                self._delivery.announce(directory, path, keep_local=not data.get("ended"))
+        elif kind == "image_written":
+            path = Path(data["path"])
+            directory = self._directory(self.plan.images, path)
+            if directory is not None:
+                self._images.append((path, int(data["timestamp"])))
+                self._delivery.announce(directory, path)
+        elif kind == "stream_state" and self.plan.stream is not None:
+            self._stream_results(self.plan.stream.states)
+            self._changed("egress_updated")
+            self._maybe_end_streams()
+
+    @staticmethod
+    def _is_first_media(message: BusMessage) -> bool:
+        """Media reached an output: a file, a segment, an image or a stream destination."""
+        if message.kind in ("first_media", "segment_closed", "image_written"):
+            return True
+        state = message.data.get("state")
+        return message.kind == "stream_state" and bool(state and state.started_at_ns)
+
+    @staticmethod
+    def _directory(
+        directories: Sequence[PlannedDirectory], path: Path, *, any_name: bool = False
+    ) -> PlannedDirectory | None:
+        for directory in directories:
+            stem = Path(directory.prefix).name
+            if path.parent == directory.local_dir and (any_name or path.name.startswith(stem)):
+                return directory
+        return None
+
+    def _stream_results(self, states: Sequence[StreamState]) -> None:
+        del self.info.stream_results[:]
+        for state in states:
+            ended = state.ended_at_ns
+            self.info.stream_results.add(
+                url=state.url,  # redacted in public_info
+                started_at=state.started_at_ns,
+                ended_at=ended,
+                duration=max(0, ended - state.started_at_ns)
+                if ended and state.started_at_ns
+                else 0,
+                status=_STREAM_STATUS[state.status],
+                error=state.error,
+                retries=state.retries,
+            )
+
+    def _maybe_end_streams(self) -> None:
+        """A stream-only egress ends when no URL is left streaming."""
+        if self.plan.files or self.plan.segments or self.plan.images:
+            return
+        sink = self.plan.stream
+        assert sink is not None
+        states = sink.states
+        if not states or any(s.status is StreamStatus.ACTIVE for s in states):
+            return
+        if all(s.status is StreamStatus.FAILED for s in states):
+            self._end_error = STREAMS_FAILED
+            self.end(STREAMS_FAILED, egress_pb.EGRESS_FAILED)
+        else:
+            self.end(STREAMS_STOPPED)
+
+    # --- steering ---------------------------------------------------------------------------
 
     def end(self, reason: str, status: int | None = None) -> None:
         """Ask the graph to drain and finish; the first reason given is the one reported."""
@@ -110,11 +209,43 @@ class EgressSession:
             return
         self._end_reason = reason
         self._end_status = status
-        if self.info.status == egress_pb.EGRESS_STARTING:
-            self._end_status = egress_pb.EGRESS_ABORTED if status is None else status
+        if self.info.status == egress_pb.EGRESS_STARTING and status is None:
+            self._end_status = egress_pb.EGRESS_ABORTED
         self.info.status = egress_pb.EGRESS_ENDING
         self._changed("egress_updated")
         self._stopping = asyncio.create_task(self.plan.graph.stop())
+
+    def update_layout(self, layout: str) -> None:
+        """Switch the compositor's layout at its next frame."""
+        if self.plan.compositor is None:
+            raise ValueError("this egress has no video to lay out")
+        self.plan.compositor.set_layout(layout or "grid")
+        self.info.room_composite.layout = layout
+        self._changed("egress_updated")
+
+    async def update_stream(self, add: Sequence[str], remove: Sequence[str]) -> None:
+        """Add and remove stream URLs; ValueError for a URL that cannot be added or removed."""
+        sink = self.plan.stream
+        if sink is None:
+            raise ValueError("egress has no stream output to update")
+        for url in add:
+            sink.add_url(url)
+        for url in remove:
+            try:
+                await sink.remove_url(url)
+            except KeyError as exc:
+                raise ValueError(str(exc.args[0])) from None
+        self._stream_results(sink.states)
+        self._changed("egress_updated")
+
+    async def wait(self) -> None:
+        await self.done.wait()
+
+    async def abort(self) -> None:
+        """Cancel the graph now (files are still closed and delivered)."""
+        await self.plan.graph.cancel()
+
+    # --- the end ----------------------------------------------------------------------------
 
     async def _run(self) -> None:
         limit = None
@@ -138,14 +269,30 @@ class EgressSession:
             errors.append(
                 f"{graph.failed_stage}: {graph.error}" if graph.failed_stage else str(graph.error)
             )
-        for planned, muxer in zip(self.plan.files, self.plan.stages.muxers, strict=True):
-            error = await self._deliver(planned, muxer)
+        for planned in self.plan.files:
+            error = await self._deliver(planned)
             if error:
                 errors.append(error)
+        for directory in self.plan.segments:
+            self._announce_playlists(directory)
+        await self._delivery.finish()
+        errors.extend(self._delivery.errors)
+        self.upload_bytes += self._delivery.uploaded_bytes
+        if self._delivery.backup_used:
+            info.backup_storage_used = True
+        self._segment_results()
+        self._image_results()
+        if self.plan.stream is not None:
+            self._stream_results(self.plan.stream.states)
+        self._legacy_results()
         await self._write_manifests(errors)
         if errors:
             info.status = egress_pb.EGRESS_FAILED
             info.error = "; ".join(errors)
+            info.error_code = 500
+        elif self._end_status == egress_pb.EGRESS_FAILED:
+            info.status = egress_pb.EGRESS_FAILED
+            info.error = self._end_error
             info.error_code = 500
         elif self._end_status is not None:
             info.status = self._end_status
@@ -161,21 +308,26 @@ class EgressSession:
         self._changed("egress_ended")
         self.done.set()
 
-    async def _deliver(self, planned: PlannedFile, muxer: FileMuxer) -> str:
+    def _announce_playlists(self, directory: PlannedDirectory) -> None:
+        segmenter = directory.stage
+        for playlist in (segmenter.playlist, segmenter.live_playlist):
+            if playlist is not None and playlist.exists():
+                self._delivery.announce(directory, playlist)
+
+    async def _deliver(self, planned: PlannedFile) -> str:
         """Fill the file's result; upload it if it has a storage. Returns an error or ''."""
-        size = muxer.size
+        writer = planned.writer
+        size = writer.size
         # add() returns the stored element (append would store a copy), so the upload's
         # location set below lands in file_results.
         result = self.info.file_results.add(
             filename=planned.key,
             started_at=self.info.started_at,
             ended_at=self.info.ended_at,
-            duration=int(muxer.duration_s * 1e9),
+            duration=int(writer.duration_s * 1e9),
             size=size,
             location=str(planned.local_path),
         )
-        if self._single_file_output():
-            self.info.file.CopyFrom(result)
         if planned.storage is None or size == 0:
             return ""
         try:
@@ -191,53 +343,108 @@ class EgressSession:
             return str(exc)
         self.upload_bytes += size
         result.location = uploaded.location
-        if self._single_file_output():
-            self.info.file.CopyFrom(result)
         if uploaded.backup_used:
             self.info.backup_storage_used = True
         with contextlib.suppress(OSError):
-            planned.local_path.unlink()
+            await asyncio.to_thread(planned.local_path.unlink)
         return ""
 
-    def _single_file_output(self) -> bool:
-        return len(self.plan.files) == 1 and not (
-            self.info.stream_results or self.info.segment_results or self.info.image_results
+    def _segment_results(self) -> None:
+        for directory in self.plan.segments:
+            results = directory.stage.results
+            live = results.live_playlist
+            self.info.segment_results.add(
+                playlist_name=directory.key(results.playlist),
+                live_playlist_name=directory.key(live) if live is not None else "",
+                duration=int(results.duration_s * 1e9),
+                size=results.size,
+                playlist_location=self._delivery.location(results.playlist),
+                live_playlist_location=self._delivery.location(live) if live is not None else "",
+                segment_count=results.segment_count,
+                started_at=results.started_at_ns,
+                ended_at=results.ended_at_ns,
+            )
+
+    def _image_results(self) -> None:
+        for directory in self.plan.images:
+            taken = [(p, t) for p, t in self._images if self._directory([directory], p)]
+            self.info.image_results.add(
+                filename_prefix=directory.prefix,
+                image_count=len(taken),
+                started_at=taken[0][1] if taken else 0,
+                ended_at=taken[-1][1] if taken else 0,
+            )
+
+    def _legacy_results(self) -> None:
+        """The deprecated single-result fields, set when one output kind was used."""
+        info = self.info
+        kinds = [bool(info.file_results), bool(info.segment_results), bool(info.stream_results)]
+        if sum(kinds) != 1 or info.image_results:
+            return
+        if len(info.file_results) == 1:
+            info.file.CopyFrom(info.file_results[0])
+        elif len(info.segment_results) == 1:
+            info.segments.CopyFrom(info.segment_results[0])
+        elif info.stream_results:
+            info.stream.info.extend(info.stream_results)
+
+    def _manifest(self) -> dict:
+        segments = {}
+        for directory, results in zip(self.plan.segments, self.info.segment_results, strict=True):
+            files = self._segments.get(directory.local_dir / directory.prefix, [])
+            segments[results.playlist_location] = [
+                ManifestSegment(directory.key(p), self._delivery.location(p)) for p in files
+            ]
+        images = [
+            ManifestImage(self._image_key(path), timestamp, self._delivery.location(path))
+            for path, timestamp in self._images
+        ]
+        track = self.plan.track
+        details = (
+            TrackDetails(track.track_kind, track.track_source, track.publisher_identity)
+            if track is not None
+            else None
         )
+        return build_manifest(self.info, segments=segments, images=images, track=details)
+
+    def _image_key(self, path: Path) -> str:
+        directory = self._directory(self.plan.images, path)
+        return directory.key(path) if directory is not None else path.name
 
     async def _write_manifests(self, errors: list[str]) -> None:
+        """`{egress_id}.json` beside each output that wants one (once per place)."""
+        places: dict[tuple[Path, str], Storage | None] = {}
         for planned in self.plan.files:
-            if planned.disable_manifest:
-                continue
-            manifest = build_manifest(self.info)
-            local = planned.local_path.parent / manifest_name(self.egress_id)
-            await asyncio.to_thread(write_manifest, local, manifest)
-            self.info.manifest_location = str(local)
-            if planned.storage is None:
-                continue
-            key = posixpath.join(posixpath.dirname(planned.key), manifest_name(self.egress_id))
-            try:
-                uploaded = await upload_with_retry(
-                    planned.storage, local, key, "application/json", self._retry, self._backup
+            if not planned.disable_manifest:
+                places.setdefault(
+                    (planned.local_path.parent, posixpath.dirname(planned.key)), planned.storage
                 )
-            except UploadFailed as exc:
-                errors.append(f"manifest: {exc}")
-                continue
-            self.info.manifest_location = uploaded.location
-            with contextlib.suppress(OSError):
-                local.unlink()
-
-    def update_layout(self, layout: str) -> None:
-        """Switch the compositor's layout at its next frame."""
-        compositor = self.plan.stages.compositor
-        if compositor is None:
-            raise ValueError("this egress has no video to lay out")
-        compositor.set_layout(layout or "grid")
-        self.info.room_composite.layout = layout
-        self._changed("egress_updated")
-
-    async def wait(self) -> None:
-        await self.done.wait()
-
-    async def abort(self) -> None:
-        """Cancel the graph now (files are still closed and delivered)."""
-        await self.plan.graph.cancel()
+        for directory in (*self.plan.segments, *self.plan.images):
+            if not directory.disable_manifest:
+                places.setdefault((directory.local_dir, directory.key_dir), directory.storage)
+        if not places:
+            return
+        manifest = self._manifest()
+        name = manifest_name(self.egress_id)
+        for (local_dir, key_dir), storage in places.items():
+            local = local_dir / name
+            await asyncio.to_thread(write_manifest, local, manifest)
+            location = str(local)
+            if storage is not None:
+                try:
+                    uploaded = await upload_with_retry(
+                        storage,
+                        local,
+                        posixpath.join(key_dir, name),
+                        "application/json",
+                        self._retry,
+                        self._backup,
+                    )
+                except UploadFailed as exc:
+                    errors.append(f"manifest: {exc}")
+                else:
+                    location = uploaded.location
+                    with contextlib.suppress(OSError):
+                        await asyncio.to_thread(local.unlink)
+            if not self.info.manifest_location:
+                self.info.manifest_location = location

@@ -18,7 +18,7 @@ from egresskit.egress.errors import (
 )
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.naming import PathEscapesRoot
-from egresskit.egress.validation import check_layout
+from egresskit.egress.validation import check_layout, stream_protocol
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
 from egresskit.storage.registry import StorageNotInstalled
@@ -107,10 +107,17 @@ class EgressApi:
         self, request: egress_pb.UpdateStreamRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
         try:
-            self.manager.get(request.egress_id)
-        except EgressError as exc:
+            if not request.egress_id:
+                raise InvalidRequest("egress_id", "is required")
+            for index, url in enumerate(request.add_output_urls):
+                stream_protocol(url, f"add_output_urls[{index}]")
+            return await self.manager.update_stream(
+                request.egress_id, list(request.add_output_urls), list(request.remove_output_urls)
+            )
+        except (EgressError, InvalidRequest) as exc:
             raise twirp_error(exc) from None
-        raise TwirpError("invalid_argument", "egress has no stream output to update")
+        except ValueError as exc:
+            raise TwirpError("invalid_argument", str(exc)) from None  # stream sinks mask keys
 
     async def ListEgress(
         self, request: egress_pb.ListEgressRequest, context: TwirpContext

@@ -9,6 +9,7 @@ from fractions import Fraction
 import av
 from av.container import OutputContainer
 from av.stream import Stream
+from av.video.frame import PictureType
 
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.media import EncodedPacket
@@ -53,12 +54,36 @@ class _Encoder(Stage):
         self.bytes_out = 0
         self.context: av.CodecContext
 
+    def _template_context(self, codec: str, rate: int) -> av.CodecContext:
+        """A codec context living on a stream of a throwaway container.
+
+        Muxers copy that stream as a template, so every container gets the
+        codec's parameters and extradata (avcC, AudioSpecificConfig,
+        OpusHead) in its header without opening an encoder of its own.
+        """
+        self._holder = av.open(io.BytesIO(), "w", format="matroska")
+        self._template = self._holder.add_stream(codec, rate=rate)
+        ctx = self._template.codec_context
+        ctx.flags |= av.codec.context.Flags.global_header
+        return ctx
+
     def add_stream(self, container: OutputContainer) -> Stream:
         """Add the stream these packets belong to, to a muxer's container."""
-        raise NotImplementedError
+        stream = container.add_stream_from_template(self._template)
+        # The template copy leaves extradata out; without it FLV carries no sequence
+        # headers and OGG no OpusHead, so players drop or refuse the stream.
+        stream.codec_context.extradata = self.context.extradata
+        return stream
+
+    def request_keyframe(self) -> None:
+        """Make the next frame a key frame (a new stream destination starts there)."""
+
+    def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+        """Adjust a frame before it is encoded (key frame decisions)."""
 
     async def run(self) -> None:
         while (frame := await self.input.recv()) is not EOS:
+            self._prepare(frame)
             for packet in await self.offload(self.context.encode, frame):
                 await self._send(packet)
         for packet in await self.offload(self.context.encode, None):
@@ -79,9 +104,9 @@ class _Encoder(Stage):
 class VideoEncoder(_Encoder):
     """Encodes composited frames once; every muxer of the graph shares the packets.
 
-    H.264 is emitted in Annex B with parameter sets before each key frame,
-    which MP4, MPEG-TS and FLV muxers all accept, so no muxer needs an
-    encoder of its own.
+    H.264 parameter sets go both into the extradata (for MP4 and FLV
+    headers) and before each key frame (for MPEG-TS and late joiners), so
+    no muxer needs an encoder of its own.
     """
 
     kind = "video"
@@ -94,18 +119,20 @@ class VideoEncoder(_Encoder):
             raise ValueError(f"unsupported video codec {encoding.codec!r}")
         self.encoding = encoding
         self.time_base = Fraction(1, encoding.fps)
+        self.gop = max(1, round(encoding.keyframe_interval_s * encoding.fps))
+        self._keyframe_wanted = False
         self.context = self._open()
 
     def _open(self) -> av.VideoCodecContext:
         e = self.encoding
-        ctx = av.CodecContext.create(VIDEO_CODECS[e.codec], "w")
+        ctx = self._template_context(VIDEO_CODECS[e.codec], e.fps)
         ctx.width = e.width
         ctx.height = e.height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = self.time_base
         ctx.framerate = Fraction(e.fps, 1)
         ctx.bit_rate = e.bitrate_kbps * 1000
-        ctx.gop_size = max(1, round(e.keyframe_interval_s * e.fps))
+        ctx.gop_size = self.gop
         if e.codec == "h264":
             ctx.profile = H264_PROFILES[e.profile]
             ctx.options = {
@@ -114,7 +141,9 @@ class VideoEncoder(_Encoder):
                 "profile": e.profile,
                 "preset": e.preset,
                 "tune": e.tune,
-                "x264-params": f"keyint={ctx.gop_size}:min-keyint={ctx.gop_size}:scenecut=0"
+                # Key frames are placed by `_prepare`, on a fixed cadence of media time
+                # plus on request, so an extra one never shifts HLS segment boundaries.
+                "x264-params": "keyint=infinite:scenecut=0:repeat-headers=1"
                 f":vbv-maxrate={e.bitrate_kbps}:vbv-bufsize={e.bitrate_kbps * 2}",
             }
         else:
@@ -123,10 +152,21 @@ class VideoEncoder(_Encoder):
         return ctx
 
     def add_stream(self, container: OutputContainer) -> Stream:
-        e = self.encoding
-        return container.add_mux_stream(
-            e.codec, rate=e.fps, width=e.width, height=e.height, time_base=self.time_base
-        )
+        stream = super().add_stream(container)
+        # the template copy carries the stream's size from before it was set (640x480)
+        stream.codec_context.width = self.encoding.width
+        stream.codec_context.height = self.encoding.height
+        return stream
+
+    def request_keyframe(self) -> None:
+        self._keyframe_wanted = True
+
+    def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+        if self._keyframe_wanted or (frame.pts or 0) % self.gop == 0:
+            self._keyframe_wanted = False
+            frame.pict_type = PictureType.I
+        else:
+            frame.pict_type = PictureType.NONE
 
 
 class AudioEncoder(_Encoder):
@@ -141,24 +181,10 @@ class AudioEncoder(_Encoder):
         if encoding.codec not in AUDIO_CODECS:
             raise ValueError(f"unsupported audio codec {encoding.codec!r}")
         self.encoding = encoding
-        # The codec context lives on a stream of a throwaway container so that
-        # muxers can copy its parameters (extradata included) as a template.
-        self._holder = av.open(io.BytesIO(), "w", format="matroska")
-        self._template = self._holder.add_stream(
-            AUDIO_CODECS[encoding.codec], rate=encoding.sample_rate
-        )
-        ctx = self._template.codec_context
+        ctx = self._template_context(AUDIO_CODECS[encoding.codec], encoding.sample_rate)
         ctx.layout = "stereo"
         ctx.bit_rate = encoding.bitrate_kbps * 1000
         if encoding.codec == "aac":
             ctx.profile = "LC"  # also tells muxers copying this template which profile it is
-        ctx.flags |= av.codec.context.Flags.global_header
         ctx.open()
         self.context = ctx
-
-    def add_stream(self, container: OutputContainer) -> Stream:
-        stream = container.add_stream_from_template(self._template)
-        # The template copy leaves extradata out; without it FLV carries no AAC
-        # sequence header and OGG no OpusHead, so players drop or refuse the audio.
-        stream.codec_context.extradata = self.context.extradata
-        return stream
