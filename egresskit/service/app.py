@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
@@ -23,6 +23,7 @@ from egresskit.rooms import (
     whip_app,
 )
 from egresskit.service.auth import EGRESS_GRANT, require_grant
+from egresskit.service.auto_egress import AutoEgress, parse_room_egress
 from egresskit.service.config import ServiceConfig
 from egresskit.service.egress_api import EgressApi
 from egresskit.service.metrics import render_metrics
@@ -82,7 +83,13 @@ def create_app(config: ServiceConfig) -> web.Application:
     webhooks = WebhookNotifier(
         config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
     )
-    rooms = RoomManager(on_event=lambda event: notify_room_event(webhooks, event))
+    observers: list[Callable[[RoomEvent], None]] = [lambda e: notify_room_event(webhooks, e)]
+
+    def on_room_event(event: RoomEvent) -> None:
+        for observe in observers:
+            observe(event)
+
+    rooms = RoomManager(on_event=on_room_event)
 
     def on_event(event: str, session: EgressSession) -> None:
         webhooks.notify(event, session.public_info(), session.webhooks)
@@ -99,6 +106,9 @@ def create_app(config: ServiceConfig) -> web.Application:
         ),
         on_event=on_event,
     )
+    auto_egress = AutoEgress(manager, parse_room_egress(config.auto_egress))
+    if auto_egress.enabled:
+        observers.append(auto_egress.on_room_event)
     app[CONFIG] = config
     app[ROOMS] = rooms
     app[MANAGER] = manager

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from google.protobuf import json_format
+from livekit.protocol import room as room_pb
 
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
@@ -46,6 +48,8 @@ class ServiceConfig:
     upload_initial_delay: float = 0.1  # seconds before the second attempt, doubling after
     upload_max_delay: float = 5.0
     extra_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # A RoomEgress in YAML form: embedded rooms record their tracks / participants.
+    auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
     log_level: str = "info"
 
@@ -63,7 +67,7 @@ class ServiceConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
-_YAML_ONLY = {"storage", "backup_storage", "extra_keys"}
+_YAML_ONLY = {"storage", "backup_storage", "extra_keys", "auto_egress"}
 
 
 def load_config(
@@ -184,6 +188,14 @@ def _coerce(name: str, value: Any) -> Any:
             if not delay >= 0:
                 raise ValueError("must be a non-negative number of seconds")
             return delay
+        if name == "auto_egress":
+            if not isinstance(value, Mapping):
+                raise ValueError("must be a mapping (a RoomEgress: tracks, participant)")
+            try:
+                json_format.ParseDict(dict(value), room_pb.RoomEgress())
+            except json_format.ParseError as exc:
+                raise ValueError(str(exc)) from None
+            return dict(value)
         if name in ("storage", "backup_storage", "extra_keys"):
             if not isinstance(value, Mapping):
                 raise ValueError("must be a mapping")
