@@ -32,6 +32,8 @@ class Claims:
     metadata: str = ""
     video: Mapping[str, Any] = field(default_factory=dict)
     kind: str = ""
+    not_before: float = 0.0
+    expires_at: float = 0.0
 
     def grant(self, name: str) -> Any:
         """A video grant by its camelCase claim name (`roomRecord`, `roomJoin`, ...)."""
@@ -89,7 +91,41 @@ def verify_token(
         metadata=str(claims.get("metadata") or ""),
         video=video,
         kind=str(claims.get("kind") or ""),
+        not_before=float(claims.get("nbf") or 0),
+        expires_at=float(claims["exp"]),
     )
+
+
+class VerifiedTokens:
+    """Remembers tokens it has verified, until they expire.
+
+    Verifying costs more than serving a small request (pyjwt parses and
+    checks every part in Python), and SDKs resend the same token for every
+    call within its second or for its whole lifetime. A hit still checks the
+    validity window; a token is only ever remembered after a full check.
+    """
+
+    def __init__(
+        self, keys: Mapping[str, str], *, leeway: float = DEFAULT_LEEWAY_S, size: int = 1024
+    ) -> None:
+        self._keys = keys
+        self._leeway = leeway
+        self._size = size
+        self._known: dict[str, Claims] = {}
+
+    def verify(self, token: str) -> Claims:
+        now = time.time()
+        claims = self._known.get(token)
+        if claims is not None:
+            if claims.not_before - self._leeway <= now <= claims.expires_at + self._leeway:
+                return claims
+            del self._known[token]
+            raise TokenError("token has expired")
+        claims = verify_token(token, self._keys, leeway=self._leeway)
+        if len(self._known) >= self._size:
+            self._known.pop(next(iter(self._known)))  # the oldest entry
+        self._known[token] = claims
+        return claims
 
 
 def create_token(

@@ -125,3 +125,20 @@ def test_grant_names_and_arguments():
     assert EGRESS_GRANT == "roomRecord"
     with pytest.raises(ValueError):
         require_grant({KEY: SECRET}, [])
+
+
+def test_remembered_tokens_still_expire():
+    from egresskit.tokens import TokenError, VerifiedTokens, create_token
+
+    keys = {"k": "a-secret-long-enough-for-hs256-signing"}
+    tokens = VerifiedTokens(keys, leeway=0)
+    token = create_token("k", keys["k"], video={"roomRecord": True}, ttl=1)
+    first = tokens.verify(token)
+    assert tokens.verify(token) is first  # remembered, not verified again
+    forged = create_token("k", "another-secret-long-enough-for-hs256", video={"roomRecord": True})
+    for _ in range(2):  # a refused token is never remembered
+        with pytest.raises(TokenError):
+            tokens.verify(forged)
+    time.sleep(first.expires_at - time.time() + 0.05)
+    with pytest.raises(TokenError, match="expired"):
+        tokens.verify(token)

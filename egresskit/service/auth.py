@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from aiohttp import web
 
 from egresskit.service.twirp import Authorize, TwirpError
-from egresskit.tokens import DEFAULT_LEEWAY_S, Claims, TokenError, bearer_token, verify_token
+from egresskit.tokens import DEFAULT_LEEWAY_S, Claims, TokenError, VerifiedTokens, bearer_token
 
 EGRESS_GRANT = "roomRecord"
 
@@ -36,11 +36,11 @@ def require_grant(
     if not required:
         raise ValueError("at least one grant is required")
 
+    tokens = VerifiedTokens(keys, leeway=leeway)
+
     async def authorize(request: web.Request, method: str) -> Claims:
         try:
-            claims = verify_token(
-                bearer_token(request.headers.get("Authorization")), keys, leeway=leeway
-            )
+            claims = tokens.verify(bearer_token(request.headers.get("Authorization")))
         except TokenError as error:
             raise TwirpError("unauthenticated", f"invalid token: {error}") from None
         missing = [name for name in required if claims.grant(name) is not True]
