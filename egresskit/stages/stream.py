@@ -393,6 +393,8 @@ class _UrlWriter:
         if self._stop.wait(delay):
             return
         self._discard_queued()  # stale by now: resume with fresh packets at a key frame
+        for encoder in self.encoders:
+            encoder.request_keyframe()  # a flag the loop thread reads: safe from here
 
     def _discard_queued(self) -> None:
         while True:
