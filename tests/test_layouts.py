@@ -257,7 +257,8 @@ async def test_set_layout_switches_within_200_ms_without_a_gap():
     for frame in collector.frames:
         image = frame.to_ndarray(format="rgb24")
         t = frame.pts / 30
-        if t < switched_at:
+        # the frame due at the very moment of the call may be drawn either way
+        if t < switched_at - 1 / 30:
             assert colors_close(colour_in(image, grid[2]), COLOURS[2], 12), f"grid at {t:.2f}"
             assert colors_close(region_color(image, 0, 0, 640, 4), DARK.background, 6)
         elif t >= switched_at + 0.2:
