@@ -211,3 +211,31 @@ async def test_rooms_record_themselves_with_auto_track_egress(aiohttp_server, tm
     assert sorted(f.suffix for f in files) == [".ogg", ".ogg", ".webm", ".webm"]
     for f in files:
         assert float(ffprobe(tmp_path / "auto" / f)["format"]["duration"]) > 1.0
+
+
+@pytest.mark.slow
+async def test_start_egress_media_passthrough_records_one_track_as_it_is(service):
+    publisher = await join(service.base, "media", "gina", (220, 40, 40), 440.0)
+    client = service.client
+    try:
+        audio = (await track_ids(client, "media", "gina"))[models.TrackType.AUDIO]
+        info = await client.egress.start_egress(
+            egress_pb.StartEgressRequest(
+                room_name="media",
+                media=egress_pb.MediaSource(
+                    audio=egress_pb.AudioConfig(routes=[egress_pb.AudioRoute(track_id=audio)])
+                ),
+                preset=egress_pb.PASSTHROUGH,
+                outputs=[egress_pb.Output(file=egress_pb.FileOutput(filepath="media/{track_id}"))],
+            )
+        )
+        await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(2)
+        await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+    finally:
+        await publisher.close()
+    final = await wait_status(client, info.egress_id, DONE)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    (result,) = final.file_results
+    assert result.filename == f"media/{audio}.ogg"
+    assert stream(ffprobe(result.location), "audio")["codec_name"] == "opus"

@@ -376,7 +376,26 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
             outputs.images.append((f"{field}.images", output.images, storage))
         else:
             raise InvalidRequest(field, "set file, stream, segments or images")
+    if req.WhichOneof("encoding") == "preset" and req.preset == egress_pb.PASSTHROUGH:
+        return _passthrough(spec, outputs)
     return _encoded(spec, outputs, req, "encoding")
+
+
+def _passthrough(spec: EgressSpec, outputs: _Outputs) -> EgressSpec:
+    """A media source recorded without transcoding: one track to one file, like track egress."""
+    routes = spec.audio_config.routes if spec.audio_config is not None else ()
+    tracks = [t for t in (spec.video_track_id, *(r.track_id for r in routes)) if t]
+    if spec.kind != "media" or len(tracks) != 1 or spec.participant_identity:
+        raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
+    if outputs.streams or outputs.segments or outputs.images or len(outputs.files) != 1:
+        raise InvalidRequest("outputs", "PASSTHROUGH writes exactly one file output")
+    _, message, storage = outputs.files[0]
+    return dataclasses.replace(
+        spec,
+        kind="track",
+        track_id=tracks[0],
+        file=FileTarget(message.filepath, "", message.disable_manifest, storage),
+    )
 
 
 def _media_spec(
