@@ -168,3 +168,19 @@ async def test_update_stream_needs_a_stream_output(service):
         )
     assert refused.value.code == "invalid_argument"
     await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+
+
+@pytest.mark.slow
+async def test_stream_only_egress_fails_when_every_stream_fails(service):
+    client = service.client
+    dead = "rtmp://127.0.0.1:9/live/nobody-listens"  # the discard port: connection refused
+    info = await client.egress.start_room_composite_egress(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name="show", advanced=SMALL, stream_outputs=[egress_pb.StreamOutput(urls=[dead])]
+        )
+    )
+    final = await wait_status(client, info.egress_id, DONE, timeout=60)
+    assert final.status == egress_pb.EGRESS_FAILED
+    (result,) = final.stream_results
+    assert result.status == egress_pb.StreamInfo.FAILED and result.retries >= 1
+    assert result.error and "nobody-listens" not in result.url + result.error
