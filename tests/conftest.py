@@ -62,3 +62,19 @@ def rtmp_server():
         pytest.skip(reason)
     with RtmpServer() as server:
         yield server
+
+
+# --- webhook receiver (tests/service_fixtures.py) --------------------------------------------
+
+
+@pytest.fixture
+async def webhooks(aiohttp_server):
+    """A receiver on 127.0.0.1 verifying every event with the SDK's WebhookReceiver; `.url`."""
+    from service_fixtures import WebhookLog
+
+    log = WebhookLog()
+    app = web.Application()
+    app.router.add_post("/hook", log.handle)
+    server = await aiohttp_server(app, host="127.0.0.1")
+    log.url = str(server.make_url("/hook"))
+    return log

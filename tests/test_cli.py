@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import ffprobe, frame_at, region_color, stream
@@ -24,7 +23,7 @@ from publishers import (
     colors_close,
     whip_publish,
 )
-from service_fixtures import API_KEY, API_SECRET, WebhookLog, join, wait_status
+from service_fixtures import API_KEY, API_SECRET, join, wait_status
 
 from egresskit.egress.session import SHUTDOWN
 
@@ -255,16 +254,6 @@ async def test_serve_flags_beat_environment_beat_yaml(tmp_path):
 
 
 # --- egresskit serve: SIGTERM drains a running recording -------------------------------------------
-
-
-@pytest.fixture
-async def webhooks(aiohttp_server):
-    log = WebhookLog()
-    app = web.Application()
-    app.router.add_post("/hook", log.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    log.url = str(server.make_url("/hook"))
-    return log
 
 
 @pytest.mark.slow

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from google.protobuf.json_format import MessageToJson
 from livekit import api
 from livekit.protocol import egress as egress_pb
@@ -62,16 +61,6 @@ class Service:
     output_dir: Path
     lkapi: api.LiveKitAPI
     webhooks: WebhookLog
-
-
-@pytest.fixture
-async def webhooks(aiohttp_server):
-    log = WebhookLog()
-    app = web.Application()
-    app.router.add_post("/hook", log.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    log.url = str(server.make_url("/hook"))
-    return log
 
 
 @pytest.fixture

@@ -4,24 +4,13 @@ from __future__ import annotations
 
 import aiohttp
 import pytest
-from aiohttp import web
 from livekit import api
 from livekit.protocol import models
 from livekit.protocol import room as room_pb
-from service_fixtures import API_KEY, API_SECRET, WebhookLog, join, service_config
+from service_fixtures import API_KEY, API_SECRET, join, service_config
 
 from egresskit.service.app import create_app
 from egresskit.tokens import create_token
-
-
-@pytest.fixture
-async def webhooks(aiohttp_server):
-    log = WebhookLog()
-    app = web.Application()
-    app.router.add_post("/hook", log.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    log.url = str(server.make_url("/hook"))
-    return log
 
 
 @pytest.fixture

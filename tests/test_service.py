@@ -10,11 +10,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import ffprobe, stream
-from service_fixtures import API_KEY, API_SECRET, WebhookLog, join, service_config, wait_status
+from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
 
 from egresskit.service.app import create_app
 from egresskit.tokens import create_token
@@ -22,16 +21,6 @@ from egresskit.tokens import create_token
 NODE_DIR = Path(__file__).with_name("node")
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
-
-
-@pytest.fixture
-async def webhooks(aiohttp_server):
-    log = WebhookLog()
-    app = web.Application()
-    app.router.add_post("/hook", log.handle)
-    server = await aiohttp_server(app, host="127.0.0.1")
-    log.url = str(server.make_url("/hook"))
-    return log
 
 
 @pytest.fixture

@@ -48,66 +48,36 @@ def private_packet(
     return copy
 
 
-class FileMuxer(Stage):
-    """Writes the packets of its encoders into one file.
-
-    The container is opened when the stage starts and always closed in
-    cleanup, also when the graph fails or is cancelled, so what reached
-    the muxer is never lost. Posts `first_media` on the bus when the first
-    packet is written.
+class FileWriter(Stage):
+    """What every stage that writes one media file shares: the path, the
+    written-media bookkeeping, `first_media` / `file_closed` on the bus, and a
+    container that is always closed in cleanup, also when the graph fails or
+    is cancelled, so what reached the writer is never lost.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        encoders: Sequence[_Encoder],
-        *,
-        format: str,
-        options: Mapping[str, str] | None = None,
-        name: str | None = None,
-    ) -> None:
+    def __init__(self, path: str | os.PathLike[str], name: str | None) -> None:
         super().__init__(name)
-        if not encoders:
-            raise ValueError("a muxer needs at least one encoder")
         self.path = Path(path)
-        self.format = format
-        self.options = dict(options or {})
-        self.encoders = list(encoders)
         self.input = self.add_input("input")
         self._container: OutputContainer | None = None
-        self._streams: dict[str, Stream] = {}
         self.packets_written = 0
         self.first_pts_s: float | None = None
         self.last_pts_s = 0.0
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        container = av.open(str(self.path), "w", format=self.format, options=self.options)
-        for encoder in self.encoders:
-            self._streams[encoder.kind] = encoder.add_stream(container)
-        self._container = container
-
-    def _write(self, item: EncodedPacket) -> None:
-        assert self._container is not None
-        self._container.mux(private_packet(item.packet, self._streams[item.kind]))
 
     def _close(self) -> None:
         container, self._container = self._container, None
         if container is not None:
             container.close()
 
-    async def run(self) -> None:
-        await self.offload(self._open)
-        while (item := await self.input.recv()) is not EOS:
-            if item.kind not in self._streams:
-                continue
-            seconds = item.seconds
-            await self.offload(self._write, item)
-            self.packets_written += 1
-            self.last_pts_s = max(self.last_pts_s, seconds)
-            if self.first_pts_s is None:
-                self.first_pts_s = seconds
-                self.post("first_media", path=str(self.path))
+    def _written(self, seconds: float) -> None:
+        """Account for one packet written at `seconds` of media time."""
+        self.packets_written += 1
+        self.last_pts_s = max(self.last_pts_s, seconds)
+        if self.first_pts_s is None:
+            self.first_pts_s = seconds
+            self.post("first_media", path=str(self.path))
+
+    async def _finish(self) -> None:
         await self.offload(self._close)
         self.post("file_closed", path=str(self.path), size=self.size)
 
@@ -128,6 +98,46 @@ class FileMuxer(Stage):
 
     def stats(self) -> dict[str, float]:
         return {"packets": self.packets_written, "bytes": self.size, "duration_s": self.duration_s}
+
+
+class FileMuxer(FileWriter):
+    """Writes the packets of its encoders into one file, opened when the stage starts."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        encoders: Sequence[_Encoder],
+        *,
+        format: str,
+        options: Mapping[str, str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(path, name)
+        if not encoders:
+            raise ValueError("a muxer needs at least one encoder")
+        self.format = format
+        self.options = dict(options or {})
+        self.encoders = list(encoders)
+        self._streams: dict[str, Stream] = {}
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        container = av.open(str(self.path), "w", format=self.format, options=self.options)
+        for encoder in self.encoders:
+            self._streams[encoder.kind] = encoder.add_stream(container)
+        self._container = container
+
+    def _write(self, item: EncodedPacket) -> None:
+        assert self._container is not None
+        self._container.mux(private_packet(item.packet, self._streams[item.kind]))
+
+    async def run(self) -> None:
+        await self.offload(self._open)
+        while (item := await self.input.recv()) is not EOS:
+            if item.kind in self._streams:
+                await self.offload(self._write, item)
+                self._written(item.seconds)
+        await self._finish()
 
 
 class Mp4Muxer(FileMuxer):

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import os
 from fractions import Fraction
-from pathlib import Path
 
 import av
-from av.container import OutputContainer
 from av.stream import Stream
 from livekit.protocol import models
 
@@ -20,7 +18,7 @@ from egresskit.pipeline import EOS, Stage
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
 from egresskit.stages.media import EncodedPacket
-from egresskit.stages.muxer import MP4_OPTIONS
+from egresskit.stages.muxer import MP4_OPTIONS, FileWriter
 
 # (container format, muxer options, stream codec) per source codec
 PASSTHROUGH_FORMATS: dict[str, tuple[str, dict[str, str], str]] = {
@@ -149,7 +147,7 @@ class EncodedTrackSource(Stage):
         return {"frames_in": self.frames_in, "dropped": dropped}
 
 
-class PassthroughFileWriter(Stage):
+class PassthroughFileWriter(FileWriter):
     """Muxes one track's packets into a file, opened at the first packet.
 
     Opening late lets the container take the picture size from the first
@@ -162,18 +160,12 @@ class PassthroughFileWriter(Stage):
     def __init__(
         self, path: str | os.PathLike[str], mime_type: str, *, name: str | None = None
     ) -> None:
-        super().__init__(name)
+        super().__init__(path, name)
         codec = mime_type.lower()
         if codec not in PASSTHROUGH_FORMATS:
             raise ValueError(f"cannot record {mime_type or 'this codec'} without transcoding")
-        self.path = Path(path)
         self.mime_type = codec
-        self.input = self.add_input("input")
-        self._container: OutputContainer | None = None
         self._stream: Stream | None = None
-        self.packets_written = 0
-        self.first_pts_s: float | None = None
-        self.last_pts_s = 0.0
 
     def _open(self, first: av.Packet) -> None:
         format, options, codec = PASSTHROUGH_FORMATS[self.mime_type]
@@ -201,43 +193,14 @@ class PassthroughFileWriter(Stage):
         packet.stream = self._stream
         self._container.mux(packet)
 
-    def _close(self) -> None:
-        container, self._container = self._container, None
-        if container is not None:
-            container.close()
-
     async def run(self) -> None:
         while (item := await self.input.recv()) is not EOS:
             packet = item.packet
             if self._container is None:
                 await self.offload(self._open, packet)
-            seconds = float(packet.pts * packet.time_base)
             await self.offload(self._write, packet)
-            self.packets_written += 1
-            self.last_pts_s = max(self.last_pts_s, seconds)
-            if self.first_pts_s is None:
-                self.first_pts_s = seconds
-                self.post("first_media", path=str(self.path))
-        await self.offload(self._close)
-        self.post("file_closed", path=str(self.path), size=self.size)
-
-    async def cleanup(self) -> None:
-        if self._container is not None:
-            await self.offload(self._close)
-
-    @property
-    def size(self) -> int:
-        try:
-            return self.path.stat().st_size
-        except OSError:
-            return 0
-
-    @property
-    def duration_s(self) -> float:
-        return 0.0 if self.first_pts_s is None else self.last_pts_s - self.first_pts_s
-
-    def stats(self) -> dict[str, float]:
-        return {"packets": self.packets_written, "bytes": self.size, "duration_s": self.duration_s}
+            self._written(float(packet.pts * packet.time_base))
+        await self._finish()
 
 
 def picture_size(codec: str, keyframe: bytes) -> tuple[int, int]:
