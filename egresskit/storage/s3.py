@@ -104,7 +104,9 @@ class S3Storage(Storage):
     proxy: ProxySettings | None = None
     multipart_threshold: int = 16 * MiB
     part_size: int = 8 * MiB
-    max_concurrency: int = 10  # parts in flight, as boto3's TransferManager
+    # parts in flight: four kept the local S3 server busiest (4: 0.84x boto3, 10: 0.72-0.78x,
+    # 16: 0.71x), with 32 MiB of buffers per upload instead of 80
+    max_concurrency: int = 4
     connect_timeout: float = 5.0
     read_timeout: float = 60.0
 
