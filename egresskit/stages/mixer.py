@@ -52,7 +52,16 @@ class _TrackBuffer:
         self.silence = 0
 
     def push(self, frame: av.AudioFrame) -> None:
-        for out in self.resampler.resample(frame):
+        if (
+            frame.format.name == "s16"
+            and frame.sample_rate == SAMPLE_RATE
+            and frame.layout.name == "stereo"
+        ):
+            # what WebRTC's Opus decoder delivers: already the mix format
+            outputs = [frame]
+        else:
+            outputs = self.resampler.resample(frame)
+        for out in outputs:
             data = out.to_ndarray().reshape(-1, CHANNELS)
             self.samples = np.concatenate((self.samples, data))
         excess = len(self.samples) - MAX_BUFFER_SAMPLES
