@@ -4,7 +4,15 @@ The public names below compose into a pipeline in a few lines; see
 examples/record_room.py.
 """
 
-from egresskit.egress.graphs import CompositeStages, FileOutput, composite_graph
+from egresskit.egress.graphs import (
+    CompositeStages,
+    FileOutput,
+    ImageOutput,
+    SegmentsOutput,
+    StreamOutput,
+    composite_graph,
+)
+from egresskit.egress.track_graphs import participant_graph, track_composite_graph, track_graph
 from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
 from egresskit.rooms import LocalRoom, RoomManager, whip_app
 from egresskit.stages.compositor import VideoCompositor
@@ -24,17 +32,23 @@ __all__ = [
     "FileOutput",
     "Graph",
     "GraphState",
+    "ImageOutput",
     "Link",
     "LinkPolicy",
     "LocalRoom",
     "Mp4Muxer",
     "RoomManager",
     "RoomSubscriber",
+    "SegmentsOutput",
     "Stage",
+    "StreamOutput",
     "VideoCompositor",
     "VideoEncoder",
     "VideoEncoding",
     "composite_graph",
     "create_token",
+    "participant_graph",
+    "track_composite_graph",
+    "track_graph",
     "whip_app",
 ]
