@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import ipaddress
 import os
 import re
 import tempfile
@@ -166,3 +167,15 @@ class Storage(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+def host_is_address(endpoint: str) -> bool:
+    """Whether an endpoint's host is an IP address or localhost: no bucket subdomains there."""
+    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

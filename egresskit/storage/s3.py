@@ -12,7 +12,6 @@ while a bytearray reaches aiohttp as one buffer it writes at once.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import os
 import threading
@@ -26,7 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from google.protobuf.message import Message
 
-from egresskit.storage.base import ProxySettings, Storage, config_to_dict
+from egresskit.storage.base import ProxySettings, Storage, config_to_dict, host_is_address
 
 MiB = 1024 * 1024
 
@@ -36,18 +35,6 @@ MiB = 1024 * 1024
 for _name in ("botocore", "aiobotocore"):
     if logging.getLogger(_name).level == logging.NOTSET:
         logging.getLogger(_name).setLevel(logging.INFO)
-
-
-def host_is_address(url: str) -> bool:
-    """Whether the URL's host is an IP address or localhost, which cannot have bucket subdomains."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 _session_lock = threading.Lock()

@@ -10,7 +10,6 @@ in a worker thread.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,21 +20,9 @@ import alibabacloud_oss_v2 as oss
 import alibabacloud_oss_v2.aio as oss_aio
 from google.protobuf.message import Message
 
-from egresskit.storage.base import Storage, config_to_dict
+from egresskit.storage.base import Storage, config_to_dict, host_is_address
 
 MAX_PUT = 5 * 1024**3  # OSS PutObject limit
-
-
-def addressed_by_path(endpoint: str) -> bool:
-    """Whether buckets must be addressed by path: true for IP-address and localhost hosts."""
-    host = urlsplit(endpoint if "://" in endpoint else f"//{endpoint}").hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 class AliOSSStorage(Storage):
@@ -60,7 +47,7 @@ class AliOSSStorage(Storage):
         self.region = region
         self.endpoint = endpoint
         self.use_path_style = (
-            addressed_by_path(endpoint) if use_path_style is None else use_path_style
+            host_is_address(endpoint) if use_path_style is None else use_path_style
         )
         self._client: oss_aio.AsyncClient | None = None
 
