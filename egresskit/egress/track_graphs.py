@@ -134,22 +134,17 @@ class SourceWatch(Stage):
 
     async def run(self) -> None:
         events = self.room.subscribe_events()
-        stop = asyncio.create_task(self.stopping.wait())
         try:
             reason = self._gone()
             while reason is None:
-                get = asyncio.create_task(events.get())
-                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
+                event = await self.next_unless_stopping(events)
+                if self.stopping.is_set():
                     return
-                event = get.result()
                 if event is EOS:
                     reason = "room closed"
                 elif isinstance(event, ParticipantLeft | TrackUnpublished):
                     reason = self._gone()
         finally:
-            stop.cancel()
             self.room.unsubscribe_events(events)
         self.post(
             "source_closed",

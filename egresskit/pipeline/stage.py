@@ -28,17 +28,9 @@ class OutputPort(Generic[T]):
         self.links: list[Link[T]] = []
         self._closed = False
 
-    @property
-    def linked(self) -> bool:
-        return bool(self.links)
-
     async def send(self, item: T) -> None:
         for link in self.links:
             await link.put(item)
-
-    def send_nowait(self, item: T) -> None:
-        for link in self.links:
-            link.put_nowait(item)
 
     async def close(self) -> None:
         """Forward end of stream downstream, once."""
@@ -118,6 +110,22 @@ class Stage:
 
     async def run(self) -> None:
         raise NotImplementedError
+
+    async def next_unless_stopping(self, link: Link[T]) -> T | _EndOfStream:
+        """The link's next item, or end of stream as soon as this stage is asked to stop.
+
+        For sources that wait on something outside the graph (room events)
+        and must still end promptly on stop.
+        """
+        get = asyncio.ensure_future(link.get())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not get.done():
+                get.cancel()
+        return get.result() if get in done else EOS
 
     def on_stop(self) -> None:
         """A stop was requested: sources end their streams (default: set `stopping`)."""

@@ -138,9 +138,7 @@ class EncodedReceiver:
         self._last_request = 0.0
         self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
-        self.frames_received = 0
         self.frames_decoded = 0
-        self.keyframe_requests = 0
 
     @property
     def decoding(self) -> bool:
@@ -183,7 +181,6 @@ class EncodedReceiver:
         if not sources:
             return  # nothing received yet: the first frame asks again
         self._last_request = now
-        self.keyframe_requests += 1
         for source in sources:
             task = asyncio.ensure_future(self._receiver._send_rtcp_pli(source.source))
             self._requests.add(task)
@@ -191,7 +188,6 @@ class EncodedReceiver:
 
     def _route(self, codec: Any, jitter_frame: Any) -> bool:
         """Hand a frame to encoded subscribers; True if aiortc's decoder should get it too."""
-        self.frames_received += 1
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
         waiting = False

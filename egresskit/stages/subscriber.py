@@ -90,24 +90,14 @@ class RoomSubscriber(Stage):
 
     async def run(self) -> None:
         self._events = self.room.subscribe_events()
-        stop = asyncio.create_task(self.stopping.wait())
         try:
-            while True:
-                get = asyncio.create_task(self._events.get())
-                done, _ = await asyncio.wait({get, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if get not in done:
-                    get.cancel()
-                    break
-                event = get.result()
-                if event is EOS:
-                    break
+            while (event := await self.next_unless_stopping(self._events)) is not EOS:
                 await self._handle(event)
             for sid in list(self._subscriptions):
                 await self._end_track(sid)
             for track in list(self._announced.values()):
                 await self._retire(track)
         finally:
-            stop.cancel()
             self._release()
 
     async def _handle(self, event: object) -> None:
