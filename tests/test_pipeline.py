@@ -1,0 +1,112 @@
+"""The pipeline layer on its own: link policies, merges, drain, abort and bounded stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
+
+
+async def test_leaky_link_drops_the_oldest_and_counts():
+    link: Link[int] = Link(3, LinkPolicy.DROP_OLDEST)
+    for i in range(10):
+        await link.put(i)
+    assert link.dropped == 7
+    assert [link.get_nowait() for _ in range(3)] == [7, 8, 9]
+
+
+async def test_blocking_link_waits_for_room():
+    link: Link[int] = Link(1, LinkPolicy.BLOCK)
+    await link.put(1)
+    second = asyncio.create_task(link.put(2))
+    await asyncio.sleep(0.05)
+    assert not second.done()
+    assert await link.get() == 1
+    await asyncio.wait_for(second, 1)
+    assert await link.get() == 2 and link.dropped == 0
+
+
+async def test_a_merge_ends_after_its_last_producer():
+    link: Link[int] = Link(8)
+    link.add_producer()
+    link.add_producer()
+    await link.put(1)
+    await link.close()
+    await link.put(2)
+    await link.close()
+    assert [item async for item in link] == [1, 2]
+
+
+class Counter(Stage):
+    """A source: counts until asked to stop."""
+
+    def __init__(self) -> None:
+        super().__init__("counter")
+        self.output = self.add_output("output")
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            await self.output.send(n)
+            n += 1
+            await asyncio.sleep(0.001)
+
+
+class Collector(Stage):
+    def __init__(self, hang: bool = False) -> None:
+        super().__init__("collector")
+        self.input = self.add_input("input")
+        self.items: list[int] = []
+        self.hang = hang
+        self.cleaned = False
+
+    async def run(self) -> None:
+        async for item in self.input:
+            self.items.append(item)
+        if self.hang:
+            await asyncio.Event().wait()
+
+    async def cleanup(self) -> None:
+        self.cleaned = True
+
+
+def pipeline(collector: Collector) -> Graph:
+    graph = Graph("test")
+    counter = graph.add(Counter())
+    graph.add(collector)
+    graph.link(counter.output, collector.input, maxsize=4)
+    return graph
+
+
+async def test_stop_drains_everything_sent():
+    collector = Collector()
+    graph = pipeline(collector)
+    await graph.start()
+    await asyncio.sleep(0.1)
+    assert await graph.stop() is GraphState.COMPLETE
+    assert collector.items == list(range(len(collector.items))) and collector.items
+    assert collector.cleaned
+
+
+async def test_cancel_aborts_and_still_cleans_up():
+    collector = Collector(hang=True)
+    graph = pipeline(collector)
+    await graph.start()
+    await asyncio.sleep(0.05)
+    assert await asyncio.wait_for(graph.cancel(), 2) is GraphState.CANCELLED
+    assert collector.cleaned
+
+
+async def test_a_stage_that_never_drains_fails_the_stop_in_bounded_time():
+    collector = Collector(hang=True)
+    graph = pipeline(collector)
+    await graph.start()
+    state = await asyncio.wait_for(graph.stop(timeout=0.5), 5)
+    assert state is GraphState.FAILED
+    assert "collector" in str(graph.error)
+
+
+async def test_an_unlinked_input_is_at_end_of_stream():
+    collector = Collector()
+    Graph("alone").add(collector)
+    assert await collector.input.recv() is EOS
