@@ -16,6 +16,10 @@ from egresskit.stages.media import EncodedPacket
 
 H264_PROFILES = {"baseline": "Constrained Baseline", "main": "Main", "high": "High"}
 VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx"}
+# Up to this many pixels per second (1280x720 at 30 fps) one x264 thread keeps up with
+# several times real time, and costs ~15% less CPU than x264's sliced threads, which
+# synchronise on every frame (bench/encoder_threads.py measures it).
+SINGLE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 AUDIO_CODECS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 
 
@@ -134,6 +138,8 @@ class VideoEncoder(_Encoder):
         ctx.bit_rate = e.bitrate_kbps * 1000
         ctx.gop_size = self.gop
         if e.codec == "h264":
+            if e.width * e.height * e.fps <= SINGLE_THREAD_PIXEL_RATE:
+                ctx.thread_count = 1
             ctx.profile = H264_PROFILES[e.profile]
             ctx.options = {
                 # libx264 reads the profile by name: the codec context's profile number
