@@ -1,9 +1,10 @@
 """Track egress without transcoding, over real WebRTC on 127.0.0.1.
 
-The decoder checks read aiortc's own decoder thread: `decoder_worker` (in
-aiortc.rtcrtpreceiver) keeps the decoder it constructs in its local
-`decoder`, None until the first frame reaches it. These tests pin what
-egresskit.rooms.encoded relies on in the aiortc versions pyproject allows.
+The decoder checks read egresskit's TrackDecoder and aiortc's own decoder
+thread: `decoder_worker` (in aiortc.rtcrtpreceiver) keeps the decoder it
+constructs in its local `decoder`, None until a frame reaches it, which
+egresskit never lets happen. These tests pin what egresskit.rooms.encoded
+relies on in the aiortc versions pyproject allows.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import av
 import pytest
 from aiohttp.test_utils import TestServer
 from aiortc import RTCRtpReceiver
-from aiortc.codecs.h264 import H264Decoder
 from chromium import chromium_available, chromium_publisher
 from h264_source import H264PacketTrack, make_h264_file, read_h264_packets
 from livekit.protocol import models
@@ -161,15 +161,18 @@ async def test_h264_is_recorded_byte_for_byte_without_a_decoder(
     camera.start()
 
     await until(lambda: stages.source.frames_in >= 20, "the first recorded frames")
-    assert decoder_of(receiver) is None  # recorded, never decoded
+    assert track.encoded.decoder is None  # recorded, never decoded
+    assert track.encoded.frames_decoded == 0
 
-    # The control: a decoded subscriber makes aiortc construct its decoder, and
-    # the recording goes on untouched.
+    # The control: a decoded subscriber starts egresskit's decoder, and the
+    # recording goes on untouched.
     decoded = track.subscribe(maxsize=5)
     frames = await next_frames(decoded, 3, timeout=WAIT_S)
     assert all(isinstance(f, av.VideoFrame) for f in frames)
-    assert isinstance(decoder_of(receiver), H264Decoder)
+    assert track.encoded.decoder.codec_name == "h264"
+    assert track.encoded.frames_decoded >= 3
     track.unsubscribe(decoded)
+    assert decoder_of(receiver) is None  # aiortc's own decoder thread never decodes
 
     await asyncio.wait_for(camera.finished.wait(), WAIT_S)
     # aiortc's jitter buffer releases a frame when the next one starts: the last stays inside

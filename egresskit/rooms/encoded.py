@@ -10,12 +10,12 @@ thread. That thread constructs its decoder on the first frame it is given.
 This module is the only place that reaches into aiortc, and it touches:
 
 - `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (name-mangled): replaced
-  by a router that copies every reassembled frame to encoded subscribers and
-  passes it on to aiortc's queue only while someone wants decoded frames. So
-  a track that is only recorded as it arrives never has a decoder. `None`
-  (the receiver stopping) is always passed on, so aiortc's thread and its
-  track end exactly as before. The decoder thread itself is started by
-  aiortc in `receive()` and stays idle on its queue.
+  by a router that copies every reassembled frame to encoded subscribers and,
+  while someone wants decoded frames, to egresskit's own `TrackDecoder`
+  (see `egresskit.rooms.decoder` for why not aiortc's). aiortc's decoder
+  thread, started by aiortc in `receive()`, only ever gets `None` (the
+  receiver stopping), so it never constructs a decoder, and its track ends
+  exactly as before.
 - `RTCRtpReceiver._send_rtcp_pli(ssrc)`: asks the sender for a key frame.
 - `JitterFrame.data` and `.timestamp`: the frame's bytes (H.264 as Annex B)
   and its unwrapped RTP timestamp.
@@ -32,12 +32,15 @@ import asyncio
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import av
 from aiortc import RTCRtpReceiver
 
 from egresskit.pipeline.link import Link, LinkPolicy
+from egresskit.rooms.decoder import TrackDecoder
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class _FrameRouter:
     """Stands in for aiortc's decoder queue (see the module docstring).
 
     aiortc calls `put` in the event loop thread; its decoder thread calls
-    `get`, which reads aiortc's own queue.
+    `get`, which reads aiortc's own queue and so only ever gets the end.
     """
 
     def __init__(self, receiver: EncodedReceiver, inner: queue.Queue) -> None:
@@ -113,15 +116,19 @@ class _FrameRouter:
             self._inner.put(None)
             self._receiver.close()
             return
-        if self._receiver._route(*item):
-            self._inner.put(item)
+        self._receiver._route(*item)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.get(*args, **kwargs)
 
 
+DecodedCallback = Callable[[list[av.AudioFrame | av.VideoFrame]], None]
+
+
 class EncodedReceiver:
     """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
+
+    Decoded frames go to `on_decoded`, called in the event loop.
 
     Subscriber links are BLOCK links filled without waiting: a subscriber
     that falls `ENCODED_QUEUE` frames behind loses frames (counted on its
@@ -130,6 +137,8 @@ class EncodedReceiver:
 
     def __init__(self, receiver: RTCRtpReceiver) -> None:
         self._receiver = receiver
+        self.on_decoded: DecodedCallback | None = None
+        self._decoder: TrackDecoder | None = None
         inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
@@ -141,12 +150,17 @@ class EncodedReceiver:
         self.frames_decoded = 0
 
     @property
+    def decoder(self) -> TrackDecoder | None:
+        """The decoder, once a frame had to be decoded."""
+        return self._decoder
+
+    @property
     def decoding(self) -> bool:
         return self._decoding
 
     @decoding.setter
     def decoding(self, wanted: bool) -> None:
-        """Pass frames to aiortc's decoder (from the next key frame on) or stop doing so."""
+        """Pass frames to the decoder (from the next key frame on) or stop doing so."""
         if wanted and not self._decoding:
             self._decoder_synced = False
             self.request_keyframe(throttled=False)
@@ -168,6 +182,8 @@ class EncodedReceiver:
     def close(self) -> None:
         """No more frames: every subscriber gets EOS."""
         self._closed = True
+        if self._decoder is not None:
+            self._decoder.close()
         subscriptions, self._subscriptions = self._subscriptions, []
         for subscription in subscriptions:
             subscription.link.close_nowait()
@@ -186,35 +202,42 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    def _route(self, codec: Any, jitter_frame: Any) -> bool:
-        """Hand a frame to encoded subscribers; True if aiortc's decoder should get it too."""
+    def _route(self, codec: Any, jitter_frame: Any) -> None:
+        """Hand a frame to encoded subscribers, and to the decoder while decoding."""
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
+        if not self._subscriptions and not self._decoding:
+            return
+        frame = EncodedFrame(
+            bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
+        )
         waiting = False
-        if self._subscriptions:
-            frame = EncodedFrame(
-                bytes(jitter_frame.data),
-                jitter_frame.timestamp,
-                codec.clockRate,
-                keyframe,
-                mime_type,
-            )
-            for subscription in self._subscriptions:
-                if not subscription.synced:
-                    if not keyframe:
-                        waiting = True
-                        continue
-                    subscription.synced = True
-                if not subscription.link.put_nowait(frame):
-                    subscription.synced = False
+        for subscription in self._subscriptions:
+            if not subscription.synced:
+                if not keyframe:
                     waiting = True
-        decode = False
+                    continue
+                subscription.synced = True
+            if not subscription.link.put_nowait(frame):
+                subscription.synced = False
+                waiting = True
         if self._decoding:
             self._decoder_synced = self._decoder_synced or keyframe
-            decode = self._decoder_synced
-            waiting = waiting or not decode
+            if self._decoder_synced:
+                self.frames_decoded += 1
+                self._decoder_for().put(frame)
+            else:
+                waiting = True
         if waiting:
             self.request_keyframe()
-        if decode:
-            self.frames_decoded += 1
-        return decode
+
+    def _decoder_for(self) -> TrackDecoder:
+        if self._decoder is None:
+            self._decoder = TrackDecoder(
+                self._receiver.track.kind, self._decoded, self.request_keyframe
+            )
+        return self._decoder
+
+    def _decoded(self, frames: list[av.AudioFrame | av.VideoFrame]) -> None:
+        if self.on_decoded is not None and self._decoding:
+            self.on_decoded(frames)

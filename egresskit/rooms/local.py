@@ -2,14 +2,16 @@
 
 A room lives in this process. Tracks come from WHIP publishers (see
 `egresskit.rooms.whip`) or from any in-process `aiortc.MediaStreamTrack`.
-Each published track has exactly one reader task, which drains the track for
+An in-process track has exactly one reader task, which drains the track for
 as long as it is published and fans each frame out to bounded subscriber
-links; a remote WebRTC track buffers without limit inside aiortc, so it must
-be read even when nobody subscribes.
+links.
 
-A WebRTC track also offers its encoded frames (`subscribe_encoded`, through
-`egresskit.rooms.encoded`), and is decoded only while it has decoded
-subscribers: a track that is only recorded as it arrives costs no decoding.
+A WebRTC track offers its encoded frames (`subscribe_encoded`, through
+`egresskit.rooms.encoded`), and is decoded (by `egresskit.rooms.decoder`)
+only while it has decoded subscribers: a track that is only recorded as it
+arrives costs no decoding. Its decoded frames arrive from the decoder
+thread and are fanned out without waiting: a full BLOCK subscriber link
+loses the frame (counted). Its reader task only waits for the track's end.
 """
 
 from __future__ import annotations
@@ -93,6 +95,8 @@ class LocalTrack:
         self._media = media
         self._release = release
         self._encoded = encoded
+        if encoded is not None:
+            encoded.on_decoded = self._fan_out
         self._subscribers: list[Link] = []
         self._reader: asyncio.Task[None] | None = None
         self._ended = False
@@ -168,6 +172,12 @@ class LocalTrack:
                     link.put_nowait(frame)
         await self._close_subscribers()
         on_end(self)
+
+    def _fan_out(self, frames: list) -> None:
+        """Decoded frames of a WebRTC track, to every subscriber without waiting."""
+        for frame in frames:
+            for link in self._subscribers:
+                link.put_nowait(frame)  # a full BLOCK link counts the loss itself
 
     def _stop(self) -> None:
         """No more frames: stop the reader (unless it is the caller) and the media track."""
