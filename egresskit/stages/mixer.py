@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from collections import deque
 from fractions import Fraction
 
 import av
@@ -37,6 +38,10 @@ LEFT, RIGHT = 0, 1
 class _TrackBuffer:
     """Interleaved s16 stereo samples of one track, waiting to be mixed.
 
+    Kept as a queue of the frames' own arrays: a WebRTC track delivers
+    exactly one tick (960 samples) per frame, so a tick usually takes one
+    array as it is, with no copy.
+
     `channel` is None to mix the track in stereo, or LEFT / RIGHT to put
     its mono downmix on that channel only.
     """
@@ -45,7 +50,8 @@ class _TrackBuffer:
         self.info = info
         self.channel = channel
         self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
-        self.samples = np.zeros((0, CHANNELS), np.int16)
+        self.chunks: deque[np.ndarray] = deque()
+        self.size = 0
         self.started = False
         self.muted = False
         self.dropped = 0
@@ -63,25 +69,42 @@ class _TrackBuffer:
             outputs = self.resampler.resample(frame)
         for out in outputs:
             data = out.to_ndarray().reshape(-1, CHANNELS)
-            self.samples = np.concatenate((self.samples, data))
-        excess = len(self.samples) - MAX_BUFFER_SAMPLES
+            self.chunks.append(data)
+            self.size += len(data)
+        excess = self.size - MAX_BUFFER_SAMPLES
         if excess > 0:
-            self.samples = self.samples[excess:]
+            self._pop(excess)
             self.dropped += excess
+
+    def _pop(self, count: int) -> list[np.ndarray]:
+        """The first `count` samples (fewer if there are not as many), as arrays in order."""
+        parts = []
+        while count > 0 and self.chunks:
+            head = self.chunks[0]
+            if len(head) <= count:
+                parts.append(self.chunks.popleft())
+            else:
+                parts.append(head[:count])
+                self.chunks[0] = head[count:]
+            count -= len(parts[-1])
+            self.size -= len(parts[-1])
+        return parts
 
     def take(self, count: int) -> np.ndarray | None:
         if not self.started:
-            if len(self.samples) < PREBUFFER_SAMPLES:
+            if self.size < PREBUFFER_SAMPLES:
                 return None
             self.started = True
-        chunk = self.samples[:count]
-        self.samples = self.samples[count:]
-        if len(chunk) < count:
-            self.silence += count - len(chunk)
-            if not len(self.samples):
+        parts = self._pop(count)
+        missing = count - sum(len(part) for part in parts)
+        if missing:
+            self.silence += missing
+            if not self.size:
                 self.started = False  # ran dry: prebuffer again before resuming
-            chunk = np.concatenate((chunk, np.zeros((count - len(chunk), CHANNELS), np.int16)))
-        return None if self.muted else chunk
+            parts.append(np.zeros((missing, CHANNELS), np.int16))
+        if self.muted:
+            return None
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 class AudioMixer(Stage):
