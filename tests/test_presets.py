@@ -23,6 +23,7 @@ from publishers import SineAudioTrack
 from egresskit import FileOutput, Graph, GraphState, Stage, VideoEncoder, composite_graph
 from egresskit.egress.encoding import EncodingSettings
 from egresskit.egress.graphs import file_muxer, stage_encodings
+from egresskit.stages.encoder import VideoEncoding
 
 SECONDS = 10
 VARIANTS = 16  # distinct pictures cycled through, each shifted: moving, busy content
@@ -113,6 +114,16 @@ async def test_preset_resolution_rate_and_bitrate(preset, tmp_path):
     if preset in MEASURED:
         bitrate = int(video["bit_rate"]) / 1000
         assert abs(bitrate - kbps) <= 0.25 * kbps, f"{bitrate:.0f} kbps for a {kbps} kbps preset"
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "fps", "threads"),
+    [(1280, 720, 30, 1), (640, 360, 30, 1), (1920, 1080, 30, 0), (1280, 720, 60, 0)],
+)
+def test_x264_runs_one_thread_up_to_720p30(width, height, fps, threads):
+    """One thread is cheaper where it keeps up; larger pictures get x264's own count (0)."""
+    encoder = VideoEncoder(VideoEncoding(width=width, height=height, fps=fps))
+    assert encoder.context.thread_count == threads
 
 
 def key_frame_times(path) -> list[float]:

@@ -1,15 +1,16 @@
-"""TrackDecoder: a WebRTC track's encoded frames decoded on a thread of its own.
+"""TrackDecoder: decoded frames of a WebRTC track, from its encoded ones.
 
 egresskit decodes remote tracks itself instead of letting aiortc's receiver
 do it, for CPU spent on the event loop: aiortc hands each decoded frame back
 as a coroutine scheduled with `run_coroutine_threadsafe` (a task per frame)
 into a queue that a reader task then awaits. Here each decoded batch
-returns with one `call_soon_threadsafe` callback that fans it out; for a
-live 2x2 composite that took the event loop from ~0.21 to ~0.15 core.
+returns with one `call_soon_threadsafe` callback that fans it out.
 The decoders are the ones aiortc uses (libvpx for VP8, FFmpeg for H.264,
 libopus to 48 kHz stereo s16), so frames look the same to subscribers:
 `pts` is the RTP timestamp of the frame (unwrapped, from the receiver's
-first frame) and `time_base` is 1 / clock rate.
+first frame) and `time_base` is 1 / clock rate. bench/live_composite.py
+measures the whole recording process (1.83-1.89x the offline ffmpeg
+reference with aiortc's decoding, ~1.7x with this).
 """
 
 from __future__ import annotations

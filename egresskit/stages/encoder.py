@@ -16,9 +16,9 @@ from egresskit.stages.media import EncodedPacket
 
 H264_PROFILES = {"baseline": "Constrained Baseline", "main": "Main", "high": "High"}
 VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx"}
-# Up to this many pixels per second (1280x720 at 30 fps) one x264 thread keeps up with
-# several times real time, and costs ~15% less CPU than x264's sliced threads, which
-# synchronise on every frame (bench/encoder_threads.py measures it).
+# Up to this many pixels per second (1280x720 at 30 fps) one x264 thread encodes several
+# times faster than real time, and spends ~5% less CPU than x264's sliced threads, which
+# synchronise on every frame (bench/encoder_threads.py). Larger pictures get x264's own count.
 SINGLE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 AUDIO_CODECS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 
