@@ -64,7 +64,9 @@ def main() -> None:
     print(f"{len(frames)} frames 1280x720@30 H.264 veryfast zerolatency, {args.rounds} rounds")
     print(f"one x264 thread:    {median(single):.3f} core per media s (runs: {spread(single)})")
     print(f"x264 auto threads:  {median(auto):.3f} core per media s (runs: {spread(auto)})")
-    print(f"ratio one / auto {median(ratios):.2f}; one thread encodes {median(speed):.1f}x real time")
+    print(
+        f"ratio one / auto {median(ratios):.2f}; one thread encodes {median(speed):.1f}x real time"
+    )
 
 
 if __name__ == "__main__":
