@@ -204,10 +204,10 @@ class EncodedReceiver:
 
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
-        mime_type = codec.mimeType
-        keyframe = is_keyframe(mime_type, jitter_frame.data)
         if not self._subscriptions and not self._decoding:
             return
+        mime_type = codec.mimeType
+        keyframe = is_keyframe(mime_type, jitter_frame.data)
         frame = EncodedFrame(
             bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
         )
