@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 DECODER_NAMES = {"video/vp8": "libvpx", "video/h264": "h264", "audio/opus": "libopus"}
 
 
+# Receives decoded frames, in the event loop.
+FramesCallback = Callable[[list[av.AudioFrame | av.VideoFrame]], None]
+
+
 class UnsupportedCodec(Exception):
     """A frame arrived in a codec egresskit cannot decode."""
 
@@ -68,7 +72,7 @@ class TrackDecoder:
     def __init__(
         self,
         kind: str,
-        on_frames: Callable[[list[av.AudioFrame | av.VideoFrame]], None],
+        on_frames: FramesCallback,
         on_error: Callable[[], None],
     ) -> None:
         self._loop = asyncio.get_running_loop()
@@ -76,7 +80,6 @@ class TrackDecoder:
         self._on_error = on_error
         self._context: av.CodecContext | None = None
         self._mime_type = ""
-        self.frames_decoded = 0
         self.name = f"decode {kind}"
         # SimpleQueue: a C queue, much cheaper per item than queue.Queue's Condition.
         self._queue: queue.SimpleQueue[EncodedFrame | None] | None = None
@@ -115,7 +118,6 @@ class TrackDecoder:
         except (av.FFmpegError, UnsupportedCodec) as exc:
             log.debug("%s: frame not decoded: %s", self.name, exc)
             return None
-        self.frames_decoded += len(frames)
         return frames
 
     def _work(self) -> None:

@@ -32,7 +32,6 @@ import asyncio
 import logging
 import queue
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,7 +39,7 @@ import av
 from aiortc import RTCRtpReceiver
 
 from egresskit.pipeline.link import Link, LinkPolicy
-from egresskit.rooms.decoder import TrackDecoder
+from egresskit.rooms.decoder import FramesCallback, TrackDecoder
 
 log = logging.getLogger(__name__)
 
@@ -122,9 +121,6 @@ class _FrameRouter:
         return self._inner.get(*args, **kwargs)
 
 
-DecodedCallback = Callable[[list[av.AudioFrame | av.VideoFrame]], None]
-
-
 class EncodedReceiver:
     """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
 
@@ -137,7 +133,7 @@ class EncodedReceiver:
 
     def __init__(self, receiver: RTCRtpReceiver) -> None:
         self._receiver = receiver
-        self.on_decoded: DecodedCallback | None = None
+        self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
         inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]

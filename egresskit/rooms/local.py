@@ -9,8 +9,8 @@ links.
 A WebRTC track offers its encoded frames (`subscribe_encoded`, through
 `egresskit.rooms.encoded`), and is decoded (by `egresskit.rooms.decoder`)
 only while it has decoded subscribers: a track that is only recorded as it
-arrives costs no decoding. Its decoded frames arrive from the decoder
-thread and are fanned out without waiting: a full BLOCK subscriber link
+arrives costs no decoding. Its decoded frames arrive from the decoder by
+a callback in the loop and are fanned out without waiting: a full BLOCK subscriber link
 loses the frame (counted). Its reader task only waits for the track's end.
 """
 
@@ -25,6 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
+import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from livekit.protocol import models
@@ -173,7 +174,7 @@ class LocalTrack:
         await self._close_subscribers()
         on_end(self)
 
-    def _fan_out(self, frames: list) -> None:
+    def _fan_out(self, frames: list[av.AudioFrame | av.VideoFrame]) -> None:
         """Decoded frames of a WebRTC track, to every subscriber without waiting."""
         for frame in frames:
             for link in self._subscribers:
