@@ -18,7 +18,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
@@ -26,7 +26,7 @@ from aiortc import sdp as sdp_parser
 from livekit.protocol import models
 
 from egresskit.rooms.encoded import EncodedReceiver
-from egresskit.rooms.ice import restrict_ice_addresses
+from egresskit.rooms.ice import gathering_on, host_address_override, own_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
 from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
 
@@ -63,21 +63,27 @@ def whip_app(
 ) -> web.Application:
     """The WHIP endpoint, to mount with `app.add_subapp("/whip", whip_app(...))`.
 
-    `ice_addresses` restricts ICE host candidates to those addresses for the
-    whole process (see `egresskit.rooms.ice`), and drops offered candidates a
-    socket on them cannot reach (loopback only reaches loopback; mDNS names
-    are never resolved, which would send multicast queries).
+    `ice_addresses` restricts the ICE host candidates of WHIP sessions to those
+    addresses, while the application runs (see `egresskit.rooms.ice`; other
+    peers of the process are not affected), and drops offered candidates that
+    sockets on them must not reach (see `filter_candidates`).
     """
-    if ice_addresses is not None:
-        restrict_ice_addresses(ice_addresses)
     endpoint = WhipEndpoint(rooms, keys, ice_addresses)
     app = web.Application(middlewares=[cors_headers])
+    if ice_addresses is not None:
+        app.cleanup_ctx.append(ice_override)
     app.router.add_route("POST", "/{room}", endpoint.publish, name="whip-endpoint")
     app.router.add_route("OPTIONS", "/{room}", preflight)
     app.router.add_route("DELETE", "/{room}/{resource}", endpoint.delete, name="whip-resource")
     app.router.add_route("PATCH", "/{room}/{resource}", trickle_not_supported)
     app.router.add_route("OPTIONS", "/{room}/{resource}", preflight)
     return app
+
+
+async def ice_override(app: web.Application) -> AsyncIterator[None]:
+    """Scope WHIP sessions' ICE gathering while the service runs; aioice is restored after."""
+    with host_address_override():
+        yield
 
 
 @web.middleware
@@ -132,7 +138,10 @@ class WhipEndpoint:
         published = False
         try:
             try:
-                answer = await asyncio.wait_for(negotiate(pc, offer_text), NEGOTIATION_TIMEOUT_S)
+                with gathering_on(self._ice_addresses):
+                    answer = await asyncio.wait_for(
+                        negotiate(pc, offer_text), NEGOTIATION_TIMEOUT_S
+                    )
             except TimeoutError:
                 raise web.HTTPServiceUnavailable(text="ICE gathering timed out") from None
             except Exception as exc:
@@ -225,13 +234,19 @@ def is_published(media: sdp_parser.MediaDescription) -> bool:
 
 
 def filter_candidates(offer: str, ice_addresses: Sequence[str] | None) -> str:
-    """The offer without candidates that sockets on `ice_addresses` cannot reach.
+    """The offer without candidates that sockets on `ice_addresses` must not reach.
 
-    Filtered as text, so the rest of the offer reaches aiortc untouched.
+    mDNS names are never resolved (that would send multicast queries). A
+    service on loopback reaches only this machine: it keeps a candidate on
+    loopback or on one of the machine's own addresses, which loopback sockets
+    reach without leaving the machine (a same-host publisher such as aiortc
+    offers only its interface addresses), and drops any other. Filtered as
+    text, so the rest of the offer reaches aiortc untouched.
     """
     if ice_addresses is None:
         return offer
     loopback_only = all(ipaddress.ip_address(a).is_loopback for a in ice_addresses)
+    local = own_addresses() if loopback_only else set()
     kept = []
     for line in offer.splitlines():
         if line.startswith("a=candidate:"):
@@ -240,7 +255,7 @@ def filter_candidates(offer: str, ice_addresses: Sequence[str] | None) -> str:
                 address = ipaddress.ip_address(fields[4])
             except (IndexError, ValueError):  # malformed, or an mDNS name
                 continue
-            if loopback_only and not address.is_loopback:
+            if loopback_only and not (address.is_loopback or address in local):
                 continue
         kept.append(line)
     return "\r\n".join(kept) + "\r\n"
