@@ -74,15 +74,17 @@ def whip_app(
     *,
     ice_addresses: Sequence[str] | None = None,
     connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    max_token_ttl_s: float = 0,
 ) -> web.Application:
     """The WHIP endpoint, to mount with `app.add_subapp("/whip", whip_app(...))`.
 
     `ice_addresses` restricts the ICE host candidates of WHIP sessions to those
     addresses, while the application runs (see `egresskit.rooms.ice`; other
     peers of the process are not affected), and drops offered candidates that
-    sockets on them must not reach (see `filter_candidates`).
+    sockets on them must not reach (see `filter_candidates`). Tokens valid for
+    longer than `max_token_ttl_s` (0 = no limit) are refused.
     """
-    endpoint = WhipEndpoint(rooms, keys, ice_addresses, connect_timeout_s)
+    endpoint = WhipEndpoint(rooms, keys, ice_addresses, connect_timeout_s, max_token_ttl_s)
     app = web.Application(middlewares=[cors_headers])
     if ice_addresses is not None:
         app.cleanup_ctx.append(ice_override)
@@ -133,9 +135,11 @@ class WhipEndpoint:
         keys: Mapping[str, str],
         ice_addresses: Sequence[str] | None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_token_ttl_s: float = 0,
     ) -> None:
         self._rooms = rooms
         self._keys = keys
+        self._max_token_ttl_s = max_token_ttl_s
         self._ice_addresses = None if ice_addresses is None else list(ice_addresses)
         self._connect_timeout_s = connect_timeout_s
         # Live sessions by the secret of their resource URL.
@@ -233,7 +237,11 @@ class WhipEndpoint:
 
     def _authorize(self, request: web.Request, room_name: str) -> Claims:
         try:
-            claims = verify_token(bearer_token(request.headers.get("Authorization")), self._keys)
+            claims = verify_token(
+                bearer_token(request.headers.get("Authorization")),
+                self._keys,
+                max_ttl=self._max_token_ttl_s,
+            )
         except TokenError as exc:
             raise web.HTTPUnauthorized(
                 text=str(exc), headers={"WWW-Authenticate": "Bearer"}
