@@ -468,3 +468,30 @@ async def test_location_of_an_odd_room_name_is_one_path_segment(
     ):
         assert r.status == 200
     assert not rooms.get(name).participants
+
+
+async def test_publisher_known_only_from_its_checks_connects(
+    whip_server: TestServer, rooms: RoomManager
+):
+    """No candidate in the offer (as a trickling browser sends it): the service answers
+    with loopback and learns the publisher's interface address from its checks."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver(small_video(BLUE), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, answer, _ = await post_offer(
+            whip_server,
+            f"/whip/{ROOM}",
+            without_candidates(pc.localDescription.sdp),
+            bearer(token_for("quiet")),
+        )
+        assert status == 201, answer
+        hosts = {line.split()[4] for line in answer.splitlines() if line.startswith("a=candidate")}
+        assert hosts == {"127.0.0.1"}
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        (track,) = await published_tracks(rooms.get(ROOM), "quiet", 1)
+        await assert_delivers_color(track, BLUE)
+    finally:
+        await pc.close()
