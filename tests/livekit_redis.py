@@ -74,6 +74,11 @@ class LiveKitRedisServer:
                 "use_external_ip": False,
             },
             "redis": {"address": self.redis_address},
+            # livekit-server wraps every psrpc client in its own retries (default 3
+            # attempts); around the egress client's 3 StartEgress attempts that makes 9
+            # (about 24 s before a refused egress is answered). One outer attempt keeps
+            # the egress client's own behaviour and the tests short.
+            "psrpc": {"max_attempts": 1},
             "keys": {self.api_key: self.api_secret},
             "logging": {"level": "info"},
         }
