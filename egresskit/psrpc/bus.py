@@ -166,12 +166,18 @@ class Subscription:
         self._payloads: asyncio.Queue[bytes | None] = asyncio.Queue(size)
         self.dropped = 0
 
-    def _deliver(self, payload: bytes | None) -> None:
+    def _deliver(self, payload: bytes) -> None:
         try:
             self._payloads.put_nowait(payload)
         except asyncio.QueueFull:
             self.dropped += 1
             log.warning("psrpc: %s: slow consumer, message dropped", self.channel)
+
+    def _end(self) -> None:
+        # messages not taken yet are dropped, as psrpc does on close
+        while not self._payloads.empty():
+            self._payloads.get_nowait()
+        self._payloads.put_nowait(None)
 
     async def get(self) -> Request | Response | ClaimRequest | ClaimResponse | None:
         """The next message (None once closed); malformed payloads are skipped."""
@@ -179,8 +185,13 @@ class Subscription:
             payload = await self._payloads.get()
             if payload is None:
                 return None
-            if self.queue and not await self.bus.acquire_lock(payload):
-                continue
+            if self.queue:
+                try:
+                    if not await self.bus.acquire_lock(payload):
+                        continue
+                except aioredis.RedisError as exc:
+                    log.warning("psrpc: %s: queue lock failed, message skipped: %s", self.channel, exc)
+                    continue
             try:
                 return decode(payload)
             except EnvelopeError as exc:
@@ -195,7 +206,7 @@ class Subscription:
 
     async def close(self) -> None:
         await self.bus._unsubscribe(self)
-        self._deliver(None)
+        self._end()
 
 
 class Bus:
@@ -232,10 +243,17 @@ class Bus:
             if len(subs) == 1:
                 confirmed = asyncio.get_running_loop().create_future()
                 self._confirm[channel] = confirmed
-                await self._pubsub.subscribe(channel)
-                if self._reader is None:
-                    self._reader = asyncio.create_task(self._read(), name="psrpc-bus-reader")
-                await confirmed
+                try:
+                    await self._pubsub.subscribe(channel)
+                    if self._reader is None:
+                        self._reader = asyncio.create_task(self._read(), name="psrpc-bus-reader")
+                    await confirmed
+                except BaseException:
+                    self._confirm.pop(channel, None)
+                    subs.remove(sub)
+                    if not subs:
+                        del self._subs[channel]
+                    raise
         return sub
 
     async def _unsubscribe(self, sub: Subscription) -> None:
@@ -263,7 +281,7 @@ class Bus:
                 message = await self._pubsub.get_message(timeout=None)
             except asyncio.CancelledError:
                 raise
-            except aioredis.ConnectionError as exc:
+            except Exception as exc:  # keep reading: every subscription depends on this loop
                 log.warning("psrpc: redis pub/sub read failed: %s", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
@@ -303,7 +321,7 @@ class Bus:
             self._reader = None
         for subs in list(self._subs.values()):
             for sub in subs:
-                sub._deliver(None)
+                sub._end()
         self._subs.clear()
         await self._pubsub.aclose()
         await self.redis.aclose()

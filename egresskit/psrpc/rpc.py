@@ -104,7 +104,12 @@ class Selection:
     short_circuit_s: float = 0.0
 
 
-ACCEPT_FIRST = Selection(accept_first=True)
+def default_selection(method: Method) -> Selection:
+    """psrpc's defaults: affinity methods wait for the best claim (200 ms after the
+    first, 1 s at most); the others take the first claim."""
+    if method.affinity:
+        return Selection(affinity_timeout_s=1.0, short_circuit_s=0.2)
+    return Selection(accept_first=True)
 
 Handler = Callable[[Message], Awaitable[Message]]
 Affinity = Callable[[Message], float]
@@ -333,11 +338,14 @@ class RPCClient:
         request: Message,
         topic: Sequence[str] = (),
         timeout_s: float = 3.0,
-        selection: Selection = ACCEPT_FIRST,
+        selection: Selection | None = None,
     ) -> Message:
         """The method's response; PsrpcError for an error response or no answer in time."""
         if method.service != self.service:
             raise ValueError(f"{method.service}.{method.name} is not a {self.service} method")
+        if method.multi:
+            raise ValueError(f"{method.service}.{method.name} gathers many answers; call takes one")
+        selection = selection or default_selection(method)
         request_id = new_id("REQ_")
         sent = now_ns()
         envelope = Request(
