@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 from google.protobuf import empty_pb2
 from livekit.protocol import egress as lk
-from test_psrpc_wire import vector
+from psrpc_vectors import vector
 
 from egresskit.psrpc import Bus, ErrorCode, IOInfoClient, PsrpcError, RPCClient, RPCServer
 from egresskit.psrpc.bus import decode, encode, lock_key, now_ns, request_channel
