@@ -151,3 +151,27 @@ async def test_a_refusing_worker_leaves_livekit_server_unavailable(livekit, lkap
         print(f"refused StartEgress answered after {elapsed:.1f} s")
     finally:
         await asyncio.wait_for(worker.close(), 30)
+
+
+async def test_livekit_server_prefers_a_busy_worker(livekit, lkapi, redis_server):
+    """Two workers claim: the idle one 0.5, the busy one 1. livekit-server takes the 1."""
+    await lkapi.room.create_room(api.CreateRoomRequest(name="psrpc-pick"))
+    handled: dict[str, list[str]] = {"idle": [], "busy": []}
+    buses = [Bus.from_url(redis_server.url) for _ in range(2)]
+    workers = []
+    for bus, name, affinity in zip(buses, ("idle", "busy"), (0.5, 1.0), strict=True):
+        worker = EgressServer(bus)
+
+        async def start(request, name=name):
+            handled[name].append(request.egress_id)
+            return lk.EgressInfo(egress_id=request.egress_id, status=lk.EGRESS_STARTING)
+
+        await worker.serve(start, lambda _, a=affinity: a, list)
+        workers.append(worker)
+    try:
+        info = await lkapi.egress.start_room_composite_egress(composite("psrpc-pick"))
+        assert handled == {"idle": [], "busy": [info.egress_id]}
+    finally:
+        for worker, bus in zip(workers, buses, strict=True):
+            await worker.close()
+            await bus.close()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from google.protobuf.message import DecodeError, Message
+from redis.exceptions import RedisError
 
 from egresskit.psrpc.bus import (
     Bus,
@@ -153,9 +154,6 @@ class RPCServer:
         self.id = server_id or new_id("SRV_")
         self._registrations: dict[tuple[str, str, tuple[str, ...]], _Registration] = {}
 
-    def registered(self, method: Method, topic: Sequence[str] = ()) -> bool:
-        return (method.service, method.name, tuple(topic)) in self._registrations
-
     async def register(
         self,
         method: Method,
@@ -204,7 +202,7 @@ class RPCServer:
         async for request in reg.requests:
             if not isinstance(request, Request) or expired(request):
                 continue
-            task = asyncio.create_task(self._handle(reg, request))
+            task = asyncio.create_task(self._handle_logged(reg, request))
             reg.tasks.add(task)
             task.add_done_callback(reg.tasks.discard)
 
@@ -214,6 +212,15 @@ class RPCServer:
             waiter = reg.pending.get(claim.request_id) if isinstance(claim, ClaimResponse) else None
             if waiter is not None and not waiter.done():
                 waiter.set_result(claim)
+
+    async def _handle_logged(self, reg: _Registration, request: Request) -> None:
+        try:
+            await self._handle(reg, request)
+        except Exception:  # an affinity function or Redis failed: the client times out
+            log.exception(
+                "psrpc: %s.%s request %s dropped",
+                reg.method.service, reg.method.name, request.request_id,
+            )
 
     async def _handle(self, reg: _Registration, request: Request) -> None:
         method = reg.method
@@ -374,6 +381,8 @@ class RPCClient:
                 response = await answer
         except TimeoutError:
             raise PsrpcError(ErrorCode.DEADLINE_EXCEEDED, "request timed out") from None
+        except RedisError as exc:
+            raise PsrpcError(ErrorCode.UNAVAILABLE, f"redis: {exc}") from exc
         finally:
             self._responses.pop(request_id, None)
             self._claims.pop(request_id, None)
