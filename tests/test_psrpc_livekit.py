@@ -50,6 +50,7 @@ async def test_livekit_server_dispatches_egress_to_egresskit(livekit, lkapi, bus
     room = await lkapi.room.create_room(api.CreateRoomRequest(name="psrpc-e2e"))
     started: list[StartEgressRequest] = []
     stopped: list[lk.StopEgressRequest] = []
+    updated: list[lk.UpdateStreamRequest] = []
     worker = EgressServer(bus)
     io = await IOInfoClient(bus).start()
 
@@ -59,6 +60,10 @@ async def test_livekit_server_dispatches_egress_to_egresskit(livekit, lkapi, bus
             egress_id=request.egress_id, room_id=room.sid, room_name=room.name,
             status=lk.EGRESS_ENDING,
         )
+
+    async def update_stream(request: lk.UpdateStreamRequest) -> lk.EgressInfo:
+        updated.append(request)
+        return lk.EgressInfo(egress_id=request.egress_id, status=lk.EGRESS_ACTIVE)
 
     async def start(request: StartEgressRequest) -> lk.EgressInfo:
         started.append(request)
@@ -70,7 +75,7 @@ async def test_livekit_server_dispatches_egress_to_egresskit(livekit, lkapi, bus
             room_composite=request.room_composite,
         )
         await io.create_egress(info)  # as a worker does; livekit-server ignores the duplicate
-        await worker.add_egress(request.egress_id, stop, stop)
+        await worker.add_egress(request.egress_id, stop, update_stream)
         return info
 
     await worker.serve(start, lambda _: 0.5, lambda: [r.egress_id for r in started])
@@ -94,6 +99,15 @@ async def test_livekit_server_dispatches_egress_to_egresskit(livekit, lkapi, bus
             (info.egress_id, lk.EGRESS_ACTIVE)
         ]
         assert (await io.get_egress(info.egress_id)).status == lk.EGRESS_ACTIVE
+
+        url = "rtmp://127.0.0.1:1935/live/key"
+        streamed = await lkapi.egress.update_stream(
+            api.UpdateStreamRequest(egress_id=info.egress_id, add_output_urls=[url])
+        )
+        assert streamed.status == lk.EGRESS_ACTIVE
+        assert [(u.egress_id, list(u.add_output_urls)) for u in updated] == [
+            (info.egress_id, [url])
+        ]
 
         ending = await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
         assert ending.status == lk.EGRESS_ENDING
