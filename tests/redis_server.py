@@ -36,8 +36,8 @@ def free_port() -> int:
 class RedisServer:
     """redis-server as a child process; `address` (host:port) and `url` (redis://)."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.url = f"redis://{self.address}/0"
         self._dir = Path(tempfile.mkdtemp(prefix="egresskit-redis-"))

@@ -261,3 +261,39 @@ async def test_update_egress_does_not_retry_a_refusal(buses):
             await io.update_egress(lk.EgressInfo(egress_id="EG_gone"))
     assert calls == ["EG_gone"]
     await io_server.close()
+
+
+async def test_a_worker_keeps_serving_across_a_redis_restart():
+    from redis_server import RedisServer
+
+    first = RedisServer().start()
+    worker_bus, client_bus = Bus.from_url(first.url), Bus.from_url(first.url)
+    second = None
+    try:
+        worker = EgressServer(worker_bus)
+
+        async def stop(request):
+            return lk.EgressInfo(egress_id=request.egress_id, status=lk.EGRESS_ENDING)
+
+        await worker.add_egress("EG_restart", stop, stop)
+        first.stop()
+        second = RedisServer(first.port).start()  # same address: the buses reconnect to it
+        async with RPCClient(client_bus, "EgressHandler") as client:
+            for _ in range(20):  # until the worker's bus has reconnected and subscribed again
+                try:
+                    info = await client.call(
+                        STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_restart"), ["EG_restart"]
+                    )
+                    break
+                except PsrpcError as exc:
+                    assert exc.code == ErrorCode.UNAVAILABLE
+            else:
+                pytest.fail("the worker never answered after Redis came back")
+        assert info.status == lk.EGRESS_ENDING
+        await worker.close()
+    finally:
+        await worker_bus.close()
+        await client_bus.close()
+        if second is not None:
+            second.stop()
+        first.stop()

@@ -35,6 +35,7 @@ ENVELOPE_TYPES: dict[str, type[Message]] = {
     for cls in (Request, Response, ClaimRequest, ClaimResponse)
 }
 LOCK_EXPIRY_S = 5
+SUBSCRIBE_TIMEOUT_S = 10.0
 SUBSCRIPTION_SIZE = 1000
 ID_ALPHABET = string.ascii_letters + string.digits
 ID_LENGTH = 12
@@ -213,7 +214,8 @@ class Bus:
     """One Redis pub/sub connection shared by every subscription, plus publishing.
 
     `subscribe` returns only once Redis has confirmed the subscription, so a
-    request published after it cannot overtake it.
+    request published after it cannot overtake it. When Redis goes away the
+    reader retries, and redis-py subscribes the channels again on reconnecting.
     """
 
     def __init__(self, client: aioredis.Redis) -> None:
@@ -244,10 +246,13 @@ class Bus:
                 confirmed = asyncio.get_running_loop().create_future()
                 self._confirm[channel] = confirmed
                 try:
-                    await self._pubsub.subscribe(channel)
-                    if self._reader is None:
-                        self._reader = asyncio.create_task(self._read(), name="psrpc-bus-reader")
-                    await confirmed
+                    async with asyncio.timeout(SUBSCRIBE_TIMEOUT_S):
+                        await self._pubsub.subscribe(channel)
+                        if self._reader is None:
+                            self._reader = asyncio.create_task(
+                                self._read(), name="psrpc-bus-reader"
+                            )
+                        await confirmed
                 except BaseException:
                     self._confirm.pop(channel, None)
                     subs.remove(sub)
