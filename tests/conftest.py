@@ -75,3 +75,18 @@ async def webhooks(aiohttp_server):
     server = await aiohttp_server(app, host="127.0.0.1")
     log.url = str(server.make_url("/hook"))
     return log
+
+
+# --- redis-server (tests/redis_server.py), for psrpc ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A private redis-server on 127.0.0.1 for the module; `.url`, `.address`."""
+    from redis_server import RedisServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server
