@@ -135,7 +135,8 @@ class EgressSession:
             directory = self._directory(self.plan.segments, path)
             if directory is not None:
                 self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
-                self._delivery.announce(directory, path)
+                # Kept until the final playlist listing it is stored (_release_segments).
+                self._delivery.announce(directory, path, keep_local=True)
         elif kind == "playlist_updated":
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path, any_name=True)
@@ -281,11 +282,14 @@ class EgressSession:
                     error = await self._deliver(planned)
                     if error:
                         errors.append(error)
-            for directory in self.plan.segments:
-                with _collected(errors, "playlists"):
-                    self._announce_playlists(directory)
             with _collected(errors, "uploads"):
+                await self._delivery.idle()
+                for directory in self.plan.segments:
+                    self._announce_playlists(directory)
                 await self._delivery.finish()
+            for directory in self.plan.segments:
+                with _collected(errors, "segments"):
+                    await self._release_segments(directory)
             errors.extend(self._delivery.errors)
             self.upload_bytes += self._delivery.uploaded_bytes
             if self._delivery.backup_used:
@@ -327,11 +331,31 @@ class EgressSession:
         finally:
             self.done.set()
 
-    def _announce_playlists(self, directory: PlannedDirectory) -> None:
+    def _playlists(self, directory: PlannedDirectory) -> list[Path]:
         segmenter = directory.stage
-        for playlist in (segmenter.playlist, segmenter.live_playlist):
-            if playlist is not None and playlist.exists():
+        return [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+
+    def _announce_playlists(self, directory: PlannedDirectory) -> None:
+        """Upload playlists whose last content is not stored yet (the graph ended early)."""
+        for playlist in self._playlists(directory):
+            if playlist.exists() and not self._delivery.stored(playlist):
                 self._delivery.announce(directory, playlist)
+
+    async def _release_segments(self, directory: PlannedDirectory) -> None:
+        """Delete the local copies of stored segments once every playlist listing them is stored.
+
+        Until then (a playlist upload failed) they all stay, so the local
+        playlist, reported as the playlist's location, plays from local files.
+        """
+        if directory.storage is None:
+            return
+        if not all(self._delivery.stored(p) for p in self._playlists(directory)):
+            return
+        segments = self._segments.get(directory.local_dir / directory.prefix, [])
+        for segment in segments:
+            if self._delivery.stored(segment):
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(segment.unlink)
 
     async def _deliver(self, planned: PlannedFile) -> str:
         """Fill the file's result; upload it if it has a storage. Returns an error or ''."""
