@@ -15,16 +15,18 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import ffprobe
 from publishers import SineAudioTrack, SyntheticVideoTrack
 from service_fixtures import API_KEY, API_SECRET, service_config, wait_status
 
-from egresskit.service.app import ROOMS, create_app
+from egresskit.service.app import MANAGER, ROOMS, create_app
 
 SMALL = egress_pb.EncodingOptions(width=320, height=180, framerate=15, video_bitrate=500)
 FAULT_BOUND_S = 10.0
@@ -58,18 +60,26 @@ def free_bytes(where: Path) -> int:
     return stats.f_bavail * stats.f_frsize
 
 
-async def start_service(aiohttp_server, output_dir: Path, webhooks):
+@dataclass
+class Running:
+    client: api.LiveKitAPI
+    app: web.Application
+
+
+async def start_service(aiohttp_server, output_dir: Path, webhooks) -> Running:
     app = create_app(service_config(output_dir, webhooks.url, max_concurrent=1))
     server = await aiohttp_server(app, host="127.0.0.1")
     room = app[ROOMS].get_or_create("disk")
     await room.publish(SyntheticVideoTrack((40, 160, 40), 320, 180, 15), identity="alice")
     await room.publish(SineAudioTrack(440.0), identity="alice")
     client = api.LiveKitAPI(str(server.make_url("")).rstrip("/"), API_KEY, API_SECRET)
-    return client
+    return Running(client, app)
 
 
-async def assert_failed_and_announced(client, webhooks, egress_id: str, reason: str):
-    """FAILED within the bound, the OS error in `error`, egress_ended sent, the slot free."""
+async def assert_failed_and_announced(service: Running, webhooks, egress_id: str, reason: str):
+    """FAILED within the bound, the OS error in `error`, egress_ended sent, the slot free,
+    and nothing left for a shutdown to wait for."""
+    client = service.client
     final = await wait_status(client, egress_id, [egress_pb.EGRESS_FAILED], timeout=FAULT_BOUND_S)
     assert reason in final.error, final.error
     ended = await webhooks.wait_for(egress_id, "egress_ended", timeout=5)
@@ -89,6 +99,7 @@ async def assert_failed_and_announced(client, webhooks, egress_id: str, reason: 
         again.egress_id,
         [egress_pb.EGRESS_FAILED, egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_ABORTED],
     )
+    await asyncio.wait_for(service.app[MANAGER].shutdown(), 5)
     return final
 
 
@@ -96,9 +107,9 @@ async def test_read_only_output_directory_fails_the_egress(aiohttp_server, tmp_p
     with tmpfs(tmp_path / "ro", "1m") as mount:
         (mount / "out").mkdir()
         remount_read_only(mount)
-        client = await start_service(aiohttp_server, mount / "out", webhooks)
+        service = await start_service(aiohttp_server, mount / "out", webhooks)
         try:
-            info = await client.egress.start_room_composite_egress(
+            info = await service.client.egress.start_room_composite_egress(
                 egress_pb.RoomCompositeEgressRequest(
                     room_name="disk",
                     advanced=SMALL,
@@ -109,10 +120,10 @@ async def test_read_only_output_directory_fails_the_egress(aiohttp_server, tmp_p
                 )
             )
             await assert_failed_and_announced(
-                client, webhooks, info.egress_id, "Read-only file system"
+                service, webhooks, info.egress_id, "Read-only file system"
             )
         finally:
-            await client.aclose()
+            await service.client.aclose()
 
 
 @pytest.mark.slow
@@ -120,9 +131,9 @@ async def test_full_disk_fails_the_egress_and_keeps_what_was_written(
     aiohttp_server, tmp_path, webhooks
 ):
     with tmpfs(tmp_path / "small", "400k") as mount:
-        client = await start_service(aiohttp_server, mount, webhooks)
+        service = await start_service(aiohttp_server, mount, webhooks)
         try:
-            info = await client.egress.start_room_composite_egress(
+            info = await service.client.egress.start_room_composite_egress(
                 egress_pb.RoomCompositeEgressRequest(
                     room_name="disk",
                     advanced=SMALL,
@@ -138,10 +149,10 @@ async def test_full_disk_fails_the_egress_and_keeps_what_was_written(
                 assert time.monotonic() < deadline, "the disk never filled"
                 await asyncio.sleep(0.05)
             final = await assert_failed_and_announced(
-                client, webhooks, info.egress_id, "No space left on device"
+                service, webhooks, info.egress_id, "No space left on device"
             )
         finally:
-            await client.aclose()
+            await service.client.aclose()
         # What was recorded before the disk filled: a playlist whose every segment decodes.
         playlist = mount / "hls" / "index.m3u8"
         listed = [
