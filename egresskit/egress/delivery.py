@@ -115,11 +115,6 @@ class DirectoryDelivery:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(path.unlink)
 
-    async def idle(self) -> None:
-        """Wait until every upload announced so far has been tried."""
-        if self._worker is not None:
-            await self._queue.join()
-
     async def finish(self) -> None:
         """Wait for every announced upload, then stop the worker."""
         if self._worker is None:

@@ -135,7 +135,7 @@ class EgressSession:
             directory = self._directory(self.plan.segments, path)
             if directory is not None:
                 self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
-                # Kept until the final playlist listing it is stored (_release_segments).
+                # Kept until the playlists listing it are stored (_release_local_copies).
                 self._delivery.announce(directory, path, keep_local=True)
         elif kind == "playlist_updated":
             path = Path(data["path"])
@@ -283,13 +283,10 @@ class EgressSession:
                     if error:
                         errors.append(error)
             with _collected(errors, "uploads"):
-                await self._delivery.idle()
-                for directory in self.plan.segments:
-                    self._announce_playlists(directory)
                 await self._delivery.finish()
             for directory in self.plan.segments:
                 with _collected(errors, "segments"):
-                    await self._release_segments(directory)
+                    await self._release_local_copies(directory)
             errors.extend(self._delivery.errors)
             self.upload_bytes += self._delivery.uploaded_bytes
             if self._delivery.backup_used:
@@ -331,31 +328,24 @@ class EgressSession:
         finally:
             self.done.set()
 
-    def _playlists(self, directory: PlannedDirectory) -> list[Path]:
-        segmenter = directory.stage
-        return [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+    async def _release_local_copies(self, directory: PlannedDirectory) -> None:
+        """Delete the local copies of stored segments and playlists once every playlist is stored.
 
-    def _announce_playlists(self, directory: PlannedDirectory) -> None:
-        """Upload playlists whose last content is not stored yet (the graph ended early)."""
-        for playlist in self._playlists(directory):
-            if playlist.exists() and not self._delivery.stored(playlist):
-                self._delivery.announce(directory, playlist)
-
-    async def _release_segments(self, directory: PlannedDirectory) -> None:
-        """Delete the local copies of stored segments once every playlist listing them is stored.
-
-        Until then (a playlist upload failed) they all stay, so the local
-        playlist, reported as the playlist's location, plays from local files.
+        Until then (a playlist upload failed, the queue was full) they all
+        stay, so the local playlist, reported as the playlist's location,
+        plays from local files.
         """
         if directory.storage is None:
             return
-        if not all(self._delivery.stored(p) for p in self._playlists(directory)):
+        segmenter = directory.stage
+        playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+        if not all(self._delivery.stored(p) for p in playlists):
             return
         segments = self._segments.get(directory.local_dir / directory.prefix, [])
-        for segment in segments:
-            if self._delivery.stored(segment):
+        for path in (*segments, *playlists):
+            if self._delivery.stored(path):
                 with contextlib.suppress(OSError):
-                    await asyncio.to_thread(segment.unlink)
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _deliver(self, planned: PlannedFile) -> str:
         """Fill the file's result; upload it if it has a storage. Returns an error or ''."""

@@ -98,7 +98,7 @@ class FileTarget:
     file_type: FileType
     disable_manifest: bool
     storage: Storage | None
-    field: str = "file"  # where the request names it, for errors about its path
+    field: str  # where the request names it, for errors about its path
 
 
 @dataclass(frozen=True)
@@ -113,7 +113,7 @@ class SegmentsTarget:
     fragmented_mp4: bool
     disable_manifest: bool
     storage: Storage | None
-    field: str = "segments"
+    field: str
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ class ImagesTarget:
     suffix: int  # egress_pb.ImageFileSuffix
     disable_manifest: bool
     storage: Storage | None
-    field: str = "image_outputs[0]"
+    field: str
 
 
 @dataclass(frozen=True)
@@ -317,7 +317,7 @@ def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     if output == "file":
         storage = _storage_of(req.file, "file")
         return dataclasses.replace(
-            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage)
+            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage, "file")
         )
     raise InvalidRequest("output", "set file or websocket_url")
 
