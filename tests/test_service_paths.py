@@ -335,7 +335,7 @@ def _assert_results_inside(info: egress_pb.EgressInfo, root: Path) -> None:
 
 @pytest.mark.slow
 @settings(
-    max_examples=60,
+    max_examples=50,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
