@@ -17,8 +17,19 @@ This module is the only place that reaches into aiortc, and it touches:
   receiver stopping), so it never constructs a decoder, and its track ends
   exactly as before.
 - `RTCRtpReceiver._send_rtcp_pli(ssrc)`: asks the sender for a key frame.
-- `JitterFrame.data` and `.timestamp`: the frame's bytes (H.264 as Annex B)
-  and its unwrapped RTP timestamp.
+- `RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)` and
+  `_handle_rtcp_packet(packet)`, the coroutines its transport calls: shadowed
+  on the instance to note the first packet's arrival and each sender report
+  for the track's `TrackTimeline` (`egresskit.rooms.timeline`); the first
+  packet's hook then removes itself.
+- `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
+  reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
+  (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
+  timestamp) and, for audio, `_RTCRtpReceiver__jitter_buffer`: replaced by
+  `_AudioPackets`, which hands each Opus packet on as it arrives instead of
+  holding four packets (80 ms) back; the timeline puts it in its place.
+- `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
+  bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
   `codec.clockRate` of the `RTCRtpCodecParameters` inside them.
 
@@ -37,9 +48,13 @@ from typing import Any
 
 import av
 from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtp import RtcpSrPacket, RtpPacket
+from aiortc.utils import uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
 from egresskit.rooms.decoder import FramesCallback, TrackDecoder
+from egresskit.rooms.timeline import SenderClock, TrackTimeline
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +65,9 @@ KEYFRAME_REQUEST_INTERVAL_S = 1.0
 ENCODED_QUEUE = 120
 
 _H264_IDR = 5
+_WRAP = 1 << 32
+# Until the first frame says which codec arrives, the usual clock rate of each kind.
+DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +76,8 @@ class EncodedFrame:
 
     `timestamp` is in units of `clock_rate` (90 kHz for video, 48 kHz for
     Opus), counted from the receiver's first frame; a pause in sending is a
-    jump in it, never a renumbering.
+    jump in it, never a renumbering. `time` is when the sender captured it,
+    on `time.monotonic()` (see `egresskit.rooms.timeline`).
     """
 
     data: bytes
@@ -66,6 +85,7 @@ class EncodedFrame:
     clock_rate: int
     keyframe: bool
     mime_type: str
+    time: float = 0.0
 
 
 def is_keyframe(mime_type: str, data: bytes) -> bool:
@@ -121,6 +141,23 @@ class _FrameRouter:
         return self._inner.get(*args, **kwargs)
 
 
+class _AudioPackets:
+    """Stands in for aiortc's audio jitter buffer: every Opus packet is a frame, passed on at once.
+
+    A packet older than one already passed on (reordered, or a duplicate)
+    is dropped: frames must leave in order.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
 class EncodedReceiver:
     """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
 
@@ -129,14 +166,26 @@ class EncodedReceiver:
     Subscriber links are BLOCK links filled without waiting: a subscriber
     that falls `ENCODED_QUEUE` frames behind loses frames (counted on its
     link) and resumes at the next key frame, which is requested at once.
+
+    `timeline` places every frame in time; tracks of one peer connection
+    should share one `sender` clock so their frames stay aligned.
     """
 
-    def __init__(self, receiver: RTCRtpReceiver) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
         self._receiver = receiver
         self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
         inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
+        kind = receiver.track.kind if receiver.track is not None else "video"
+        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
+        self._clock_rate_known = False
+        self._handle_rtp = receiver._handle_rtp_packet
+        self._handle_rtcp = receiver._handle_rtcp_packet
+        receiver._handle_rtp_packet = self._first_rtp_packet  # type: ignore[method-assign]
+        receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
+        if kind == "audio":
+            receiver._RTCRtpReceiver__jitter_buffer = _AudioPackets()  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
@@ -198,14 +247,42 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
+    async def _first_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
+        """Notes the first media packet's arrival, then leaves aiortc's handler alone."""
+        if packet.ssrc not in self._rtx_ssrcs():
+            self.timeline.first_packet(packet.timestamp)
+            del self._receiver._handle_rtp_packet  # the class's own handler again
+        await self._handle_rtp(packet, arrival_time_ms)
+
+    async def _rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc not in self._rtx_ssrcs():
+            info = packet.sender_info
+            self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp)
+        await self._handle_rtcp(packet)
+
+    def _rtx_ssrcs(self) -> dict[int, int]:
+        return self._receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+
+    def time_of(self, timestamp: int) -> float:
+        """The capture time (monotonic s) of a frame with this unwrapped timestamp (or pts)."""
+        origin = self._receiver._RTCRtpReceiver__timestamp_mapper._origin  # type: ignore[attr-defined]
+        return self.timeline.time_of((timestamp + (origin or 0)) % _WRAP)
+
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
+        if not self._clock_rate_known:
+            self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
         frame = EncodedFrame(
-            bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
+            bytes(jitter_frame.data),
+            jitter_frame.timestamp,
+            codec.clockRate,
+            keyframe,
+            mime_type,
+            self.time_of(jitter_frame.timestamp),
         )
         waiting = False
         for subscription in self._subscriptions:

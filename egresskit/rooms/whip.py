@@ -28,6 +28,7 @@ from livekit.protocol import models
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.ice import restrict_ice_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
+from egresskit.rooms.timeline import SenderClock
 from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
 
 log = logging.getLogger(__name__)
@@ -263,6 +264,7 @@ async def publish_tracks(
 ) -> None:
     answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
     offered = {m.rtp.muxId: m for m in offer.media}
+    sender = SenderClock()  # one publisher: its tracks share one clock
     for transceiver in pc.getTransceivers():
         track = transceiver.receiver.track
         if track is None or transceiver.mid is None:
@@ -281,7 +283,7 @@ async def publish_tracks(
             mime_type=negotiated_mime_type(answered.get(transceiver.mid)),
             release=receiver_stopper(transceiver),
             # encoded frames for track egress; decoding only while someone wants frames
-            encoded=EncodedReceiver(transceiver.receiver),
+            encoded=EncodedReceiver(transceiver.receiver, sender),
         )
 
 
