@@ -17,11 +17,11 @@ This module is the only place that reaches into aiortc, and it touches:
   receiver stopping), so it never constructs a decoder, and its track ends
   exactly as before.
 - `RTCRtpReceiver._send_rtcp_pli(ssrc)`: asks the sender for a key frame.
-- `RTCRtpReceiver._handle_rtp_packet(packet, arrival_time_ms)` and
-  `_handle_rtcp_packet(packet)`, the coroutines its transport calls: shadowed
-  on the instance to note the first packet's arrival and each sender report
-  for the track's `TrackTimeline` (`egresskit.rooms.timeline`); the first
-  packet's hook then removes itself.
+- `RTCRtpReceiver._handle_rtcp_packet(packet)`, the coroutine its
+  transport calls for RTCP: shadowed on the instance to give each sender
+  report to the track's `TrackTimeline` (`egresskit.rooms.timeline`).
+- aiortc's video jitter buffer hands a frame on when the first packet of
+  the next one arrives: that is when the next frame arrived.
 - `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
   reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
   (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
@@ -180,11 +180,12 @@ class EncodedReceiver:
         kind = receiver.track.kind if receiver.track is not None else "video"
         self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
         self._clock_rate_known = False
-        self._handle_rtp = receiver._handle_rtp_packet
         self._handle_rtcp = receiver._handle_rtcp_packet
-        receiver._handle_rtp_packet = self._first_rtp_packet  # type: ignore[method-assign]
         receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
-        if kind == "audio":
+        # When the previous frame was handed on: for video, when this one's first packet came.
+        self._previous_route: float | None = None
+        self._audio = kind == "audio"
+        if self._audio:
             receiver._RTCRtpReceiver__jitter_buffer = _AudioPackets()  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
@@ -192,6 +193,7 @@ class EncodedReceiver:
         self._last_request = 0.0
         self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.frames_received = 0  # reassembled frames, wanted or not
         self.frames_decoded = 0
 
     @property
@@ -247,13 +249,6 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    async def _first_rtp_packet(self, packet: RtpPacket, arrival_time_ms: int) -> None:
-        """Notes the first media packet's arrival, then leaves aiortc's handler alone."""
-        if packet.ssrc not in self._rtx_ssrcs():
-            self.timeline.first_packet(packet.timestamp)
-            del self._receiver._handle_rtp_packet  # the class's own handler again
-        await self._handle_rtp(packet, arrival_time_ms)
-
     async def _rtcp_packet(self, packet: Any) -> None:
         if isinstance(packet, RtcpSrPacket) and packet.ssrc not in self._rtx_ssrcs():
             info = packet.sender_info
@@ -263,15 +258,26 @@ class EncodedReceiver:
     def _rtx_ssrcs(self) -> dict[int, int]:
         return self._receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
 
+    def _rtp_timestamp(self, timestamp: int) -> int:
+        """The RTP timestamp of an unwrapped one."""
+        origin = self._receiver._RTCRtpReceiver__timestamp_mapper._origin  # type: ignore[attr-defined]
+        return (timestamp + (origin or 0)) % _WRAP
+
     def time_of(self, timestamp: int) -> float:
         """The capture time (monotonic s) of a frame with this unwrapped timestamp (or pts)."""
-        origin = self._receiver._RTCRtpReceiver__timestamp_mapper._origin  # type: ignore[attr-defined]
-        return self.timeline.time_of((timestamp + (origin or 0)) % _WRAP)
+        return self.timeline.time_of(self._rtp_timestamp(timestamp))
 
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
+        self.frames_received += 1
         if not self._clock_rate_known:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
+        now = time.monotonic()
+        # audio packets are handed on as they arrive; a video frame once the next one begins
+        arrival = now if self._audio else self._previous_route
+        self._previous_route = now
+        if arrival is not None:
+            self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp), arrival)
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType
