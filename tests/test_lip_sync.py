@@ -1,7 +1,8 @@
 """Lip sync: a flash and a beep sent together stay together in every kind of recording.
 
 The service runs as its own process (`egresskit serve`), the publisher in
-another (tests/flash_beep.py, aiortc over WHIP). One recording of
+another: tests/flash_beep.py (aiortc over WHIP), or headless Chromium
+publishing a page whose canvas flashes while WebAudio beeps. One recording of
 `SECONDS` records a room composite, a participant egress and a track
 composite at the same time, driven through the livekit-api SDK; each file
 is then decoded and every flash paired with its beep.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from chromium import FLASH_BEEP, chromium_available, chromium_publisher
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models
@@ -191,3 +193,20 @@ def assert_all_in_sync(results: dict[str, Recorded], tolerance: float) -> None:
         except AssertionError as exc:
             failures.append(f"{kind}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.chromium
+@pytest.mark.skipif(not chromium_available(), reason="Debian chromium is not installed")
+async def test_flash_and_beep_stay_together_from_chromium(tmp_path):
+    service, base = await serve(tmp_path)
+    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    token = make_publisher_token(API_KEY, API_SECRET, ROOM, IDENTITY)
+    try:
+        async with chromium_publisher(base, ROOM, token, FLASH_BEEP) as browser:
+            await browser.wait_published(30)
+            results = await record_all_three(client, SECONDS)
+    finally:
+        await client.aclose()
+        await stop(service)
+    assert_all_in_sync(results, 0.020)
