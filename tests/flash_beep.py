@@ -5,14 +5,23 @@ for as long, from the same media instant: both tracks are paced from one
 shared start time, so flash n and beep n leave this process together.
 Between flashes the picture is dark grey and the audio is silence.
 
-Run as `python3 flash_beep.py BASE_URL ROOM TOKEN`; it prints "published"
-once the answer is applied and publishes until killed (SIGTERM/SIGINT).
+A grey bar moves across the picture one step per frame, so a recording
+that froze shows it.
+
+Run as `python3 flash_beep.py BASE_URL ROOM TOKEN [JITTER_MS LOSS]`; it
+prints "published" once the answer is applied and publishes until killed
+(SIGTERM/SIGINT). With JITTER_MS and LOSS, media goes through a
+`ImpairingRelay` on 127.0.0.1 that delays each RTP/RTCP packet sent to the
+service by 0 to JITTER_MS (order kept, as on one network path) and drops
+a LOSS fraction of them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import math
+import random
+import re
 import signal
 import sys
 import time
@@ -32,7 +41,8 @@ WIDTH, HEIGHT = 320, 180  # small: the encoder's delay stays small too
 SAMPLE_RATE = 48_000
 AUDIO_FRAME = 960  # 20 ms
 VIDEO_CLOCK = 90_000
-DARK, WHITE = 40, 235  # luma
+DARK, WHITE, BAR = 40, 235, 128  # luma
+BAR_WIDTH = 8
 
 
 class _SharedPace:
@@ -76,7 +86,9 @@ class FlashTrack(MediaStreamTrack):
         index, self._index = self._index, self._index + 1
         media_time = index / FPS
         await self._pace.wait_for(media_time)
-        image = self._images[WHITE if flashing(media_time) else DARK]
+        image = self._images[WHITE if flashing(media_time) else DARK].copy()
+        x = index * 2 % (WIDTH - BAR_WIDTH)
+        image[:HEIGHT, x : x + BAR_WIDTH] = BAR
         frame = av.VideoFrame.from_ndarray(image, format="yuv420p")
         frame.pts = index * VIDEO_CLOCK // FPS
         frame.time_base = Fraction(1, VIDEO_CLOCK)
@@ -111,7 +123,75 @@ class BeepTrack(MediaStreamTrack):
         return frame
 
 
-async def main(base_url: str, room: str, token: str) -> None:
+class _Socket(asyncio.DatagramProtocol):
+    """One relay socket on 127.0.0.1 standing in for `stands_for`."""
+
+    def __init__(self, relay: ImpairingRelay, stands_for: tuple[str, int], toward_service: bool):
+        self.relay = relay
+        self.stands_for = stands_for
+        self.toward_service = toward_service
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.relay.forward(self, data, addr)
+
+
+class ImpairingRelay:
+    """A UDP relay between this publisher's ICE candidates and the service's, on 127.0.0.1.
+
+    Each service candidate gets a socket the publisher sends to, each
+    publisher candidate one the service sends to, so both sides see packets
+    coming from the candidates they were given. Packets to the service that
+    are RTP or RTCP (first byte 128-191) are delayed and dropped; STUN and
+    DTLS pass untouched so the connection sets up.
+    """
+
+    CANDIDATE = re.compile(r"(a=candidate:\S+ \d+ udp \d+ )127\.0\.0\.1 (\d+)", re.IGNORECASE)
+
+    def __init__(self, jitter_s: float, loss: float) -> None:
+        self.jitter_s = jitter_s
+        self.loss = loss
+        self._sockets: dict[tuple[str, int], _Socket] = {}  # by the address it stands for
+        self._last_departure = 0.0
+        self.delayed = self.dropped = 0
+
+    async def rewrite(self, sdp: str, toward_service: bool) -> str:
+        """`sdp` with every loopback candidate replaced by a relay socket standing for it."""
+        loop = asyncio.get_running_loop()
+        ports = {}
+        for match in self.CANDIDATE.finditer(sdp):
+            address = ("127.0.0.1", int(match.group(2)))
+            if address not in self._sockets:
+                _, socket = await loop.create_datagram_endpoint(
+                    lambda a=address: _Socket(self, a, toward_service),
+                    local_addr=("127.0.0.1", 0),
+                )
+                self._sockets[address] = socket
+            ports[match.group(2)] = self._sockets[address].transport.get_extra_info("sockname")[1]
+        return self.CANDIDATE.sub(lambda m: f"{m.group(1)}127.0.0.1 {ports[m.group(2)]}", sdp)
+
+    def forward(self, socket: _Socket, data: bytes, sender: tuple[str, int]) -> None:
+        """A packet to `socket` from `sender`: out through the socket standing for the sender."""
+        via = self._sockets.get(sender[:2])
+        if via is None or via.transport is None:
+            return
+        if not socket.toward_service or not 128 <= data[0] < 192:
+            via.transport.sendto(data, socket.stands_for)
+            return
+        if random.random() < self.loss:
+            self.dropped += 1
+            return
+        loop = asyncio.get_running_loop()
+        departure = max(loop.time() + random.uniform(0, self.jitter_s), self._last_departure)
+        self._last_departure = departure
+        self.delayed += 1
+        loop.call_at(departure, via.transport.sendto, data, socket.stands_for)
+
+
+async def main(base_url: str, room: str, token: str, jitter_ms: str = "", loss: str = "") -> None:
     # TODO: remove once WHIP ICE works between processes without this (the
     # service's own fix for same-host ICE): until then this process gathers on
     # loopback only, in its own process, so the service can reach it.
@@ -119,7 +199,16 @@ async def main(base_url: str, room: str, token: str) -> None:
 
     restrict_ice_addresses(["127.0.0.1"])
     pace = _SharedPace()
-    session = await whip_publish(base_url, room, token, [FlashTrack(pace), BeepTrack(pace)])
+    filters = {}
+    if jitter_ms:
+        relay = ImpairingRelay(float(jitter_ms) / 1000, float(loss))
+        filters = {
+            "offer_filter": lambda sdp: relay.rewrite(sdp, toward_service=False),
+            "answer_filter": lambda sdp: relay.rewrite(sdp, toward_service=True),
+        }
+    session = await whip_publish(
+        base_url, room, token, [FlashTrack(pace), BeepTrack(pace)], **filters
+    )
     print("published", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,4 +219,4 @@ async def main(base_url: str, room: str, token: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    asyncio.run(main(*sys.argv[1:6]))

@@ -146,3 +146,18 @@ def av_offsets(path: str | Path, max_offset: float = 0.5) -> list[tuple[float, f
         if nearest is not None and abs(nearest - flash) <= max_offset:
             pairs.append((flash, nearest - flash))
     return pairs
+
+
+def longest_freeze(path: str | Path, still: float = 0.3) -> float:
+    """The longest time (s) the picture did not change (mean luma difference below `still`)."""
+    longest, frozen_since, previous, previous_time = 0.0, None, None, 0.0
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            luma = frame.to_ndarray(format="gray").astype(np.int16)
+            if previous is not None and np.abs(luma - previous).mean() < still:
+                frozen_since = frozen_since if frozen_since is not None else previous_time
+                longest = max(longest, float(frame.time) - frozen_since)
+            else:
+                frozen_since = None
+            previous, previous_time = luma, float(frame.time)
+    return longest

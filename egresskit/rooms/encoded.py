@@ -25,9 +25,12 @@ This module is the only place that reaches into aiortc, and it touches:
 - `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
   reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
   (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
-  timestamp) and, for audio, `_RTCRtpReceiver__jitter_buffer`: replaced by
+  timestamp) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
   `_AudioPackets`, which hands each Opus packet on as it arrives instead of
-  holding four packets (80 ms) back; the timeline puts it in its place.
+  holding four packets (80 ms) back (the timeline puts it in its place);
+  for video by `_VideoFrames`, aiortc's own `JitterBuffer` (its `_origin`,
+  `_packets`, `_capacity`, `remove` and `_remove_frame` used) that gives up
+  on a missing packet after `MAX_PACKET_WAIT_S`.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -48,7 +51,7 @@ from typing import Any
 
 import av
 from aiortc import RTCRtpReceiver
-from aiortc.jitterbuffer import JitterFrame
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_gt
 
@@ -65,6 +68,10 @@ KEYFRAME_REQUEST_INTERVAL_S = 1.0
 ENCODED_QUEUE = 120
 
 _H264_IDR = 5
+# How long video waits for a missing packet (retransmission asked for by NACK)
+# before skipping it and asking for a key frame: a packet lost for good would
+# otherwise hold video back until 512 more packets had filled the buffer.
+MAX_PACKET_WAIT_S = 0.4
 _WRAP = 1 << 32
 # Until the first frame says which codec arrives, the usual clock rate of each kind.
 DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
@@ -158,6 +165,51 @@ class _AudioPackets:
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
+class _VideoFrames(JitterBuffer):
+    """aiortc's video jitter buffer, waiting at most MAX_PACKET_WAIT_S for a missing packet.
+
+    Then the hole and the frame after it (which may have lost its start)
+    are dropped, the frames behind them flow again, and a key frame is
+    asked for (the PLI flag): pictures that referred to what was lost
+    decode wrong until it comes.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(capacity=512, is_video=True)
+        self._stuck_since: float | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None or self._packets[self._origin % self._capacity] is not None:
+            self._stuck_since = None
+            return pli, frame
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+            return pli, None
+        if now - self._stuck_since < MAX_PACKET_WAIT_S:
+            return pli, None
+        self._stuck_since = None
+        self._skip_hole()
+        return True, self._remove_frame(packet.sequence_number)
+
+    def _skip_hole(self) -> None:
+        """Drop the missing packets at the head and the frame that follows them."""
+        slots = self._packets
+        count = 0
+        while count < self._capacity and slots[(self._origin + count) % self._capacity] is None:
+            count += 1
+        if count == self._capacity:
+            return
+        first = slots[(self._origin + count) % self._capacity]
+        while count < self._capacity:
+            following = slots[(self._origin + count) % self._capacity]
+            if following is not None and following.timestamp != first.timestamp:
+                break
+            count += 1
+        self.remove(count)
+
+
 class EncodedReceiver:
     """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
 
@@ -185,8 +237,8 @@ class EncodedReceiver:
         # When the previous frame was handed on: for video, when this one's first packet came.
         self._previous_route: float | None = None
         self._audio = kind == "audio"
-        if self._audio:
-            receiver._RTCRtpReceiver__jitter_buffer = _AudioPackets()  # type: ignore[attr-defined]
+        jitter_buffer = _AudioPackets() if self._audio else _VideoFrames()
+        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
