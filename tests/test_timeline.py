@@ -1,9 +1,11 @@
-"""TrackTimeline: RTP timestamps to capture times, from sender reports and packet arrivals."""
+"""Receiving in time: RTP timestamps to capture times (TrackTimeline), frames out of packets."""
 
 from __future__ import annotations
 
 import pytest
+from aiortc.rtp import RtpPacket
 
+from egresskit.rooms.encoded import _VideoFrames
 from egresskit.rooms.timeline import SenderClock, TrackTimeline, ntp_seconds, rtp_delta
 
 NTP_BASE = 3_900_000_000.0  # a 2023 NTP time, in seconds
@@ -64,3 +66,27 @@ def test_timestamps_keep_counting_across_the_32_bit_wrap():
     step = 1 << 29
     times = [timeline.time_of((start + k * step) % (1 << 32)) for k in range(1, 9)]
     assert times == pytest.approx([10.0 + k * step / 90_000 for k in range(1, 9)])
+
+
+def rtp(seq: int, timestamp: int, marker: bool = False) -> RtpPacket:
+    packet = RtpPacket(sequence_number=seq % 65536, timestamp=timestamp, marker=int(marker))
+    packet._data = bytes([seq % 256])
+    return packet
+
+
+def test_video_frames_leave_complete_in_order_and_skip_a_lost_packet(monkeypatch):
+    frames = _VideoFrames()
+    assert frames.add(rtp(65534, 0)) == (False, None)
+    pli, frame = frames.add(rtp(65535, 0, marker=True))  # complete at its marker
+    assert not pli and (frame.timestamp, frame.data) == (0, bytes([254, 255]))
+    assert frames.add(rtp(1, 3000, marker=True)) == (False, None)  # 0 is missing
+    pli, frame = frames.add(rtp(0, 3000))  # the retransmission completes it
+    assert (pli, frame.data) == (False, bytes([0, 1]))
+    assert frames.add(rtp(0, 3000)) == (False, None)  # a late duplicate
+    # packet 2 is lost for good: frames 3000*2 (3) and 3000*3 (4-5) wait behind it
+    assert frames.add(rtp(3, 6000, marker=True)) == (False, None)
+    assert frames.add(rtp(4, 9000)) == (False, None)
+    monkeypatch.setattr("egresskit.rooms.encoded.MAX_PACKET_WAIT_S", 0.0)
+    pli, frame = frames.add(rtp(5, 9000, marker=True))
+    # the hole and the frame after it (it may have lost its start) go; a key frame is asked for
+    assert pli and (frame.timestamp, frame.data) == (9000, bytes([4, 5]))

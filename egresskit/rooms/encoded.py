@@ -20,17 +20,16 @@ This module is the only place that reaches into aiortc, and it touches:
 - `RTCRtpReceiver._handle_rtcp_packet(packet)`, the coroutine its
   transport calls for RTCP: shadowed on the instance to give each sender
   report to the track's `TrackTimeline` (`egresskit.rooms.timeline`).
-- aiortc's video jitter buffer hands a frame on when the first packet of
-  the next one arrives: that is when the next frame arrived.
 - `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
   reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
   (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
   timestamp) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
   `_AudioPackets`, which hands each Opus packet on as it arrives instead of
   holding four packets (80 ms) back (the timeline puts it in its place);
-  for video by `_VideoFrames`, aiortc's own `JitterBuffer` (its `_origin`,
-  `_packets`, `_capacity`, `remove` and `_remove_frame` used) that gives up
-  on a missing packet after `MAX_PACKET_WAIT_S`.
+  for video by `_VideoFrames`, which hands a frame on as soon as it is
+  complete and gives up on a missing packet after `MAX_PACKET_WAIT_S`.
+  aiortc calls its `add(packet)` and expects `(pli_flag, JitterFrame or
+  None)`; packets carry the depayloaded bytes in `_data`.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -51,9 +50,9 @@ from typing import Any
 
 import av
 from aiortc import RTCRtpReceiver
-from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtcpSrPacket, RtpPacket
-from aiortc.utils import uint16_gt
+from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
 from egresskit.rooms.decoder import FramesCallback, TrackDecoder
@@ -72,6 +71,8 @@ _H264_IDR = 5
 # before skipping it and asking for a key frame: a packet lost for good would
 # otherwise hold video back until 512 more packets had filled the buffer.
 MAX_PACKET_WAIT_S = 0.4
+# Video packets held at most while a missing one is awaited (aiortc holds 512).
+MAX_BUFFERED = 512
 _WRAP = 1 << 32
 # Until the first frame says which codec arrives, the usual clock rate of each kind.
 DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
@@ -165,49 +166,90 @@ class _AudioPackets:
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
-class _VideoFrames(JitterBuffer):
-    """aiortc's video jitter buffer, waiting at most MAX_PACKET_WAIT_S for a missing packet.
+class _VideoFrames:
+    """Stands in for aiortc's video jitter buffer: frames leave in order, once complete.
 
-    Then the hole and the frame after it (which may have lost its start)
-    are dropped, the frames behind them flow again, and a key frame is
-    asked for (the PLI flag): pictures that referred to what was lost
-    decode wrong until it comes.
+    A frame is complete when every packet from its first to the one with
+    the marker bit (RFC 3550; the last of a video frame in WebRTC) is there,
+    or when the next frame's first packet follows without a gap. That is one
+    frame interval sooner than aiortc, which waits for the next frame, and
+    each packet is looked at once instead of every buffered packet on every
+    arrival.
+
+    A missing packet (asked for again by aiortc's NACK) is waited for at
+    most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets are held; then
+    the hole and the frame after it (which may have lost its start) are
+    dropped, frames flow again, and a key frame is asked for (the PLI flag):
+    pictures that referred to what was lost decode wrong until it comes.
     """
 
     def __init__(self) -> None:
-        super().__init__(capacity=512, is_video=True)
+        self._packets: dict[int, RtpPacket] = {}
+        self._next: int | None = None  # sequence number of the next frame's first packet
+        self._complete = 0  # packets of that frame known to be there, from _next on
         self._stuck_since: float | None = None
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        pli, frame = super().add(packet)
-        if frame is not None or self._packets[self._origin % self._capacity] is not None:
+        seq = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        elif seq != self._next and not uint16_gt(seq, self._next):
+            return False, None  # a frame already handed on or skipped
+        elif uint16_add(seq, -self._next) >= MAX_BUFFERED:
+            self._packets.clear()
+            self._next, self._complete = seq, 0
+            self._packets[seq] = packet
+            return True, self._take()
+        self._packets.setdefault(seq, packet)
+        frame = self._take()
+        if frame is not None or self._next in self._packets:
             self._stuck_since = None
-            return pli, frame
+            return False, frame
         now = time.monotonic()
         if self._stuck_since is None:
             self._stuck_since = now
-            return pli, None
-        if now - self._stuck_since < MAX_PACKET_WAIT_S:
-            return pli, None
+        if now - self._stuck_since < MAX_PACKET_WAIT_S and len(self._packets) < MAX_BUFFERED:
+            return False, None
         self._stuck_since = None
         self._skip_hole()
-        return True, self._remove_frame(packet.sequence_number)
+        return True, self._take()
+
+    def _take(self) -> JitterFrame | None:
+        """The head frame if it is complete, removed from the buffer."""
+        packets = self._packets
+        head = packets.get(self._next)
+        if head is None:
+            return None
+        while True:
+            seq = uint16_add(self._next, self._complete)
+            packet = packets.get(seq)
+            if packet is None:
+                return None
+            if packet.timestamp != head.timestamp:
+                break  # the next frame began right after this one
+            self._complete += 1
+            if packet.marker:
+                break
+        frame_packets = [packets.pop(uint16_add(self._next, i)) for i in range(self._complete)]
+        self._next, self._complete = uint16_add(self._next, self._complete), 0
+        data = b"".join(p._data for p in frame_packets)  # type: ignore[attr-defined]
+        return JitterFrame(data=data, timestamp=head.timestamp)
 
     def _skip_hole(self) -> None:
-        """Drop the missing packets at the head and the frame that follows them."""
-        slots = self._packets
-        count = 0
-        while count < self._capacity and slots[(self._origin + count) % self._capacity] is None:
-            count += 1
-        if count == self._capacity:
+        """Move past the missing packets at the head and the frame that follows them."""
+        assert self._next is not None
+        ahead = sorted(uint16_add(seq, -self._next) for seq in self._packets)
+        if not ahead:
             return
-        first = slots[(self._origin + count) % self._capacity]
-        while count < self._capacity:
-            following = slots[(self._origin + count) % self._capacity]
-            if following is not None and following.timestamp != first.timestamp:
+        first = self._packets[uint16_add(self._next, ahead[0])]
+        skip = ahead[0]
+        for distance in ahead:
+            packet = self._packets[uint16_add(self._next, distance)]
+            if packet.timestamp != first.timestamp:
                 break
-            count += 1
-        self.remove(count)
+            skip = distance + 1
+            del self._packets[uint16_add(self._next, distance)]
+        self._next, self._complete = uint16_add(self._next, skip), 0
 
 
 class EncodedReceiver:
@@ -234,10 +276,7 @@ class EncodedReceiver:
         self._clock_rate_known = False
         self._handle_rtcp = receiver._handle_rtcp_packet
         receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
-        # When the previous frame was handed on: for video, when this one's first packet came.
-        self._previous_route: float | None = None
-        self._audio = kind == "audio"
-        jitter_buffer = _AudioPackets() if self._audio else _VideoFrames()
+        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
         receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
@@ -324,12 +363,8 @@ class EncodedReceiver:
         self.frames_received += 1
         if not self._clock_rate_known:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
-        now = time.monotonic()
-        # audio packets are handed on as they arrive; a video frame once the next one begins
-        arrival = now if self._audio else self._previous_route
-        self._previous_route = now
-        if arrival is not None:
-            self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp), arrival)
+        # frames are handed on as their last packet arrives: they were captured before now
+        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType
