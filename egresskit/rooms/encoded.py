@@ -30,6 +30,13 @@ This module is the only place that reaches into aiortc, and it touches:
   complete and gives up on a missing packet after `MAX_PACKET_WAIT_S`.
   aiortc calls its `add(packet)` and expects `(pli_flag, JitterFrame or
   None)`; packets carry the depayloaded bytes in `_data`.
+- `RTCRtpReceiver._RTCRtpReceiver__nack_generator` (video): replaced by
+  `_LostPackets`, with aiortc's `add(packet) -> bool` and `missing` set,
+  which prunes old losses only when a new one is found instead of on
+  every packet.
+- `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` (video): set
+  to None while the track is not decoded, so only tracks that are decoded
+  (composited) cost receive-side bandwidth estimation and send REMB.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -51,7 +58,7 @@ from typing import Any
 import av
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
-from aiortc.rtp import RtcpSrPacket, RtpPacket
+from aiortc.rtp import RTP_HISTORY_SIZE, RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
@@ -166,6 +173,38 @@ class _AudioPackets:
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
 
+class _LostPackets:
+    """Stands in for aiortc's NackGenerator: which packets are missing, for NACKs.
+
+    The same bookkeeping, except that losses older than RTP_HISTORY_SIZE
+    (which the sender no longer keeps) are pruned when a new loss is found,
+    not on every packet: a receiver that lost many packets does not pay for
+    them on each one that follows.
+    """
+
+    def __init__(self) -> None:
+        self.max_seq: int | None = None
+        self.missing: set[int] = set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        """Note a packet; True when it revealed new missing packets (send a NACK)."""
+        seq = packet.sequence_number
+        if self.max_seq is None:
+            self.max_seq = seq
+            return False
+        if not uint16_gt(seq, self.max_seq):
+            self.missing.discard(seq)
+            return False
+        gap = uint16_add(seq, -self.max_seq) - 1
+        self.max_seq = seq
+        if not gap:
+            return False
+        self.missing.update(uint16_add(seq, -k) for k in range(1, min(gap, RTP_HISTORY_SIZE) + 1))
+        oldest = uint16_add(seq, -RTP_HISTORY_SIZE)
+        self.missing = {s for s in self.missing if not uint16_gt(oldest, s)}
+        return True
+
+
 class _VideoFrames:
     """Stands in for aiortc's video jitter buffer: frames leave in order, once complete.
 
@@ -278,6 +317,10 @@ class EncodedReceiver:
         receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
         jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
         receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        self._estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        if kind == "video":
+            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
+            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
@@ -303,6 +346,10 @@ class EncodedReceiver:
             self._decoder_synced = False
             self.request_keyframe(throttled=False)
         self._decoding = wanted
+        # bandwidth estimation (REMB) only for what is decoded, i.e. composited
+        self._receiver._RTCRtpReceiver__remote_bitrate_estimator = (  # type: ignore[attr-defined]
+            self._estimator if wanted else None
+        )
 
     def subscribe(self, maxsize: int = ENCODED_QUEUE) -> Link:
         """A link of EncodedFrame from the next key frame on (requested now), EOS at the end."""

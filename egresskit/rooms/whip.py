@@ -29,6 +29,7 @@ from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.ice import restrict_ice_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
 from egresskit.rooms.timeline import SenderClock
+from egresskit.rooms.udp import enlarge_receive_buffers
 from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,7 @@ async def publish_tracks(
     answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
     offered = {m.rtp.muxId: m for m in offer.media}
     sender = SenderClock()  # one publisher: its tracks share one clock
+    enlarge_receive_buffers(pc)
     for transceiver in pc.getTransceivers():
         track = transceiver.receiver.track
         if track is None or transceiver.mid is None:
