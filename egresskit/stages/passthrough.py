@@ -81,9 +81,8 @@ class EncodedTrackSource(Stage):
     """Source of one track's encoded frames as packets timed on the graph clock.
 
     The first frame (a key frame; see `LocalTrack.subscribe_encoded`) gets
-    the graph time it was captured at (`EncodedFrame.time`; not before the
-    graph's start); every later one keeps its RTP distance from it, so a
-    pause in sending stays a pause in the file and no frame is late. A packet is
+    the graph time it arrived at; every later one keeps its RTP distance
+    from it, so a pause in sending stays a pause in the file. A packet is
     sent once the next one arrives, which gives it its exact duration.
     Posts `source_closed` when the track is unpublished, which ends the
     graph by itself.
@@ -125,8 +124,7 @@ class EncodedTrackSource(Stage):
     def _packet(self, frame: EncodedFrame) -> av.Packet:
         position = self._timeline.advance(frame.timestamp)
         if self._origin is None:
-            start = max(0.0, self.clock.media_time(frame.time))
-            self._origin = round(start * frame.clock_rate) - position
+            self._origin = round(self.clock.now() * frame.clock_rate) - position
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = self._origin + position
         packet.time_base = Fraction(1, frame.clock_rate)
