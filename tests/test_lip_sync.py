@@ -97,7 +97,7 @@ class Recorded:
 
 IMPAIRED_SECONDS = 30.0
 JITTER_MS, LOSS = 100, 0.02
-# Longest the picture may stand still after a loss: a key frame is asked for at once.
+# Longest the picture may stand still (after a loss a key frame is asked for at once).
 MAX_FREEZE_S = 1.0
 
 
@@ -148,7 +148,7 @@ async def record_all_three(client: api.LiveKitAPI, seconds: float) -> dict[str, 
     return recorded
 
 
-def check_sync(path: Path, recorded: Recorded, tolerance: float, max_freeze: float = 0.2) -> str:
+def check_sync(path: Path, recorded: Recorded, tolerance: float, max_freeze: float) -> str:
     """Assert lip sync, no drift and an exact duration; a summary line for the log."""
     pairs = av_offsets(path)
     expected = recorded.shortest / PERIOD_S
@@ -193,7 +193,7 @@ async def test_flash_and_beep_stay_together_from_an_aiortc_publisher(tmp_path):
 
 
 def assert_all_in_sync(
-    results: dict[str, Recorded], tolerance: float, max_freeze: float = 0.2
+    results: dict[str, Recorded], tolerance: float, max_freeze: float = MAX_FREEZE_S
 ) -> None:
     """check_sync on every recording; every failure is reported, not only the first."""
     failures = []

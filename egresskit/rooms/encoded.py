@@ -34,9 +34,6 @@ This module is the only place that reaches into aiortc, and it touches:
   `_LostPackets`, with aiortc's `add(packet) -> bool` and `missing` set,
   which prunes old losses only when a new one is found instead of on
   every packet.
-- `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` (video): set
-  to None while the track is not decoded, so only tracks that are decoded
-  (composited) cost receive-side bandwidth estimation and send REMB.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -317,10 +314,8 @@ class EncodedReceiver:
         receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
         jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
         receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
-        self._estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
         if kind == "video":
             receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
-            receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
@@ -346,10 +341,6 @@ class EncodedReceiver:
             self._decoder_synced = False
             self.request_keyframe(throttled=False)
         self._decoding = wanted
-        # bandwidth estimation (REMB) only for what is decoded, i.e. composited
-        self._receiver._RTCRtpReceiver__remote_bitrate_estimator = (  # type: ignore[attr-defined]
-            self._estimator if wanted else None
-        )
 
     def subscribe(self, maxsize: int = ENCODED_QUEUE) -> Link:
         """A link of EncodedFrame from the next key frame on (requested now), EOS at the end."""
