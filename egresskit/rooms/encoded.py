@@ -7,7 +7,8 @@ frame), reassembles frames in its jitter buffer, unwraps RTP timestamps
 and puts each `(codec, JitterFrame)` on a private queue read by its decoder
 thread. That thread constructs its decoder on the first frame it is given.
 
-This module is the only place that reaches into aiortc, and it touches:
+This module is the only place that reaches into aiortc's receiver (`egresskit.rooms.udp`
+reaches its ICE sockets), and it touches:
 
 - `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (name-mangled): replaced
   by a router that copies every reassembled frame to encoded subscribers and,
@@ -88,8 +89,8 @@ class EncodedFrame:
 
     `timestamp` is in units of `clock_rate` (90 kHz for video, 48 kHz for
     Opus), counted from the receiver's first frame; a pause in sending is a
-    jump in it, never a renumbering. `time` is when the sender captured it,
-    on `time.monotonic()` (see `egresskit.rooms.timeline`).
+    jump in it, never a renumbering. `EncodedReceiver.time_of(timestamp)`
+    says when the sender captured it.
     """
 
     data: bytes
@@ -97,7 +98,6 @@ class EncodedFrame:
     clock_rate: int
     keyframe: bool
     mime_type: str
-    time: float = 0.0
 
 
 def is_keyframe(mime_type: str, data: bytes) -> bool:
@@ -408,12 +408,7 @@ class EncodedReceiver:
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
         frame = EncodedFrame(
-            bytes(jitter_frame.data),
-            jitter_frame.timestamp,
-            codec.clockRate,
-            keyframe,
-            mime_type,
-            self.time_of(jitter_frame.timestamp),
+            bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
         )
         waiting = False
         for subscription in self._subscriptions:
