@@ -149,7 +149,7 @@ class ImpairingRelay:
     DTLS pass untouched so the connection sets up.
     """
 
-    CANDIDATE = re.compile(r"(a=candidate:\S+ \d+ udp \d+ )127\.0\.0\.1 (\d+)", re.IGNORECASE)
+    CANDIDATE = re.compile(r"(a=candidate:\S+ \d+ udp \d+ )(\d+\.\d+\.\d+\.\d+) (\d+)", re.I)
 
     def __init__(self, jitter_s: float, loss: float) -> None:
         self.jitter_s = jitter_s
@@ -159,19 +159,25 @@ class ImpairingRelay:
         self.delayed = self.dropped = 0
 
     async def rewrite(self, sdp: str, toward_service: bool) -> str:
-        """`sdp` with every loopback candidate replaced by a relay socket standing for it."""
+        """`sdp` with every IPv4 candidate replaced by a relay socket on 127.0.0.1 standing for it.
+
+        Candidates are this machine's addresses (loopback or its own
+        interfaces), so the relay's traffic never leaves the machine.
+        """
         loop = asyncio.get_running_loop()
         ports = {}
         for match in self.CANDIDATE.finditer(sdp):
-            address = ("127.0.0.1", int(match.group(2)))
+            address = (match.group(2), int(match.group(3)))
             if address not in self._sockets:
                 _, socket = await loop.create_datagram_endpoint(
                     lambda a=address: _Socket(self, a, toward_service),
                     local_addr=("127.0.0.1", 0),
                 )
                 self._sockets[address] = socket
-            ports[match.group(2)] = self._sockets[address].transport.get_extra_info("sockname")[1]
-        return self.CANDIDATE.sub(lambda m: f"{m.group(1)}127.0.0.1 {ports[m.group(2)]}", sdp)
+            ports[address] = self._sockets[address].transport.get_extra_info("sockname")[1]
+        return self.CANDIDATE.sub(
+            lambda m: f"{m.group(1)}127.0.0.1 {ports[(m.group(2), int(m.group(3)))]}", sdp
+        )
 
     def forward(self, socket: _Socket, data: bytes, sender: tuple[str, int]) -> None:
         """A packet to `socket` from `sender`: out through the socket standing for the sender."""
