@@ -74,8 +74,10 @@ ENCODED_QUEUE = 120
 _H264_IDR = 5
 # How long video waits for a missing packet (retransmission asked for by NACK)
 # before skipping it and asking for a key frame: a packet lost for good would
-# otherwise hold video back until 512 more packets had filled the buffer.
-MAX_PACKET_WAIT_S = 0.4
+# otherwise hold video back until 512 more packets had filled the buffer. A
+# retransmission takes a round trip plus jitter; the wait stays well inside
+# the composite's playout delay (PLAYOUT_DELAY_S, 0.5 s).
+MAX_PACKET_WAIT_S = 0.25
 # Video packets held at most while a missing one is awaited (aiortc holds 512).
 MAX_BUFFERED = 512
 _WRAP = 1 << 32
