@@ -48,6 +48,8 @@ SID_ALPHABET = string.ascii_letters + string.digits
 # A BLOCK subscriber that stops reading must not stall the reader for ever:
 # the reader is the only thing keeping the remote track's buffer small.
 BLOCKED_SUBSCRIBER_WAIT_S = 2.0
+# An in-process track whose pts and arrival times part by more is timed afresh.
+IN_PROCESS_RESYNC_S = 1.0
 # Bound on tearing down a publisher's connection or receiver.
 RELEASE_TIMEOUT_S = 5.0
 # A room empty this long, that nobody watches, is dropped (LiveKit's default empty_timeout).
@@ -103,6 +105,8 @@ class LocalTrack:
         self._subscribers: list[Link] = []
         self._reader: asyncio.Task[None] | None = None
         self._ended = False
+        # in-process frames: (pts in seconds, monotonic arrival) of the frame timing them
+        self._anchor: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         return f"LocalTrack({self.sid}, {self.mime_type}, {self.participant.identity!r})"
@@ -121,6 +125,31 @@ class LocalTrack:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(link)
         self._update_decoding()
+
+    def frame_time(self, frame: av.AudioFrame | av.VideoFrame) -> float | None:
+        """When a frame of this track was captured, on `time.monotonic()`; None if unknown.
+
+        WebRTC frames are timed by their sender (`egresskit.rooms.timeline`);
+        in-process frames by their pts, from the arrival of the frame that
+        anchored it (see `_anchor_time`).
+        """
+        if frame.pts is None or frame.time_base is None:
+            return None
+        if self._encoded is not None:
+            return self._encoded.time_of(frame.pts)
+        if self._anchor is None:
+            return None
+        pts, arrival = self._anchor
+        return arrival + float(frame.pts * frame.time_base) - pts
+
+    def _anchor_time(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        """Time in-process frames from their pts, re-anchored when pts and arrival part by 1 s."""
+        if frame.pts is None or frame.time_base is None:
+            return
+        now = time.monotonic()
+        timed = self.frame_time(frame)
+        if timed is None or abs(timed - now) > IN_PROCESS_RESYNC_S:
+            self._anchor = (float(frame.pts * frame.time_base), now)
 
     @property
     def has_encoded_media(self) -> bool:
@@ -164,6 +193,7 @@ class LocalTrack:
             except Exception:
                 log.exception("track %s failed; unpublishing it", self.sid)
                 break
+            self._anchor_time(frame)
             # A copy: subscribers may come and go while a BLOCK link makes us wait.
             for link in list(self._subscribers):
                 if link.policy is LinkPolicy.BLOCK:

@@ -33,6 +33,8 @@ from livekit.protocol import models
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.ice import gathering_on, host_address_override, own_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
+from egresskit.rooms.timeline import SenderClock
+from egresskit.rooms.udp import enlarge_receive_buffers
 from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
 
 log = logging.getLogger(__name__)
@@ -376,6 +378,8 @@ async def publish_tracks(
     sources: Mapping[str, int],
 ) -> None:
     answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
+    sender = SenderClock()  # one publisher: its tracks share one clock
+    enlarge_receive_buffers(pc)
     for transceiver in pc.getTransceivers():
         track = transceiver.receiver.track
         if track is None or transceiver.mid not in sources:
@@ -387,7 +391,7 @@ async def publish_tracks(
             mime_type=negotiated_mime_type(answered.get(transceiver.mid)),
             release=receiver_stopper(transceiver),
             # encoded frames for track egress; decoding only while someone wants frames
-            encoded=EncodedReceiver(transceiver.receiver),
+            encoded=EncodedReceiver(transceiver.receiver, sender),
         )
 
 
