@@ -1,4 +1,4 @@
-"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, health, metrics."""
+"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, WHEP playback, health, metrics."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from egresskit.rooms import (
     TrackUnpublished,
     whip_app,
 )
+from egresskit.rooms.whep import whep_app
 from egresskit.service.auth import EGRESS_GRANT, require_grant
 from egresskit.service.auto_egress import AutoEgress, parse_room_egress
 from egresskit.service.config import ServiceConfig
@@ -134,6 +135,15 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.add_subapp(
         "/whip",
         whip_app(
+            rooms,
+            config.keys,
+            ice_addresses=ice_addresses(config.bind),
+            max_token_ttl_s=max_ttl,
+        ),
+    )
+    app.add_subapp(
+        "/whep",
+        whep_app(
             rooms,
             config.keys,
             ice_addresses=ice_addresses(config.bind),
