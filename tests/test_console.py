@@ -8,8 +8,14 @@ import os
 import subprocess
 from pathlib import Path
 
+import aiohttp
 import pytest
 from console_browser import chromium_page, egresskit_service, playwright_missing
+from livekit import api
+from livekit.protocol import egress as egress_pb
+from publishers import SyntheticVideoTrack, colors_close, make_publisher_token, whip_publish
+
+from egresskit.service.config import DEV_API_KEY, DEV_API_SECRET
 
 pytestmark = [
     pytest.mark.chromium,
@@ -76,3 +82,82 @@ async def test_publish_record_and_play_back(tmp_path: Path):
         assert (video["width"], video["height"]) == (1280, 720)
         assert float(probe["format"]["duration"]) >= 4.0
         assert await page.locator("#error").is_hidden()
+
+
+async def test_watch_shows_an_aiortc_publishers_colour(tmp_path: Path):
+    output = tmp_path / "out"
+    output.mkdir()
+    async with egresskit_service(output, "--dev") as base, chromium_page() as page:
+        token = make_publisher_token(DEV_API_KEY, DEV_API_SECRET, "demo", "painter")
+        async with await whip_publish(base, "demo", token, [SyntheticVideoTrack(ORANGE)]):
+            await page.goto(f"{base}/")
+            await page.wait_for_selector('li.participant[data-identity="painter"]', timeout=WAIT_MS)
+            await page.fill("#watch-participant", "painter")
+            await page.click("#watch-start")
+            await page.wait_for_function(
+                "document.getElementById('watch-video').currentTime > 1", timeout=WAIT_MS
+            )
+            color = await page.evaluate(SAMPLE_CENTRE, "watch-video")
+            assert colors_close(tuple(color), ORANGE), color
+            size = await page.evaluate("[...['videoWidth', 'videoHeight']].map(k => document.getElementById('watch-video')[k])")
+            assert size == [640, 360]
+            assert await page.locator("#error").is_hidden()
+
+
+ORANGE = (240, 140, 20)
+# The colour at a quarter of the frame's height (the moving block runs through the middle).
+SAMPLE_CENTRE = """(id) => {
+  const video = document.getElementById(id);
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  const context = canvas.getContext("2d");
+  context.drawImage(video, 0, 0);
+  const pixel = context.getImageData(canvas.width / 2, canvas.height / 4, 1, 1).data;
+  return [pixel[0], pixel[1], pixel[2]];
+}"""
+
+
+async def test_console_is_off_without_dev_or_console(tmp_path: Path):
+    output = tmp_path / "out"
+    output.mkdir()
+    flags = ("--api-key", "key", "--api-secret", "a-secret-of-sufficient-length-1234")
+    async with egresskit_service(output, *flags) as base, aiohttp.ClientSession() as http:
+        for path in ("/", "/console/config.json", "/console/events", "/files/x.mp4"):
+            async with http.get(f"{base}{path}") as response:
+                assert response.status == 404, path
+
+
+async def test_wrong_secret_shows_twirp_errors_and_starts_nothing(tmp_path: Path):
+    output = tmp_path / "out"
+    output.mkdir()
+    key, secret = "key", "a-secret-of-sufficient-length-1234"
+    flags = ("--console", "--api-key", key, "--api-secret", secret)
+    async with egresskit_service(output, *flags) as base, chromium_page() as page:
+        await page.goto(f"{base}/")
+        config = await page.evaluate("fetch('/console/config.json').then(r => r.json())")
+        assert config == {"dev": False}  # no secret is handed to the page
+        await page.fill("#api-key", key)
+        await page.fill("#api-secret", "wrong-secret-of-sufficient-length-99")
+        await page.click("#sign-in")
+        error = page.locator("#error")
+        bad_signature = "unauthenticated: invalid token: "
+        await error.filter(has_text=bad_signature).wait_for(timeout=WAIT_MS)
+
+        for button in ("#recordings-refresh", "#record-start"):
+            await page.evaluate("document.getElementById('error').textContent = ''")
+            await page.click(button)
+            await error.filter(has_text=bad_signature).wait_for(timeout=WAIT_MS)
+        await page.click("#publish-start")
+        await error.filter(has_text="WHIP 401: ").wait_for(timeout=WAIT_MS)
+        await page.click("#watch-start")
+        await error.filter(has_text="WHEP 401: ").wait_for(timeout=WAIT_MS)
+
+        client = api.LiveKitAPI(base, key, secret)
+        try:
+            egresses = await client.egress.list_egress(egress_pb.ListEgressRequest())
+            rooms = await client.room.list_rooms(api.ListRoomsRequest())
+        finally:
+            await client.aclose()
+        assert list(egresses.items) == [] and list(rooms.rooms) == []
+        assert list(output.iterdir()) == []

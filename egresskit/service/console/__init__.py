@@ -56,12 +56,20 @@ class Console:
         )
         # One wake-up event per connected stream: set when a room changes.
         self._listeners: set[asyncio.Event] = set()
+        self._closing = False
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self.index)
         app.router.add_get("/console/config.json", self.settings)
         app.router.add_get("/console/events", self.events)
         app.router.add_static("/console/static", STATIC, follow_symlinks=False)
+        app.on_shutdown.append(self._close_streams)
+
+    async def _close_streams(self, app: web.Application) -> None:
+        """End every event stream, so a graceful shutdown does not wait for them."""
+        self._closing = True
+        for listener in self._listeners:
+            listener.set()
 
     def on_room_event(self, event: RoomEvent) -> None:
         for listener in self._listeners:
@@ -79,8 +87,11 @@ class Console:
     async def events(self, request: web.Request) -> web.StreamResponse:
         try:
             claims = await self._authorize(request, "console events")
-        except TwirpError as error:
-            raise web.HTTPUnauthorized(text=error.msg) from None
+        except TwirpError as error:  # answered as the Twirp API answers it
+            raise web.HTTPUnauthorized(
+                text=json.dumps({"code": error.code, "msg": error.msg}),
+                content_type="application/json",
+            ) from None
         with_egress = claims.grant(EGRESS_GRANT) is True
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
@@ -96,6 +107,8 @@ class Console:
                 timeout = PROGRESS_INTERVAL_S if running else KEEPALIVE_S
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(changed.wait(), timeout)
+                if self._closing:
+                    break
                 chunks = []
                 if changed.is_set():
                     changed.clear()

@@ -8,10 +8,6 @@ export function signIn(value) {
   credentials = value;
 }
 
-export function signedIn() {
-  return credentials !== null;
-}
-
 function base64url(bytes) {
   let text = "";
   for (const byte of new Uint8Array(bytes)) text += String.fromCharCode(byte);
@@ -45,11 +41,15 @@ export async function twirp(service, method, request, grants = EGRESS) {
     headers: {"Content-Type": "application/json", Authorization: `Bearer ${await token(grants)}`},
     body: JSON.stringify(request),
   });
+  if (!response.ok) throw await twirpError(response);
+  return response.json();
+}
+
+async function twirpError(response) {
   const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    throw new Error(body && body.code ? `${body.code}: ${body.msg}` : `HTTP ${response.status}`);
-  }
-  return body;
+  const error = new Error(body && body.code ? `${body.code}: ${body.msg}` : `HTTP ${response.status}`);
+  error.status = response.status;
+  return error;
 }
 
 export const egress = (method, request) => twirp("Egress", method, request);
@@ -61,7 +61,7 @@ export async function events(onEvent, signal) {
   const response = await fetch("/console/events", {
     headers: {Authorization: `Bearer ${bearer}`}, signal,
   });
-  if (!response.ok) throw new Error(`events: ${await response.text()}`);
+  if (!response.ok) throw await twirpError(response);
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = "";
   for (;;) {

@@ -70,16 +70,21 @@ function renderRooms(rooms) {
   }
 }
 
+let following = null; // AbortController of the current event stream
+
 async function followEvents() {
-  for (;;) {
+  following?.abort();
+  const controller = following = new AbortController();
+  while (!controller.signal.aborted) {
     try {
       await api.events((name, data) => {
         if (name === "rooms") renderRooms(data);
         else if (name === "egress") showProgress(data);
-      });
+      }, controller.signal);
     } catch (error) {
+      if (controller.signal.aborted) return;
       showError(error);
-      if (!api.signedIn()) return;
+      if (error.status === 401) return; // signing in again restarts the stream
     }
     await new Promise((resolve) => setTimeout(resolve, 2000));
   }
