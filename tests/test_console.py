@@ -14,7 +14,10 @@ from console_browser import chromium_page, egresskit_service, playwright_missing
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from publishers import SyntheticVideoTrack, colors_close, make_publisher_token, whip_publish
+from service_fixtures import join, service_config
+from test_update_layout import probe_series
 
+from egresskit.service.app import MANAGER, create_app
 from egresskit.service.config import DEV_API_KEY, DEV_API_SECRET
 
 pytestmark = [
@@ -161,3 +164,49 @@ async def test_wrong_secret_shows_twirp_errors_and_starts_nothing(tmp_path: Path
             await client.aclose()
         assert list(egresses.items) == [] and list(rooms.rooms) == []
         assert list(output.iterdir()) == []
+
+
+async def test_update_layout_from_the_page_within_200_ms(aiohttp_server, tmp_path: Path):
+    """In-process service: the measurement reads the egress's own clock, as
+    tests/test_update_layout.py does; the page drives it through the same Twirp API."""
+    app = create_app(service_config(tmp_path, dev=True))
+    server = await aiohttp_server(app, host="127.0.0.1")
+    base = str(server.make_url("")).rstrip("/")
+    sessions = [
+        await join(base, "switch", "alice", (220, 40, 40), 440.0),
+        await join(base, "switch", "bob", (40, 60, 220), 1000.0),
+    ]
+    try:
+        async with chromium_page() as page:
+            await page.goto(f"{base}/")
+            await page.fill("#record-room", "switch")
+            await page.select_option("#record-layout", "grid")
+            await page.click("#record-start")
+            row = page.locator("#egress-list tr")
+            await row.locator("td.status", has_text="ACTIVE").wait_for(timeout=WAIT_MS)
+            session = app[MANAGER].active()[0]
+            clock = session.plan.graph.clock
+            await row.locator("select.layout").select_option("speaker")
+            await clock.sleep_until(2.0)
+            # Media time of the frame being drawn at the click: the clock's time when the
+            # compositor keeps up; behind it on a loaded machine, where drawing lags.
+            called_at = session.plan.compositor.frames_out / session.plan.compositor.fps
+            await row.locator("button.update-layout").click()
+            await clock.sleep_until(clock.now() + 2.0)
+            assert session.info.room_composite.layout == "speaker"
+            await row.locator("button.stop").click()
+            recording = page.locator("#recording-list li.recording", has_text="complete")
+            await recording.wait_for(timeout=WAIT_MS)
+            assert await page.locator("#error").is_hidden()
+    finally:
+        for publisher in sessions:
+            await publisher.close()
+
+    writer = session.plan.files[0].writer
+    series = await asyncio.to_thread(probe_series, writer.path)
+    called_at -= writer.first_pts_s  # the file's time 0
+    before = [b for t, _, b in series if 0.5 < t < called_at - 0.5]
+    assert before and max(before) < 40, "grid should leave the probe on the dark background"
+    switched = [t for t, _, b in series if t >= called_at and b > 60]
+    assert switched, "the layout never changed"
+    assert switched[0] - called_at <= 0.2, f"switched {switched[0] - called_at:.3f} s after the click"

@@ -225,49 +225,59 @@ function egressKind(info) {
   return "other";
 }
 
+// Rows are built once per egress and then updated in place, so a layout being
+// chosen or a URL being typed survives the progress updates.
+function egressRow(id, info) {
+  const controls = el("span");
+  if (info.room_composite) {
+    const layout = el("select", {class: "layout"},
+      ...["grid", "speaker", "single-speaker", "grid-light", "speaker-light"].map((name) =>
+        el("option", name === info.room_composite.layout ? {selected: ""} : {}, name)));
+    controls.append(layout, el("button", {type: "button", class: "update-layout",
+      onclick: action(async () => {
+        await api.egress("UpdateLayout", {egress_id: id, layout: layout.value});
+        await refreshEgresses();
+      })}, "update"));
+  }
+  if ((info.stream_results || []).length) {
+    const url = el("input", {class: "stream-url", placeholder: "rtmp://..."});
+    const update = (field) => action(async () => {
+      await api.egress("UpdateStream", {egress_id: id, [field]: [url.value]});
+      await refreshEgresses();
+    });
+    controls.append(el("span", {class: "streams"}), url,
+      el("button", {type: "button", onclick: update("add_output_urls")}, "add"),
+      el("button", {type: "button", onclick: update("remove_output_urls")}, "remove"));
+  }
+  const cell = (name) => el("td", {class: name});
+  return el("tr", {id: `egress-${id}`, "data-egress": id},
+    el("td", {}, el("code", {}, id)), el("td", {}, egressKind(info)),
+    cell("status"), cell("elapsed"), cell("bytes"), cell("dropped"),
+    el("td", {}, controls),
+    el("td", {}, el("button", {type: "button", class: "stop", onclick: action(async () => {
+      await api.egress("StopEgress", {egress_id: id});
+      await refreshEgresses();
+    })}, "stop")));
+}
+
 function renderEgresses() {
-  const rows = [];
+  const list = $("egress-list");
+  for (const row of [...list.children]) {
+    if (!active.has(row.dataset.egress)) row.remove();
+  }
   for (const [id, info] of active) {
+    let row = document.getElementById(`egress-${id}`);
+    if (!row) list.append(row = egressRow(id, info));
     const now = progress.get(id);
     const started = Number(now?.started_at || info.started_at || 0) / 1e6;
-    const elapsed = started ? ((Date.now() - started) / 1000).toFixed(0) + " s" : "";
-    const controls = el("span");
-    if (info.room_composite) {
-      const layout = el("select", {class: "layout"},
-        ...["grid", "speaker", "single-speaker", "grid-light", "speaker-light"].map((name) =>
-          el("option", name === info.room_composite.layout ? {selected: ""} : {}, name)));
-      controls.append(layout, el("button", {type: "button", class: "update-layout",
-        onclick: action(async () => {
-          await api.egress("UpdateLayout", {egress_id: id, layout: layout.value});
-          await refreshEgresses();
-        })}, "update"));
-    }
-    if ((info.stream_results || []).length || info.room_composite?.stream_outputs?.length) {
-      const url = el("input", {class: "stream-url", placeholder: "rtmp://..."});
-      const streams = (info.stream_results || []).map((s) => s.url).join(" ");
-      controls.append(el("span", {class: "streams"}, streams), url,
-        el("button", {type: "button", onclick: action(async () => {
-          await api.egress("UpdateStream", {egress_id: id, add_output_urls: [url.value]});
-          await refreshEgresses();
-        })}, "add"),
-        el("button", {type: "button", onclick: action(async () => {
-          await api.egress("UpdateStream", {egress_id: id, remove_output_urls: [url.value]});
-          await refreshEgresses();
-        })}, "remove"));
-    }
-    rows.push(el("tr", {id: `egress-${id}`, "data-egress": id},
-      el("td", {}, el("code", {}, id)), el("td", {}, egressKind(info)),
-      el("td", {class: "status"}, (now?.status || info.status).replace("EGRESS_", "")),
-      el("td", {class: "elapsed"}, elapsed),
-      el("td", {class: "bytes"}, bytes(now?.bytes)),
-      el("td", {class: "dropped"}, String(now?.dropped_frames ?? 0)),
-      el("td", {}, controls),
-      el("td", {}, el("button", {type: "button", class: "stop", onclick: action(async () => {
-        await api.egress("StopEgress", {egress_id: id});
-        await refreshEgresses();
-      })}, "stop"))));
+    const text = (name, value) => { row.querySelector(`.${name}`).textContent = value; };
+    text("status", (now?.status || info.status).replace("EGRESS_", ""));
+    text("elapsed", started ? `${((Date.now() - started) / 1000).toFixed(0)} s` : "");
+    text("bytes", bytes(now?.bytes));
+    text("dropped", String(now?.dropped_frames ?? 0));
+    const streams = row.querySelector(".streams");
+    if (streams) streams.textContent = (info.stream_results || []).map((s) => s.url).join(" ");
   }
-  $("egress-list").replaceChildren(...rows);
 }
 
 // --- recordings ----------------------------------------------------------------------
