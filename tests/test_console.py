@@ -51,6 +51,11 @@ async def test_publish_record_and_play_back(tmp_path: Path):
             timeout=WAIT_MS,
         )
         await page.wait_for_selector('li.participant[data-identity="browser"] li.track >> nth=1')
+        # the page watches its own camera back over WHEP
+        await page.click("#watch-start")
+        await page.wait_for_function(
+            "document.getElementById('watch-video').currentTime > 0.5", timeout=WAIT_MS
+        )
 
         await page.select_option("#record-layout", "grid")
         await page.click("#record-start")

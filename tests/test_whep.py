@@ -165,3 +165,22 @@ async def test_refusals(server, rooms: RoomManager):
         assert status == 400
         async with aiohttp.ClientSession() as http, http.options(base / "whep" / ROOM) as r:
             assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_h264_passes_through(server, whep_encoders):
+    base = server.make_url("/")
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
+    publishing = await whip_publish(
+        base, ROOM, token, [SyntheticVideoTrack(GREEN)], video_codec="video/H264"
+    )
+    async with publishing:
+        pc, tracks, _ = await whep_view(base, f"/whep/{ROOM}", viewer_token(), kinds=("video",))
+        try:
+            video = await frames(tracks["video"], 10)
+            assert len(video) == 10 and colors_close(frame_color(video[-1]), GREEN)
+            answered = [line for line in pc.remoteDescription.sdp.splitlines() if "rtpmap" in line]
+            assert any("H264/90000" in line for line in answered)
+            assert not any("VP8" in line for line in answered)
+        finally:
+            await pc.close()
+    assert whep_encoders == []
