@@ -215,3 +215,28 @@ async def test_update_layout_from_the_page_within_200_ms(aiohttp_server, tmp_pat
     switched = [t for t, _, b in series if t >= called_at and b > 60]
     assert switched, "the layout never changed"
     assert switched[0] - called_at <= 0.2, f"switched {switched[0] - called_at:.3f} s after the click"
+
+
+async def test_hls_recording_plays_in_the_page(tmp_path: Path):
+    output = tmp_path / "out"
+    output.mkdir()
+    async with egresskit_service(output, "--dev") as base, chromium_page() as page:
+        token = make_publisher_token(DEV_API_KEY, DEV_API_SECRET, "demo", "painter")
+        async with await whip_publish(base, "demo", token, [SyntheticVideoTrack(ORANGE)]):
+            await page.goto(f"{base}/")
+            await page.wait_for_selector('li.participant[data-identity="painter"]', timeout=WAIT_MS)
+            await page.select_option("#record-output", "hls")
+            await page.click("#record-start")
+            row = page.locator("#egress-list tr")
+            await row.locator("td.status", has_text="ACTIVE").wait_for(timeout=WAIT_MS)
+            await asyncio.sleep(8)
+            await row.locator("button.stop").click()
+            recording = page.locator("#recording-list li.recording", has_text="complete")
+            await recording.wait_for(timeout=WAIT_MS)
+        playlist = recording.locator('li.file[data-file$=".m3u8"]')
+        await playlist.locator("button.play").click()
+        await page.wait_for_function(
+            "document.getElementById('player').currentTime > 1", timeout=WAIT_MS
+        )
+        assert await page.locator("#player").evaluate("v => v.videoWidth") == 1280
+        assert await page.locator("#error").is_hidden()
