@@ -19,6 +19,7 @@ from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
 from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
+from egresskit.service.files import RedactedAccessLogger
 from egresskit.tokens import create_token
 
 log = logging.getLogger("egresskit")
@@ -47,6 +48,12 @@ def _service_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     parser.add_argument(
         "--dev", action="store_true", default=None, help="development keys devkey / secret"
+    )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        default=None,
+        help="web console at / and recordings at /files (always on with --dev)",
     )
 
 
@@ -78,6 +85,8 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
 def _announce(config: ServiceConfig, room: str | None = None) -> None:
     base = f"http://{config.bind}:{config.port}"
     print(f"egresskit listening on {base} (Twirp API at {base}/twirp, WHIP at {base}/whip/<room>)")
+    if config.console_enabled:
+        print(f"console: {base}/")
     if config.dev:
         print(f"dev mode: API key {config.api_key!r}, API secret {config.api_secret!r}")
     if room:
@@ -102,6 +111,7 @@ def serve(config: ServiceConfig) -> None:
         shutdown_timeout=60,
         keepalive_timeout=HEADER_TIMEOUT_S,
         handle_signals=True,
+        access_log_class=RedactedAccessLogger,
     )
 
 

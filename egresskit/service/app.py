@@ -1,4 +1,4 @@
-"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, health, metrics."""
+"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, WHEP playback, console, health, metrics."""
 
 from __future__ import annotations
 
@@ -22,10 +22,13 @@ from egresskit.rooms import (
     TrackUnpublished,
     whip_app,
 )
+from egresskit.rooms.whep import whep_app
 from egresskit.service.auth import EGRESS_GRANT, require_grant
 from egresskit.service.auto_egress import AutoEgress, parse_room_egress
 from egresskit.service.config import ServiceConfig
+from egresskit.service.console import Console
 from egresskit.service.egress_api import EgressApi
+from egresskit.service.files import files_app
 from egresskit.service.metrics import render_metrics
 from egresskit.service.room_api import (
     ROOM_GRANTS,
@@ -140,6 +143,22 @@ def create_app(config: ServiceConfig) -> web.Application:
             max_token_ttl_s=max_ttl,
         ),
     )
+    app.add_subapp(
+        "/whep",
+        whep_app(
+            rooms,
+            config.keys,
+            ice_addresses=ice_addresses(config.bind),
+            max_token_ttl_s=max_ttl,
+        ),
+    )
+    if config.console_enabled:
+        console = Console(config, rooms, manager)
+        observers.append(console.on_room_event)
+        console.add_routes(app)
+        app.add_subapp(
+            "/files", files_app(config.output_dir, config.keys, max_token_ttl_s=max_ttl)
+        )
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     return app

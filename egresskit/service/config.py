@@ -55,7 +55,13 @@ class ServiceConfig:
     # A RoomEgress in YAML form: embedded rooms record their tracks / participants.
     auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
+    # The web console at / (and /files): always on in dev mode, otherwise only when set.
+    console: bool = False
     log_level: str = "info"
+
+    @property
+    def console_enabled(self) -> bool:
+        return self.dev or self.console
 
     @property
     def keys(self) -> dict[str, str]:
@@ -127,10 +133,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _from_env(name: str, raw: str) -> Any:
     if name == "webhook_urls":
         return [url.strip() for url in raw.split(",") if url.strip()]
-    if name == "dev":
+    if name in ("dev", "console"):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ConfigError(f"{ENV_PREFIX}DEV must be true or false, not {raw!r}")
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
         return lowered in ("1", "true", "yes", "on")
     return raw
 
@@ -209,7 +215,7 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError("must be a mapping")
             return dict(value)
-        if name == "dev":
+        if name in ("dev", "console"):
             if not isinstance(value, bool):
                 raise ValueError("must be true or false")
             return value
