@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 from aiortc import (
     MediaStreamTrack,
+    RTCBundlePolicy,
     RTCConfiguration,
     RTCPeerConnection,
     RTCRtpTransceiver,
@@ -185,7 +186,11 @@ class LiveKitRoom(LocalRoom):
         assert isinstance(joined, rtc_pb.JoinResponse)
         if joined.room.sid:
             self.sid = joined.room.sid
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # max-bundle: with aiortc's default (balanced), the second m-line of a kind created
+        # by the same offer keeps a transport that bundling then discards, and never starts
+        self._pc = RTCPeerConnection(
+            RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
+        )
         self._watch_pc(self._pc)
         self._tasks.append(asyncio.create_task(self._signal_loop(), name=f"livekit {self.name}"))
         await self._update_participants(joined.other_participants)

@@ -1,0 +1,205 @@
+"""Egresses of a real LiveKit server's rooms, through `egresskit serve --livekit-url`.
+
+livekit-server runs on 127.0.0.1; publishers are the official `livekit`
+real-time SDK; egresskit runs as its own process and is driven by the
+unmodified `livekit-api` SDK at its own URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+from livekit import api
+from livekit.protocol import egress as egress_pb
+from livekit_publishers import SdkPublisher
+from livekit_server import LiveKitServer, unavailable_reason
+from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
+from publishers import colors_close
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason()),
+]
+
+API_KEY, API_SECRET = "egresskit-key", "egresskit-secret-of-sufficient-length-0123"
+RED, RED_TONE = (220, 40, 40), 440.0
+BLUE, BLUE_TONE = (40, 60, 220), 1000.0
+TILE_LEFT = (100, 220, 540, 500)  # inside the left tile of a two-tile 1280x720 grid
+TILE_RIGHT = (740, 220, 1180, 500)
+FULL = (300, 150, 980, 570)  # inside a single full-frame tile
+DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
+STARTUP_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def livekit_server():
+    with LiveKitServer() as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`python -m egresskit.cli serve` recording the rooms of `livekit`."""
+
+    def __init__(self, livekit: LiveKitServer, output_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output_dir = output_dir
+        self.livekit = livekit
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Service:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
+        env["EGRESSKIT_LIVEKIT_API_SECRET"] = self.livekit.api_secret  # secrets not on argv
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "egresskit.cli", "serve",
+            "--port", str(self.port),
+            "--api-key", API_KEY, "--api-secret", API_SECRET,
+            "--output-dir", str(self.output_dir),
+            "--livekit-url", self.livekit.url,
+            "--livekit-api-key", self.livekit.api_key,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    err = await self.process.stderr.read()
+                    raise AssertionError(f"egresskit exited: {err.decode()[-2000:]}")
+                try:
+                    async with http.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        raise AssertionError("egresskit did not start")
+
+    async def stop(self) -> str:
+        """Stop the service; returns its log."""
+        if self.process is None:
+            return ""
+        if self.process.returncode is None:
+            self.process.terminate()
+        try:
+            _, err = await asyncio.wait_for(self.process.communicate(), 30)
+        except TimeoutError:
+            self.process.kill()
+            _, err = await self.process.communicate()
+        return err.decode(errors="replace")
+
+
+@pytest.fixture
+async def service(livekit_server, tmp_path):
+    service = await Service(livekit_server, tmp_path / "out").start()
+    yield service
+    log = await service.stop()
+    assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.fixture
+async def lkapi(service):
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
+    yield client
+    await client.aclose()
+
+
+async def wait_status(lkapi, egress_id: str, statuses, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        items = (
+            await lkapi.egress.list_egress(egress_pb.ListEgressRequest(egress_id=egress_id))
+        ).items
+        if items and items[0].status in statuses:
+            return items[0]
+        if time.monotonic() > deadline:
+            status = egress_pb.EgressStatus.Name(items[0].status) if items else "missing"
+            raise AssertionError(f"{egress_id} is still {status}: {items[0] if items else ''}")
+        await asyncio.sleep(0.05)
+
+
+async def publishers(livekit_server, room: str, *specs) -> list[SdkPublisher]:
+    started = []
+    for identity, color, tone in specs:
+        started.append(
+            await SdkPublisher(livekit_server, room, identity, color=color, tone=tone).start()
+        )
+    await asyncio.sleep(0.5)  # the server has announced their tracks
+    return started
+
+
+async def stop_all(publishers) -> None:
+    for publisher in publishers:
+        await publisher.stop()
+
+
+def file_request(room: str, path: str, **kwargs) -> egress_pb.RoomCompositeEgressRequest:
+    return egress_pb.RoomCompositeEgressRequest(
+        room_name=room,
+        file_outputs=[egress_pb.EncodedFileOutput(filepath=path)],
+        **kwargs,
+    )
+
+
+async def test_room_composite_of_two_sdk_publishers(livekit_server, service, lkapi):
+    pubs = await publishers(
+        livekit_server, "standup", ("alice", RED, RED_TONE), ("bob", BLUE, BLUE_TONE)
+    )
+    try:
+        info = await lkapi.egress.start_room_composite_egress(file_request("standup", "standup.mp4"))
+        started = time.monotonic()
+        assert info.room_name == "standup"
+        assert info.room_id.startswith("RM_")
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(10.0 - (time.monotonic() - started))
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        wall = time.monotonic() - started
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await stop_all(pubs)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "standup.mp4"
+    probe = ffprobe(path)
+    video, audio = stream(probe, "video"), stream(probe, "audio")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1280, 720)
+    assert audio["codec_name"] == "aac"
+    duration = float(probe["format"]["duration"])
+    assert abs(duration - wall) <= 0.02 * wall, f"{duration:.2f} s of media for {wall:.2f} s"
+
+    image = frame_at(path, 6.0)
+    assert colors_close(region_color(image, *TILE_LEFT), RED), region_color(image, *TILE_LEFT)
+    assert colors_close(region_color(image, *TILE_RIGHT), BLUE), region_color(image, *TILE_RIGHT)
+    samples, rate = audio_samples(path, 3.0, 8.0)
+    red_level, blue_level = tone_strengths(samples, rate, [RED_TONE, BLUE_TONE])
+    assert red_level > 50 and blue_level > 50, (red_level, blue_level)
+
+
+async def test_room_service_is_the_livekit_servers(service, lkapi):
+    with pytest.raises(api.TwirpError) as caught:
+        await lkapi.room.list_rooms(api.ListRoomsRequest())
+    assert caught.value.code == "unimplemented"
+    assert "LiveKit server" in caught.value.message
+
+
+async def test_unknown_room_is_not_found(service, lkapi):
+    with pytest.raises(api.TwirpError) as caught:
+        await lkapi.egress.start_track_egress(
+            egress_pb.TrackEgressRequest(
+                room_name="nobody-here", track_id="TR_missing",
+                file=egress_pb.DirectFileOutput(filepath="x.ogg"),
+            )
+        )
+    assert caught.value.code == "not_found"
