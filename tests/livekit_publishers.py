@@ -20,6 +20,26 @@ AUDIO_RATE = 48000
 AUDIO_CHUNK = 480  # 10 ms
 
 
+STAMP_BITS, STAMP_BLOCK = 12, 16
+
+
+def write_stamp(image: np.ndarray, number: int) -> None:
+    """The frame number as a row of black/white blocks along the top edge."""
+    for bit in range(STAMP_BITS):
+        value = 255 if number >> bit & 1 else 0
+        image[:STAMP_BLOCK, bit * STAMP_BLOCK : (bit + 1) * STAMP_BLOCK, :3] = value
+
+
+def read_stamp(rgb: np.ndarray) -> int:
+    """The frame number `write_stamp` put into a decoded picture."""
+    number = 0
+    for bit in range(STAMP_BITS):
+        block = rgb[4 : STAMP_BLOCK - 4, bit * STAMP_BLOCK + 4 : (bit + 1) * STAMP_BLOCK - 4]
+        if block.mean() > 128:
+            number |= 1 << bit
+    return number
+
+
 class SdkPublisher:
     def __init__(
         self,
@@ -32,6 +52,7 @@ class SdkPublisher:
         video_codec: int = rtc.VideoCodec.VP8,
         size: tuple[int, int] = (WIDTH, HEIGHT),
         flash_every: float = 0.0,
+        stamp: bool = False,
     ) -> None:
         self.server = server
         self.room_name = room
@@ -41,6 +62,7 @@ class SdkPublisher:
         self.video_codec = video_codec
         self.width, self.height = size
         self.flash_every = flash_every
+        self.stamp = stamp
         self.room = rtc.Room()
         self.frames_sent = 0
         self.video_sid = ""
@@ -93,6 +115,8 @@ class SdkPublisher:
             rgba = np.empty((self.height, self.width, 4), np.uint8)
             rgba[:, :, :3] = color
             rgba[:, :, 3] = 255
+            if self.stamp:
+                write_stamp(rgba, self.frames_sent)
             frame = rtc.VideoFrame(self.width, self.height, rtc.VideoBufferType.RGBA, rgba.tobytes())
             source.capture_frame(frame, timestamp_us=int(t * 1e6))
             self.frames_sent += 1

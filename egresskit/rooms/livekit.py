@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 # What aiortc can receive (RED audio is answered as plain Opus, the server strips RED).
 SUPPORTED_MIME_TYPES = frozenset({"audio/opus", "audio/red", "video/vp8", "video/h264"})
+# Tracks arrive in another codec than they were published in: RED is stripped for us.
+PUBLISHED_AS = {"audio/red": "audio/opus"}
 # Bound on a server offer being applied and answered.
 NEGOTIATION_TIMEOUT_S = 15.0
 # Bound on the first connection of the subscriber PC, which later offers wait for.
@@ -490,8 +492,11 @@ class LiveKitRoom(LocalRoom):
             )
         else:
             source = info.source
-        codecs = transceiver._codecs
-        mime_type = next((c.mimeType for c in codecs if c.name.lower() != "rtx"), None)
+        # What the publisher sends, not aiortc's first negotiated codec: every
+        # m-line of a LiveKit offer lists all codecs.
+        mime_type = PUBLISHED_AS.get(info.mime_type.lower(), info.mime_type) or next(
+            (c.mimeType for c in transceiver._codecs if c.name.lower() != "rtx"), None
+        )
         self.join(participant.identity, name=participant.name, kind=participant.kind, sid=participant.sid)
         track = await self.publish(
             _SignalledTrack(transceiver.kind),
