@@ -18,6 +18,7 @@ from livekit import rtc
 WIDTH, HEIGHT, FPS = 320, 240, 30
 AUDIO_RATE = 48000
 AUDIO_CHUNK = 480  # 10 ms
+AUDIO_QUEUE_MS = 30
 
 
 STAMP_BITS, STAMP_BLOCK = 12, 16
@@ -77,7 +78,8 @@ class SdkPublisher:
         if self.color is not None:
             self.video_sid = await self.publish_camera(self.color, self.video_codec)
         if self.tone is not None:
-            source = rtc.AudioSource(AUDIO_RATE, 1)
+            # a short queue: a chunk goes out about when it is made, so its time is known
+            source = rtc.AudioSource(AUDIO_RATE, 1, queue_size_ms=AUDIO_QUEUE_MS)
             track = rtc.LocalAudioTrack.create_audio_track("mic", source)
             options = rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE, red=False)
             publication = await self.room.local_participant.publish_track(track, options)
@@ -127,8 +129,10 @@ class SdkPublisher:
 
     async def _audio(self, source: rtc.AudioSource) -> None:
         n = 0
+        # on the video's timeline: media time 0 is when the first video frame was made
+        offset = time.monotonic() - self._started
         while True:
-            t0 = n * AUDIO_CHUNK / AUDIO_RATE
+            t0 = offset + n * AUDIO_CHUNK / AUDIO_RATE
             t = (np.arange(AUDIO_CHUNK) + n * AUDIO_CHUNK) / AUDIO_RATE
             amplitude = 0.05
             if self.flash_every:

@@ -90,3 +90,43 @@ def tone_strengths(samples: np.ndarray, rate: int, freqs: list[float]) -> list[f
         i = int(round(f / bin_hz))
         out.append(float(spectrum[max(0, i - 3) : i + 4].max() / floor))
     return out
+
+
+def flash_times(path: str | Path, region: tuple[int, int, int, int], level: float = 200.0) -> list[float]:
+    """When the picture in `region` turns white (mean brightness rises above `level`)."""
+    x0, y0, x1, y1 = region
+    times, bright = [], False
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            now = float(frame.pts * frame.time_base)
+            mean = float(frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].mean())
+            if mean > level and not bright:
+                times.append(now)
+            bright = mean > level
+    return times
+
+
+def beep_times(path: str | Path, window: float = 0.005, ratio: float = 0.3) -> list[float]:
+    """When a beep starts: the audio level rises above `ratio` of its loudest, after silence."""
+    samples, rate = audio_samples(path)
+    with av.open(str(path)) as container:
+        start = float(container.streams.audio[0].start_time * container.streams.audio[0].time_base)
+    size = max(1, int(rate * window))
+    levels = np.sqrt(np.mean(samples[: len(samples) // size * size].reshape(-1, size) ** 2, axis=1))
+    threshold = ratio * float(levels.max())
+    times, loud = [], False
+    for index, level in enumerate(levels):
+        if level > threshold and not loud:
+            times.append(start + index * window)
+        loud = level > threshold
+    return times
+
+
+def av_offsets(flashes: list[float], beeps: list[float], within: float = 0.5) -> list[float]:
+    """Audio minus video time for each flash that has a beep within `within` seconds."""
+    offsets = []
+    for flash in flashes:
+        nearest = min(beeps, key=lambda beep: abs(beep - flash), default=None)
+        if nearest is not None and abs(nearest - flash) <= within:
+            offsets.append(nearest - flash)
+    return offsets

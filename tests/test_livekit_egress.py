@@ -20,7 +20,17 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit_publishers import SdkPublisher
 from livekit_server import LiveKitServer, unavailable_reason
-from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
+from media_checks import (
+    audio_samples,
+    av_offsets,
+    beep_times,
+    ffprobe,
+    flash_times,
+    frame_at,
+    region_color,
+    stream,
+    tone_strengths,
+)
 from publishers import colors_close
 
 pytestmark = [
@@ -203,3 +213,85 @@ async def test_unknown_room_is_not_found(service, lkapi):
             )
         )
     assert caught.value.code == "not_found"
+
+
+async def test_av_offset_of_a_flash_and_beep(livekit_server, service, lkapi):
+    pub = await SdkPublisher(
+        livekit_server, "sync", "alice", color=RED, tone=1000.0, flash_every=2.0
+    ).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("sync", "sync.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(10)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "sync.mp4"
+    offsets = av_offsets(flash_times(path, FULL), beep_times(path))
+    assert len(offsets) >= 3, offsets
+    median = sorted(offsets)[len(offsets) // 2]
+    assert abs(median) <= 0.040, f"audio is {median * 1000:+.0f} ms from video ({offsets})"
+
+
+async def test_late_joiner_changes_the_grid_without_a_gap(livekit_server, service, lkapi):
+    alice = await SdkPublisher(livekit_server, "late", "alice", color=RED, tone=RED_TONE).start()
+    bob = None
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("late", "late.mp4"))
+        started = time.monotonic()
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(3.0 - (time.monotonic() - started))
+        bob = await SdkPublisher(livekit_server, "late", "bob", color=BLUE, tone=BLUE_TONE).start()
+        await asyncio.sleep(3.0)
+        await bob.stop()
+        bob = None
+        await asyncio.sleep(3.0)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await alice.stop()
+        if bob is not None:
+            await bob.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "late.mp4"
+    assert colors_close(region_color(frame_at(path, 1.5), *FULL), RED)
+    together = frame_at(path, 5.0)
+    assert colors_close(region_color(together, *TILE_LEFT), RED), region_color(together, *TILE_LEFT)
+    assert colors_close(region_color(together, *TILE_RIGHT), BLUE)
+    assert colors_close(region_color(frame_at(path, 8.0), *FULL), RED)
+    assert max_pts_gap(path) <= 0.1, "the video has a gap"
+
+
+def max_pts_gap(path) -> float:
+    import av
+
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        times = [float(p.pts * video.time_base) for p in container.demux(video) if p.pts is not None]
+    times.sort()
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_killed_server_fails_the_egress_and_keeps_the_file(livekit_server, service, lkapi):
+    pub = await SdkPublisher(livekit_server, "crash", "alice", color=RED, tone=RED_TONE).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("crash", "crash.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(4)
+        livekit_server.kill()
+        killed = time.monotonic()
+        final = await wait_status(lkapi, info.egress_id, DONE, timeout=15)
+        ended_after = time.monotonic() - killed
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_FAILED
+    assert ended_after <= 10.0, f"the egress ended {ended_after:.1f} s after the server died"
+    assert "LiveKit server" in final.error, final.error
+    probe = ffprobe(service.output_dir / "crash.mp4")
+    assert float(probe["format"]["duration"]) >= 3.0
+    assert colors_close(region_color(frame_at(service.output_dir / "crash.mp4", 2.0), *FULL), RED)
