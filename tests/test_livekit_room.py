@@ -34,6 +34,9 @@ async def test_roster_and_decoded_media(livekit_server):
         room = await join(livekit_server, "r1")
         try:
             assert set(room.participants) == {"alice"}
+            async with asyncio.timeout(10):  # the server may announce the audio track later
+                while len(room.tracks()) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
             tracks = {t.sid: t for t in room.tracks()}
             assert set(tracks) == {alice.video_sid, alice.audio_sid}
             video = tracks[alice.video_sid]

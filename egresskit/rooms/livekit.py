@@ -269,7 +269,7 @@ class LiveKitRoom(LocalRoom):
 
     async def _update_participants(self, participants) -> None:
         to_subscribe: dict[str, list[str]] = {}
-        for info in participants:
+        for info in sorted(participants, key=lambda p: p.joined_at_ms or p.joined_at * 1000):
             if info.identity == self.identity:
                 continue
             if info.state == models.ParticipantInfo.DISCONNECTED:
@@ -432,6 +432,7 @@ class LiveKitRoom(LocalRoom):
         parsed = sdp_parser.SessionDescription.parse(offer.sdp)
         media_by_mid = {m.rtp.muxId: m for m in parsed.media}
         mid_to_track = dict(offer.mid_to_track_id)
+        new: list[tuple[RTCRtpTransceiver, str]] = []
         for transceiver in pc.getTransceivers():
             mid = transceiver.mid
             media = media_by_mid.get(mid) if mid is not None else None
@@ -453,8 +454,19 @@ class LiveKitRoom(LocalRoom):
                 self._ssrcs[mid] = ssrc
             self._reroute(transceiver, media)
             if old != sid:
-                await self._publish(transceiver, sid)
+                new.append((transceiver, sid))
+        # in the order participants joined, as layouts place them (not the m-lines' order)
+        new.sort(key=lambda pair: self._join_order(pair[1]))
+        for transceiver, sid in new:
+            await self._publish(transceiver, sid)
         self._changed.set()
+
+    def _join_order(self, sid: str) -> tuple[int, str, str]:
+        known = self._infos.get(sid)
+        if known is None:
+            return (0, "", sid)
+        participant, _ = known
+        return (participant.joined_at_ms or participant.joined_at * 1000, participant.sid, sid)
 
     @staticmethod
     def _reroute(transceiver: RTCRtpTransceiver, media: sdp_parser.MediaDescription) -> None:
