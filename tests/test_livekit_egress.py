@@ -331,3 +331,32 @@ async def test_killed_server_fails_the_egress_and_keeps_the_file(livekit_server,
     probe = ffprobe(service.output_dir / "crash.mp4")
     assert float(probe["format"]["duration"]) >= 3.0
     assert colors_close(region_color(frame_at(service.output_dir / "crash.mp4", 2.0), *FULL), RED)
+
+
+async def test_browser_publisher_is_in_the_composite(livekit_server, service, lkapi):
+    from livekit_browser import livekit_browser_publisher
+    from livekit_browser import unavailable_reason as browser_unavailable
+
+    if browser_unavailable():
+        pytest.skip(browser_unavailable())
+    green = (40, 200, 60)
+    alice = await SdkPublisher(livekit_server, "browser", "alice", color=RED, tone=RED_TONE).start()
+    token = livekit_server.token("browser", "chromium", can_publish=True)
+    try:
+        async with livekit_browser_publisher(livekit_server.url, token, green) as browser:
+            await browser.wait_published()
+            await asyncio.sleep(1.0)
+            info = await lkapi.egress.start_room_composite_egress(
+                file_request("browser", "browser.mp4")
+            )
+            await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+            await asyncio.sleep(5)
+            await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+            final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await alice.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    image = frame_at(service.output_dir / "browser.mp4", 4.0)
+    assert colors_close(region_color(image, *TILE_LEFT), RED), region_color(image, *TILE_LEFT)
+    right = region_color(image, *TILE_RIGHT)
+    assert colors_close(right, green), f"the browser's tile is {right}"
