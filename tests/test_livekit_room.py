@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 from livekit.protocol import models
 from livekit_publishers import SdkPublisher
 from livekit_server import LiveKitServer, unavailable_reason
+from media_checks import frame_at, region_color
 from publishers import colors_close, frame_color, next_frames, tone_frequency
 
 from egresskit.rooms.events import TrackPublished
@@ -78,3 +81,25 @@ async def test_bad_secret_is_a_clear_error(livekit_server):
             livekit_server.url, livekit_server.api_key, "wrong-secret-wrong-secret-wrong", "r3",
             identity="EG_x",
         )
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "record_livekit_room.py"
+
+
+@pytest.mark.slow
+async def test_example_records_a_livekit_room(livekit_server, tmp_path):
+    alice = await SdkPublisher(livekit_server, "example", "alice", color=(200, 40, 40), tone=440).start()
+    out = tmp_path / "example.mp4"
+    try:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(EXAMPLE), livekit_server.url, livekit_server.api_key,
+            livekit_server.api_secret, "example", str(out), "3",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    finally:
+        await alice.stop()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    assert f"complete: {out}" in stdout.decode()
+    picture = frame_at(out, 2.0)
+    assert colors_close(region_color(picture, 300, 150, 980, 570), (200, 40, 40))
