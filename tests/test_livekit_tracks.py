@@ -243,3 +243,29 @@ async def test_reused_transceiver_among_other_video(service, lkapi, livekit_serv
     tiles = [region_color(image, x, 220, x + 400, 500) for x in (100, 740)]
     assert any(colors_close(c, GREEN) for c in tiles), tiles
     assert any(colors_close(c, BLUE) for c in tiles), tiles
+
+
+async def test_unreachable_livekit_server_is_unavailable(aiohttp_server, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ServiceConfig(
+        port=0, api_key=API_KEY, api_secret=API_SECRET, output_dir=tmp_path,
+        livekit_url=f"ws://127.0.0.1:{port}", livekit_api_key="k", livekit_api_secret="s" * 32,
+    )
+    server = await aiohttp_server(create_app(config), host="127.0.0.1")
+    client = api.LiveKitAPI(str(server.make_url("")).rstrip("/"), API_KEY, API_SECRET)
+    try:
+        with pytest.raises(api.TwirpError) as caught:
+            await client.egress.start_room_composite_egress(
+                egress_pb.RoomCompositeEgressRequest(
+                    room_name="r", file_outputs=[egress_pb.EncodedFileOutput(filepath="r.mp4")]
+                )
+            )
+    finally:
+        await client.aclose()
+    assert caught.value.code == "unavailable"
+    assert "cannot reach LiveKit server" in caught.value.message
+    assert "s" * 32 not in caught.value.message
