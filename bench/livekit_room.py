@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -153,7 +154,8 @@ async def publish_whip(base_url: str, count: int) -> None:
     print("published", flush=True)
     await wait_for_sigterm()
     for session in sessions:
-        await session.close()
+        with contextlib.suppress(Exception):  # the recorder may be gone already
+            await session.close()
 
 
 async def wait_for_sigterm() -> None:

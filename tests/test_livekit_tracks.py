@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import av
+import numpy as np
 import pytest
 from livekit import api, rtc
 from livekit.protocol import egress as egress_pb
@@ -269,3 +270,64 @@ async def test_unreachable_livekit_server_is_unavailable(aiohttp_server, tmp_pat
     assert caught.value.code == "unavailable"
     assert "cannot reach LiveKit server" in caught.value.message
     assert "s" * 32 not in caught.value.message
+
+
+async def test_audio_track_to_a_websocket(aiohttp_server, service, lkapi, livekit_server):
+    from test_websocket_egress import pcm_server
+
+    ws_server, receiver = await pcm_server(aiohttp_server, "accept")
+    pub = await SdkPublisher(livekit_server, "ws", "alice", color=None, tone=440.0).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_track_egress(
+            egress_pb.TrackEgressRequest(
+                room_name="ws",
+                track_id=pub.audio_sid,
+                websocket_url=str(ws_server.make_url("/audio").with_scheme("ws")),
+            )
+        )
+        await asyncio.wait_for(receiver.first_audio.wait(), 15)
+        await asyncio.sleep(2)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    pcm = np.frombuffer(b"".join(receiver.pcm), np.int16).reshape(-1, 2)[:, 0].astype(float)
+    assert len(pcm) > 48000, len(pcm)
+    spectrum = np.abs(np.fft.rfft(pcm[-48000:]))
+    assert abs(np.argmax(spectrum) - 440) <= 5  # 1 Hz bins over one second
+
+
+async def test_segments_and_images_of_a_livekit_room(service, lkapi, livekit_server):
+    pub = await SdkPublisher(livekit_server, "hls", "alice", color=RED, tone=440.0).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(
+            egress_pb.RoomCompositeEgressRequest(
+                room_name="hls",
+                segment_outputs=[
+                    egress_pb.SegmentedFileOutput(
+                        filename_prefix="hls/seg", playlist_name="index.m3u8", segment_duration=2
+                    )
+                ],
+                image_outputs=[
+                    egress_pb.ImageOutput(capture_interval=2, filename_prefix="img/snap")
+                ],
+            )
+        )
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(6)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    playlist = (service.output_dir / "hls" / "index.m3u8").read_text()
+    segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
+    assert len(segments) >= 2, playlist
+    assert colors_close(
+        region_color(frame_at(service.output_dir / "hls" / segments[1], 1e6), *FULL), RED  # its last
+    )
+    images = sorted((service.output_dir / "img").glob("snap*"))
+    assert len(images) >= 2, images
