@@ -41,3 +41,11 @@ if ! "$livekit_bin" --version 2>/dev/null | grep -qx "livekit-server version $LI
     echo "go not found: tests/test_livekit_*.py will be skipped" >&2
   fi
 fi
+
+# redis-server for tests/test_psrpc*.py (psrpc over Redis, as livekit-server uses it).
+# The tests start their own on free ports; the system service stays off.
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
