@@ -8,11 +8,7 @@ from egresskit.rooms.events import (
     TrackPublished,
     TrackUnpublished,
 )
-<<<<<<< HEAD
-from egresskit.rooms.ice import restrict_ice_addresses
 from egresskit.rooms.livekit import LiveKitRoom
-=======
->>>>>>> main
 from egresskit.rooms.local import LocalParticipant, LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.whip import whip_app
 

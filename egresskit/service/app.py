@@ -133,22 +133,14 @@ def create_app(config: ServiceConfig) -> web.Application:
         EgressApi(manager),
         authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
-<<<<<<< HEAD
     if manager.livekit is None:
         TwirpService(
             ROOM_SERVICE,
             RoomApi(rooms),
-            authorize=require_grant(config.keys, ROOM_GRANTS, any_of=True),
+            authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
         ).add_to(app)
     else:
         app.router.add_post(f"/twirp/{ROOM_SERVICE.full_name}/{{method}}", room_service_elsewhere)
-=======
-    TwirpService(
-        ROOM_SERVICE,
-        RoomApi(rooms),
-        authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
-    ).add_to(app)
->>>>>>> main
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(
