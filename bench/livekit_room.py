@@ -158,9 +158,6 @@ async def publish_whip(base_url: str, count: int, files: list[Path]) -> None:
         whip_publish,
     )
 
-    from egresskit.rooms import restrict_ice_addresses
-
-    restrict_ice_addresses(["127.0.0.1"])
     sessions = []
     for index in range(count):
         token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, f"pub{index:02d}")
