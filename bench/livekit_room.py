@@ -330,8 +330,14 @@ async def child(*args: str, wait_line: str | None = None) -> asyncio.subprocess.
     return process
 
 
-async def result_of(process: asyncio.subprocess.Process) -> dict:
-    stdout, _ = await process.communicate()
+async def result_of(process: asyncio.subprocess.Process, timeout: float) -> dict:
+    """The recorder's JSON line; a recorder that hangs (its publishers died) is killed."""
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError("the recorder did not finish (did its publishers start?)") from None
     lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"recorder failed ({process.returncode}): {stdout.decode()[-2000:]}")
@@ -362,7 +368,7 @@ async def composite(seconds: float, count: int) -> None:
             str(out / "livekit.mp4"), str(seconds),
         )
         try:
-            livekit = await result_of(recorder)
+            livekit = await result_of(recorder, seconds + 180)
         finally:
             await stop(pubs)
     port_file = out / "port"
@@ -375,7 +381,7 @@ async def composite(seconds: float, count: int) -> None:
         "_publish-whip", f"http://127.0.0.1:{port_file.read_text()}", str(count), *map(str, files)
     )
     try:
-        embedded = await result_of(recorder)
+        embedded = await result_of(recorder, seconds + 180)
     finally:
         await stop(pubs)
     ratio = livekit["cpu_per_media_s"] / embedded["cpu_per_media_s"]
@@ -402,7 +408,7 @@ async def tracks(seconds: float, count: int) -> None:
             "_record-tracks", server.url, server.api_key, server.api_secret, str(out), str(seconds)
         )
         try:
-            result = await result_of(recorder)
+            result = await result_of(recorder, seconds + 180)
         finally:
             await stop(pubs)
     n = result["egresses"]
