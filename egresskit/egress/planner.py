@@ -31,6 +31,7 @@ from egresskit.egress.track_graphs import (
     track_websocket_graph,
 )
 from egresskit.egress.validation import EgressSpec
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
@@ -38,7 +39,7 @@ from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
-from egresskit.storage.registry import storage_from_spec, storage_from_upload
+from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
 
 CONTENT_TYPES = {
     ".mp4": "video/mp4",
@@ -137,14 +138,18 @@ class _Namer:
         fields: naming.NameFields,
         when: datetime,
         default_storage: dict[str, Any] | None,
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.root = output_root
         self.identifier = identifier
         self.fields = fields
         self.when = when
         self.default_storage = default_storage
+        self.network = network  # set for a caller's request: its storage is the caller's
 
     def storage(self, upload: Message | None) -> Storage | None:
+        if upload is not None and self.network is not None:
+            return storage_from_request(upload, self.network)
         if upload is not None:
             return storage_from_upload(upload)
         if self.default_storage:
@@ -237,11 +242,13 @@ def _plan_track(
         if described.track_kind != "audio":
             raise NotSupported("websocket output of a video track is not implemented")
         graph, stages = track_websocket_graph(
-            room, spec.track_id, spec.websocket_url, name=egress_id
+            room, spec.track_id, spec.websocket_url, name=egress_id, network=spec.network
         )
         return Plan(graph=graph, room=room, track=stages.track)
     assert spec.file is not None
-    namer = _Namer(output_root, track.sid, described.name_fields(room), when, default_storage)
+    namer = _Namer(
+        output_root, track.sid, described.name_fields(room), when, default_storage, spec.network
+    )
     relative, local = namer.file(spec.file.filepath, described.extension)
     try:
         graph, stages = track_graph(room, spec.track_id, local, name=egress_id)
@@ -267,7 +274,7 @@ def _plan_encoded(
 ) -> Plan:
     """Composites, participant and track composite egress: one encode, every output."""
     identifier, fields = _identifier(spec, room)
-    namer = _Namer(output_root, identifier, fields, when, default_storage)
+    namer = _Namer(output_root, identifier, fields, when, default_storage, spec.network)
     outputs: list[Output] = []
     files: list[PlannedFile] = []
     # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
@@ -311,7 +318,7 @@ def _plan_encoded(
             (relative, local, namer.storage(target.storage), target.disable_manifest)
         )
     if spec.stream is not None:
-        outputs.append(StreamOutput(tuple(spec.stream.urls)))
+        outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
     try:

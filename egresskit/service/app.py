@@ -80,8 +80,9 @@ def notify_room_event(webhooks: WebhookNotifier, event: RoomEvent) -> None:
 
 def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
+    network = config.network_policy
     webhooks = WebhookNotifier(
-        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
+        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys, network=network
     )
     observers: list[Callable[[RoomEvent], None]] = [lambda e: notify_room_event(webhooks, e)]
 
@@ -92,7 +93,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     rooms = RoomManager(on_event=on_room_event)
 
     def on_event(event: str, session: EgressSession) -> None:
-        webhooks.notify(event, session.public_info(), session.webhooks)
+        webhooks.notify(event, session.public_info(), session.webhooks, session.signing_key)
 
     manager = EgressManager(
         rooms,
@@ -115,7 +116,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[WEBHOOKS] = webhooks
 
     TwirpService(
-        EGRESS_SERVICE, EgressApi(manager), authorize=require_grant(config.keys, EGRESS_GRANT)
+        EGRESS_SERVICE, EgressApi(manager, network), authorize=require_grant(config.keys, EGRESS_GRANT)
     ).add_to(app)
     TwirpService(
         ROOM_SERVICE, RoomApi(rooms), authorize=require_grant(config.keys, ROOM_GRANTS, any_of=True)

@@ -23,12 +23,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
@@ -48,6 +49,12 @@ CONNECT_TIMEOUT_S = 5.0
 SRT_SENDER = "srt-live-transmit"
 SRT_CHUNK = 1316
 SRT_DRAIN_S = 1.0
+# SRT URL options that would make the sender bind or listen here; egress only calls out.
+SRT_LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
+# What callers see when a destination fails, whatever the cause: a refused
+# connection and an open port that speaks something else must look the same,
+# or stream URLs become a port scanner. The details go to the service log.
+STREAM_FAILED = "connection to the stream destination failed (details in the service log)"
 _SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
 
 
@@ -135,6 +142,20 @@ def _mask(value: str) -> str:
     return "{" + value[:2] + "..." + value[-2:] + "}" if len(value) >= 8 else "{...}"
 
 
+def srt_sender_url(url: str, address: str = "") -> str:
+    """The URL handed to the SRT sender: caller mode, no local options, host as `address`."""
+    parts = urlsplit(url)
+    # The other options pass as written: the sender reads them without percent-decoding.
+    query = [p for p in parts.query.split("&") if p]
+    query = [p for p in query if p.partition("=")[0].lower() not in SRT_LOCAL_OPTIONS]
+    query.append("mode=caller")
+    netloc = parts.netloc
+    if address:
+        host = f"[{address}]" if ":" in address else address
+        netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query), ""))
+
+
 def _describe(exc: BaseException, url: str) -> str:
     """An error message with the URL (FFmpeg quotes it) replaced by its safe form."""
     text = str(exc) or type(exc).__name__
@@ -185,9 +206,11 @@ class _UrlWriter:
         retry: RetryPolicy,
         queue_packets: int,
         notify: Callable[[StreamState], None],
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.format = stream_format(url)
         self.url = url
+        self.network = network
         self.encoders = list(encoders)
         self.retry = retry
         self._notify = notify
@@ -280,7 +303,10 @@ class _UrlWriter:
                     self._drop_connection()
                     failures += 1
                     if failures > len(self.retry.delays):
-                        self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+                        log.warning(
+                            "stream %s failed: %s", safe_url(self.url), _describe(exc, self.url)
+                        )
+                        self.finish(StreamStatus.FAILED, STREAM_FAILED)
                         return
                     self._backoff(exc, self.retry.delays[failures - 1])
                     continue
@@ -292,9 +318,9 @@ class _UrlWriter:
                 self._update(bytes_sent=self.state.bytes_sent + sent)
             self._drop_connection()
             self.finish(StreamStatus.FINISHED, self.state.error)
-        except Exception as exc:  # a bug must not kill the thread silently
+        except Exception:  # a bug must not kill the thread silently
             log.exception("stream writer for %s failed", safe_url(self.url))
-            self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+            self.finish(StreamStatus.FAILED, STREAM_FAILED)
         finally:
             self._drop_connection()
             self._signal_done()
@@ -303,10 +329,17 @@ class _UrlWriter:
         """Open the destination at a key frame (or any audio packet when there is no video)."""
         if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
             return False
-        self._preflight()
+        address = self._preflight()
         if self.url.lower().startswith("srt://"):
             self._sender = subprocess.Popen(
-                [SRT_SENDER, "-q", "-a:no", f"-c:{SRT_CHUNK}", "file://con", self.url],
+                [
+                    SRT_SENDER,
+                    "-q",
+                    "-a:no",
+                    f"-c:{SRT_CHUNK}",
+                    "file://con",
+                    srt_sender_url(self.url, address),
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
@@ -327,19 +360,27 @@ class _UrlWriter:
         self._offset = Fraction(packet.pts or 0) * (packet.time_base or Fraction(1))
         return True
 
-    def _preflight(self) -> None:
-        """Reach the RTMP host first with a bounded TCP connect.
+    def _preflight(self) -> str:
+        """Check the destination's addresses and reach an RTMP host with a bounded TCP connect.
 
-        FFmpeg's own connect runs while PyAV holds the interpreter lock, so an
-        unreachable host would freeze the whole process; this check fails
-        fast instead (and releases the lock while it waits).
+        A caller's URL is resolved here and every address checked against the
+        network policy; SRT then gets the checked address itself (the sender
+        would resolve the name again). FFmpeg's own RTMP connect runs while
+        PyAV holds the interpreter lock, so an unreachable host would freeze
+        the whole process; the TCP check fails fast instead. Returns the
+        checked address for SRT ("" when there is no policy).
         """
         parts = urlsplit(self.url)
         scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            return
-        address = (parts.hostname or "", parts.port or DEFAULT_PORTS[scheme])
-        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+        host = parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+        address = host
+        if self.network is not None:
+            socktype = socket.SOCK_DGRAM if scheme == "srt" else socket.SOCK_STREAM
+            address = self.network.resolve(host, port, socktype)[0][4][0]
+        if scheme in DEFAULT_PORTS:
+            socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S).close()
+        return address if self.network is not None else ""
 
     def _write(self, item: EncodedPacket) -> int:
         assert self._container is not None
@@ -381,11 +422,11 @@ class _UrlWriter:
             sender.kill()
 
     def _backoff(self, exc: Exception, delay: float) -> None:
-        state = self._update(retries=self.state.retries + 1, error=_describe(exc, self.url))
+        state = self._update(retries=self.state.retries + 1, error=STREAM_FAILED)
         log.info(
             "stream %s lost (%s); retry %d in %.1f s",
             state.safe_url,
-            state.error,
+            _describe(exc, self.url),
             state.retries,
             delay,
         )
@@ -417,8 +458,6 @@ class _UrlWriter:
             )
             self._finalised = True
             state = self._state
-        if status is StreamStatus.FAILED:
-            log.warning("stream %s failed: %s", state.safe_url, error)
         self._publish(state)
 
     def _publish(self, state: StreamState) -> None:
@@ -455,8 +494,10 @@ class StreamSink(Stage):
         retry: RetryPolicy = RetryPolicy(),
         queue_packets: int = URL_QUEUE_PACKETS,
         close_timeout: float = 5.0,
+        network: NetworkPolicy | None = None,
         name: str | None = None,
     ) -> None:
+        """`network`: where URLs a caller named may connect (None for the operator's own)."""
         super().__init__(name)
         if not encoders:
             raise ValueError("a stream sink needs at least one encoder")
@@ -464,6 +505,7 @@ class StreamSink(Stage):
         self.retry = retry
         self.queue_packets = queue_packets
         self.close_timeout = close_timeout
+        self.network = network
         self.input = self.add_input("input")
         self._writers: dict[str, _UrlWriter] = {}
         self._ended: list[StreamState] = []  # removed URLs, for results
@@ -478,7 +520,9 @@ class StreamSink(Stage):
         current = self._writers.get(url)
         if current is not None and current.state.status is StreamStatus.ACTIVE:
             raise ValueError(f"already streaming to {safe_url(url)}")
-        writer = _UrlWriter(url, self.encoders, self.retry, self.queue_packets, self._on_state)
+        writer = _UrlWriter(
+            url, self.encoders, self.retry, self.queue_packets, self._on_state, self.network
+        )
         if current is not None:
             self._ended.append(current.state)
         self._writers[url] = writer
