@@ -312,6 +312,7 @@ server = socket.create_server(("127.0.0.1", 0))
 print(server.getsockname()[1], flush=True)
 while True:
     conn, _ = server.accept()
+    print("accepted", flush=True)
     conn.close()
 """
 
@@ -326,6 +327,18 @@ class PortProbe:
         self.open_port = int(await asyncio.wait_for(self.proc.stdout.readline(), 20))
         self.closed_port = free_port()
         return self
+
+    async def accepted(self) -> int:
+        """Connections accepted so far."""
+        count = 0
+        while True:
+            try:
+                line = await asyncio.wait_for(self.proc.stdout.readline(), 0.5)
+            except TimeoutError:
+                return count
+            if not line:
+                return count
+            count += 1
 
     async def __aexit__(self, *exc) -> None:
         self.proc.kill()
@@ -353,6 +366,49 @@ async def test_stream_errors_do_not_tell_open_ports_from_closed_ones(aiohttp_ser
     assert len(errors) == 2 and all(errors), errors
     assert errors[0] == errors[1], errors
     assert "refused" not in errors[0].lower() and "end of file" not in errors[0].lower()
+
+
+async def test_names_that_resolve_to_loopback_are_refused_when_connecting(
+    aiohttp_server, tmp_path, fake_s3
+):
+    """`localhost` passes request validation (it is a name) but never gets a connection."""
+    base = await start_service(aiohttp_server, tmp_path, egress_network={})
+    publisher = await join(base, ROOM, "alice", (200, 40, 40), 440.0)
+    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    s3_by_name = fake_s3.url.replace("127.0.0.1", "localhost")
+    try:
+        async with PortProbe() as probe:
+            info = await client.egress.start_room_composite_egress(
+                room_request(
+                    file_outputs=[
+                        egress_pb.EncodedFileOutput(
+                            filepath="r.mp4",
+                            s3=egress_pb.S3Upload(
+                                bucket="rec",
+                                endpoint=s3_by_name,
+                                force_path_style=True,
+                                access_key="AKIACALLER0000000001",
+                                secret="caller-secret",
+                            ),
+                        )
+                    ],
+                    stream_outputs=[
+                        egress_pb.StreamOutput(
+                            urls=[f"rtmp://localhost:{probe.open_port}/live/by-name"]
+                        )
+                    ],
+                )
+            )
+            await asyncio.sleep(2.0)
+            await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+            final = await wait_status(client, info.egress_id, DONE, timeout=60)
+            accepted = await probe.accepted()
+    finally:
+        await client.aclose()
+        await publisher.close()
+    assert accepted == 0
+    assert fake_s3.authorizations == []
+    assert final.stream_results[0].started_at == 0 and final.stream_results[0].error
 
 
 # --- SRT: caller mode only, nothing bound here, no secret on a command line ----------------
