@@ -245,12 +245,6 @@ def _check_srt_options(query: str, field: str) -> None:
     local = sorted(SRT_LOCAL_OPTIONS - {"mode"} & options.keys())
     if local:
         raise InvalidRequest(field, f"SRT option(s) {', '.join(local)} are not allowed")
-    if "passphrase" in options:
-        raise InvalidRequest(
-            field,
-            "SRT passphrases are not supported: srt-live-transmit takes them only on its "
-            "command line, where every local user could read them",
-        )
 
 
 def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:

@@ -14,16 +14,14 @@ import enum
 import logging
 import queue
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import av
 from av.container import OutputContainer
@@ -31,6 +29,7 @@ from av.stream import Stream
 
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import EOS, Stage
+from egresskit.stages import srt
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
 from egresskit.stages.muxer import private_packet
@@ -44,11 +43,6 @@ FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
 # About three seconds of packets (video at 30 fps plus AAC frames) per URL.
 URL_QUEUE_PACKETS = 256
 CONNECT_TIMEOUT_S = 5.0
-# PyAV's bundled FFmpeg has no libsrt, so SRT goes through the SRT project's own
-# sender: MPEG-TS is muxed into its stdin, 1316 bytes (7 TS packets) per SRT packet.
-SRT_SENDER = "srt-live-transmit"
-SRT_CHUNK = 1316
-SRT_DRAIN_S = 1.0
 # SRT URL options that would make the sender bind or listen here; egress only calls out.
 SRT_LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
 # What callers see when a destination fails, whatever the cause: a refused
@@ -102,9 +96,9 @@ def stream_format(url: str) -> str:
     scheme = url.partition("://")[0].lower()
     if scheme not in STREAM_FORMATS:
         raise ValueError(f"unsupported stream URL scheme {scheme!r} in {safe_url(url)}")
-    if scheme == "srt" and shutil.which(SRT_SENDER) is None:
+    if scheme == "srt" and not srt.available():
         raise ValueError(
-            f"SRT streaming needs {SRT_SENDER} (Debian package srt-tools): "
+            "SRT streaming needs libsrt (Debian package libsrt1.5-gnutls): "
             "the FFmpeg inside PyAV is built without SRT"
         )
     return STREAM_FORMATS[scheme]
@@ -142,20 +136,6 @@ def _mask(value: str) -> str:
     return "{" + value[:2] + "..." + value[-2:] + "}" if len(value) >= 8 else "{...}"
 
 
-def srt_sender_url(url: str, address: str = "") -> str:
-    """The URL handed to the SRT sender: caller mode, no local options, host as `address`."""
-    parts = urlsplit(url)
-    # The other options pass as written: the sender reads them without percent-decoding.
-    query = [p for p in parts.query.split("&") if p]
-    query = [p for p in query if p.partition("=")[0].lower() not in SRT_LOCAL_OPTIONS]
-    query.append("mode=caller")
-    netloc = parts.netloc
-    if address:
-        host = f"[{address}]" if ":" in address else address
-        netloc = f"{host}:{parts.port}" if parts.port else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(query), ""))
-
-
 def _describe(exc: BaseException, url: str) -> str:
     """An error message with the URL (FFmpeg quotes it) replaced by its safe form."""
     text = str(exc) or type(exc).__name__
@@ -165,33 +145,6 @@ def _describe(exc: BaseException, url: str) -> str:
 
 
 _STOP = object()
-TS_PACKET = 188
-# An MPEG-TS null packet (PID 0x1FFF): demuxers skip it.
-TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * (TS_PACKET - 4)
-
-
-class _WholeChunks:
-    """The SRT sender's stdin; counts what is written so the end can be padded.
-
-    The sender reads its input in whole chunks and drops a short last one, so
-    the stream is padded with MPEG-TS null packets to a chunk boundary.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self.pipe.write(data)
-        self.written += len(data)
-        return len(data)
-
-    def finish(self) -> None:
-        short = (-self.written) % SRT_CHUNK
-        self.pipe.write(TS_NULL_PACKET * (short // TS_PACKET))
-        self.pipe.close()
-
-
 class _UrlWriter:
     """One destination: a bounded queue and a thread that owns the container.
 
@@ -222,8 +175,7 @@ class _UrlWriter:
         self._state = StreamState(url)
         self._finalised = False
         self._container: OutputContainer | None = None
-        self._sender: subprocess.Popen[bytes] | None = None
-        self._srt_input: _WholeChunks | None = None
+        self._srt: srt.SrtCaller | None = None
         self._streams: dict[str, Stream] = {}
         self._offset = Fraction(0)
         self.thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
@@ -329,26 +281,11 @@ class _UrlWriter:
         """Open the destination at a key frame (or any audio packet when there is no video)."""
         if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
             return False
-        address = self._preflight()
+        address, port = self._preflight()
+        target: Any = self.url
         if self.url.lower().startswith("srt://"):
-            self._sender = subprocess.Popen(
-                [
-                    SRT_SENDER,
-                    "-q",
-                    "-a:no",
-                    f"-c:{SRT_CHUNK}",
-                    "file://con",
-                    srt_sender_url(self.url, address),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            assert self._sender.stdin is not None
-            self._srt_input = _WholeChunks(self._sender.stdin)
-            target: Any = self._srt_input
-        else:
-            target = self.url
+            # MPEG-TS is muxed straight into libsrt: no sender process, no secret in argv.
+            target = self._srt = srt.SrtCaller(self.url, address, port)
         container = av.open(target, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
         try:
             self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
@@ -360,27 +297,28 @@ class _UrlWriter:
         self._offset = Fraction(packet.pts or 0) * (packet.time_base or Fraction(1))
         return True
 
-    def _preflight(self) -> str:
-        """Check the destination's addresses and reach an RTMP host with a bounded TCP connect.
+    def _preflight(self) -> tuple[str, int]:
+        """Resolve the destination (checked against the network policy) and reach RTMP hosts.
 
-        A caller's URL is resolved here and every address checked against the
-        network policy; SRT then gets the checked address itself (the sender
-        would resolve the name again). FFmpeg's own RTMP connect runs while
-        PyAV holds the interpreter lock, so an unreachable host would freeze
-        the whole process; the TCP check fails fast instead. Returns the
-        checked address for SRT ("" when there is no policy).
+        Every address a caller's host resolves to is checked; SRT connects to
+        the checked address itself. FFmpeg's own RTMP connect runs while PyAV
+        holds the interpreter lock, so an unreachable host would freeze the
+        whole process; a bounded TCP connect fails fast instead. Returns the
+        address and port.
         """
         parts = urlsplit(self.url)
         scheme = parts.scheme.lower()
         host = parts.hostname or ""
         port = parts.port or DEFAULT_PORTS.get(scheme, 0)
-        address = host
+        socktype = socket.SOCK_DGRAM if scheme == "srt" else socket.SOCK_STREAM
         if self.network is not None:
-            socktype = socket.SOCK_DGRAM if scheme == "srt" else socket.SOCK_STREAM
-            address = self.network.resolve(host, port, socktype)[0][4][0]
+            infos = self.network.resolve(host, port, socktype)
+        else:
+            infos = socket.getaddrinfo(host, port, type=socktype)
+        address = infos[0][4][0]
         if scheme in DEFAULT_PORTS:
             socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S).close()
-        return address if self.network is not None else ""
+        return address, port
 
     def _write(self, item: EncodedPacket) -> int:
         assert self._container is not None
@@ -399,27 +337,18 @@ class _UrlWriter:
                 container.close()
             except Exception as exc:  # the peer is gone; nothing left to flush
                 log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            # The sender does not exit at the end of its input: give it a moment to
-            # send what it read, then ask it to close the SRT connection.
+        caller, self._srt = self._srt, None
+        if caller is not None:
             try:
-                assert self._srt_input is not None
-                self._srt_input.finish()
-                sender.wait(SRT_DRAIN_S)
-            except (OSError, subprocess.TimeoutExpired):
-                sender.terminate()
-                try:
-                    sender.wait(SRT_DRAIN_S)
-                except subprocess.TimeoutExpired:
-                    sender.kill()
-                    sender.wait()
+                caller.finish()
+            except OSError as exc:
+                log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
 
     def abort(self) -> None:
-        """Unblock a writer stuck on a hung destination, where that is possible (SRT sender)."""
-        sender = self._sender
-        if sender is not None and sender.poll() is None:
-            sender.kill()
+        """Unblock a writer stuck on a hung destination, where that is possible (SRT)."""
+        caller = self._srt
+        if caller is not None:
+            caller.abort()
 
     def _backoff(self, exc: Exception, delay: float) -> None:
         state = self._update(retries=self.state.retries + 1, error=STREAM_FAILED)
