@@ -25,9 +25,8 @@ from urllib.parse import parse_qsl, urlsplit
 
 SRT_LIBRARIES = ("srt-gnutls", "srt-openssl", "srt")
 CHUNK = 1316  # 7 MPEG-TS packets: one SRT live-mode message
-# Closing drops what the receiver has not acknowledged; wait this long for that first.
+# Closing drops what the receiver has not played out yet; wait this long first.
 DRAIN_S = 1.0
-_SNDDATA = 19  # SRTO_SNDDATA: packets in the send buffer, not yet acknowledged
 TS_PACKET = 188
 # An MPEG-TS null packet (PID 0x1FFF): demuxers skip it.
 TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * (TS_PACKET - 4)
@@ -80,7 +79,6 @@ def _library() -> ctypes.CDLL:
     lib.srt_startup.restype = ctypes.c_int
     lib.srt_create_socket.restype = ctypes.c_int
     lib.srt_setsockflag.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
-    lib.srt_getsockflag.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
     lib.srt_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
     lib.srt_sendmsg2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_void_p]
     lib.srt_close.argtypes = [ctypes.c_int]
@@ -169,23 +167,17 @@ class SrtCaller:
             raise SrtError(self._error())
 
     def finish(self) -> None:
-        """Send what is buffered (padded to a whole message), let it drain, and close."""
+        """Send what is buffered (padded to a whole message), let it play out, and close."""
         try:
             if self._buffer:
                 short = (-len(self._buffer)) % CHUNK
                 self._send(bytes(self._buffer) + TS_NULL_PACKET * (short // TS_PACKET))
                 self._buffer.clear()
-            deadline = time.monotonic() + DRAIN_S
-            while self._unacknowledged() and time.monotonic() < deadline:
-                time.sleep(0.02)
+            # The receiver plays packets out a latency after they arrive and drops what
+            # it still holds when the connection closes: give it that time.
+            time.sleep(DRAIN_S)
         finally:
             self.abort()
-
-    def _unacknowledged(self) -> int:
-        value, size = ctypes.c_int(0), ctypes.c_int(ctypes.sizeof(ctypes.c_int))
-        if self._lib.srt_getsockflag(self._sock, _SNDDATA, ctypes.byref(value), ctypes.byref(size)):
-            return 0
-        return value.value
 
     def abort(self) -> None:
         """Close the socket now (safe from any thread, and more than once)."""
