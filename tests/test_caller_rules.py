@@ -416,9 +416,16 @@ async def test_names_that_resolve_to_loopback_are_refused_when_connecting(
 
 @pytest.mark.parametrize(
     "query",
-    ["mode=listener", "mode=rendezvous", "adapter=0.0.0.0", "bind=0.0.0.0:5000", "port=5000"],
+    [
+        "mode=listener",
+        "mode=rendezvous",
+        "adapter=0.0.0.0",
+        "bind=0.0.0.0:5000",
+        "port=5000",
+        "passphrase=short",
+    ],
 )
-async def test_srt_options_that_listen_or_bind_are_refused(
+async def test_srt_options_that_bind_listen_or_cannot_work_are_refused(
     aiohttp_server, tmp_path, query
 ):
     base = await start_service(aiohttp_server, tmp_path)

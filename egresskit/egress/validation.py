@@ -245,6 +245,8 @@ def _check_srt_options(query: str, field: str) -> None:
     local = sorted(SRT_LOCAL_OPTIONS - {"mode"} & options.keys())
     if local:
         raise InvalidRequest(field, f"SRT option(s) {', '.join(local)} are not allowed")
+    if "passphrase" in options and not 10 <= len(options["passphrase"]) <= 79:
+        raise InvalidRequest(field, "an SRT passphrase has 10 to 79 characters")
 
 
 def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
