@@ -41,7 +41,7 @@ from publishers import (  # noqa: E402
 
 from egresskit.egress.track_graphs import track_graph  # noqa: E402
 from egresskit.pipeline import GraphState  # noqa: E402
-from egresskit.rooms import RoomManager, restrict_ice_addresses, whip_app  # noqa: E402
+from egresskit.rooms import RoomManager, whip_app  # noqa: E402
 
 ROOM = "bench"
 LIVEKIT_RESERVATION_CORES = 0.5
@@ -53,7 +53,6 @@ MB = 1024 * 1024
 
 async def publish(url: str, count: int, source: Path) -> None:
     """`count` WHIP sessions sending the same pre-encoded packets in a loop, until SIGTERM."""
-    restrict_ice_addresses(["127.0.0.1"])
     packets = read_h264_packets(source)
     sessions, tracks = [], []
     for index in range(count):
@@ -117,7 +116,6 @@ async def wait_for_tracks(rooms: RoomManager, count: int, timeout: float) -> lis
 
 
 async def run(count: int, seconds: float, work: Path, source: Path) -> None:
-    restrict_ice_addresses(["127.0.0.1"])
     meter = Meter()
     rss_empty = meter.process.memory_info().rss
 

@@ -17,8 +17,7 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
-from egresskit.service.app import MANAGER, ROOMS, create_app
+from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
 from egresskit.tokens import create_token
 
@@ -101,6 +100,7 @@ def serve(config: ServiceConfig) -> None:
         port=config.port,
         print=None,
         shutdown_timeout=60,
+        keepalive_timeout=HEADER_TIMEOUT_S,
         handle_signals=True,
     )
 
@@ -113,7 +113,7 @@ def _stop(manager: EgressManager, egress_id: str) -> None:
 
 async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=60)
+    runner = web.AppRunner(app, shutdown_timeout=60, keepalive_timeout=HEADER_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, config.bind, config.port)
     await site.start()
@@ -134,7 +134,7 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     )
     try:
         info = await manager.start(request)
-    except (EgressError, InvalidRequest, PathEscapesRoot) as exc:
+    except (EgressError, InvalidRequest) as exc:
         await runner.cleanup()
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2

@@ -24,3 +24,11 @@ npm install --silent --no-audit --no-fund --no-package-lock --prefix tests/node 
 python3 -m pip install -q --disable-pip-version-check \
   -e ".[test]" \
   -e plugins/egresskit-gcs -e plugins/egresskit-azure -e plugins/egresskit-alioss
+
+# redis-server for tests/test_psrpc*.py (psrpc over Redis, as livekit-server uses it).
+# The tests start their own on free ports; the system service stays off.
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true

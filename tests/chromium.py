@@ -37,8 +37,6 @@ CHROMIUM_FLAGS = [
     "--mute-audio",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 
 # The page reads the WHIP URL and the token from its fragment (never sent to
@@ -63,13 +61,6 @@ function gatheringComplete(pc) {
   });
 }
 
-// Offer only loopback candidates: the test's media never leaves 127.0.0.1.
-function loopbackOnly(sdp) {
-  return sdp.split("\\r\\n").filter(
-    (line) => !line.startsWith("a=candidate:") || line.split(" ")[4] === "127.0.0.1"
-  ).join("\\r\\n");
-}
-
 async function publish() {
   const stream = await navigator.mediaDevices.getUserMedia({
     video: {width: 640, height: 360, frameRate: 15}, audio: true,
@@ -81,10 +72,13 @@ async function publish() {
   }
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
+  const offered = pc.localDescription.sdp.split("\\r\\n")
+    .filter((line) => line.startsWith("a=candidate:")).map((line) => line.split(" ")[4]);
+  await report("offered", [...new Set(offered)].join(" "));
   const response = await fetch(params.get("whip"), {
     method: "POST",
     headers: {"Content-Type": "application/sdp", "Authorization": "Bearer " + params.get("token")},
-    body: loopbackOnly(pc.localDescription.sdp),
+    body: pc.localDescription.sdp,
   });
   const answer = await response.text();
   if (response.status !== 201) throw new Error("WHIP answered " + response.status + ": " + answer);

@@ -1,8 +1,8 @@
 """Real publishers for tests: synthetic aiortc tracks, a WHIP client, and frame checks.
 
-Every helper here talks real WebRTC; callers keep ICE on loopback with
-`egresskit.rooms.restrict_ice_addresses(["127.0.0.1"])` (the suite's conftest
-does this for every test).
+Every helper here talks real WebRTC with unmodified aiortc, which offers this
+machine's interface addresses (never loopback); a WHIP service on 127.0.0.1
+keeps those, as they belong to this machine, and answers with loopback.
 """
 
 from __future__ import annotations

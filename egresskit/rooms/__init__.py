@@ -8,7 +8,6 @@ from egresskit.rooms.events import (
     TrackPublished,
     TrackUnpublished,
 )
-from egresskit.rooms.ice import restrict_ice_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.whip import whip_app
 
@@ -23,6 +22,5 @@ __all__ = [
     "TrackMuted",
     "TrackPublished",
     "TrackUnpublished",
-    "restrict_ice_addresses",
     "whip_app",
 ]

@@ -50,6 +50,8 @@ SID_ALPHABET = string.ascii_letters + string.digits
 BLOCKED_SUBSCRIBER_WAIT_S = 2.0
 # Bound on tearing down a publisher's connection or receiver.
 RELEASE_TIMEOUT_S = 5.0
+# A room empty this long, that nobody watches, is dropped (LiveKit's default empty_timeout).
+EMPTY_ROOM_TIMEOUT_S = 300.0
 
 DEFAULT_MIME_TYPES = {"video": "video/VP8", "audio": "audio/opus"}
 TRACK_TYPES = {"video": models.TrackType.VIDEO, "audio": models.TrackType.AUDIO}
@@ -253,6 +255,8 @@ class LocalRoom:
         self.sid = new_sid("RM_")
         self.created_at = time.time()
         self.participants: dict[str, LocalParticipant] = {}
+        # time.monotonic() since when the room has had no participant; None while it has one.
+        self.empty_since: float | None = time.monotonic()
         self._event_links: list[Link] = []
         self._on_event = on_event
 
@@ -262,6 +266,11 @@ class LocalRoom:
     @property
     def empty(self) -> bool:
         return not self.participants
+
+    @property
+    def watched(self) -> bool:
+        """Whether something (an egress waiting for publishers) follows the room's events."""
+        return bool(self._event_links)
 
     def join(
         self,
@@ -286,6 +295,7 @@ class LocalRoom:
             self, identity, name=name, metadata=metadata, kind=kind, connection=connection
         )
         self.participants[identity] = participant
+        self.empty_since = None
         self._emit(ParticipantJoined(self, participant))
         return participant
 
@@ -345,6 +355,8 @@ class LocalRoom:
         # Another task may have replaced the participant while tracks were released.
         if self.participants.get(identity) is participant:
             del self.participants[identity]
+            if not self.participants:
+                self.empty_since = time.monotonic()
             self._emit(ParticipantLeft(self, participant))
         if participant.connection is not None:
             connection, participant.connection = participant.connection, None
@@ -416,24 +428,44 @@ class LocalRoom:
 
 
 class RoomManager:
-    """The embedded rooms of a process, by name, created on first use."""
+    """The embedded rooms of a process, by name, created on first use.
 
-    def __init__(self, on_event: Callable[[RoomEvent], None] | None = None) -> None:
+    A room that has been empty for `empty_timeout_s`, with nothing following
+    its events, is dropped (checked whenever rooms are looked up), so rooms
+    named once by a publisher do not stay listed, and held, for ever.
+    """
+
+    def __init__(
+        self,
+        on_event: Callable[[RoomEvent], None] | None = None,
+        *,
+        empty_timeout_s: float = EMPTY_ROOM_TIMEOUT_S,
+    ) -> None:
         """`on_event` sees every event of every room (webhooks, auto egress); it must not block."""
         self._rooms: dict[str, LocalRoom] = {}
         self._on_event = on_event
+        self._empty_timeout_s = empty_timeout_s
 
     def get_or_create(self, name: str) -> LocalRoom:
-        room = self._rooms.get(name)
+        room = self.get(name)
         if room is None:
             room = self._rooms[name] = LocalRoom(name, self._on_event)
         return room
 
     def get(self, name: str) -> LocalRoom | None:
+        self._drop_abandoned()
         return self._rooms.get(name)
 
     def rooms(self) -> list[LocalRoom]:
+        self._drop_abandoned()
         return list(self._rooms.values())
+
+    def _drop_abandoned(self) -> None:
+        now = time.monotonic()
+        for name, room in list(self._rooms.items()):
+            since = room.empty_since
+            if since is not None and now - since >= self._empty_timeout_s and not room.watched:
+                del self._rooms[name]
 
     async def close(self) -> None:
         """Close every room: participants leave and their peer connections close."""

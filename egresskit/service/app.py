@@ -50,6 +50,10 @@ WEBHOOKS = web.AppKey("webhooks", WebhookNotifier)
 EGRESS_SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
 # How long SIGTERM waits for running egresses to finish their files.
 DRAIN_TIMEOUT_S = 30.0
+# aiohttp's keepalive timeout, which also runs from the connection's start until
+# a request's headers are complete: the bound on reading headers (slowloris) and
+# on idle keep-alive connections. aiohttp has no separate header timeout.
+HEADER_TIMEOUT_S = 10.0
 
 
 def ice_addresses(bind: str) -> list[str] | None:
@@ -90,7 +94,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         for observe in observers:
             observe(event)
 
-    rooms = RoomManager(on_event=on_room_event)
+    rooms = RoomManager(on_event=on_room_event, empty_timeout_s=config.empty_room_timeout_s)
 
     def on_event(event: str, session: EgressSession) -> None:
         webhooks.notify(event, session.public_info(), session.webhooks, session.signing_key)
@@ -115,15 +119,28 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[MANAGER] = manager
     app[WEBHOOKS] = webhooks
 
+    max_ttl = config.max_token_ttl_s
     TwirpService(
-        EGRESS_SERVICE, EgressApi(manager, network), authorize=require_grant(config.keys, EGRESS_GRANT)
+        EGRESS_SERVICE,
+        EgressApi(manager, network),
+        authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
     TwirpService(
-        ROOM_SERVICE, RoomApi(rooms), authorize=require_grant(config.keys, ROOM_GRANTS, any_of=True)
+        ROOM_SERVICE,
+        RoomApi(rooms),
+        authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
     ).add_to(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.add_subapp("/whip", whip_app(rooms, config.keys, ice_addresses=ice_addresses(config.bind)))
+    app.add_subapp(
+        "/whip",
+        whip_app(
+            rooms,
+            config.keys,
+            ice_addresses=ice_addresses(config.bind),
+            max_token_ttl_s=max_ttl,
+        ),
+    )
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     return app

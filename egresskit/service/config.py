@@ -50,6 +50,10 @@ class ServiceConfig:
     upload_initial_delay: float = 0.1  # seconds before the second attempt, doubling after
     upload_max_delay: float = 5.0
     extra_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Tokens whose expiry is further away than this are refused; 0 = no limit (as LiveKit).
+    max_token_ttl_s: float = 0.0
+    # An embedded room empty this long, with no egress waiting on it, is dropped.
+    empty_room_timeout_s: float = 300.0
     # A RoomEgress in YAML form: embedded rooms record their tracks / participants.
     auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
@@ -197,6 +201,11 @@ def _coerce(name: str, value: Any) -> Any:
             if attempts < 1:
                 raise ValueError("must be at least 1")
             return attempts
+        if name in ("max_token_ttl_s", "empty_room_timeout_s"):
+            seconds = float(value)
+            if not seconds >= 0:
+                raise ValueError("must be a non-negative number of seconds")
+            return seconds
         if name in ("upload_initial_delay", "upload_max_delay"):
             delay = float(value)
             if not delay >= 0:

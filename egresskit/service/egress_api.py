@@ -17,7 +17,6 @@ from egresskit.egress.errors import (
     TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
 from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
@@ -40,10 +39,6 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
 
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
-    if isinstance(exc, PathEscapesRoot):
-        return TwirpError(
-            "invalid_argument", f"request has missing or invalid field: filepath ({exc})"
-        )
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return TwirpError(code, str(exc))
@@ -63,7 +58,7 @@ class EgressApi:
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
             return await self.manager.start(request, caller)
-        except (EgressError, InvalidRequest, PathEscapesRoot, StorageNotInstalled) as exc:
+        except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 
     async def StartRoomCompositeEgress(
