@@ -18,7 +18,7 @@ from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
 from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
-from egresskit.egress.validation import validate
+from egresskit.egress.validation import Caller, check_caller, validate
 from egresskit.rooms.local import RoomManager
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
@@ -77,13 +77,20 @@ class EgressManager:
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def start(self, request: Message) -> egress_pb.EgressInfo:
-        """Validate, plan and start; returns the STARTING EgressInfo (redacted)."""
+    async def start(self, request: Message, caller: Caller | None = None) -> egress_pb.EgressInfo:
+        """Validate, plan and start; returns the STARTING EgressInfo (redacted).
+
+        `caller` is who sent the request through the API: its destinations,
+        storage and webhook keys are held to the caller rules. None is the
+        operator's own request (auto egress from the server's config).
+        """
         if not self._accepting:
             raise NoCapacity("the service is shutting down")
         if self.max_concurrent and len(self.active()) >= self.max_concurrent:
             raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
         spec = validate(request)
+        if caller is not None:
+            spec = check_caller(spec, caller)
         egress_id = new_egress_id()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         livekit_room = None
@@ -114,6 +121,7 @@ class EgressManager:
             backup=self._backup,
         )
         session.webhooks = spec.webhooks
+        session.signing_key = spec.caller_key
         self._sessions[egress_id] = session
         try:
             await session.start()

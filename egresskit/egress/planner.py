@@ -33,6 +33,7 @@ from egresskit.egress.track_graphs import (
     track_websocket_graph,
 )
 from egresskit.egress.validation import EgressSpec
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
@@ -41,7 +42,7 @@ from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
-from egresskit.storage.registry import storage_from_spec, storage_from_upload
+from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
 
 CONTENT_TYPES = {
     ".mp4": "video/mp4",
@@ -147,6 +148,7 @@ class _Namer:
         when: datetime,
         default_storage: dict[str, Any] | None,
         egress_id: str,
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.root = output_root
         self.identifier = identifier
@@ -154,6 +156,7 @@ class _Namer:
         self.when = when
         self.default_storage = default_storage
         self.egress_id = egress_id
+        self.network = network  # set for a caller's request: its storage is the caller's
 
     def confine(self, path: str | Path, field: str) -> Path:
         try:
@@ -166,6 +169,8 @@ class _Namer:
             self.confine(local.parent / manifest_name(self.egress_id), field)
 
     def storage(self, upload: Message | None) -> Storage | None:
+        if upload is not None and self.network is not None:
+            return storage_from_request(upload, self.network)
         if upload is not None:
             return storage_from_upload(upload)
         if self.default_storage:
@@ -258,12 +263,18 @@ def _plan_track(
         if described.track_kind != "audio":
             raise NotSupported("websocket output of a video track is not implemented")
         graph, stages = track_websocket_graph(
-            room, spec.track_id, spec.websocket_url, name=egress_id
+            room, spec.track_id, spec.websocket_url, name=egress_id, network=spec.network
         )
         return Plan(graph=graph, room=room, track=stages.track)
     assert spec.file is not None
     namer = _Namer(
-        output_root, track.sid, described.name_fields(room), when, default_storage, egress_id
+        output_root,
+        track.sid,
+        described.name_fields(room),
+        when,
+        default_storage,
+        egress_id,
+        spec.network,
     )
     relative, local = namer.file(spec.file.filepath, described.extension, spec.file.field)
     namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
@@ -291,7 +302,9 @@ def _plan_encoded(
 ) -> Plan:
     """Composites, participant and track composite egress: one encode, every output."""
     identifier, fields = _identifier(spec, room)
-    namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id)
+    namer = _Namer(
+        output_root, identifier, fields, when, default_storage, egress_id, spec.network
+    )
     outputs: list[Output] = []
     files: list[PlannedFile] = []
     # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
@@ -349,7 +362,7 @@ def _plan_encoded(
             (relative, local, namer.storage(target.storage), target.disable_manifest)
         )
     if spec.stream is not None:
-        outputs.append(StreamOutput(tuple(spec.stream.urls)))
+        outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
     try:

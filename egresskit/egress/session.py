@@ -74,6 +74,7 @@ class EgressSession:
         self.plan = plan
         self.kind = kind  # the EgressSpec kind: room_composite, track, ...
         self.webhooks: tuple = ()  # the request's extra webhook targets
+        self.signing_key = ""  # the caller's API key, which signs those (empty: the server's)
         self._listener = listener
         self._max_duration_s = max_duration_s
         self._retry = retry or RetryPolicy()

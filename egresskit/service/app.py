@@ -95,8 +95,9 @@ def livekit_server(config: ServiceConfig) -> LiveKitServer | None:
 
 def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
+    network = config.network_policy
     webhooks = WebhookNotifier(
-        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
+        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys, network=network
     )
     observers: list[Callable[[RoomEvent], None]] = [lambda e: notify_room_event(webhooks, e)]
 
@@ -107,7 +108,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     rooms = RoomManager(on_event=on_room_event, empty_timeout_s=config.empty_room_timeout_s)
 
     def on_event(event: str, session: EgressSession) -> None:
-        webhooks.notify(event, session.public_info(), session.webhooks)
+        webhooks.notify(event, session.public_info(), session.webhooks, session.signing_key)
 
     manager = EgressManager(
         rooms,
@@ -133,7 +134,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     max_ttl = config.max_token_ttl_s
     TwirpService(
         EGRESS_SERVICE,
-        EgressApi(manager),
+        EgressApi(manager, network),
         authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
     if manager.livekit is None:

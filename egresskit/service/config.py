@@ -19,6 +19,8 @@ import yaml
 from google.protobuf import json_format
 from livekit.protocol import room as room_pb
 
+from egresskit.netpolicy import NetworkPolicy
+
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
 ENV_PREFIX = "EGRESSKIT_"
@@ -62,6 +64,8 @@ class ServiceConfig:
     livekit_url: str = ""
     livekit_api_key: str = ""
     livekit_api_secret: str = field(default="", repr=False)
+    # Where destinations named in requests may be: {allow: [CIDR...], deny: [CIDR...]}.
+    egress_network: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def console_enabled(self) -> bool:
@@ -71,6 +75,11 @@ class ServiceConfig:
     def keys(self) -> dict[str, str]:
         """Every API key the service accepts, with its secret."""
         return {**self.extra_keys, self.api_key: self.api_secret}
+
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        """The policy for destinations named in requests (non-public ranges denied unless dev)."""
+        return NetworkPolicy.from_config(self.egress_network, dev=self.dev)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -154,6 +163,11 @@ def _from_env(name: str, raw: str) -> Any:
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
             raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
         return lowered in ("1", "true", "yes", "on")
+    if name == "egress_network":
+        try:
+            return yaml.safe_load(raw)  # a flow mapping: {allow: [10.0.0.0/8]}
+        except yaml.YAMLError:
+            raise ConfigError(f"{ENV_PREFIX}EGRESS_NETWORK must be a YAML mapping") from None
     return raw
 
 
@@ -242,6 +256,11 @@ def _coerce(name: str, value: Any) -> Any:
         if name in ("storage", "backup_storage", "extra_keys"):
             if not isinstance(value, Mapping):
                 raise ValueError("must be a mapping")
+            return dict(value)
+        if name == "egress_network":
+            if not isinstance(value, Mapping):
+                raise ValueError("must be a mapping: {allow: [networks], deny: [networks]}")
+            NetworkPolicy.from_config(value)
             return dict(value)
         if name in ("dev", "console"):
             if not isinstance(value, bool):

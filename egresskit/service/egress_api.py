@@ -18,7 +18,8 @@ from egresskit.egress.errors import (
     TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.validation import check_layout, stream_protocol
+from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
 from egresskit.storage.registry import StorageNotInstalled
@@ -49,45 +50,48 @@ def twirp_error(exc: Exception) -> TwirpError:
 class EgressApi:
     """One coroutine per RPC of livekit.Egress; refusals become Twirp errors."""
 
-    def __init__(self, manager: EgressManager) -> None:
+    def __init__(self, manager: EgressManager, network: NetworkPolicy) -> None:
+        """`network`: where destinations named in requests may be."""
         self.manager = manager
+        self.network = network
         self._listings = EncodedListings()
 
-    async def _start(self, request) -> egress_pb.EgressInfo:
+    async def _start(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+        caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
-            return await self.manager.start(request)
+            return await self.manager.start(request, caller)
         except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 
     async def StartRoomCompositeEgress(
         self, request: egress_pb.RoomCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartTrackCompositeEgress(
         self, request: egress_pb.TrackCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartTrackEgress(
         self, request: egress_pb.TrackEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartParticipantEgress(
         self, request: egress_pb.ParticipantEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartWebEgress(
         self, request: egress_pb.WebEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartEgress(
         self, request: egress_pb.StartEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def UpdateLayout(
         self, request: egress_pb.UpdateLayoutRequest, context: TwirpContext
@@ -108,6 +112,7 @@ class EgressApi:
                 raise InvalidRequest("egress_id", "is required")
             for index, url in enumerate(request.add_output_urls):
                 stream_protocol(url, f"add_output_urls[{index}]")
+                check_destination(url, f"add_output_urls[{index}]", self.network)
             return await self.manager.update_stream(
                 request.egress_id, list(request.add_output_urls), list(request.remove_output_urls)
             )
