@@ -47,6 +47,19 @@ def _service_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     parser.add_argument(
+        "--livekit-url",
+        dest="livekit_url",
+        help="record this LiveKit server's rooms, ws://HOST:7880 (EGRESSKIT_LIVEKIT_URL)",
+    )
+    parser.add_argument(
+        "--livekit-api-key", dest="livekit_api_key", help="its API key (EGRESSKIT_LIVEKIT_API_KEY)"
+    )
+    parser.add_argument(
+        "--livekit-api-secret",
+        dest="livekit_api_secret",
+        help="its API secret (EGRESSKIT_LIVEKIT_API_SECRET)",
+    )
+    parser.add_argument(
         "--dev", action="store_true", default=None, help="development keys devkey / secret"
     )
 

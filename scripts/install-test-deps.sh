@@ -32,3 +32,20 @@ if ! command -v redis-server >/dev/null 2>&1; then
   apt-get install -y -qq --no-install-recommends redis-server >/dev/null
 fi
 systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
+
+# livekit-server for tests/test_livekit_*.py (a real LiveKit server on 127.0.0.1).
+# Go is a test-time tool only; the binary is cached and rebuilt only for another version.
+LIVEKIT_SERVER_VERSION=1.13.5
+livekit_bin="$HOME/.cache/egresskit-test-deps/bin/livekit-server"
+if ! "$livekit_bin" --version 2>/dev/null | grep -qx "livekit-server version $LIVEKIT_SERVER_VERSION"; then
+  if command -v go >/dev/null 2>&1; then
+    gobin="$(mktemp -d)"
+    GOBIN="$gobin" CGO_ENABLED=0 go install \
+      "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_SERVER_VERSION"
+    mkdir -p "$(dirname "$livekit_bin")"
+    mv "$gobin/server" "$livekit_bin"
+    rmdir "$gobin"
+  else
+    echo "go not found: tests/test_livekit_*.py will be skipped" >&2
+  fi
+fi

@@ -31,5 +31,9 @@ class NoCapacity(EgressError):
     """The service runs as many egresses as it is allowed to (unavailable)."""
 
 
+class SourceUnavailable(EgressError):
+    """The room's server cannot be reached or refused egresskit (unavailable)."""
+
+
 class NotSupported(EgressError):
     """A feature egresskit does not offer (unimplemented); the message names it."""

@@ -15,6 +15,7 @@ from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
+from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
 from egresskit.egress.validation import validate
@@ -56,8 +57,11 @@ class EgressManager:
         max_concurrent: int = 0,
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
+        livekit: LiveKitServer | None = None,
     ) -> None:
+        """With `livekit`, room names name that server's rooms, not the embedded `rooms`."""
         self.rooms = rooms
+        self.livekit = livekit
         self.output_dir = output_dir.resolve()
         self.default_storage = dict(default_storage or {})
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
@@ -66,6 +70,7 @@ class EgressManager:
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
         self._sessions: dict[str, EgressSession] = {}
+        self._followers: set[asyncio.Task[None]] = set()  # LiveKit rooms of running egresses
         self._accepting = True
         self.started: dict[str, int] = {}  # kind -> egresses started
         self.ended: dict[tuple[str, str], int] = {}  # (kind, final status) -> egresses ended
@@ -81,7 +86,17 @@ class EgressManager:
         spec = validate(request)
         egress_id = new_egress_id()
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        planned = plan(spec, egress_id, self.rooms, self.output_dir, self.default_storage)
+        livekit_room = None
+        rooms: RoomManager | SingleRoom = self.rooms
+        if self.livekit is not None and spec.kind != "web":
+            livekit_room = await join_room(self.livekit, spec, egress_id)
+            rooms = SingleRoom(livekit_room)
+        try:
+            planned = plan(spec, egress_id, rooms, self.output_dir, self.default_storage)
+        except BaseException:
+            if livekit_room is not None:
+                await livekit_room.close()
+            raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
             room_id=planned.room.sid,
@@ -105,7 +120,14 @@ class EgressManager:
         except Exception:
             self._sessions.pop(egress_id, None)
             await planned.graph.cancel()
+            if livekit_room is not None:
+                await livekit_room.close()
             raise
+        if livekit_room is not None:
+            follower = asyncio.create_task(follow_room(session, livekit_room))
+            self._followers.add(follower)
+            follower.add_done_callback(self._followers.discard)
+            session.set_details("; ".join(livekit_room.warnings))
         return session.public_info()
 
     def _event(self, event: str, session: EgressSession) -> None:
@@ -214,3 +236,5 @@ class EgressManager:
                 await session.abort()
         for waiter in pending:
             waiter.cancel()
+        if self._followers:  # the egresses' LiveKit rooms are left once they finished
+            await asyncio.wait(set(self._followers), timeout=10.0)

@@ -209,11 +209,18 @@ class EgressSession:
             return
         self._end_reason = reason
         self._end_status = status
+        if status == egress_pb.EGRESS_FAILED:
+            self._end_error = reason
         if self.info.status == egress_pb.EGRESS_STARTING and status is None:
             self._end_status = egress_pb.EGRESS_ABORTED
         self.info.status = egress_pb.EGRESS_ENDING
         self._changed("egress_updated")
         self._stopping = asyncio.create_task(self.plan.graph.stop())
+
+    def set_details(self, details: str) -> None:
+        """What the caller should know about a running egress (tracks left out, and why)."""
+        self.info.details = details
+        self._changed("egress_updated")
 
     def update_layout(self, layout: str) -> None:
         """Switch the compositor's layout at its next frame."""
@@ -303,7 +310,9 @@ class EgressSession:
                 info.error_code = 412
         else:
             info.status = egress_pb.EGRESS_COMPLETE
-        info.details = self._end_reason or SOURCE_CLOSED
+        ended = self._end_reason or SOURCE_CLOSED
+        # warnings given while running (set_details) stay, after why the egress ended
+        info.details = f"{ended}; {info.details}" if info.details else ended
         self.ended_monotonic = time.monotonic()
         self._changed("egress_ended")
         self.done.set()

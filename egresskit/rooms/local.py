@@ -86,8 +86,9 @@ class LocalTrack:
         mime_type: str,
         release: Callable[[], Awaitable[None]] | None,
         encoded: EncodedReceiver | None = None,
+        sid: str | None = None,
     ) -> None:
-        self.sid = new_sid("TR_")
+        self.sid = sid or new_sid("TR_")
         self.kind: int = TRACK_TYPES[media.kind]
         self.source = source
         self.name = name
@@ -232,8 +233,9 @@ class LocalParticipant:
         metadata: str,
         kind: int,
         connection: Closable | None,
+        sid: str | None = None,
     ) -> None:
-        self.sid = new_sid("PA_")
+        self.sid = sid or new_sid("PA_")
         self.identity = identity
         self.name = name
         self.metadata = metadata
@@ -280,11 +282,13 @@ class LocalRoom:
         metadata: str = "",
         kind: int = models.ParticipantInfo.Kind.STANDARD,
         connection: Closable | None = None,
+        sid: str | None = None,
     ) -> LocalParticipant:
         """Add a participant; joining with an identity already present returns that participant.
 
         `connection` (a WHIP peer connection) is closed when the participant
-        leaves; it cannot be attached to an existing participant.
+        leaves; it cannot be attached to an existing participant. `sid` keeps
+        an id given elsewhere (a LiveKit server's); by default one is made.
         """
         existing = self.participants.get(identity)
         if existing is not None:
@@ -292,7 +296,7 @@ class LocalRoom:
                 raise ValueError(f"participant {identity!r} is already in room {self.name!r}")
             return existing
         participant = LocalParticipant(
-            self, identity, name=name, metadata=metadata, kind=kind, connection=connection
+            self, identity, name=name, metadata=metadata, kind=kind, connection=connection, sid=sid
         )
         self.participants[identity] = participant
         self.empty_since = None
@@ -309,6 +313,7 @@ class LocalRoom:
         mime_type: str | None = None,
         release: Callable[[], Awaitable[None]] | None = None,
         encoded: EncodedReceiver | None = None,
+        sid: str | None = None,
     ) -> LocalTrack:
         """Publish a media track for `identity`, joining it if needed.
 
@@ -317,6 +322,7 @@ class LocalRoom:
         WebRTC publisher would send. `release` is awaited after unpublishing,
         so a publisher can stop what feeds the track (a WebRTC receiver).
         `encoded` offers the track's encoded frames and decodes on demand.
+        `sid` keeps an id given elsewhere (a LiveKit server's).
         This coroutine never suspends, so a caller can publish several tracks
         with no other task changing the room in between.
         """
@@ -331,6 +337,7 @@ class LocalRoom:
             mime_type=mime_type or DEFAULT_MIME_TYPES[track.kind],
             release=release,
             encoded=encoded,
+            sid=sid,
         )
         participant.tracks[local.sid] = local
         local._start(self._remove_track)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.session import EgressSession
 from egresskit.rooms import (
@@ -35,7 +36,7 @@ from egresskit.service.room_api import (
     room_info,
     track_info,
 )
-from egresskit.service.twirp import TwirpService
+from egresskit.service.twirp import TwirpError, TwirpService
 from egresskit.service.webhooks import WebhookNotifier
 from egresskit.storage.s3 import shared_session
 from egresskit.storage.upload import RetryPolicy
@@ -82,6 +83,13 @@ def notify_room_event(webhooks: WebhookNotifier, event: RoomEvent) -> None:
         )
 
 
+def livekit_server(config: ServiceConfig) -> LiveKitServer | None:
+    """The LiveKit server whose rooms egresses record, if one is configured."""
+    if not config.livekit_url:
+        return None
+    return LiveKitServer(config.livekit_url, config.livekit_api_key, config.livekit_api_secret)
+
+
 def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
     webhooks = WebhookNotifier(
@@ -109,6 +117,7 @@ def create_app(config: ServiceConfig) -> web.Application:
             config.upload_attempts, config.upload_initial_delay, config.upload_max_delay
         ),
         on_event=on_event,
+        livekit=livekit_server(config),
     )
     auto_egress = AutoEgress(manager, parse_room_egress(config.auto_egress))
     if auto_egress.enabled:
@@ -124,11 +133,14 @@ def create_app(config: ServiceConfig) -> web.Application:
         EgressApi(manager),
         authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
-    TwirpService(
-        ROOM_SERVICE,
-        RoomApi(rooms),
-        authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
-    ).add_to(app)
+    if manager.livekit is None:
+        TwirpService(
+            ROOM_SERVICE,
+            RoomApi(rooms),
+            authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
+        ).add_to(app)
+    else:
+        app.router.add_post(f"/twirp/{ROOM_SERVICE.full_name}/{{method}}", room_service_elsewhere)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(
@@ -143,6 +155,15 @@ def create_app(config: ServiceConfig) -> web.Application:
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     return app
+
+
+async def room_service_elsewhere(request: web.Request) -> web.Response:
+    """With a LiveKit server configured, its rooms and its RoomService are the server's own."""
+    return TwirpError(
+        "unimplemented",
+        "RoomService is served by the LiveKit server this egresskit records "
+        f"({request.app[MANAGER].livekit.url}), not by egresskit",
+    ).to_response()
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:

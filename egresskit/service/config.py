@@ -56,6 +56,10 @@ class ServiceConfig:
     auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
     log_level: str = "info"
+    # A LiveKit server whose rooms `room_name` names (YAML `livekit: {url, api_key, api_secret}`).
+    livekit_url: str = ""
+    livekit_api_key: str = ""
+    livekit_api_secret: str = field(default="", repr=False)
 
     @property
     def keys(self) -> dict[str, str]:
@@ -118,10 +122,22 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     # `keys` is the name LiveKit config files use for extra API keys.
     if "keys" in data:
         data["extra_keys"] = data.pop("keys")
+    if "livekit" in data:
+        data.update(_livekit_section(path, data.pop("livekit")))
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(map(str, unknown))}")
     return data
+
+
+def _livekit_section(path: Path, section: Any) -> dict[str, Any]:
+    """YAML `livekit: {url, api_key, api_secret}` as the flat livekit_* settings."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config file {path}: livekit must be a mapping of url, api_key, api_secret")
+    unknown = sorted(set(section) - {"url", "api_key", "api_secret"})
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown livekit setting(s) {', '.join(map(str, unknown))}")
+    return {f"livekit_{name}": value for name, value in section.items()}
 
 
 def _from_env(name: str, raw: str) -> Any:
@@ -148,6 +164,12 @@ def _build(values: dict[str, Any], source_hint: str | None) -> ServiceConfig:
             "an API key and secret are required: set --api-key/--api-secret, "
             f"{ENV_PREFIX}API_KEY/{ENV_PREFIX}API_SECRET{hint}, or use --dev"
         )
+    livekit = [config.get(f"livekit_{n}") for n in ("url", "api_key", "api_secret")]
+    if any(livekit) and not all(livekit):
+        raise ConfigError(
+            "a LiveKit server needs all of --livekit-url, --livekit-api-key and "
+            "--livekit-api-secret (or livekit: {url, api_key, api_secret})"
+        )
     return ServiceConfig(**config)
 
 
@@ -159,7 +181,13 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0 <= port <= 65535:
                 raise ValueError("must be between 0 and 65535")
             return port
-        if name in ("bind", "api_key", "api_secret"):
+        if name == "livekit_url":
+            if not isinstance(value, str) or not value.startswith(
+                ("ws://", "wss://", "http://", "https://")
+            ):
+                raise ValueError("must be a ws://, wss://, http:// or https:// URL")
+            return value
+        if name in ("bind", "api_key", "api_secret", "livekit_api_key", "livekit_api_secret"):
             if not isinstance(value, str):
                 raise ValueError("must be a string")
             return value

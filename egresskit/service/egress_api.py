@@ -14,6 +14,7 @@ from egresskit.egress.errors import (
     NoCapacity,
     NotSupported,
     RoomNotFound,
+    SourceUnavailable,
     TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
@@ -31,6 +32,7 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (TrackNotFound, "not_found"),
     (EgressEnded, "failed_precondition"),
     (NoCapacity, "unavailable"),
+    (SourceUnavailable, "unavailable"),
     (NotSupported, "unimplemented"),
     (InvalidRequest, "invalid_argument"),
     (StorageNotInstalled, "invalid_argument"),
