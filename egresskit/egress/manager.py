@@ -77,14 +77,22 @@ class EgressManager:
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def start(self, request: Message) -> egress_pb.EgressInfo:
-        """Validate, plan and start; returns the STARTING EgressInfo (redacted)."""
+    async def start(
+        self, request: Message, *, egress_id: str = "", room_id: str = ""
+    ) -> egress_pb.EgressInfo:
+        """Validate, plan and start; returns the STARTING EgressInfo (redacted).
+
+        `egress_id` and `room_id` are given when another server (livekit-server's
+        psrpc dispatch) named the egress already; otherwise egresskit names it.
+        """
         if not self._accepting:
             raise NoCapacity("the service is shutting down")
         if self.max_concurrent and len(self.active()) >= self.max_concurrent:
             raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
         spec = validate(request)
-        egress_id = new_egress_id()
+        if egress_id in self._sessions:
+            raise EgressEnded(f"egress {egress_id} already exists")
+        egress_id = egress_id or new_egress_id()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         livekit_room = None
         rooms: RoomManager | SingleRoom = self.rooms
@@ -99,7 +107,7 @@ class EgressManager:
             raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
-            room_id=planned.room.sid,
+            room_id=room_id or planned.room.sid,
             room_name=planned.room.name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )

@@ -1,0 +1,259 @@
+"""One worker process: livekit-server's psrpc on Redis in front of an EgressManager.
+
+livekit-server asks every worker to claim each StartEgress; this process
+claims it (see `start_affinity`) only while not draining and while the
+request's CPU cost fits its budget. The chosen worker joins the room as a
+hidden recorder of its own (token minted from `api_key`/`api_secret`), runs
+the egress with the same graphs as `egresskit serve`, answers StopEgress and
+UpdateStream on the egress id's topic while it runs, and reports every status
+change to livekit-server's IOInfo, in order, so the server's ListEgress and
+webhooks follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from google.protobuf.message import Message
+from livekit.protocol import egress as egress_pb
+
+from egresskit.egress.encoding import InvalidRequest
+from egresskit.egress.errors import (
+    EgressEnded,
+    EgressError,
+    EgressNotFound,
+    NoCapacity,
+    NotSupported,
+    RoomNotFound,
+    SourceUnavailable,
+    TrackNotFound,
+)
+from egresskit.egress.livekit_rooms import LiveKitServer
+from egresskit.egress.manager import EgressManager
+from egresskit.egress.naming import PathEscapesRoot
+from egresskit.egress.session import EgressSession
+from egresskit.egress.validation import stream_protocol, validate
+from egresskit.psrpc import Bus, EgressServer, ErrorCode, IOInfoClient, PsrpcError, start_affinity
+from egresskit.psrpc.protos.rpc_egress_pb2 import StartEgressRequest
+from egresskit.rooms.local import RoomManager
+from egresskit.storage.registry import StorageNotInstalled
+from egresskit.worker.admission import Admission
+from egresskit.worker.config import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+_CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
+    (EgressNotFound, ErrorCode.NOT_FOUND),
+    (RoomNotFound, ErrorCode.NOT_FOUND),
+    (TrackNotFound, ErrorCode.NOT_FOUND),
+    (EgressEnded, ErrorCode.FAILED_PRECONDITION),
+    (NoCapacity, ErrorCode.UNAVAILABLE),
+    (SourceUnavailable, ErrorCode.UNAVAILABLE),
+    (NotSupported, ErrorCode.UNIMPLEMENTED),
+    (InvalidRequest, ErrorCode.INVALID_ARGUMENT),
+    (StorageNotInstalled, ErrorCode.INVALID_ARGUMENT),
+    (PathEscapesRoot, ErrorCode.INVALID_ARGUMENT),
+)
+REFUSALS = tuple(kind for kind, _ in _CODES)
+
+
+def psrpc_error(exc: Exception) -> PsrpcError:
+    """The psrpc error (and so the Twirp error at livekit-server) a refusal becomes."""
+    for kind, code in _CODES:
+        if isinstance(exc, kind):
+            return PsrpcError(code, str(exc))
+    raise exc
+
+
+def inner_request(request: StartEgressRequest) -> Message:
+    """The egress request inside livekit-server's StartEgressRequest."""
+    which = request.WhichOneof("request")
+    if which is None:
+        raise PsrpcError(ErrorCode.INVALID_ARGUMENT, "StartEgressRequest carries no request")
+    if which == "replay":
+        raise PsrpcError(ErrorCode.UNIMPLEMENTED, "replay export is not implemented")
+    return getattr(request, which)
+
+
+class Reporter:
+    """Sends each egress's status changes to livekit-server's IOInfo, one at a time, in order."""
+
+    def __init__(self, io: IOInfoClient) -> None:
+        self.io = io
+        self._last: dict[str, asyncio.Task[None]] = {}
+
+    def send(self, event: str, info: egress_pb.EgressInfo) -> None:
+        copy = egress_pb.EgressInfo()
+        copy.CopyFrom(info)
+        previous = self._last.get(info.egress_id)
+        task = asyncio.create_task(self._send(previous, event, copy))
+        self._last[info.egress_id] = task
+
+    async def _send(
+        self, previous: asyncio.Task[None] | None, event: str, info: egress_pb.EgressInfo
+    ) -> None:
+        if previous is not None:
+            await asyncio.wait([previous])
+        try:
+            if event == "egress_started":
+                await self.io.create_egress(info)
+            else:
+                await self.io.update_egress(info)
+        except PsrpcError as exc:
+            log.error("reporting %s of %s to livekit-server failed: %s", event, info.egress_id, exc)
+
+    async def flush(self, egress_id: str) -> None:
+        """Wait until every report of the egress so far has been answered; forget it."""
+        last = self._last.get(egress_id)
+        if last is not None:
+            await asyncio.wait([last])
+            if self._last.get(egress_id) is last:
+                del self._last[egress_id]
+
+
+class WorkerProcess:
+    """One psrpc server with its own claims, admission and egresses."""
+
+    def __init__(self, config: WorkerConfig, cores: float) -> None:
+        self.config = config
+        self.admission = Admission(cores, config.max_cpu_utilization, config.cpu_costs)
+        self.draining = False
+        self.manager = EgressManager(
+            RoomManager(),
+            config.output_dir,
+            default_storage=dict(config.storage) or None,
+            backup_storage=dict(config.backup_storage) or None,
+            max_duration_s=config.max_duration_s,
+            on_event=self._on_event,
+            livekit=LiveKitServer(config.ws_url, config.api_key, config.api_secret),
+        )
+        self.bus: Bus | None = None
+        self.server: EgressServer | None = None
+        self.reporter: Reporter | None = None
+        self._watchers: set[asyncio.Task[None]] = set()
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.bus = Bus(self.config.redis.client())
+        io = await IOInfoClient(self.bus).start()
+        self.reporter = Reporter(io)
+        self.server = EgressServer(self.bus, self.config.cluster_id)
+        await self.server.serve(self._start, self._affinity, self._list_active)
+        log.info(
+            "egress worker %d serving on Redis (CPU budget %.2f)", os.getpid(), self.admission.budget
+        )
+
+    async def drain(self) -> None:
+        """Claim nothing more; let running egresses finish their files and report them."""
+        self.draining = True
+        log.info("draining: %d egress(es) running", len(self.manager.active()))
+        if self.server is not None:
+            await self.server.stop_serving()
+        await self.manager.shutdown(self.config.drain_timeout_s)
+        if self._watchers:
+            await asyncio.wait(set(self._watchers), timeout=60)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            await self.server.close()
+        if self.reporter is not None:
+            await self.reporter.io.close()
+        if self.bus is not None:
+            await self.bus.close()
+
+    # --- served -----------------------------------------------------------------------------
+
+    def _list_active(self) -> list[str]:
+        return [s.egress_id for s in self.manager.active()]
+
+    def _cost(self, request: StartEgressRequest) -> float | None:
+        """The request's CPU cost, None when it is not a valid request (its start says why)."""
+        try:
+            return self.admission.cost(validate(inner_request(request)), request.estimated_cpu)
+        except (PsrpcError, *REFUSALS):
+            return None
+
+    def _affinity(self, request: StartEgressRequest) -> float:
+        cost = self._cost(request)
+        fits = cost is None or self.admission.fits(cost)
+        return start_affinity(
+            draining=self.draining, fits=fits, active=len(self.manager.active())
+        )
+
+    async def _start(self, request: StartEgressRequest) -> egress_pb.EgressInfo:
+        if self.draining:
+            raise PsrpcError(ErrorCode.UNAVAILABLE, "this egress worker is shutting down")
+        inner = inner_request(request)
+        cost = self._cost(request)
+        if cost is not None:
+            if not self.admission.fits(cost):
+                raise PsrpcError(ErrorCode.RESOURCE_EXHAUSTED, "not enough CPU")
+            self.admission.accept(request.egress_id, cost)
+        try:
+            info = await self.manager.start(
+                inner, egress_id=request.egress_id, room_id=request.room_id
+            )
+        except REFUSALS as exc:
+            self.admission.release(request.egress_id)
+            raise psrpc_error(exc) from None
+        except BaseException:
+            self.admission.release(request.egress_id)
+            raise
+        session = self.manager.get(info.egress_id)
+        assert self.server is not None
+        await self.server.add_egress(info.egress_id, self._stop, self._update_stream)
+        watcher = asyncio.create_task(self._watch(session))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        log.info("egress %s started (%s, cost %.2f)", info.egress_id, session.kind, cost or 0)
+        return info
+
+    async def _watch(self, session: EgressSession) -> None:
+        """Once the egress has ended and its end is reported, its id no longer routes here."""
+        await session.wait()
+        self.admission.release(session.egress_id)
+        assert self.server is not None and self.reporter is not None
+        await self.reporter.flush(session.egress_id)
+        await self.server.remove_egress(session.egress_id)
+        log.info(
+            "egress %s ended %s",
+            session.egress_id,
+            egress_pb.EgressStatus.Name(session.info.status),
+        )
+
+    async def _stop(self, request: egress_pb.StopEgressRequest) -> egress_pb.EgressInfo:
+        try:
+            return self.manager.stop(request.egress_id)
+        except EgressError as exc:
+            raise psrpc_error(exc) from None
+
+    async def _update_stream(self, request: egress_pb.UpdateStreamRequest) -> egress_pb.EgressInfo:
+        try:
+            for index, url in enumerate(request.add_output_urls):
+                stream_protocol(url, f"add_output_urls[{index}]")
+            return await self.manager.update_stream(
+                request.egress_id, list(request.add_output_urls), list(request.remove_output_urls)
+            )
+        except (EgressError, InvalidRequest) as exc:
+            raise psrpc_error(exc) from None
+        except ValueError as exc:
+            raise PsrpcError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
+
+    # --- reported ---------------------------------------------------------------------------
+
+    def _on_event(self, event: str, session: EgressSession) -> None:
+        if self.reporter is not None:
+            self.reporter.send(event, session.public_info())
+
+    def status(self) -> dict[str, float]:
+        """What /healthz and /metrics show of this process."""
+        return {
+            "pid": os.getpid(),
+            "active_egress": len(self.manager.active()),
+            "cpu_budget": round(self.admission.budget, 3),
+            "available_cpu": round(self.admission.available(), 3),
+            "draining": int(self.draining),
+        }

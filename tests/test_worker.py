@@ -1,0 +1,156 @@
+"""`egresskit worker` behind a real livekit-server on a real Redis.
+
+livekit-server (with `redis` and `webhook`) dispatches the egress requests
+of the unmodified `livekit-api` SDK to egresskit workers running as their own
+processes; publishers are the `livekit` real-time SDK. What is checked is
+what a user sees: livekit-server's ListEgress, its signed webhooks, and the
+files the workers wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+from aiohttp import web
+from livekit import api
+from livekit.protocol import egress as egress_pb
+from livekit_publishers import SdkPublisher
+from livekit_server import unavailable_reason
+from media_checks import ffprobe, frame_at, region_color, stream
+from publishers import colors_close
+from worker_fixtures import WebhookLog, Worker, wait_status
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason()),
+]
+
+RED, BLUE = (220, 40, 40), (40, 60, 220)
+TILE_LEFT = (100, 220, 540, 500)  # inside the left tile of a two-tile 1280x720 grid
+TILE_RIGHT = (740, 220, 1180, 500)
+ENDED = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def hook_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def livekit(redis_server, hook_port):
+    from livekit_redis import media_server
+
+    server = media_server(redis_server.address, [f"http://127.0.0.1:{hook_port}/hook"])
+    with server:
+        yield server
+
+
+@pytest.fixture
+async def webhooks(livekit, hook_port):
+    log = WebhookLog(livekit.api_key, livekit.api_secret)
+    app = web.Application()
+    app.router.add_post("/hook", log.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", hook_port).start()
+    yield log
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def lkapi(livekit):
+    client = api.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def workers(livekit, redis_server, tmp_path):
+    """Start workers with `await workers(name, **settings)`; all are stopped after the test."""
+    started: list[Worker] = []
+
+    async def start(name: str = "w", **settings) -> Worker:
+        worker = Worker(livekit, redis_server.address, tmp_path / name, **settings)
+        started.append(worker)
+        return await worker.start()
+
+    yield start
+    for worker in started:
+        await worker.stop()
+        assert "Traceback" not in worker.log(), worker.log()
+
+
+@pytest.fixture
+async def publish(livekit):
+    """`await publish(room, (identity, color), ...)`: SDK publishers, left when the test ends."""
+    running: list[SdkPublisher] = []
+
+    async def start(room: str, *specs) -> list[SdkPublisher]:
+        for identity, color in specs:
+            running.append(await SdkPublisher(livekit, room, identity, color=color).start())
+        return running
+
+    yield start
+    for publisher in running:
+        await publisher.stop()
+
+
+def composite(room: str, filepath: str = "{room_name}-{time}.mp4"):
+    return api.RoomCompositeEgressRequest(
+        room_name=room, layout="grid", file_outputs=[api.EncodedFileOutput(filepath=filepath)]
+    )
+
+
+async def test_room_composite_through_livekit_server(
+    livekit, lkapi, workers, publish, webhooks
+):
+    worker = await workers()
+    await publish("worker-room", ("alice", RED), ("bob", BLUE))
+
+    info = await lkapi.egress.start_room_composite_egress(composite("worker-room", "c.mp4"))
+    assert info.status == egress_pb.EGRESS_STARTING
+    assert info.room_name == "worker-room"
+    active = await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    assert active.room_composite.layout == "grid"
+    listed = await lkapi.egress.list_egress(api.ListEgressRequest(active=True))
+    assert [i.egress_id for i in listed.items] == [info.egress_id]
+
+    await asyncio.sleep(4)
+    ending = await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+    assert ending.status == egress_pb.EGRESS_ENDING
+    final = await wait_status(lkapi, info.egress_id, ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    [result] = final.file_results
+    assert result.filename.endswith("c.mp4")
+    path = worker.output_dir / "c.mp4"
+    assert result.location == str(path)
+    assert result.size == path.stat().st_size > 0
+    probe = ffprobe(path)
+    video = stream(probe, "video")
+    assert (video["width"], video["height"]) == (1280, 720)
+    assert stream(probe, "audio")["codec_name"] == "aac"
+    assert 3.0 < float(probe["format"]["duration"]) < 8.0
+    frame = frame_at(path, 2.5)
+    assert colors_close(region_color(frame, *TILE_LEFT), RED)
+    assert colors_close(region_color(frame, *TILE_RIGHT), BLUE)
+
+    # livekit-server's own webhooks, in order, for what the worker reported
+    for _ in range(100):
+        if ("egress_ended", "EGRESS_COMPLETE") in webhooks.of(info.egress_id):
+            break
+        await asyncio.sleep(0.1)
+    events = webhooks.of(info.egress_id)
+    assert events[0] == ("egress_started", "EGRESS_STARTING"), events
+    assert ("egress_updated", "EGRESS_ACTIVE") in events, events
+    assert events[-1] == ("egress_ended", "EGRESS_COMPLETE"), events
+    assert [e for e, _ in events[1:-1]] == ["egress_updated"] * (len(events) - 2), events
+    ended = [e for e in webhooks.events if e.event == "egress_ended"][-1]
+    assert ended.egress_info.file_results[0].size == result.size
