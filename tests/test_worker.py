@@ -154,3 +154,101 @@ async def test_room_composite_through_livekit_server(
     assert [e for e, _ in events[1:-1]] == ["egress_updated"] * (len(events) - 2), events
     ended = [e for e in webhooks.events if e.event == "egress_ended"][-1]
     assert ended.egress_info.file_results[0].size == result.size
+
+
+def cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def budget_for(kind_key: str, count: int) -> dict:
+    """cpu_cost settings whose budget (cores x 0.8) holds `count` egresses of a kind, not more."""
+    return {"cpu_cost": {"max_cpu_utilization": 0.8, kind_key: cores() * 0.8 / (count + 0.5)}}
+
+
+async def available_cpu(worker: Worker) -> float:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as http:
+        url = f"http://127.0.0.1:{worker.config['health_port']}/healthz"
+        async with http.get(url) as response:
+            assert response.status == 200
+            return (await response.json())["available_cpu"]
+
+
+async def test_composites_spread_one_per_worker_and_survive_a_killed_worker(
+    livekit, lkapi, workers, publish
+):
+    from test_worker import free_port as port
+
+    one = budget_for("room_composite_cpu_cost", 1)
+    pool = [
+        await workers(name, bind="127.0.0.1", health_port=port(), **one) for name in ("a", "b")
+    ]
+    await publish("spread", ("alice", RED))
+    first = await lkapi.egress.start_room_composite_egress(composite("spread", "first.mp4"))
+    second = await lkapi.egress.start_room_composite_egress(composite("spread", "second.mp4"))
+    await wait_status(lkapi, first.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await wait_status(lkapi, second.egress_id, [egress_pb.EGRESS_ACTIVE])
+    owner = {
+        name: next(w for w in pool if (w.output_dir / name).exists())
+        for name in ("first.mp4", "second.mp4")
+    }
+    assert owner["first.mp4"] is not owner["second.mp4"]
+
+    # both budgets are spent: livekit-server gets no claim and says so
+    with pytest.raises(api.TwirpError) as refused:
+        await lkapi.egress.start_room_composite_egress(composite("spread", "third.mp4"))
+    assert refused.value.code == "unavailable"
+    assert refused.value.message.endswith("no response from servers")
+    assert not any((w.output_dir / "third.mp4").exists() for w in pool)
+
+    # kill -9 the first one's worker mid-recording
+    killed, survivor = owner["first.mp4"], owner["second.mp4"]
+    killed.kill()
+    await killed.process.wait()
+    await asyncio.sleep(2)
+    await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=second.egress_id))
+    final = await wait_status(lkapi, second.egress_id, ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert float(ffprobe(survivor.output_dir / "second.mp4")["format"]["duration"]) > 2.0
+
+    # what the killed worker recorded up to the kill plays
+    partial = killed.output_dir / "first.mp4"
+    played = float(ffprobe(partial)["format"]["duration"])
+    assert played > 2.0
+    assert colors_close(region_color(frame_at(partial, played - 0.5), 300, 150, 980, 570), RED)
+
+    # a new request goes to the survivor once its budget is free again (15 s hold)
+    for _ in range(200):
+        if await available_cpu(survivor) >= one["cpu_cost"]["room_composite_cpu_cost"]:
+            break
+        await asyncio.sleep(0.1)
+    fourth = await lkapi.egress.start_room_composite_egress(composite("spread", "fourth.mp4"))
+    await wait_status(lkapi, fourth.egress_id, [egress_pb.EGRESS_ACTIVE])
+    assert (survivor.output_dir / "fourth.mp4").exists()
+    await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=fourth.egress_id))
+    final = await wait_status(lkapi, fourth.egress_id, ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+
+
+async def test_sigterm_drains_to_a_complete_file_and_claims_nothing(
+    livekit, lkapi, workers, publish
+):
+    worker = await workers()
+    await publish("drain", ("alice", RED))
+    info = await lkapi.egress.start_room_composite_egress(composite("drain", "drained.mp4"))
+    await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await asyncio.sleep(3)
+    stopping = asyncio.create_task(worker.stop())
+    await asyncio.sleep(0.2)
+    with pytest.raises(api.TwirpError) as refused:
+        await lkapi.egress.start_room_composite_egress(composite("drain", "late.mp4"))
+    assert refused.value.code == "unavailable"
+    assert await stopping == 0
+    final = await wait_status(lkapi, info.egress_id, ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert final.file_results[0].size == (worker.output_dir / "drained.mp4").stat().st_size
+    assert float(ffprobe(worker.output_dir / "drained.mp4")["format"]["duration"]) > 2.5
+    assert not (worker.output_dir / "late.mp4").exists()
