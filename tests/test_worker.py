@@ -10,7 +10,10 @@ files the workers wrote.
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 import socket
+from pathlib import Path
 
 import pytest
 from aiohttp import web
@@ -30,6 +33,7 @@ pytestmark = [
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 TILE_LEFT = (100, 220, 540, 500)  # inside the left tile of a two-tile 1280x720 grid
 TILE_RIGHT = (740, 220, 1180, 500)
+NODE_DIR = Path(__file__).with_name("node")
 ENDED = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
 
 
@@ -252,3 +256,71 @@ async def test_sigterm_drains_to_a_complete_file_and_claims_nothing(
     assert final.file_results[0].size == (worker.output_dir / "drained.mp4").stat().st_size
     assert float(ffprobe(worker.output_dir / "drained.mp4")["format"]["duration"]) > 2.5
     assert not (worker.output_dir / "late.mp4").exists()
+
+
+@pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
+async def test_node_sdk_through_livekit_server(livekit, lkapi, workers, publish):
+    if not (NODE_DIR / "node_modules" / "livekit-server-sdk").exists():
+        pytest.skip("livekit-server-sdk is not installed (scripts/install-test-deps.sh installs it)")
+    worker = await workers()
+    await publish("node-room", ("alice", RED))
+    proc = await asyncio.create_subprocess_exec(
+        "node", str(NODE_DIR / "egress_client.mjs"),
+        livekit.http_url, livekit.api_key, livekit.api_secret, "node-room",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=NODE_DIR,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["active"] is True and report["listed"] is True
+    assert report["stopped_status"] in ("EGRESS_ENDING", 2)
+    final = await wait_status(lkapi, report["egress_id"], ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    [result] = final.file_results
+    assert result.location == str(worker.output_dir / "node" / "node-room.mp4")
+    assert stream(ffprobe(result.location), "video")["width"] == 1280
+
+
+async def test_update_stream_through_livekit_server(
+    livekit, lkapi, workers, publish, rtmp_server
+):
+    """UpdateStream at livekit-server reaches the worker running the egress (its id's topic)."""
+    worker = await workers()
+    await publish("stream-room", ("alice", RED))
+    first, second = rtmp_server.url("alpha-secretkey"), rtmp_server.url("beta-secretkey")
+    info = await lkapi.egress.start_room_composite_egress(
+        api.RoomCompositeEgressRequest(
+            room_name="stream-room",
+            stream_outputs=[api.StreamOutput(protocol=egress_pb.RTMP, urls=[first])],
+            file_outputs=[api.EncodedFileOutput(filepath="streamed.mp4")],
+        )
+    )
+    await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await asyncio.sleep(2)
+    added = await lkapi.egress.update_stream(
+        api.UpdateStreamRequest(egress_id=info.egress_id, add_output_urls=[second])
+    )
+    assert len(added.stream_results) == 2 and "secretkey" not in str(added)
+    await asyncio.sleep(2)
+    removed = await lkapi.egress.update_stream(
+        api.UpdateStreamRequest(egress_id=info.egress_id, remove_output_urls=[first])
+    )
+    statuses = sorted(s.status for s in removed.stream_results)
+    assert statuses == [egress_pb.StreamInfo.ACTIVE, egress_pb.StreamInfo.FINISHED]
+    with pytest.raises(api.TwirpError) as bad:
+        await lkapi.egress.update_stream(
+            api.UpdateStreamRequest(egress_id=info.egress_id, add_output_urls=["ftp://x/y"])
+        )
+    assert bad.value.code == "invalid_argument"
+    await asyncio.sleep(2)
+    await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+    final = await wait_status(lkapi, info.egress_id, ENDED)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert all(s.status == egress_pb.StreamInfo.FINISHED for s in final.stream_results)
+    assert "secretkey" not in str(final)
+    rtmp_server.stop()
+    alpha = float(ffprobe(rtmp_server.recording("alpha-secretkey"))["format"]["duration"])
+    beta = float(ffprobe(rtmp_server.recording("beta-secretkey"))["format"]["duration"])
+    assert 3.0 <= alpha <= 5.5, alpha
+    assert 3.0 <= beta <= 5.5, beta
+    assert float(ffprobe(worker.output_dir / "streamed.mp4")["format"]["duration"]) > 5.0
