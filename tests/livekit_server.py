@@ -71,7 +71,7 @@ class LiveKitServer:
             "port": self.port,
             "bind_addresses": ["127.0.0.1"],
             "rtc": {
-                "tcp_port": free_port(),
+                "tcp_port": 0,  # no ICE over TCP: no listener on every interface
                 "udp_port": free_port(socket.SOCK_DGRAM),
                 "use_external_ip": False,
                 "enable_loopback_candidate": True,
@@ -80,7 +80,20 @@ class LiveKitServer:
             "logging": {"level": self._log_level},
         }
 
-    def start(self) -> LiveKitServer:
+    def start(self, attempts: int = 3) -> LiveKitServer:
+        """Start on fresh ports; another process may take a port between choosing and binding."""
+        for attempt in range(attempts):
+            try:
+                return self._start()
+            except RuntimeError as exc:
+                if "address already in use" not in str(exc) or attempt == attempts - 1:
+                    raise
+                self.port = free_port()
+                self.url = f"ws://127.0.0.1:{self.port}"
+                self.http_url = f"http://127.0.0.1:{self.port}"
+        raise AssertionError("unreachable")
+
+    def _start(self) -> LiveKitServer:
         config_path = self._dir / "livekit.yaml"
         config_path.write_text(yaml.safe_dump(self.config()))
         with self.log_path.open("wb") as log:

@@ -10,6 +10,7 @@ import asyncio
 import time
 
 import av
+import numpy as np
 import pytest
 from livekit import api, rtc
 from livekit.protocol import egress as egress_pb
@@ -243,3 +244,90 @@ async def test_reused_transceiver_among_other_video(service, lkapi, livekit_serv
     tiles = [region_color(image, x, 220, x + 400, 500) for x in (100, 740)]
     assert any(colors_close(c, GREEN) for c in tiles), tiles
     assert any(colors_close(c, BLUE) for c in tiles), tiles
+
+
+async def test_unreachable_livekit_server_is_unavailable(aiohttp_server, tmp_path):
+    import socket
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = ServiceConfig(
+        port=0, api_key=API_KEY, api_secret=API_SECRET, output_dir=tmp_path,
+        livekit_url=f"ws://127.0.0.1:{port}", livekit_api_key="k", livekit_api_secret="s" * 32,
+    )
+    server = await aiohttp_server(create_app(config), host="127.0.0.1")
+    client = api.LiveKitAPI(str(server.make_url("")).rstrip("/"), API_KEY, API_SECRET)
+    try:
+        with pytest.raises(api.TwirpError) as caught:
+            await client.egress.start_room_composite_egress(
+                egress_pb.RoomCompositeEgressRequest(
+                    room_name="r", file_outputs=[egress_pb.EncodedFileOutput(filepath="r.mp4")]
+                )
+            )
+    finally:
+        await client.aclose()
+    assert caught.value.code == "unavailable"
+    assert "cannot reach LiveKit server" in caught.value.message
+    assert "s" * 32 not in caught.value.message
+
+
+async def test_audio_track_to_a_websocket(aiohttp_server, service, lkapi, livekit_server):
+    from test_websocket_egress import pcm_server
+
+    ws_server, receiver = await pcm_server(aiohttp_server, "accept")
+    pub = await SdkPublisher(livekit_server, "ws", "alice", color=None, tone=440.0).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_track_egress(
+            egress_pb.TrackEgressRequest(
+                room_name="ws",
+                track_id=pub.audio_sid,
+                websocket_url=str(ws_server.make_url("/audio").with_scheme("ws")),
+            )
+        )
+        await asyncio.wait_for(receiver.first_audio.wait(), 15)
+        await asyncio.sleep(2)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    pcm = np.frombuffer(b"".join(receiver.pcm), np.int16).reshape(-1, 2)[:, 0].astype(float)
+    assert len(pcm) > 48000, len(pcm)
+    spectrum = np.abs(np.fft.rfft(pcm[-48000:]))
+    assert abs(np.argmax(spectrum) - 440) <= 5  # 1 Hz bins over one second
+
+
+async def test_segments_and_images_of_a_livekit_room(service, lkapi, livekit_server):
+    pub = await SdkPublisher(livekit_server, "hls", "alice", color=RED, tone=440.0).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(
+            egress_pb.RoomCompositeEgressRequest(
+                room_name="hls",
+                segment_outputs=[
+                    egress_pb.SegmentedFileOutput(
+                        filename_prefix="hls/seg", playlist_name="index.m3u8", segment_duration=2
+                    )
+                ],
+                image_outputs=[
+                    egress_pb.ImageOutput(capture_interval=2, filename_prefix="img/snap")
+                ],
+            )
+        )
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(6)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    playlist = (service.output_dir / "hls" / "index.m3u8").read_text()
+    segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
+    assert len(segments) >= 2, playlist
+    assert colors_close(
+        region_color(frame_at(service.output_dir / "hls" / segments[1], 1e6), *FULL), RED  # its last
+    )
+    images = sorted((service.output_dir / "img").glob("snap*"))
+    assert len(images) >= 2, images

@@ -175,6 +175,10 @@ class LiveKitRoom(LocalRoom):
                 return True
         return False
 
+    def announced(self) -> list[tuple[models.ParticipantInfo, models.TrackInfo]]:
+        """Every track the server says is published in the room, subscribed or not."""
+        return list(self._infos.values())
+
     def _all_published(self) -> bool:
         return all(self.track(sid) is not None for sid in self._subscribed)
 

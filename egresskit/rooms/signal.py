@@ -118,7 +118,8 @@ class SignalClient:
             raise SignalError(f"LiveKit server refused to join: HTTP {exc.status} {exc.message}") from None
         except (aiohttp.ClientError, OSError) as exc:
             await self._session.close()
-            raise SignalError(f"cannot reach LiveKit server at {server_url}: {exc}") from None
+            reason = str(exc).replace(token, "<token>")  # the URL carries it
+            raise SignalError(f"cannot reach LiveKit server at {server_url}: {reason}") from None
         try:
             first = await asyncio.wait_for(self._read_one(), CONNECT_TIMEOUT_S)
         except (TimeoutError, SignalClosed) as exc:
