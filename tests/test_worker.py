@@ -324,3 +324,97 @@ async def test_update_stream_through_livekit_server(
     assert 3.0 <= alpha <= 5.5, alpha
     assert 3.0 <= beta <= 5.5, beta
     assert float(ffprobe(worker.output_dir / "streamed.mp4")["format"]["duration"]) > 5.0
+
+
+async def test_track_egresses_spread_over_two_workers_and_all_complete(
+    livekit, lkapi, workers, publish
+):
+    five = budget_for("track_cpu_cost", 5)
+    pool = [await workers(name, **five) for name in ("a", "b")]
+    publishers = await publish("tracks", ("alice", RED), ("bob", BLUE))
+    sources = [(p.video_sid, "webm") for p in publishers] + [
+        (p.audio_sid, "ogg") for p in publishers
+    ]
+    started = []
+    for index in range(10):
+        sid, extension = sources[index % len(sources)]
+        started.append(
+            await lkapi.egress.start_track_egress(
+                api.TrackEgressRequest(
+                    room_name="tracks",
+                    track_id=sid,
+                    file=api.DirectFileOutput(filepath=f"t{index}.{extension}"),
+                )
+            )
+        )
+    for info in started:
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    counts = sorted(len(list(w.output_dir.glob("t*"))) for w in pool)
+    assert counts == [5, 5]  # busy workers are preferred until full, then the other
+    await asyncio.sleep(2)
+    for info in started:
+        await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+    for index, info in enumerate(started):
+        final = await wait_status(lkapi, info.egress_id, ENDED)
+        assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+        [result] = final.file_results
+        assert float(ffprobe(result.location)["format"]["duration"]) > 1.5, index
+
+
+async def test_every_request_kind_through_livekit_server(livekit, lkapi, workers, publish):
+    worker = await workers()
+    [alice] = await publish("kinds", ("alice", RED))
+    requests = {
+        "participant.mp4": lkapi.egress.start_participant_egress(
+            api.ParticipantEgressRequest(
+                room_name="kinds",
+                identity="alice",
+                file_outputs=[api.EncodedFileOutput(filepath="participant.mp4")],
+            )
+        ),
+        "track_composite.mp4": lkapi.egress.start_track_composite_egress(
+            api.TrackCompositeEgressRequest(
+                room_name="kinds",
+                audio_track_id=alice.audio_sid,
+                video_track_id=alice.video_sid,
+                file_outputs=[api.EncodedFileOutput(filepath="track_composite.mp4")],
+            )
+        ),
+        "v2.mp4": lkapi.egress.start_egress(
+            api.StartEgressRequest(
+                room_name="kinds",
+                template=api.TemplateSource(layout="speaker"),
+                outputs=[api.Output(file=api.FileOutput(filepath="v2.mp4"))],
+            )
+        ),
+    }
+    # refusals first: the three egresses below fill this worker's default CPU budget
+    with pytest.raises(api.TwirpError) as web_refused:
+        await lkapi.egress.start_web_egress(
+            api.WebEgressRequest(
+                url="http://127.0.0.1:1/",
+                file_outputs=[api.EncodedFileOutput(filepath="web.mp4")],
+            )
+        )
+    assert web_refused.value.code == "unimplemented"
+    assert "web egress" in web_refused.value.message
+    with pytest.raises(api.TwirpError) as missing:
+        await lkapi.egress.start_track_egress(
+            api.TrackEgressRequest(
+                room_name="kinds", track_id="TR_missing",
+                file=api.DirectFileOutput(filepath="missing.ogg"),
+            )
+        )
+    assert missing.value.code == "not_found"
+    started = {name: await request for name, request in requests.items()}
+    for info in started.values():
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await asyncio.sleep(3)
+    for info in started.values():
+        await lkapi.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
+    for name, info in started.items():
+        final = await wait_status(lkapi, info.egress_id, ENDED)
+        assert final.status == egress_pb.EGRESS_COMPLETE, (name, final.error)
+        probe = ffprobe(worker.output_dir / name)
+        assert stream(probe, "video") and stream(probe, "audio"), name
+        assert float(probe["format"]["duration"]) > 2.0, name

@@ -91,6 +91,10 @@ class Admission:
     def accept(self, egress_id: str, cost: float) -> None:
         self._held[egress_id] = _Held(cost, self._clock() + HOLD_S)
 
+    def cancel(self, egress_id: str) -> None:
+        """The accepted egress never started (its request was refused): no hold."""
+        self._held.pop(egress_id, None)
+
     def release(self, egress_id: str) -> None:
         """The egress ended; its cost stays counted until its hold is over."""
         held = self._held.get(egress_id)

@@ -197,10 +197,10 @@ class WorkerProcess:
                 inner, egress_id=request.egress_id, room_id=request.room_id
             )
         except REFUSALS as exc:
-            self.admission.release(request.egress_id)
+            self.admission.cancel(request.egress_id)
             raise psrpc_error(exc) from None
         except BaseException:
-            self.admission.release(request.egress_id)
+            self.admission.cancel(request.egress_id)
             raise
         session = self.manager.get(info.egress_id)
         assert self.server is not None
