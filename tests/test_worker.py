@@ -418,3 +418,57 @@ async def test_every_request_kind_through_livekit_server(livekit, lkapi, workers
         probe = ffprobe(worker.output_dir / name)
         assert stream(probe, "video") and stream(probe, "audio"), name
         assert float(probe["format"]["duration"]) > 2.0, name
+
+
+async def test_one_process_per_core_under_a_restarting_parent(livekit, redis_server, tmp_path):
+    """--processes 2: two psrpc servers; a killed child is restarted; SIGTERM reaches both;
+    /healthz and /metrics (available CPU) come from the parent; unused keys named once."""
+    import os
+    import signal
+
+    import aiohttp
+
+    port = free_port()
+    worker = Worker(
+        livekit, redis_server.address, tmp_path / "pool",
+        bind="127.0.0.1", health_port=port, prometheus_port=port,
+        insecure=True, template_base="http://127.0.0.1:1/", redis_pool_hint=None,
+    )
+    await worker.start(processes=2)
+    try:
+        async with aiohttp.ClientSession() as http:
+
+            async def health() -> dict:
+                async with http.get(f"http://127.0.0.1:{port}/healthz") as response:
+                    return await response.json()
+
+            for _ in range(50):
+                if len((await health())["pids"]) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            pids = (await health())["pids"]
+            assert len(set(pids)) == 2 and worker.pid not in pids
+            async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
+                metrics = await response.text()
+            assert "egresskit_worker_processes 2" in metrics
+            share = cores() * 0.8 / 2
+            for index in (0, 1):
+                assert f'egresskit_worker_available_cpu{{process="{index}"}} {share}' in metrics
+
+            os.kill(pids[0], signal.SIGKILL)
+            line = await asyncio.wait_for(worker.process.stdout.readline(), 30)
+            assert b"ready" in line  # the restarted child
+            for _ in range(50):
+                now = (await health())["pids"]
+                if len(now) == 2 and pids[0] not in now:
+                    break
+                await asyncio.sleep(0.1)
+            assert pids[1] in now and pids[0] not in now and len(now) == 2
+    finally:
+        assert await worker.stop() == 0
+    for pid in now:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    log = worker.log()
+    assert log.count("does not use: insecure, redis_pool_hint, template_base") == 1, log
+    assert "exited with -9: restarting" in log

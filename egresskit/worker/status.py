@@ -39,6 +39,7 @@ def status_app(source: StatusSource, health: bool, metrics: bool) -> web.Applica
             {
                 "status": "ok" if statuses else "starting",
                 "processes": len(statuses),
+                "pids": [int(s.get("pid", 0)) for s in statuses],
                 "active_egress": sum(int(s.get("active_egress", 0)) for s in statuses),
                 "available_cpu": round(sum(s.get("available_cpu", 0) for s in statuses), 3),
             },
