@@ -224,7 +224,7 @@ async def test_composites_spread_one_per_worker_and_survive_a_killed_worker(
     assert played > 2.0
     assert colors_close(region_color(frame_at(partial, played - 0.5), 300, 150, 980, 570), RED)
 
-    # a new request goes to the survivor once its budget is free again (15 s hold)
+    # a new request goes to the survivor, whose budget the ended egress has freed
     for _ in range(200):
         if await available_cpu(survivor) >= one["cpu_cost"]["room_composite_cpu_cost"]:
             break

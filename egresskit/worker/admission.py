@@ -1,23 +1,22 @@
 """CPU-cost admission of one worker process: does this request's cost still fit?
 
-The budget is `max_cpu_utilization` x the cores this process stands for. The
-load is the cost of every running egress, and each accepted egress keeps its
-cost for at least HOLD_S after acceptance (LiveKit's pending hold), so a burst
-of requests cannot all be accepted before the first ones show any load.
+The budget is `max_cpu_utilization` x the cores this process stands for; the
+load is the cost of every egress accepted and not yet ended. livekit/egress
+holds a just-accepted egress's cost for 15 s because its load is measured and
+lags behind; here the load is the costs themselves, counted from the moment
+of acceptance (before the room is even joined), so there is no lag to cover,
+and an egress that ended frees its cost at once (back-to-back starts work).
 
-Costs are egresskit's own (measured with bench/, cores per egress), under
-livekit/egress's `cpu_cost` key names; `estimated_cpu` in a request wins.
+Costs are egresskit's own (cores per egress), under livekit/egress's
+`cpu_cost` key names; `estimated_cpu` in a request wins.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 
 from egresskit.egress.validation import EgressSpec
 
-HOLD_S = 15.0
 DEFAULT_MAX_UTILIZATION = 0.8
 
 # livekit/egress's cpu_cost key -> egresskit's request class.
@@ -51,36 +50,24 @@ def cost_class(spec: EgressSpec) -> str:
     return spec.kind
 
 
-@dataclass
-class _Held:
-    cost: float
-    until: float  # monotonic time the cost is kept at least until
-    running: bool = True
-
-
 class Admission:
-    """Running and just-accepted egresses' costs against one process's CPU budget."""
+    """Accepted egresses' costs against one process's CPU budget."""
 
     def __init__(
         self,
         cores: float,
         max_utilization: float = DEFAULT_MAX_UTILIZATION,
         costs: Mapping[str, float] | None = None,
-        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.budget = cores * max_utilization
         self.costs = {**DEFAULT_COSTS, **(costs or {})}
-        self._clock = clock
-        self._held: dict[str, _Held] = {}
+        self._accepted: dict[str, float] = {}  # egress id -> cost
 
     def cost(self, spec: EgressSpec, estimated_cpu: float = 0.0) -> float:
         return estimated_cpu if estimated_cpu > 0 else self.costs[cost_class(spec)]
 
     def load(self) -> float:
-        now = self._clock()
-        for egress_id in [k for k, h in self._held.items() if not h.running and h.until <= now]:
-            del self._held[egress_id]
-        return sum(h.cost for h in self._held.values())
+        return sum(self._accepted.values())
 
     def available(self) -> float:
         return max(0.0, self.budget - self.load())
@@ -89,14 +76,8 @@ class Admission:
         return self.load() + cost <= self.budget + 1e-9
 
     def accept(self, egress_id: str, cost: float) -> None:
-        self._held[egress_id] = _Held(cost, self._clock() + HOLD_S)
-
-    def cancel(self, egress_id: str) -> None:
-        """The accepted egress never started (its request was refused): no hold."""
-        self._held.pop(egress_id, None)
+        self._accepted[egress_id] = cost
 
     def release(self, egress_id: str) -> None:
-        """The egress ended; its cost stays counted until its hold is over."""
-        held = self._held.get(egress_id)
-        if held is not None:
-            held.running = False
+        """The egress ended, or its start was refused: its cost is free again."""
+        self._accepted.pop(egress_id, None)

@@ -197,10 +197,10 @@ class WorkerProcess:
                 inner, egress_id=request.egress_id, room_id=request.room_id
             )
         except REFUSALS as exc:
-            self.admission.cancel(request.egress_id)
+            self.admission.release(request.egress_id)
             raise psrpc_error(exc) from None
         except BaseException:
-            self.admission.cancel(request.egress_id)
+            self.admission.release(request.egress_id)
             raise
         session = self.manager.get(info.egress_id)
         assert self.server is not None
@@ -256,4 +256,5 @@ class WorkerProcess:
             "cpu_budget": round(self.admission.budget, 3),
             "available_cpu": round(self.admission.available(), 3),
             "draining": int(self.draining),
+            "dropped_frames": self.manager.dropped_frames(),
         }

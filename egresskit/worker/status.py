@@ -8,11 +8,12 @@ from aiohttp import web
 
 ProcessStatus = Mapping[str, float]
 StatusSource = Callable[[], list[ProcessStatus]]
-_GAUGES = {
-    "available_cpu": "CPU (cores) the process can still admit egresses for",
-    "cpu_budget": "max_cpu_utilization x the cores the process stands for",
-    "active_egress": "egresses running",
-    "draining": "1 while the process drains on SIGTERM and claims nothing",
+_METRICS = {
+    "available_cpu": ("gauge", "CPU (cores) the process can still admit egresses for"),
+    "cpu_budget": ("gauge", "max_cpu_utilization x the cores the process stands for"),
+    "active_egress": ("gauge", "egresses running"),
+    "draining": ("gauge", "1 while the process drains on SIGTERM and claims nothing"),
+    "dropped_frames": ("counter", "frames dropped by full queues in the process's egresses"),
 }
 
 
@@ -22,10 +23,10 @@ def render(statuses: list[ProcessStatus]) -> str:
         "# TYPE egresskit_worker_processes gauge",
         f"egresskit_worker_processes {len(statuses)}",
     ]
-    for name, help_text in _GAUGES.items():
+    for name, (kind, help_text) in _METRICS.items():
         lines += [
             f"# HELP egresskit_worker_{name} {help_text}",
-            f"# TYPE egresskit_worker_{name} gauge",
+            f"# TYPE egresskit_worker_{name} {kind}",
         ]
         for index, status in enumerate(statuses):
             lines.append(f'egresskit_worker_{name}{{process="{index}"}} {status.get(name, 0)}')
