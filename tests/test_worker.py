@@ -321,9 +321,11 @@ async def test_update_stream_through_livekit_server(
     rtmp_server.stop()
     alpha = float(ffprobe(rtmp_server.recording("alpha-secretkey"))["format"]["duration"])
     beta = float(ffprobe(rtmp_server.recording("beta-secretkey"))["format"]["duration"])
-    assert 3.0 <= alpha <= 5.5, alpha
-    assert 3.0 <= beta <= 5.5, beta
-    assert float(ffprobe(worker.output_dir / "streamed.mp4")["format"]["duration"]) > 5.0
+    recorded = float(ffprobe(worker.output_dir / "streamed.mp4")["format"]["duration"])
+    assert recorded > 5.0
+    # each URL carried what it was on for (about 4 s of the 6+), not the whole recording
+    assert 2.0 <= alpha <= recorded - 1.5, (alpha, recorded)
+    assert 2.0 <= beta <= recorded - 1.5, (beta, recorded)
 
 
 async def test_track_egresses_spread_over_two_workers_and_all_complete(
