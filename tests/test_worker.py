@@ -158,6 +158,12 @@ async def test_room_composite_through_livekit_server(
     assert [e for e, _ in events[1:-1]] == ["egress_updated"] * (len(events) - 2), events
     ended = [e for e in webhooks.events if e.event == "egress_ended"][-1]
     assert ended.egress_info.file_results[0].size == result.size
+    # the CPU the worker used for it, as livekit-server logs UpdateMetrics
+    for _ in range(50):
+        if f'"egressID": "{info.egress_id}", "avgCpu": ' in livekit.log_path.read_text():
+            break
+        await asyncio.sleep(0.1)
+    assert f'"egressID": "{info.egress_id}", "avgCpu": ' in livekit.log_path.read_text()
 
 
 def cores() -> int:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
@@ -57,6 +58,7 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (PathEscapesRoot, ErrorCode.INVALID_ARGUMENT),
 )
 REFUSALS = tuple(kind for kind, _ in _CODES)
+CPU_SAMPLE_S = 1.0
 
 
 def psrpc_error(exc: Exception) -> PsrpcError:
@@ -133,6 +135,9 @@ class WorkerProcess:
         self.server: EgressServer | None = None
         self.reporter: Reporter | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        # egress id -> [sum, samples, max] of this process's CPU use (cores) while it ran
+        self._cpu: dict[str, list[float]] = {}
+        self._sampler: asyncio.Task[None] | None = None
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -142,6 +147,7 @@ class WorkerProcess:
         self.reporter = Reporter(io)
         self.server = EgressServer(self.bus, self.config.cluster_id)
         await self.server.serve(self._start, self._affinity, self._list_active)
+        self._sampler = asyncio.create_task(self._sample_cpu())
         log.info(
             "egress worker %d serving on Redis (CPU budget %.2f)", os.getpid(), self.admission.budget
         )
@@ -157,6 +163,8 @@ class WorkerProcess:
             await asyncio.wait(set(self._watchers), timeout=60)
 
     async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
         if self.server is not None:
             await self.server.close()
         if self.reporter is not None:
@@ -218,6 +226,14 @@ class WorkerProcess:
         assert self.server is not None and self.reporter is not None
         await self.reporter.flush(session.egress_id)
         await self.server.remove_egress(session.egress_id)
+        total, samples, peak = self._cpu.pop(session.egress_id, [0.0, 0, 0.0])
+        if samples:
+            try:
+                await self.reporter.io.update_metrics(
+                    session.public_info(), round(total / samples, 3), round(peak, 3)
+                )
+            except PsrpcError as exc:
+                log.warning("UpdateMetrics of %s failed: %s", session.egress_id, exc)
         log.info(
             "egress %s ended %s",
             session.egress_id,
@@ -243,6 +259,22 @@ class WorkerProcess:
             raise PsrpcError(ErrorCode.INVALID_ARGUMENT, str(exc)) from None
 
     # --- reported ---------------------------------------------------------------------------
+
+    async def _sample_cpu(self) -> None:
+        """This process's CPU use each second, credited to every egress running (UpdateMetrics:
+        per process, which is per egress when one runs)."""
+        loop = asyncio.get_running_loop()
+        cpu, wall = time.process_time(), loop.time()
+        while True:
+            await asyncio.sleep(CPU_SAMPLE_S)
+            now_cpu, now_wall = time.process_time(), loop.time()
+            usage = (now_cpu - cpu) / max(now_wall - wall, 1e-6)
+            cpu, wall = now_cpu, now_wall
+            for session in self.manager.active():
+                entry = self._cpu.setdefault(session.egress_id, [0.0, 0, 0.0])
+                entry[0] += usage
+                entry[1] += 1
+                entry[2] = max(entry[2], usage)
 
     def _on_event(self, event: str, session: EgressSession) -> None:
         if self.reporter is not None:
