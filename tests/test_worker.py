@@ -480,3 +480,12 @@ async def test_one_process_per_core_under_a_restarting_parent(livekit, redis_ser
     log = worker.log()
     assert log.count("does not use: insecure, redis_pool_hint, template_base") == 1, log
     assert "exited with -9: restarting" in log
+
+
+async def test_sigterm_exits_promptly_when_redis_is_gone(livekit, tmp_path):
+    from redis_server import RedisServer
+
+    with RedisServer() as redis:
+        worker = await Worker(livekit, redis.address, tmp_path / "w").start()
+    # Redis has gone away; SIGTERM still ends the worker, without waiting on Redis for ever
+    assert await worker.stop(timeout=40) == 0

@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Awaitable
 
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
@@ -59,6 +60,18 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
 )
 REFUSALS = tuple(kind for kind, _ in _CODES)
 CPU_SAMPLE_S = 1.0
+# Shutdown never waits on an unreachable Redis longer than this per step...
+REDIS_STEP_TIMEOUT_S = 3.0
+# ...nor on the final reports of drained egresses longer than this.
+REPORT_TIMEOUT_S = 60.0
+
+
+async def _bounded(step: Awaitable[None], what: str) -> None:
+    try:
+        await asyncio.wait_for(step, REDIS_STEP_TIMEOUT_S)
+    except TimeoutError:
+        log.warning("%s took longer than %.0f s (Redis unreachable?): going on", what,
+                    REDIS_STEP_TIMEOUT_S)
 
 
 def psrpc_error(exc: Exception) -> PsrpcError:
@@ -154,23 +167,25 @@ class WorkerProcess:
 
     async def drain(self) -> None:
         """Claim nothing more; let running egresses finish their files and report them."""
-        self.draining = True
+        self.draining = True  # from here on every claim is -1, whatever Redis does
         log.info("draining: %d egress(es) running", len(self.manager.active()))
         if self.server is not None:
-            await self.server.stop_serving()
+            await _bounded(self.server.stop_serving(), "leaving StartEgress")
         await self.manager.shutdown(self.config.drain_timeout_s)
-        if self._watchers:
-            await asyncio.wait(set(self._watchers), timeout=60)
+        if self._watchers:  # their final UpdateEgress (retried while Redis is away)
+            await asyncio.wait(set(self._watchers), timeout=REPORT_TIMEOUT_S)
 
     async def close(self) -> None:
         if self._sampler is not None:
             self._sampler.cancel()
+        for watcher in self._watchers:
+            watcher.cancel()
         if self.server is not None:
-            await self.server.close()
+            await _bounded(self.server.close(), "closing the psrpc server")
         if self.reporter is not None:
-            await self.reporter.io.close()
+            await _bounded(self.reporter.io.close(), "closing the IOInfo client")
         if self.bus is not None:
-            await self.bus.close()
+            await _bounded(self.bus.close(), "closing the Redis connection")
 
     # --- served -----------------------------------------------------------------------------
 
