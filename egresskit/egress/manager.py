@@ -8,6 +8,7 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,31 @@ _REQUEST_FIELDS = {
 EventSink = Callable[[str, EgressSession], None]
 
 
+@dataclass(frozen=True, slots=True)
+class EndedEgress:
+    """What is kept of an egress once it has ended: its final EgressInfo, for ListEgress.
+
+    The session, its plan and its graph are dropped when the egress ends, so
+    a service keeps no codec, frame or thread of an egress that has ended.
+    """
+
+    info: egress_pb.EgressInfo
+    public: egress_pb.EgressInfo
+    ended_monotonic: float
+    upload_bytes: int
+
+    @property
+    def egress_id(self) -> str:
+        return self.info.egress_id
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    def public_info(self) -> egress_pb.EgressInfo:
+        return self.public
+
+
 def new_egress_id() -> str:
     return "EG_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
@@ -65,10 +91,11 @@ class EgressManager:
         self.max_concurrent = max_concurrent
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
-        self._sessions: dict[str, EgressSession] = {}
+        self._sessions: dict[str, EgressSession | EndedEgress] = {}
         self._accepting = True
         self.started: dict[str, int] = {}  # kind -> egresses started
         self.ended: dict[tuple[str, str], int] = {}  # (kind, final status) -> egresses ended
+        self._ended_dropped = 0  # frames dropped by egresses that have ended
 
     # --- starting ---------------------------------------------------------------------------
 
@@ -105,6 +132,7 @@ class EgressManager:
         except Exception:
             self._sessions.pop(egress_id, None)
             await planned.graph.cancel()
+            planned.graph.release()
             raise
         return session.public_info()
 
@@ -116,19 +144,39 @@ class EgressManager:
             self.ended[key] = self.ended.get(key, 0) + 1
         if self._on_event is not None:
             self._on_event(event, session)
+        if event == "egress_ended":
+            self._keep_info_only(session)
+
+    def _keep_info_only(self, session: EgressSession) -> None:
+        """Replace an ended session by its EndedEgress, counting what the metrics need."""
+        self._ended_dropped += sum(link.dropped for link in session.plan.graph.links)
+        if self._sessions.get(session.egress_id) is session:
+            self._sessions[session.egress_id] = EndedEgress(
+                session.info,
+                session.public_info(),
+                session.ended_monotonic or time.monotonic(),
+                session.upload_bytes,
+            )
 
     # --- steering ---------------------------------------------------------------------------
 
-    def get(self, egress_id: str) -> EgressSession:
+    def get(self, egress_id: str) -> EgressSession | EndedEgress:
         session = self._sessions.get(egress_id)
         if session is None:
             raise EgressNotFound(egress_id)
         return session
 
+    def _running(self, egress_id: str) -> EgressSession:
+        """The session of an egress that can still be steered (EgressEnded otherwise)."""
+        session = self.get(egress_id)
+        if not isinstance(session, EgressSession) or session.info.status == egress_pb.EGRESS_ENDING:
+            raise EgressEnded(f"egress {egress_id} has ended")
+        return session
+
     def stop(self, egress_id: str) -> egress_pb.EgressInfo:
         """Begin draining; the info returned is ENDING (final state by webhook / ListEgress)."""
         session = self.get(egress_id)
-        if (
+        if not isinstance(session, EgressSession) or (
             session.info.status != egress_pb.EGRESS_ACTIVE
             and session.info.status != egress_pb.EGRESS_STARTING
         ):
@@ -138,9 +186,7 @@ class EgressManager:
         return session.public_info()
 
     def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:
-        session = self.get(egress_id)
-        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
-            raise EgressEnded(f"egress {egress_id} has ended")
+        session = self._running(egress_id)
         try:
             session.update_layout(layout)
         except ValueError as exc:
@@ -151,22 +197,20 @@ class EgressManager:
         self, egress_id: str, add: list[str], remove: list[str]
     ) -> egress_pb.EgressInfo:
         """Add and remove stream URLs of a running egress (ValueError for a bad change)."""
-        session = self.get(egress_id)
-        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
-            raise EgressEnded(f"egress {egress_id} has ended")
+        session = self._running(egress_id)
         await session.update_stream(add, remove)
         return session.public_info()
 
     # --- listing ----------------------------------------------------------------------------
 
     def active(self) -> list[EgressSession]:
-        return [s for s in self._sessions.values() if s.active]
+        return [s for s in self._sessions.values() if isinstance(s, EgressSession) and s.active]
 
     def list(
         self, *, room_name: str = "", egress_id: str = "", active: bool = False
     ) -> list[egress_pb.EgressInfo]:
         self._retire()
-        sessions: Iterable[EgressSession]
+        sessions: Iterable[EgressSession | EndedEgress]
         if egress_id:
             sessions = [self._sessions[egress_id]] if egress_id in self._sessions else []
         else:
@@ -188,7 +232,8 @@ class EgressManager:
             del self._sessions[egress_id]
 
     def dropped_frames(self) -> int:
-        return sum(link.dropped for s in self._sessions.values() for link in s.plan.graph.links)
+        running = (s for s in self._sessions.values() if isinstance(s, EgressSession))
+        return self._ended_dropped + sum(link.dropped for s in running for link in s.plan.graph.links)
 
     def upload_bytes(self) -> int:
         return sum(s.upload_bytes for s in self._sessions.values())
