@@ -31,5 +31,9 @@ class NoCapacity(EgressError):
     """The service runs as many egresses as it is allowed to (unavailable)."""
 
 
+class NotEnoughCpu(EgressError):
+    """The CPU budget cannot take this egress now (resource_exhausted); see admission.py."""
+
+
 class NotSupported(EgressError):
     """A feature egresskit does not offer (unimplemented); the message names it."""

@@ -15,10 +15,11 @@ from typing import Any
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.admission import Admission
 from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
-from egresskit.egress.validation import validate
+from egresskit.egress.validation import EgressSpec, validate
 from egresskit.rooms.local import RoomManager
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
@@ -80,6 +81,7 @@ class EgressManager:
         backup_storage: dict[str, Any] | None = None,
         max_duration_s: float = 0.0,
         max_concurrent: int = 0,
+        admission: Admission | None = None,
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
     ) -> None:
@@ -89,6 +91,7 @@ class EgressManager:
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
         self.max_duration_s = max_duration_s
         self.max_concurrent = max_concurrent
+        self.admission = admission or Admission()
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
         self._sessions: dict[str, EgressSession | EndedEgress] = {}
@@ -99,14 +102,29 @@ class EgressManager:
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def start(self, request: Message) -> egress_pb.EgressInfo:
-        """Validate, plan and start; returns the STARTING EgressInfo (redacted)."""
+    async def start(self, request: Message, *, estimated_cpu: float = 0.0) -> egress_pb.EgressInfo:
+        """Validate, admit, plan and start; returns the STARTING EgressInfo (redacted).
+
+        `estimated_cpu` (cores), when given, replaces the nominal cost of the
+        request's kind in admission (a worker's StartEgress request carries one).
+        """
         if not self._accepting:
             raise NoCapacity("the service is shutting down")
-        if self.max_concurrent and len(self.active()) >= self.max_concurrent:
+        if self.max_concurrent and len(self.admission) >= self.max_concurrent:
             raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
         spec = validate(request)
         egress_id = new_egress_id()
+        cost = estimated_cpu if estimated_cpu > 0 else self.admission.costs.of(spec)
+        self.admission.admit(egress_id, spec.kind, cost)
+        try:
+            return await self._start(egress_id, spec, request)
+        except BaseException:
+            self.admission.release(egress_id)
+            raise
+
+    async def _start(
+        self, egress_id: str, spec: EgressSpec, request: Message
+    ) -> egress_pb.EgressInfo:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         planned = plan(spec, egress_id, self.rooms, self.output_dir, self.default_storage)
         info = egress_pb.EgressInfo(
@@ -145,6 +163,7 @@ class EgressManager:
         if self._on_event is not None:
             self._on_event(event, session)
         if event == "egress_ended":
+            self.admission.release(session.egress_id)
             self._keep_info_only(session)
 
     def _keep_info_only(self, session: EgressSession) -> None:
