@@ -186,6 +186,7 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
                 for info in infos:
                     active = await wait_status(lk, info.egress_id, [egress_pb.EGRESS_ACTIVE])
                     active_at.append(active.updated_at)
+                print(f"N={n}: all ACTIVE, recording {args.seconds:.0f} s", flush=True)
                 await asyncio.sleep(args.seconds)
                 results = []
                 for info, began in zip(infos, active_at, strict=True):
@@ -194,6 +195,7 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
                     )
                     results.append((ending.updated_at - began) / 1e9)
                 lost = await dropped(port)
+                print(f"N={n}: stopped, waiting for the files", flush=True)
                 finals = [await wait_status(lk, i.egress_id, ENDED, timeout=120) for i in infos]
             finally:
                 await lk.aclose()

@@ -10,6 +10,7 @@ accepted and named once in the log, as not used by egresskit.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Mapping
@@ -21,8 +22,8 @@ import redis.asyncio as aioredis
 import yaml
 from redis.asyncio.sentinel import Sentinel
 
+from egresskit.egress.admission import CpuCosts
 from egresskit.service.config import LOG_LEVELS, ConfigError
-from egresskit.worker.admission import COST_KEYS, DEFAULT_COSTS, DEFAULT_MAX_UTILIZATION
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +110,7 @@ class WorkerConfig:
     backup_storage: Mapping[str, Any] = field(default_factory=dict, repr=False)
     max_duration_s: float = 0.0
     drain_timeout_s: float = 300.0  # SIGTERM waits this long for running egresses
-    max_cpu_utilization: float = DEFAULT_MAX_UTILIZATION
-    cpu_costs: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_COSTS))
+    cpu_costs: CpuCosts = field(default_factory=CpuCosts)
     unused: tuple[str, ...] = ()  # LiveKit keys present in the file that egresskit ignores
 
 
@@ -222,28 +222,19 @@ def _storage(data: Mapping[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
+_COST_KEYS = frozenset(f.name for f in dataclasses.fields(CpuCosts))
+
+
 def _cpu_cost(section: Mapping[str, Any], source: str, unused: list[str]) -> dict[str, Any]:
+    """`cpu_cost`: the keys egresskit prices by; LiveKit's others (memory, pulse) are unused."""
     if not isinstance(section, Mapping):
         raise ConfigError(f"{source}: cpu_cost must be a mapping")
-    costs = dict(DEFAULT_COSTS)
-    values: dict[str, Any] = {}
-    for key, value in section.items():
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(f"{source}: invalid setting cpu_cost.{key}: must be a number") from None
-        if key == "max_cpu_utilization":
-            if not 0 < number <= 1:
-                raise ConfigError(f"{source}: cpu_cost.max_cpu_utilization must be in (0, 1]")
-            values["max_cpu_utilization"] = number
-        elif key in COST_KEYS:
-            if number < 0:
-                raise ConfigError(f"{source}: cpu_cost.{key} must not be negative")
-            costs[COST_KEYS[key]] = number
-        else:
-            unused.append(f"cpu_cost.{key}")
-    values["cpu_costs"] = costs
-    return values
+    unused += [f"cpu_cost.{k}" for k in sorted(set(section) - _COST_KEYS)]
+    try:
+        costs = CpuCosts.from_mapping({k: v for k, v in section.items() if k in _COST_KEYS})
+    except ValueError as exc:
+        raise ConfigError(f"{source}: invalid setting cpu_cost: {exc}") from None
+    return {"cpu_costs": costs}
 
 
 def _host_port(address: str) -> tuple[str, int]:

@@ -21,19 +21,21 @@ from collections.abc import Awaitable
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.admission import Admission
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import (
     EgressEnded,
     EgressError,
     EgressNotFound,
     NoCapacity,
+    NotEnoughCpu,
     NotSupported,
     RoomNotFound,
     SourceUnavailable,
     TrackNotFound,
 )
 from egresskit.egress.livekit_rooms import LiveKitServer
-from egresskit.egress.manager import EgressManager
+from egresskit.egress.manager import EgressManager, EndedEgress
 from egresskit.egress.naming import PathEscapesRoot
 from egresskit.egress.session import EgressSession
 from egresskit.egress.validation import stream_protocol, validate
@@ -41,7 +43,6 @@ from egresskit.psrpc import Bus, EgressServer, ErrorCode, IOInfoClient, PsrpcErr
 from egresskit.psrpc.protos.rpc_egress_pb2 import StartEgressRequest
 from egresskit.rooms.local import RoomManager
 from egresskit.storage.registry import StorageNotInstalled
-from egresskit.worker.admission import Admission
 from egresskit.worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (TrackNotFound, ErrorCode.NOT_FOUND),
     (EgressEnded, ErrorCode.FAILED_PRECONDITION),
     (NoCapacity, ErrorCode.UNAVAILABLE),
+    (NotEnoughCpu, ErrorCode.RESOURCE_EXHAUSTED),
     (SourceUnavailable, ErrorCode.UNAVAILABLE),
     (NotSupported, ErrorCode.UNIMPLEMENTED),
     (InvalidRequest, ErrorCode.INVALID_ARGUMENT),
@@ -133,11 +135,11 @@ class WorkerProcess:
 
     def __init__(self, config: WorkerConfig, cores: float) -> None:
         self.config = config
-        self.admission = Admission(cores, config.max_cpu_utilization, config.cpu_costs)
         self.draining = False
         self.manager = EgressManager(
             RoomManager(),
             config.output_dir,
+            admission=Admission(config.cpu_costs, cores),  # type: ignore[arg-type]
             default_storage=dict(config.storage) or None,
             backup_storage=dict(config.backup_storage) or None,
             max_duration_s=config.max_duration_s,
@@ -192,16 +194,22 @@ class WorkerProcess:
     def _list_active(self) -> list[str]:
         return [s.egress_id for s in self.manager.active()]
 
-    def _cost(self, request: StartEgressRequest) -> float | None:
-        """The request's CPU cost, None when it is not a valid request (its start says why)."""
+    @property
+    def admission(self) -> Admission:
+        return self.manager.admission
+
+    def _fits(self, request: StartEgressRequest) -> bool:
+        """Whether the request's CPU cost fits now (`estimated_cpu` wins over the kind's);
+        an invalid request is claimed, so that its start answers why it is invalid."""
         try:
-            return self.admission.cost(validate(inner_request(request)), request.estimated_cpu)
+            spec = validate(inner_request(request))
         except (PsrpcError, *REFUSALS):
-            return None
+            return True
+        cost = request.estimated_cpu or self.admission.costs.of(spec)
+        return len(self.admission) == 0 or cost <= self.admission.available + 1e-9
 
     def _affinity(self, request: StartEgressRequest) -> float:
-        cost = self._cost(request)
-        fits = cost is None or self.admission.fits(cost)
+        fits = self._fits(request)
         return start_affinity(
             draining=self.draining, fits=fits, active=len(self.manager.active())
         )
@@ -210,34 +218,28 @@ class WorkerProcess:
         if self.draining:
             raise PsrpcError(ErrorCode.UNAVAILABLE, "this egress worker is shutting down")
         inner = inner_request(request)
-        cost = self._cost(request)
-        if cost is not None:
-            if not self.admission.fits(cost):
-                raise PsrpcError(ErrorCode.RESOURCE_EXHAUSTED, "not enough CPU")
-            self.admission.accept(request.egress_id, cost)
         try:
             info = await self.manager.start(
-                inner, egress_id=request.egress_id, room_id=request.room_id
+                inner,
+                egress_id=request.egress_id,
+                room_id=request.room_id,
+                estimated_cpu=request.estimated_cpu,
             )
         except REFUSALS as exc:
-            self.admission.release(request.egress_id)
             raise psrpc_error(exc) from None
-        except BaseException:
-            self.admission.release(request.egress_id)
-            raise
         session = self.manager.get(info.egress_id)
         assert self.server is not None
         await self.server.add_egress(info.egress_id, self._stop, self._update_stream)
         watcher = asyncio.create_task(self._watch(session))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
-        log.info("egress %s started (%s, cost %.2f)", info.egress_id, session.kind, cost or 0)
+        log.info("egress %s started (%s)", info.egress_id, info.WhichOneof("request"))
         return info
 
-    async def _watch(self, session: EgressSession) -> None:
+    async def _watch(self, session: EgressSession | EndedEgress) -> None:
         """Once the egress has ended and its end is reported, its id no longer routes here."""
-        await session.wait()
-        self.admission.release(session.egress_id)
+        if isinstance(session, EgressSession):
+            await session.wait()
         assert self.server is not None and self.reporter is not None
         await self.reporter.flush(session.egress_id)
         await self.server.remove_egress(session.egress_id)
@@ -301,7 +303,7 @@ class WorkerProcess:
             "pid": os.getpid(),
             "active_egress": len(self.manager.active()),
             "cpu_budget": round(self.admission.budget, 3),
-            "available_cpu": round(self.admission.available(), 3),
+            "available_cpu": round(self.admission.available, 3),
             "draining": int(self.draining),
             "dropped_frames": self.manager.dropped_frames(),
         }
