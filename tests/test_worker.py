@@ -205,7 +205,7 @@ async def test_composites_spread_one_per_worker_and_survive_a_killed_worker(
         name: next(w for w in pool if (w.output_dir / name).exists())
         for name in ("first.mp4", "second.mp4")
     }
-    assert owner["first.mp4"] is not owner["second.mp4"]
+    assert owner["first.mp4"] is not owner["second.mp4"], [w.log() for w in pool]
 
     # both budgets are spent: livekit-server gets no claim and says so
     with pytest.raises(api.TwirpError) as refused:

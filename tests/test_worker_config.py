@@ -126,3 +126,14 @@ def test_the_command_refuses_a_bad_configuration_readably(tmp_path):
     assert done.returncode == 2
     assert "redis: {address: host:port} is required" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_the_manager_keeps_the_admission_it_is_given(tmp_path):
+    """An Admission with nothing running is falsy (len 0); it must still be the one used."""
+    from egresskit.egress.admission import Admission, CpuCosts
+    from egresskit.egress.manager import EgressManager
+    from egresskit.rooms.local import RoomManager
+
+    admission = Admission(CpuCosts(room_composite_cpu_cost=1.5), cores=2)
+    manager = EgressManager(RoomManager(), tmp_path, admission=admission)
+    assert manager.admission is admission

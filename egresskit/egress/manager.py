@@ -95,7 +95,8 @@ class EgressManager:
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
         self.max_duration_s = max_duration_s
         self.max_concurrent = max_concurrent
-        self.admission = admission or Admission()
+        # not `admission or ...`: an Admission with nothing running is falsy (its __len__)
+        self.admission = admission if admission is not None else Admission()
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
         self._sessions: dict[str, EgressSession | EndedEgress] = {}
