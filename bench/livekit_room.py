@@ -1,10 +1,10 @@
 """Recording LiveKit rooms: what egresskit's process costs, against an embedded room in the same run.
 
-composite  Four publishers (640x360@30 video: a solid colour with a moving
-           block, and an Opus tone) in a LiveKit room (livekit-server on
-           127.0.0.1, publishers on the official `livekit` SDK) and, in the
-           same run, the same four pictures published over WHIP into an
-           embedded room. The recording process records a 1280x720@30 grid
+composite  Four publishers (640x360@30 video: bench/composite.py's four VP8
+           test pictures, and an Opus tone) in a LiveKit room (livekit-server
+           on 127.0.0.1, publishers on the official `livekit` SDK, which
+           re-encodes the decoded pictures) and, in the same run, the same
+           files sent as they are over WHIP into an embedded room. The recording process records a 1280x720@30 grid
            (H.264 veryfast + AAC, MP4) of each for `--seconds`. Printed: its
            CPU (user + sys, every thread) per media second for each room and
            the ratio LiveKit / embedded (target: at most 1.1).
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import TESTS_DIR, CpuTimes
+from _common import TESTS_DIR, CpuTimes, ThreadCpu, vp8_inputs
 
 sys.path.insert(0, str(TESTS_DIR))
 
@@ -46,6 +46,7 @@ from egresskit.stages.encoder import VideoEncoding  # noqa: E402
 COLORS = [(220, 40, 40), (40, 60, 220), (40, 200, 60), (220, 200, 40), (160, 40, 200)]
 WIDTH, HEIGHT, FPS = 640, 360, 30
 ROOM = "bench"
+INPUT_SECONDS = 20  # the input files loop
 CPU_RATIO_TARGET = 1.1
 TRACK_CPU_TARGET, TRACK_RSS_TARGET_MB = 0.02, 15.0
 MB = 1024 * 1024
@@ -65,21 +66,38 @@ def moving_block(color: tuple[int, int, int], index: int, width: int, height: in
 # --- publishers (their own process) ------------------------------------------------------
 
 
-async def publish_livekit(url: str, key: str, secret: str, count: int, size: str, fps: int) -> None:
-    """`count` SDK publishers of a moving-block camera and a tone, until SIGTERM."""
+def looped_frames(path: Path):
+    """The I420 bytes of every frame of a video file, from the start again at its end."""
+    import av
+
+    while True:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="yuv420p").tobytes()
+
+
+async def publish_livekit(
+    url: str, key: str, secret: str, count: int, size: str, fps: int, files: list[Path]
+) -> None:
+    """`count` SDK publishers of a camera (the `files`, else a moving block) and a tone."""
     from livekit import api, rtc
 
     width, height = (int(v) for v in size.split("x"))
     rooms, tasks = [], []
 
-    async def camera(source: rtc.VideoSource, color) -> None:
+    async def camera(source: rtc.VideoSource, color, path: Path | None) -> None:
+        """The moving block, or the frames of `path` (looped), paced at `fps`."""
         start, index = time.monotonic(), 0
+        frames = looped_frames(path) if path is not None else None
         while True:
-            rgb = moving_block(color, index, width, height)
-            rgba = np.dstack([rgb, np.full((height, width), 255, np.uint8)])
-            source.capture_frame(
-                rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
-            )
+            if frames is not None:
+                i420 = await asyncio.to_thread(next, frames)
+                frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.I420, i420)
+            else:
+                rgb = moving_block(color, index, width, height)
+                rgba = np.dstack([rgb, np.full((height, width), 255, np.uint8)])
+                frame = rtc.VideoFrame(width, height, rtc.VideoBufferType.RGBA, rgba.tobytes())
+            source.capture_frame(frame)
             index += 1
             await asyncio.sleep(max(0.0, start + index / fps - time.monotonic()))
 
@@ -118,7 +136,7 @@ async def publish_livekit(url: str, key: str, secret: str, count: int, size: str
         )
         color = COLORS[index % len(COLORS)]
         tasks += [
-            asyncio.create_task(camera(video, color)),
+            asyncio.create_task(camera(video, color, files[index % len(files)] if files else None)),
             asyncio.create_task(tone(audio, 300.0 + 100 * index)),
         ]
     print("published", flush=True)
@@ -129,27 +147,22 @@ async def publish_livekit(url: str, key: str, secret: str, count: int, size: str
         await room.disconnect()
 
 
-async def publish_whip(base_url: str, count: int) -> None:
-    """`count` aiortc WHIP publishers of the same pictures, until SIGTERM."""
+async def publish_whip(base_url: str, count: int, files: list[Path]) -> None:
+    """`count` aiortc WHIP publishers sending the files as they are (no re-encode), a tone."""
+    from aiortc.contrib.media import MediaPlayer
     from publishers import (
         WHIP_API_KEY,
         WHIP_API_SECRET,
         SineAudioTrack,
-        SyntheticVideoTrack,
         make_publisher_token,
         whip_publish,
     )
 
-    from egresskit.rooms import restrict_ice_addresses
-
-    restrict_ice_addresses(["127.0.0.1"])
     sessions = []
     for index in range(count):
         token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, f"pub{index:02d}")
-        tracks = [
-            SyntheticVideoTrack(COLORS[index % len(COLORS)], WIDTH, HEIGHT, FPS),
-            SineAudioTrack(300.0 + 100 * index),
-        ]
+        camera = MediaPlayer(str(files[index % len(files)]), loop=True, decode=False)
+        tracks = [camera.video, SineAudioTrack(300.0 + 100 * index)]
         sessions.append(await whip_publish(base_url, ROOM, token, tracks))
     print("published", flush=True)
     await wait_for_sigterm()
@@ -179,12 +192,33 @@ async def record_composite(room, out: Path, seconds: float) -> dict:
     )
     await graph.start()
     await asyncio.sleep(2.0)  # warm up: key frames, decoders
+    threads = ThreadCpu()
+    threads.start()
+    received = await received_rtp(room)
     before, wall = CpuTimes.now(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu, wall = (CpuTimes.now() - before).own, time.monotonic() - wall
+    after = await received_rtp(room)
+    by_thread = threads.stop()
     state = await graph.stop()
     assert state is GraphState.COMPLETE, graph.error
-    return {"cpu_per_media_s": cpu / wall, "rss_mb": psutil.Process().memory_info().rss / MB}
+    return {
+        "cpu_per_media_s": cpu / wall,
+        "rss_mb": psutil.Process().memory_info().rss / MB,
+        "packets_per_s": (after[0] - received[0]) / wall,
+        "threads": {name: round(t / wall, 3) for name, t in list(by_thread.items())[:6]},
+    }
+
+
+async def received_rtp(room) -> tuple[int]:
+    """RTP packets received for the room's tracks so far (aiortc's inbound stats)."""
+    packets = 0
+    for track in room.tracks():
+        receiver = track.encoded._receiver  # the aiortc receiver behind the encoded tap
+        for stat in (await receiver.getStats()).values():
+            if stat.type == "inbound-rtp":
+                packets += stat.packetsReceived
+    return (packets,)
 
 
 async def recorder_livekit(url: str, key: str, secret: str, out: Path, seconds: float) -> None:
@@ -296,8 +330,14 @@ async def child(*args: str, wait_line: str | None = None) -> asyncio.subprocess.
     return process
 
 
-async def result_of(process: asyncio.subprocess.Process) -> dict:
-    stdout, _ = await process.communicate()
+async def result_of(process: asyncio.subprocess.Process, timeout: float) -> dict:
+    """The recorder's JSON line; a recorder that hangs (its publishers died) is killed."""
+    try:
+        stdout, _ = await asyncio.wait_for(process.communicate(), timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError("the recorder did not finish (did its publishers start?)") from None
     lines = [line for line in stdout.decode().splitlines() if line.startswith("{")]
     if process.returncode != 0 or not lines:
         raise RuntimeError(f"recorder failed ({process.returncode}): {stdout.decode()[-2000:]}")
@@ -316,10 +356,11 @@ async def stop(process: asyncio.subprocess.Process) -> None:
 
 async def composite(seconds: float, count: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="egresskit-bench-"))
+    files = vp8_inputs(INPUT_SECONDS)  # the same pictures into both rooms (made once)
     with LiveKitServer(log_level="warn") as server:
         pubs = await child(
             "_publish-livekit", server.url, server.api_key, server.api_secret,
-            str(count), f"{WIDTH}x{HEIGHT}", str(FPS), wait_line="published",
+            str(count), f"{WIDTH}x{HEIGHT}", str(FPS), *map(str, files), wait_line="published",
         )
         await asyncio.sleep(1.0)
         recorder = await child(
@@ -327,7 +368,7 @@ async def composite(seconds: float, count: int) -> None:
             str(out / "livekit.mp4"), str(seconds),
         )
         try:
-            livekit = await result_of(recorder)
+            livekit = await result_of(recorder, seconds + 180)
         finally:
             await stop(pubs)
     port_file = out / "port"
@@ -336,9 +377,11 @@ async def composite(seconds: float, count: int) -> None:
     )
     while not port_file.exists():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
-    pubs = await child("_publish-whip", f"http://127.0.0.1:{port_file.read_text()}", str(count))
+    pubs = await child(
+        "_publish-whip", f"http://127.0.0.1:{port_file.read_text()}", str(count), *map(str, files)
+    )
     try:
-        embedded = await result_of(recorder)
+        embedded = await result_of(recorder, seconds + 180)
     finally:
         await stop(pubs)
     ratio = livekit["cpu_per_media_s"] / embedded["cpu_per_media_s"]
@@ -348,6 +391,9 @@ async def composite(seconds: float, count: int) -> None:
     print(f"  embedded room  {embedded['cpu_per_media_s']:.3f} core per media second, "
           f"RSS {embedded['rss_mb']:.0f} MB")
     print(f"  ratio LiveKit / embedded: {ratio:.2f} (target at most {CPU_RATIO_TARGET})")
+    for name, result in (("LiveKit", livekit), ("embedded", embedded)):
+        print(f"  {name}: {result['packets_per_s']:.0f} RTP packets/s received; "
+              f"core per media second by thread: {result['threads']}")
 
 
 async def tracks(seconds: float, count: int) -> None:
@@ -362,7 +408,7 @@ async def tracks(seconds: float, count: int) -> None:
             "_record-tracks", server.url, server.api_key, server.api_secret, str(out), str(seconds)
         )
         try:
-            result = await result_of(recorder)
+            result = await result_of(recorder, seconds + 180)
         finally:
             await stop(pubs)
     n = result["egresses"]
@@ -381,10 +427,12 @@ def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1].startswith("_"):
         command, args = sys.argv[1], sys.argv[2:]
         if command == "_publish-livekit":
-            url, key, secret, count, size, fps = args
-            asyncio.run(publish_livekit(url, key, secret, int(count), size, int(fps)))
+            url, key, secret, count, size, fps, *files = args
+            asyncio.run(
+                publish_livekit(url, key, secret, int(count), size, int(fps), list(map(Path, files)))
+            )
         elif command == "_publish-whip":
-            asyncio.run(publish_whip(args[0], int(args[1])))
+            asyncio.run(publish_whip(args[0], int(args[1]), list(map(Path, args[2:]))))
         elif command == "_record-livekit":
             url, key, secret, out, seconds = args
             asyncio.run(recorder_livekit(url, key, secret, Path(out), float(seconds)))

@@ -18,7 +18,6 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
 from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
 from egresskit.tokens import create_token
@@ -161,7 +160,7 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     )
     try:
         info = await manager.start(request)
-    except (EgressError, InvalidRequest, PathEscapesRoot) as exc:
+    except (EgressError, InvalidRequest) as exc:
         await runner.cleanup()
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2

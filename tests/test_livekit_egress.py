@@ -360,3 +360,22 @@ async def test_browser_publisher_is_in_the_composite(livekit_server, service, lk
     assert colors_close(region_color(image, *TILE_LEFT), RED), region_color(image, *TILE_LEFT)
     right = region_color(image, *TILE_RIGHT)
     assert colors_close(right, green), f"the browser's tile is {right}"
+
+
+async def test_deleted_room_ends_the_egress_cleanly(livekit_server, service, lkapi):
+    pub = await SdkPublisher(livekit_server, "gone", "alice", color=RED, tone=RED_TONE).start()
+    server_api = api.LiveKitAPI(livekit_server.http_url, livekit_server.api_key,
+                                livekit_server.api_secret)
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("gone", "gone.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(3)
+        await server_api.room.delete_room(api.DeleteRoomRequest(room="gone"))
+        final = await wait_status(lkapi, info.egress_id, DONE, timeout=15)
+    finally:
+        await server_api.aclose()
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert "LiveKit room ended" in final.details, final.details
+    assert float(ffprobe(service.output_dir / "gone.mp4")["format"]["duration"]) >= 2.5

@@ -98,6 +98,7 @@ class FileTarget:
     file_type: FileType
     disable_manifest: bool
     storage: Storage | None
+    field: str  # where the request names it, for errors about its path
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,7 @@ class SegmentsTarget:
     fragmented_mp4: bool
     disable_manifest: bool
     storage: Storage | None
+    field: str
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,7 @@ class ImagesTarget:
     suffix: int  # egress_pb.ImageFileSuffix
     disable_manifest: bool
     storage: Storage | None
+    field: str
 
 
 @dataclass(frozen=True)
@@ -314,7 +317,7 @@ def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     if output == "file":
         storage = _storage_of(req.file, "file")
         return dataclasses.replace(
-            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage)
+            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage, "file")
         )
     raise InvalidRequest("output", "set file or websocket_url")
 
@@ -389,12 +392,12 @@ def _passthrough(spec: EgressSpec, outputs: _Outputs) -> EgressSpec:
         raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
     if outputs.streams or outputs.segments or outputs.images or len(outputs.files) != 1:
         raise InvalidRequest("outputs", "PASSTHROUGH writes exactly one file output")
-    _, message, storage = outputs.files[0]
+    field, message, storage = outputs.files[0]
     return dataclasses.replace(
         spec,
         kind="track",
         track_id=tracks[0],
-        file=FileTarget(message.filepath, "", message.disable_manifest, storage),
+        file=FileTarget(message.filepath, "", message.disable_manifest, storage, field),
     )
 
 
@@ -473,7 +476,7 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     if outputs.files:
         field, message, storage = outputs.files[0]
         file_type = _file_type(message, field, spec.video, explicit_codec, outputs)
-        file = FileTarget(message.filepath, file_type, message.disable_manifest, storage)
+        file = FileTarget(message.filepath, file_type, message.disable_manifest, storage, field)
     stream = None
     if outputs.streams:
         stream = _stream_target(*outputs.streams[0])
@@ -572,6 +575,11 @@ def _segments_target(
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.protocol not in egress_pb.SegmentedFileProtocol.values():
         raise InvalidRequest(f"{field}.protocol", "unknown protocol")
+    for name in ("playlist_name", "live_playlist_name"):
+        if "/" in getattr(message, name):
+            raise InvalidRequest(
+                f"{field}.{name}", "must be a file name: playlists are written beside the segments"
+            )
     return SegmentsTarget(
         filename_prefix=message.filename_prefix,
         playlist_name=message.playlist_name,
@@ -581,6 +589,7 @@ def _segments_target(
         fragmented_mp4=message.protocol == egress_pb.HLS_FMP4_PROTOCOL,
         disable_manifest=message.disable_manifest,
         storage=storage,
+        field=field,
     )
 
 
@@ -605,6 +614,7 @@ def _images_target(
         suffix=message.filename_suffix,
         disable_manifest=message.disable_manifest,
         storage=storage,
+        field=field,
     )
 
 

@@ -19,7 +19,6 @@ from egresskit.egress.errors import (
     TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
 from egresskit.egress.validation import check_layout, stream_protocol
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
@@ -43,10 +42,6 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
 
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
-    if isinstance(exc, PathEscapesRoot):
-        return TwirpError(
-            "invalid_argument", f"request has missing or invalid field: filepath ({exc})"
-        )
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return TwirpError(code, str(exc))
@@ -63,7 +58,7 @@ class EgressApi:
     async def _start(self, request) -> egress_pb.EgressInfo:
         try:
             return await self.manager.start(request)
-        except (EgressError, InvalidRequest, PathEscapesRoot, StorageNotInstalled) as exc:
+        except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 
     async def StartRoomCompositeEgress(
