@@ -36,7 +36,6 @@ from egresskit.egress.errors import (
 )
 from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager, EndedEgress
-from egresskit.egress.naming import PathEscapesRoot
 from egresskit.egress.session import EgressSession
 from egresskit.egress.validation import stream_protocol, validate
 from egresskit.psrpc import Bus, EgressServer, ErrorCode, IOInfoClient, PsrpcError, start_affinity
@@ -58,7 +57,6 @@ _CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
     (NotSupported, ErrorCode.UNIMPLEMENTED),
     (InvalidRequest, ErrorCode.INVALID_ARGUMENT),
     (StorageNotInstalled, ErrorCode.INVALID_ARGUMENT),
-    (PathEscapesRoot, ErrorCode.INVALID_ARGUMENT),
 )
 REFUSALS = tuple(kind for kind, _ in _CODES)
 CPU_SAMPLE_S = 1.0
