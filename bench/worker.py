@@ -8,18 +8,21 @@ start     StartRoomCompositeEgress through livekit-server (livekit-api client,
           publishers are in the room. Printed: median and p90 of each, and
           the ratio worker / serve. Target: worker median and p90 <= 1 s.
 capacity  N concurrent 1280x720@30 grid composites of one four-publisher
-          room (640x360@30 SDK publishers), one worker process pinned to
-          `--cores` cores, for `--seconds` each, N = 1, 2, ... until one
-          fails. A composite holds when its file is within 1% of the wall
-          time between its first media and its stop (both stamped by the worker), its frame count is 30 fps x its
-          duration, and the worker dropped no frames (its /metrics).
+          room (640x360@30 SDK publishers), one `egresskit worker` on
+          `--cores` cores with `--processes` processes (the composites spread
+          evenly over them), for `--seconds` each, N = 1, 2, ... until one
+          fails. A composite holds when its file is no more than 1% shorter
+          than the wall time between its first media and its stop (both
+          stamped by the worker; the file also holds the drain after the
+          stop), its frames are 30 fps (within 1%) of its duration, and the
+          worker dropped no frames (its /metrics).
           Publishers run in a process of their own, on the same machine
           (in this one they would starve its event loop and its timing).
 
 Needs livekit-server and redis-server (scripts/install-test-deps.sh).
 
 Run: python bench/worker.py start [--runs 20]
-     python bench/worker.py capacity [--seconds 20] [--max 4] [--cores 2]
+     python bench/worker.py capacity [--seconds 20] [--max 4] [--cores 2] [--processes 2]
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import re
 import socket
@@ -191,12 +195,17 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
     try:
         for n in range(1, args.max + 1):
             port = free_port()
+            # each process's budget (its share of the cores x 0.8) holds its part of the N
+            per_process = math.ceil(n / args.processes)
+            cost = 0.01 if args.processes == 1 else args.cores / args.processes * 0.8 / (
+                per_process + 0.5
+            )
             worker = Worker(
                 livekit, redis.address, directory / f"cap{n}", log_level="warning",
                 bind="127.0.0.1", prometheus_port=port,
-                cpu_cost={"room_composite_cpu_cost": 0.01},  # admission out of the way
+                cpu_cost={"room_composite_cpu_cost": cost},
             )
-            await worker.start()
+            await worker.start(processes=args.processes)
             os.sched_setaffinity(worker.pid, set(range(args.cores)))
             lk = api.LiveKitAPI(livekit.http_url, livekit.api_key, livekit.api_secret)
             try:
@@ -261,6 +270,7 @@ async def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--max", type=int, default=4)
     parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=1, help="worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="egresskit-bench-worker-") as tmp, RedisServer() as redis:
         with media_server(redis.address) as livekit:
