@@ -109,7 +109,13 @@ async def run_server(kind: str, port: int, records: int, sizes: list[int]) -> No
         for body_kind, size in zip(BODIES, sizes, strict=True):
             app.router.add_route("*", f"/static/{body_kind}", static(size))
     else:
-        app = create_app(service_config(Path(tempfile.mkdtemp(prefix="list-egress-"))))
+        # BATCH audio egresses at once exceed the default CPU budget of a small machine
+        app = create_app(
+            service_config(
+                Path(tempfile.mkdtemp(prefix="list-egress-")),
+                cpu_cost={"audio_room_composite_cpu_cost": 0},
+            )
+        )
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     if kind == "egress":

@@ -1,4 +1,5 @@
-"""`egresskit serve` runs the service; `egresskit record` makes one recording with live progress."""
+"""`egresskit serve` runs the service; `egresskit record` makes one recording with live progress;
+`egresskit worker` serves a LiveKit server's egress requests from Redis, as livekit/egress does."""
 
 from __future__ import annotations
 
@@ -84,6 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     record.add_argument("--duration", type=float, default=0, help="seconds; 0 = until Ctrl-C")
     record.add_argument("--audio-only", action="store_true")
+    worker = commands.add_parser(
+        "worker", help="an egress worker of a LiveKit server (psrpc on its Redis)"
+    )
+    worker.add_argument(
+        "--config", help="livekit/egress YAML (EGRESS_CONFIG_FILE, or EGRESS_CONFIG_BODY)"
+    )
+    worker.add_argument(
+        "--processes", type=int, default=0, help="worker processes (default: one per core)"
+    )
+    # Set by the parent for its children.
+    worker.add_argument("--child-status-fd", type=int, help=argparse.SUPPRESS)
+    worker.add_argument("--child-cores", type=float, help=argparse.SUPPRESS)
     return parser
 
 
@@ -199,17 +212,50 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     return 0 if final.status == egress_pb.EGRESS_COMPLETE else 1
 
 
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def worker(args: argparse.Namespace) -> int:
+    from egresskit.worker.config import default_processes, load_worker_config
+    from egresskit.worker.supervisor import run_process, supervise
+
+    try:
+        config = load_worker_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"egresskit: {exc}", file=sys.stderr)
+        return 2
+    _logging(config.log_level)
+    if args.child_status_fd is not None:
+        asyncio.run(run_process(config, args.child_cores or 1.0, args.child_status_fd))
+        return 0
+    if config.unused:
+        log.info("egress config keys egresskit does not use: %s", ", ".join(config.unused))
+    cores = float(default_processes())
+    processes = args.processes or default_processes()
+    if processes < 1:
+        print("egresskit: --processes must be at least 1", file=sys.stderr)
+        return 2
+    if processes == 1:
+        asyncio.run(run_process(config, cores))
+        return 0
+    child_args = ["--config", args.config] if args.config else []
+    return asyncio.run(supervise(config, processes, cores, child_args))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        return worker(args)
     try:
         config = _config(args)
     except ConfigError as exc:
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=getattr(logging, config.log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    _logging(config.log_level)
     if args.command == "serve":
         serve(config)
         return 0

@@ -28,6 +28,14 @@ python3 -m pip install -q --disable-pip-version-check \
   -e ".[test]" \
   -e plugins/egresskit-gcs -e plugins/egresskit-azure -e plugins/egresskit-alioss
 
+# redis-server for tests/test_psrpc*.py (psrpc over Redis, as livekit-server uses it).
+# The tests start their own on free ports; the system service stays off.
+if ! command -v redis-server >/dev/null 2>&1; then
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends redis-server >/dev/null
+fi
+systemctl disable --now redis-server >/dev/null 2>&1 || service redis-server stop >/dev/null 2>&1 || true
+
 # livekit-server for tests/test_livekit_*.py (a real LiveKit server on 127.0.0.1).
 # Go is a test-time tool only; the binary is cached and rebuilt only for another version.
 LIVEKIT_SERVER_VERSION=1.13.5
@@ -41,4 +49,3 @@ if ! "$livekit_bin" --version 2>/dev/null | grep -qx "livekit-server version $LI
   mv "$gobin/server" "$livekit_bin"
   rmdir "$gobin"
 fi
-

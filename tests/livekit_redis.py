@@ -126,3 +126,20 @@ class LiveKitRedisServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def media_server(redis_address: str, webhook_urls: list[str] | None = None):
+    """livekit-server on Redis that also carries media to SDK publishers and egresskit
+    (tests/livekit_server.py's loopback candidates), with webhooks signed by its key."""
+    from livekit_server import LiveKitServer
+
+    class LiveKitEgressServer(LiveKitServer):
+        def config(self) -> dict:
+            config = super().config()
+            config["redis"] = {"address": redis_address}
+            config["psrpc"] = {"max_attempts": 1}  # see LiveKitRedisServer.config
+            if webhook_urls:
+                config["webhook"] = {"api_key": self.api_key, "urls": list(webhook_urls)}
+            return config
+
+    return LiveKitEgressServer()

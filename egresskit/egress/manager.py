@@ -8,17 +8,19 @@ import secrets
 import string
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.admission import Admission
 from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
 from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
-from egresskit.egress.validation import Caller, check_caller, validate
+from egresskit.egress.validation import Caller, EgressSpec, check_caller, validate
 from egresskit.rooms.local import RoomManager
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
@@ -39,6 +41,31 @@ _REQUEST_FIELDS = {
 EventSink = Callable[[str, EgressSession], None]
 
 
+@dataclass(frozen=True, slots=True)
+class EndedEgress:
+    """What is kept of an egress once it has ended: its final EgressInfo, for ListEgress.
+
+    The session, its plan and its graph are dropped when the egress ends, so
+    a service keeps no codec, frame or thread of an egress that has ended.
+    """
+
+    info: egress_pb.EgressInfo
+    public: egress_pb.EgressInfo
+    ended_monotonic: float
+    upload_bytes: int
+
+    @property
+    def egress_id(self) -> str:
+        return self.info.egress_id
+
+    @property
+    def active(self) -> bool:
+        return False
+
+    def public_info(self) -> egress_pb.EgressInfo:
+        return self.public
+
+
 def new_egress_id() -> str:
     return "EG_" + "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
 
@@ -55,6 +82,7 @@ class EgressManager:
         backup_storage: dict[str, Any] | None = None,
         max_duration_s: float = 0.0,
         max_concurrent: int = 0,
+        admission: Admission | None = None,
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
         livekit: LiveKitServer | None = None,
@@ -67,31 +95,60 @@ class EgressManager:
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
         self.max_duration_s = max_duration_s
         self.max_concurrent = max_concurrent
+        # not `admission or ...`: an Admission with nothing running is falsy (its __len__)
+        self.admission = admission if admission is not None else Admission()
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
-        self._sessions: dict[str, EgressSession] = {}
+        self._sessions: dict[str, EgressSession | EndedEgress] = {}
         self._followers: set[asyncio.Task[None]] = set()  # LiveKit rooms of running egresses
         self._accepting = True
         self.started: dict[str, int] = {}  # kind -> egresses started
         self.ended: dict[tuple[str, str], int] = {}  # (kind, final status) -> egresses ended
+        self._ended_dropped = 0  # frames dropped by egresses that have ended
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def start(self, request: Message, caller: Caller | None = None) -> egress_pb.EgressInfo:
-        """Validate, plan and start; returns the STARTING EgressInfo (redacted).
+    async def start(
+        self,
+        request: Message,
+        caller: Caller | None = None,
+        *,
+        egress_id: str = "",
+        room_id: str = "",
+        estimated_cpu: float = 0.0,
+    ) -> egress_pb.EgressInfo:
+        """Validate, admit, plan and start; returns the STARTING EgressInfo (redacted).
 
         `caller` is who sent the request through the API: its destinations,
         storage and webhook keys are held to the caller rules. None is the
-        operator's own request (auto egress from the server's config).
+        operator's own request (auto egress from the server's config, or a
+        worker's StartEgress, which livekit-server already authorized).
+        `egress_id` and `room_id` are given when another server (livekit-server's
+        psrpc dispatch) named the egress already; otherwise egresskit names it.
+        `estimated_cpu` (cores), when given, replaces the nominal cost of the
+        request's kind in admission (a worker's StartEgress request carries one).
         """
         if not self._accepting:
             raise NoCapacity("the service is shutting down")
-        if self.max_concurrent and len(self.active()) >= self.max_concurrent:
+        if self.max_concurrent and len(self.admission) >= self.max_concurrent:
             raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
         spec = validate(request)
         if caller is not None:
             spec = check_caller(spec, caller)
-        egress_id = new_egress_id()
+        if egress_id in self._sessions:
+            raise EgressEnded(f"egress {egress_id} already exists")
+        egress_id = egress_id or new_egress_id()
+        cost = estimated_cpu if estimated_cpu > 0 else self.admission.costs.of(spec)
+        self.admission.admit(egress_id, spec.kind, cost)
+        try:
+            return await self._start(egress_id, room_id, spec, request)
+        except BaseException:
+            self.admission.release(egress_id)
+            raise
+
+    async def _start(
+        self, egress_id: str, room_id: str, spec: EgressSpec, request: Message
+    ) -> egress_pb.EgressInfo:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         livekit_room = None
         rooms: RoomManager | SingleRoom = self.rooms
@@ -106,7 +163,7 @@ class EgressManager:
             raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
-            room_id=planned.room.sid,
+            room_id=room_id or planned.room.sid,
             room_name=planned.room.name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
@@ -128,6 +185,7 @@ class EgressManager:
         except Exception:
             self._sessions.pop(egress_id, None)
             await planned.graph.cancel()
+            planned.graph.release()
             if livekit_room is not None:
                 await livekit_room.close()
             raise
@@ -146,19 +204,40 @@ class EgressManager:
             self.ended[key] = self.ended.get(key, 0) + 1
         if self._on_event is not None:
             self._on_event(event, session)
+        if event == "egress_ended":
+            self.admission.release(session.egress_id)
+            self._keep_info_only(session)
+
+    def _keep_info_only(self, session: EgressSession) -> None:
+        """Replace an ended session by its EndedEgress, counting what the metrics need."""
+        self._ended_dropped += sum(link.dropped for link in session.plan.graph.links)
+        if self._sessions.get(session.egress_id) is session:
+            self._sessions[session.egress_id] = EndedEgress(
+                session.info,
+                session.public_info(),
+                session.ended_monotonic or time.monotonic(),
+                session.upload_bytes,
+            )
 
     # --- steering ---------------------------------------------------------------------------
 
-    def get(self, egress_id: str) -> EgressSession:
+    def get(self, egress_id: str) -> EgressSession | EndedEgress:
         session = self._sessions.get(egress_id)
         if session is None:
             raise EgressNotFound(egress_id)
         return session
 
+    def _running(self, egress_id: str) -> EgressSession:
+        """The session of an egress that can still be steered (EgressEnded otherwise)."""
+        session = self.get(egress_id)
+        if not isinstance(session, EgressSession) or session.info.status == egress_pb.EGRESS_ENDING:
+            raise EgressEnded(f"egress {egress_id} has ended")
+        return session
+
     def stop(self, egress_id: str) -> egress_pb.EgressInfo:
         """Begin draining; the info returned is ENDING (final state by webhook / ListEgress)."""
         session = self.get(egress_id)
-        if (
+        if not isinstance(session, EgressSession) or (
             session.info.status != egress_pb.EGRESS_ACTIVE
             and session.info.status != egress_pb.EGRESS_STARTING
         ):
@@ -168,9 +247,7 @@ class EgressManager:
         return session.public_info()
 
     def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:
-        session = self.get(egress_id)
-        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
-            raise EgressEnded(f"egress {egress_id} has ended")
+        session = self._running(egress_id)
         try:
             session.update_layout(layout)
         except ValueError as exc:
@@ -181,22 +258,20 @@ class EgressManager:
         self, egress_id: str, add: list[str], remove: list[str]
     ) -> egress_pb.EgressInfo:
         """Add and remove stream URLs of a running egress (ValueError for a bad change)."""
-        session = self.get(egress_id)
-        if not session.active or session.info.status == egress_pb.EGRESS_ENDING:
-            raise EgressEnded(f"egress {egress_id} has ended")
+        session = self._running(egress_id)
         await session.update_stream(add, remove)
         return session.public_info()
 
     # --- listing ----------------------------------------------------------------------------
 
     def active(self) -> list[EgressSession]:
-        return [s for s in self._sessions.values() if s.active]
+        return [s for s in self._sessions.values() if isinstance(s, EgressSession) and s.active]
 
     def list(
         self, *, room_name: str = "", egress_id: str = "", active: bool = False
     ) -> list[egress_pb.EgressInfo]:
         self._retire()
-        sessions: Iterable[EgressSession]
+        sessions: Iterable[EgressSession | EndedEgress]
         if egress_id:
             sessions = [self._sessions[egress_id]] if egress_id in self._sessions else []
         else:
@@ -218,7 +293,8 @@ class EgressManager:
             del self._sessions[egress_id]
 
     def dropped_frames(self) -> int:
-        return sum(link.dropped for s in self._sessions.values() for link in s.plan.graph.links)
+        running = (s for s in self._sessions.values() if isinstance(s, EgressSession))
+        return self._ended_dropped + sum(link.dropped for s in running for link in s.plan.graph.links)
 
     def upload_bytes(self) -> int:
         return sum(s.upload_bytes for s in self._sessions.values())

@@ -267,7 +267,11 @@ class EgressSession:
         finally:
             if limit is not None:
                 limit.cancel()
-        await self._finish(state)
+        try:
+            await self._finish(state)
+        finally:
+            # The info now says everything; the graph's codecs, frames and threads go now.
+            self.plan.graph.release()
 
     async def _finish(self, state: GraphState) -> None:
         """Deliver and report what was written, then end: no failing step keeps it from ending.

@@ -36,6 +36,10 @@ class Bus:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener) if listener in self._listeners else None
 
+    def clear(self) -> None:
+        """Forget every listener (the graph has ended; they hold its owner alive)."""
+        self._listeners.clear()
+
     def post(self, kind: str, source: str, **data: Any) -> None:
         message = BusMessage(kind, source, data)
         for listener in list(self._listeners):

@@ -121,6 +121,11 @@ class Link(Generic[T]):
     def get_nowait(self) -> T | _EndOfStream:
         return self._queue.get_nowait()
 
+    def clear(self) -> None:
+        """Discard whatever is still queued (its consumer has ended and never reads it)."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+
     def empty(self) -> bool:
         return self._queue.empty()
 

@@ -145,6 +145,14 @@ class Stage:
     async def cleanup(self) -> None:
         """Release resources after `run` ended for any reason (also on cancel)."""
 
+    def release(self) -> None:
+        """Drop what the stage holds (codec contexts, frames) once its whole graph has ended.
+
+        Not `cleanup`: other stages may still need this one until the last
+        of them ends (a muxer copies its encoder's stream when it opens a
+        file). The stage never runs again afterwards.
+        """
+
     def close_executor(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=False, cancel_futures=True)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
+from egresskit.egress.admission import Admission, CpuCosts
 from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.session import EgressSession
@@ -117,6 +118,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         backup_storage=dict(config.backup_storage) or None,
         max_duration_s=config.max_duration_s,
         max_concurrent=config.max_concurrent,
+        admission=Admission(CpuCosts.from_mapping(config.cpu_cost)),
         retry=RetryPolicy(
             config.upload_attempts, config.upload_initial_delay, config.upload_max_delay
         ),
@@ -206,14 +208,16 @@ async def _drain(app: web.Application) -> None:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    manager = request.app[MANAGER]
-    cpus = os.cpu_count() or 1
+    """Constant time whatever runs: load balancers poll it most when the service is busiest."""
+    admission = request.app[MANAGER].admission
     return web.json_response(
         {
             "status": "ok",
-            "active_egress": len(manager.active()),
-            "load": round(os.getloadavg()[0] / cpus, 3),
-            "cpus": cpus,
+            "active_egress": len(admission),
+            "load": round(os.getloadavg()[0] / admission.cores, 3),
+            "cpus": admission.cores,
+            "cpu_budget": round(admission.budget, 3),
+            "cpu_available": round(admission.available, 3),
         }
     )
 

@@ -19,6 +19,7 @@ import yaml
 from google.protobuf import json_format
 from livekit.protocol import room as room_pb
 
+from egresskit.egress.admission import CpuCosts
 from egresskit.netpolicy import NetworkPolicy
 
 DEV_API_KEY = "devkey"
@@ -43,6 +44,9 @@ class ServiceConfig:
     webhook_urls: tuple[str, ...] = ()
     max_duration_s: float = 0.0  # 0 = no session limit
     max_concurrent: int = 0  # 0 = no limit on egresses running at once
+    # LiveKit's `cpu_cost` keys (max_cpu_utilization, room_composite_cpu_cost, ...): admission
+    # by CPU cost; unset keys keep egresskit's measured defaults (egresskit/egress/admission.py).
+    cpu_cost: Mapping[str, float] = field(default_factory=dict)
     storage: Mapping[str, Any] = field(default_factory=dict, repr=False)
     backup_storage: Mapping[str, Any] = field(default_factory=dict, repr=False)
     # Each upload is retried with exponential backoff before the backup storage is tried.
@@ -90,7 +94,7 @@ class ServiceConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ServiceConfig)}
-_YAML_ONLY = {"storage", "backup_storage", "extra_keys", "auto_egress"}
+_YAML_ONLY = {"storage", "backup_storage", "extra_keys", "auto_egress", "cpu_cost"}
 
 
 def load_config(
@@ -230,6 +234,11 @@ def _coerce(name: str, value: Any) -> Any:
             if limit < 0:
                 raise ValueError("must be 0 (no limit) or positive")
             return limit
+        if name == "cpu_cost":
+            if not isinstance(value, Mapping):
+                raise ValueError("must be a mapping of cost keys to cores")
+            CpuCosts.from_mapping(value)
+            return dict(value)
         if name == "upload_attempts":
             attempts = _int(value)
             if attempts < 1:

@@ -468,5 +468,11 @@ class VideoCompositor(Stage):
         ):
             fill(planes, edge, theme.highlight)
 
+    def release(self) -> None:
+        """Drop the last frame of every track and the drawn background."""
+        self._videos.clear()
+        self._participants.clear()
+        self._static = None
+
     def stats(self) -> dict[str, int]:
         return {"frames_out": self.frames_out, "tiles": len(self._participants)}

@@ -57,6 +57,8 @@ class _Encoder(Stage):
         self.packets_out = 0
         self.bytes_out = 0
         self.context: av.CodecContext
+        self._holder: OutputContainer | None = None
+        self._template: Stream | None = None
 
     def _template_context(self, codec: str, rate: int) -> av.CodecContext:
         """A codec context living on a stream of a throwaway container.
@@ -73,6 +75,8 @@ class _Encoder(Stage):
 
     def add_stream(self, container: OutputContainer) -> Stream:
         """Add the stream these packets belong to, to a muxer's container."""
+        if self._template is None:
+            raise RuntimeError(f"{self.name} has been released: its graph has ended")
         stream = container.add_stream_from_template(self._template)
         # The template copy leaves extradata out; without it FLV carries no sequence
         # headers and OGG no OpusHead, so players drop or refuse the stream.
@@ -81,6 +85,14 @@ class _Encoder(Stage):
 
     def request_keyframe(self) -> None:
         """Make the next frame a key frame (a new stream destination starts there)."""
+
+    def release(self) -> None:
+        """Free the codec context: an x264 720p context holds ~20 MB, an AAC one the two
+        threads of its resampler. PyAV frees a context with its last reference."""
+        holder, self._holder, self._template = self._holder, None, None
+        if holder is not None:
+            holder.close()
+        del self.context  # using it after this is a bug: let it fail loudly
 
     def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
         """Adjust a frame before it is encoded (key frame decisions)."""

@@ -277,6 +277,10 @@ class HlsSegmenter(Stage):
         if self._container is not None:
             await self.offload(self._close_container)
 
+    def release(self) -> None:
+        """The streams keep the last segment's (closed) container alive."""
+        self._streams.clear()
+
     @property
     def results(self) -> HlsResults:
         return HlsResults(

@@ -288,6 +288,13 @@ class AudioMixer(Stage):
         frame.time_base = self.time_base
         return frame
 
+    def release(self) -> None:
+        """Drop the tracks' buffered audio, keeping their counts."""
+        for buffer in self._tracks.values():
+            self.silence_samples += buffer.silence
+            self.dropped_samples += buffer.dropped
+        self._tracks.clear()
+
     def stats(self) -> dict[str, int]:
         silence = self.silence_samples + sum(b.silence for b in self._tracks.values())
         dropped = self.dropped_samples + sum(b.dropped for b in self._tracks.values())

@@ -131,6 +131,10 @@ class FileMuxer(FileWriter):
         assert self._container is not None
         self._container.mux(private_packet(item.packet, self._streams[item.kind]))
 
+    def release(self) -> None:
+        """The streams keep their (closed) container and its buffers alive."""
+        self._streams.clear()
+
     async def run(self) -> None:
         await self.offload(self._open)
         while (item := await self.input.recv()) is not EOS:
