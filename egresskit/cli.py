@@ -18,6 +18,7 @@ from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.naming import PathEscapesRoot
+from egresskit.pipeline import memory
 from egresskit.service.app import MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
 from egresskit.tokens import create_token
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, config.log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    memory.limit_arenas()  # a long-running recorder: see egresskit/pipeline/memory.py
     if args.command == "serve":
         serve(config)
         return 0
