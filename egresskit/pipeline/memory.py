@@ -7,8 +7,10 @@ egresses spread over ever more arenas, and a service's RSS climbs for its
 first dozens of egresses although no object outlives its egress. Measured
 over 50 start/stop cycles of a 720p room composite (tests/test_resources.py,
 RSS after cycle 50 minus after cycle 5): +25 to +53 MB with glibc's
-defaults, +25 to +40 MB trimming after each egress, +0.6 MB with
-`ARENAS` arenas and a trim after each egress.
+defaults, +25 to +40 MB trimming after each egress, +3 to +4 MB with two
+arenas and a trim after each egress (+0.6 MB with one), and RSS itself
+~160 MB instead of ~290 MB. Two arenas rather than one leave codec threads
+some room not to wait on each other's allocations.
 """
 
 from __future__ import annotations
