@@ -172,7 +172,4 @@ if __name__ == "__main__":
     parser.add_argument("--whip", action="store_true", help="publish over WHIP (WebRTC)")
     parser.add_argument("--profile", action="store_true")
     args = parser.parse_args()
-    from egresskit.rooms import restrict_ice_addresses
-
-    restrict_ice_addresses(["127.0.0.1"])
     asyncio.run(main(args.runs, args.whip, args.profile))

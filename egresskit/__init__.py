@@ -14,7 +14,7 @@ from egresskit.egress.graphs import (
 )
 from egresskit.egress.track_graphs import participant_graph, track_composite_graph, track_graph
 from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
-from egresskit.rooms import LocalRoom, RoomManager, whip_app
+from egresskit.rooms import LiveKitRoom, LocalRoom, RoomManager, whip_app
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.mixer import AudioMixer
@@ -23,6 +23,7 @@ from egresskit.stages.subscriber import RoomSubscriber
 from egresskit.tokens import create_token
 
 __all__ = [
+    "LiveKitRoom",
     "EOS",
     "AudioEncoder",
     "AudioEncoding",

@@ -17,10 +17,10 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
 from egresskit.pipeline import memory
-from egresskit.service.app import MANAGER, ROOMS, create_app
+from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
+from egresskit.service.files import RedactedAccessLogger
 from egresskit.tokens import create_token
 
 log = logging.getLogger("egresskit")
@@ -48,7 +48,26 @@ def _service_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--log-level", dest="log_level", help="debug, info, warning, error")
     parser.add_argument(
+        "--livekit-url",
+        dest="livekit_url",
+        help="record this LiveKit server's rooms, ws://HOST:7880 (EGRESSKIT_LIVEKIT_URL)",
+    )
+    parser.add_argument(
+        "--livekit-api-key", dest="livekit_api_key", help="its API key (EGRESSKIT_LIVEKIT_API_KEY)"
+    )
+    parser.add_argument(
+        "--livekit-api-secret",
+        dest="livekit_api_secret",
+        help="its API secret (EGRESSKIT_LIVEKIT_API_SECRET)",
+    )
+    parser.add_argument(
         "--dev", action="store_true", default=None, help="development keys devkey / secret"
+    )
+    parser.add_argument(
+        "--console",
+        action="store_true",
+        default=None,
+        help="web console at / and recordings at /files (always on with --dev)",
     )
 
 
@@ -80,6 +99,8 @@ def _config(args: argparse.Namespace) -> ServiceConfig:
 def _announce(config: ServiceConfig, room: str | None = None) -> None:
     base = f"http://{config.bind}:{config.port}"
     print(f"egresskit listening on {base} (Twirp API at {base}/twirp, WHIP at {base}/whip/<room>)")
+    if config.console_enabled:
+        print(f"console: {base}/")
     if config.dev:
         print(f"dev mode: API key {config.api_key!r}, API secret {config.api_secret!r}")
     if room:
@@ -102,7 +123,9 @@ def serve(config: ServiceConfig) -> None:
         port=config.port,
         print=None,
         shutdown_timeout=60,
+        keepalive_timeout=HEADER_TIMEOUT_S,
         handle_signals=True,
+        access_log_class=RedactedAccessLogger,
     )
 
 
@@ -114,7 +137,7 @@ def _stop(manager: EgressManager, egress_id: str) -> None:
 
 async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     app = create_app(config)
-    runner = web.AppRunner(app, shutdown_timeout=60)
+    runner = web.AppRunner(app, shutdown_timeout=60, keepalive_timeout=HEADER_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, config.bind, config.port)
     await site.start()
@@ -135,7 +158,7 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     )
     try:
         info = await manager.start(request)
-    except (EgressError, InvalidRequest, PathEscapesRoot) as exc:
+    except (EgressError, InvalidRequest) as exc:
         await runner.cleanup()
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2

@@ -51,9 +51,18 @@ def bearer_token(authorization: str | None) -> str:
 
 
 def verify_token(
-    token: str, keys: Mapping[str, str], *, leeway: float = DEFAULT_LEEWAY_S
+    token: str,
+    keys: Mapping[str, str],
+    *,
+    leeway: float = DEFAULT_LEEWAY_S,
+    max_ttl: float = 0,
 ) -> Claims:
-    """Check signature (HS256 only), issuer and validity window; return the claims."""
+    """Check signature (HS256 only), issuer and validity window; return the claims.
+
+    `leeway` absorbs clock skew between the signer and this machine. `max_ttl`
+    (seconds, 0 = no limit) refuses a token that stays valid longer than that
+    from now: a leaked long-lived token can only be revoked by rotating the key.
+    """
     try:
         # One unverified pass for both parts: pyjwt's segment checks cost more than the HMAC.
         parts = jwt.decode_complete(token, options={"verify_signature": False})
@@ -81,6 +90,8 @@ def verify_token(
         raise TokenError("token signature is invalid") from None
     except jwt.PyJWTError as exc:
         raise TokenError(f"invalid token: {exc}") from None
+    if max_ttl and float(claims["exp"]) - time.time() > max_ttl + leeway:
+        raise TokenError(f"token lifetime exceeds the {max_ttl:.0f} s this service accepts")
     video = claims.get("video") or {}
     if not isinstance(video, dict):
         raise TokenError("token grant 'video' must be an object")
@@ -106,10 +117,16 @@ class VerifiedTokens:
     """
 
     def __init__(
-        self, keys: Mapping[str, str], *, leeway: float = DEFAULT_LEEWAY_S, size: int = 1024
+        self,
+        keys: Mapping[str, str],
+        *,
+        leeway: float = DEFAULT_LEEWAY_S,
+        max_ttl: float = 0,
+        size: int = 1024,
     ) -> None:
         self._keys = keys
         self._leeway = leeway
+        self._max_ttl = max_ttl
         self._size = size
         self._known: dict[str, Claims] = {}
 
@@ -121,7 +138,8 @@ class VerifiedTokens:
                 return claims
             del self._known[token]
             raise TokenError("token has expired")
-        claims = verify_token(token, self._keys, leeway=self._leeway)
+        # A remembered token's remaining lifetime only shrinks: max_ttl holds on hits too.
+        claims = verify_token(token, self._keys, leeway=self._leeway, max_ttl=self._max_ttl)
         if len(self._known) >= self._size:
             self._known.pop(next(iter(self._known)))  # the oldest entry
         self._known[token] = claims

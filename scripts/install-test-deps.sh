@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-apt_packages=(ffmpeg chromium nginx libnginx-mod-rtmp srt-tools)
+apt_packages=(ffmpeg chromium nginx libnginx-mod-rtmp srt-tools redis-server)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
@@ -14,8 +14,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-# nginx is started by the tests themselves on a private prefix, never as a system service
-systemctl disable --now nginx >/dev/null 2>&1 || true
+# nginx and redis-server are started by the tests themselves on private ports, never as
+# system services
+for service in nginx redis-server; do
+  systemctl disable --now "$service" >/dev/null 2>&1 || service "$service" stop >/dev/null 2>&1 || true
+done
 
 command -v azurite-blob >/dev/null 2>&1 || npm install -g --silent azurite@3 >/dev/null
 npm install --silent --no-audit --no-fund --no-package-lock --prefix tests/node >/dev/null
@@ -24,3 +27,18 @@ npm install --silent --no-audit --no-fund --no-package-lock --prefix tests/node 
 python3 -m pip install -q --disable-pip-version-check \
   -e ".[test]" \
   -e plugins/egresskit-gcs -e plugins/egresskit-azure -e plugins/egresskit-alioss
+
+# livekit-server for tests/test_livekit_*.py (a real LiveKit server on 127.0.0.1).
+# Go is a test-time tool only; the binary is cached and rebuilt only for another version.
+LIVEKIT_SERVER_VERSION=1.13.5
+livekit_bin="$HOME/.cache/egresskit-test-deps/bin/livekit-server"
+if ! "$livekit_bin" --version 2>/dev/null | grep -qx "livekit-server version $LIVEKIT_SERVER_VERSION"; then
+  command -v go >/dev/null 2>&1 || { echo "go (1.26 or later) is needed to build livekit-server" >&2; exit 1; }
+  gobin="$(mktemp -d)"
+  GOBIN="$gobin" CGO_ENABLED=0 go install \
+    "github.com/livekit/livekit-server/cmd/server@v$LIVEKIT_SERVER_VERSION"
+  mkdir -p "$(dirname "$livekit_bin")"
+  mv "$gobin/server" "$livekit_bin"
+  rmdir "$gobin"
+fi
+

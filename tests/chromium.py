@@ -35,10 +35,9 @@ CHROMIUM_FLAGS = [
     "--disable-extensions",
     "--disable-dev-shm-usage",
     "--mute-audio",
+    "--autoplay-policy=no-user-gesture-required",
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
-    "--allow-loopback-in-peer-connection",
-    "--disable-features=WebRtcHideLocalIpsWithMdns",
 ]
 
 # The page reads the WHIP URL and the token from its fragment (never sent to
@@ -63,17 +62,14 @@ function gatheringComplete(pc) {
   });
 }
 
-// Offer only loopback candidates: the test's media never leaves 127.0.0.1.
-function loopbackOnly(sdp) {
-  return sdp.split("\\r\\n").filter(
-    (line) => !line.startsWith("a=candidate:") || line.split(" ")[4] === "127.0.0.1"
-  ).join("\\r\\n");
-}
-
-async function publish() {
-  const stream = await navigator.mediaDevices.getUserMedia({
+async function camera() {
+  return navigator.mediaDevices.getUserMedia({
     video: {width: 640, height: 360, frameRate: 15}, audio: true,
   });
+}
+/*MEDIA*/
+async function publish() {
+  const stream = await media();
   const pc = new RTCPeerConnection({iceServers: []});
   pc.addEventListener("connectionstatechange", () => report("connection", pc.connectionState));
   for (const track of stream.getTracks()) {
@@ -81,10 +77,13 @@ async function publish() {
   }
   await pc.setLocalDescription(await pc.createOffer());
   await gatheringComplete(pc);
+  const offered = pc.localDescription.sdp.split("\\r\\n")
+    .filter((line) => line.startsWith("a=candidate:")).map((line) => line.split(" ")[4]);
+  await report("offered", [...new Set(offered)].join(" "));
   const response = await fetch(params.get("whip"), {
     method: "POST",
     headers: {"Content-Type": "application/sdp", "Authorization": "Bearer " + params.get("token")},
-    body: loopbackOnly(pc.localDescription.sdp),
+    body: pc.localDescription.sdp,
   });
   const answer = await response.text();
   if (response.status !== 201) throw new Error("WHIP answered " + response.status + ": " + answer);
@@ -95,6 +94,55 @@ async function publish() {
 
 publish().catch((error) => report("error", String(error)));
 </script></body></html>
+"""
+
+CAMERA = "const media = camera;"
+
+# Every 2 s the canvas turns white for 100 ms and a 1 kHz tone sounds for as
+# long, from the same instant: the tone is scheduled on the audio clock at the
+# audio time matching that instant (getOutputTimestamp maps the two clocks),
+# and the canvas is painted white from that instant on.
+FLASH_BEEP = """
+const PERIOD = 2000, FLASH = 100;
+async function media() {
+  const canvas = document.createElement("canvas");
+  canvas.width = 320; canvas.height = 180;
+  const g = canvas.getContext("2d");
+  const audio = new AudioContext();
+  await audio.resume();
+  const tone = audio.createOscillator();
+  tone.frequency.value = 1000;
+  const gain = audio.createGain();
+  gain.gain.value = 0;
+  const out = audio.createMediaStreamDestination();
+  tone.connect(gain).connect(out);
+  tone.start();
+  const start = performance.now() + 500;
+  let scheduled = 0;
+  function audioTime(perf) {
+    const stamp = audio.getOutputTimestamp();
+    return stamp.contextTime + (perf - stamp.performanceTime) / 1000;
+  }
+  function schedule() {  // the next few beeps, on the audio clock
+    while (start + scheduled * PERIOD < performance.now() + 3 * PERIOD) {
+      const at = audioTime(start + scheduled * PERIOD);
+      gain.gain.setValueAtTime(0.5, at);
+      gain.gain.setValueAtTime(0, at + FLASH / 1000);
+      scheduled += 1;
+    }
+  }
+  function paint() {
+    const t = performance.now() - start;
+    g.fillStyle = t >= 0 && t % PERIOD < FLASH ? "#ffffff" : "#282828";
+    g.fillRect(0, 0, canvas.width, canvas.height);
+    schedule();
+  }
+  paint();
+  setInterval(paint, 5);
+  const stream = canvas.captureStream(30);
+  stream.addTrack(out.stream.getAudioTracks()[0]);
+  return stream;
+}
 """
 
 
@@ -142,9 +190,11 @@ class ChromiumPublisher:
             return ""
 
 
-def publish_page_app(publisher_box: list[ChromiumPublisher]) -> web.Application:
+def publish_page_app(publisher_box: list[ChromiumPublisher], media: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
-        return web.Response(text=PUBLISH_PAGE, content_type="text/html")
+        return web.Response(
+            text=PUBLISH_PAGE.replace("/*MEDIA*/", media), content_type="text/html"
+        )
 
     async def status(request: web.Request) -> web.Response:
         report = json.loads(await request.text())
@@ -169,14 +219,15 @@ async def stop_process_group(process: asyncio.subprocess.Process) -> None:
 
 @contextlib.asynccontextmanager
 async def chromium_publisher(
-    base_url: str | URL, room: str, token: str
+    base_url: str | URL, room: str, token: str, media: str = CAMERA
 ) -> AsyncIterator[ChromiumPublisher]:
-    """Chromium publishing camera and microphone to `{base_url}/whip/{room}`."""
+    """Chromium publishing to `{base_url}/whip/{room}`: its fake camera and microphone,
+    or what `media` (JavaScript defining `media()`, e.g. FLASH_BEEP) makes."""
     whip_url = URL(str(base_url)) / "whip" / room
     if whip_url.host not in ("127.0.0.1", "localhost"):
         raise ValueError("the browser publisher only talks to 127.0.0.1")
     box: list[ChromiumPublisher] = []
-    page_server = TestServer(publish_page_app(box), host="127.0.0.1")
+    page_server = TestServer(publish_page_app(box, media), host="127.0.0.1")
     await page_server.start_server()
     profile = tempfile.mkdtemp(prefix="egresskit-chromium-")
     log_path = Path(profile) / "chromium.log"

@@ -15,17 +15,9 @@ from storage_servers import (  # noqa: F401 - storage fixtures, shared with plug
     s3_bucket,
 )
 
-from egresskit.rooms import RoomManager, restrict_ice_addresses, whip_app
+from egresskit.rooms import RoomManager, whip_app
 
 # --- rooms and WHIP (egresskit/rooms) -------------------------------------------
-
-
-@pytest.fixture(autouse=True, scope="session")
-def loopback_ice():
-    """Every WebRTC peer in the suite gathers host candidates on 127.0.0.1 only."""
-    restrict_ice_addresses(["127.0.0.1"])
-    yield
-    restrict_ice_addresses(None)
 
 
 @pytest.fixture
@@ -43,7 +35,12 @@ def whip_keys() -> dict[str, str]:
 
 @pytest.fixture
 async def whip_server(aiohttp_server, rooms, whip_keys):
-    """An aiohttp server on 127.0.0.1 with the WHIP endpoint mounted at /whip."""
+    """An aiohttp server on 127.0.0.1 with the WHIP endpoint mounted at /whip.
+
+    Its sessions answer with loopback candidates, as `egresskit serve` on 127.0.0.1
+    does; publishers gather as aioice does by default (this machine's interface
+    addresses), as they do for users.
+    """
     app = web.Application()
     app.add_subapp("/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
     return await aiohttp_server(app, host="127.0.0.1")
@@ -78,3 +75,18 @@ async def webhooks(aiohttp_server):
     server = await aiohttp_server(app, host="127.0.0.1")
     log.url = str(server.make_url("/hook"))
     return log
+
+
+# --- redis-server (tests/redis_server.py), for psrpc ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server():
+    """A private redis-server on 127.0.0.1 for the module; `.url`, `.address`."""
+    from redis_server import RedisServer, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    with RedisServer() as server:
+        yield server

@@ -90,3 +90,74 @@ def tone_strengths(samples: np.ndarray, rate: int, freqs: list[float]) -> list[f
         i = int(round(f / bin_hz))
         out.append(float(spectrum[max(0, i - 3) : i + 4].max() / floor))
     return out
+
+
+def flash_onsets(path: str | Path) -> list[float]:
+    """Times (s) of the frames where the picture turns bright after being dark.
+
+    Bright and dark are split halfway between the darkest and brightest
+    mean luma of the recording.
+    """
+    times, levels = [], []
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            luma = frame.to_ndarray(format="gray")
+            times.append(float(frame.time))
+            levels.append(float(luma.mean()))
+    assert levels, f"no video in {path}"
+    threshold = (min(levels) + max(levels)) / 2
+    assert max(levels) - min(levels) > 50, f"no flash in {path}: luma {min(levels)}-{max(levels)}"
+    bright = [level > threshold for level in levels]
+    return [times[i] for i in range(1, len(times)) if bright[i] and not bright[i - 1]]
+
+
+def sound_onsets(path: str | Path, quiet_s: float = 0.5) -> list[float]:
+    """Times (s) where the audio gets loud after at least `quiet_s` of quiet.
+
+    Loud is a fifth of the loudest sample; a sample's time comes from its
+    decoded frame's own timestamp, so gaps in the stream cannot shift it.
+    """
+    times, samples = [], []
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.audio[0]):
+            data = frame.to_ndarray()
+            channels = len(frame.layout.channels)
+            mono = data[0] if not frame.format.is_packed else data.reshape(-1, channels)[:, 0]
+            samples.append(np.abs(mono.astype(np.float64)))
+            times.append(float(frame.time) + np.arange(len(mono)) / frame.sample_rate)
+    assert samples, f"no audio in {path}"
+    level, when = np.concatenate(samples), np.concatenate(times)
+    loud = when[level > level.max() / 5]
+    if not len(loud):
+        return []
+    starts = np.flatnonzero(np.diff(loud) > quiet_s) + 1
+    return [float(loud[0])] + [float(t) for t in loud[starts]]
+
+
+def av_offsets(path: str | Path, max_offset: float = 0.5) -> list[tuple[float, float]]:
+    """(flash time, beep onset - flash time) for each flash with a beep within `max_offset`.
+
+    Positive offsets: the sound comes after the picture.
+    """
+    beeps = sound_onsets(path)
+    pairs = []
+    for flash in flash_onsets(path):
+        nearest = min(beeps, key=lambda beep: abs(beep - flash), default=None)
+        if nearest is not None and abs(nearest - flash) <= max_offset:
+            pairs.append((flash, nearest - flash))
+    return pairs
+
+
+def longest_freeze(path: str | Path, still: float = 0.3) -> float:
+    """The longest time (s) the picture did not change (mean luma difference below `still`)."""
+    longest, frozen_since, previous, previous_time = 0.0, None, None, 0.0
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            luma = frame.to_ndarray(format="gray").astype(np.int16)
+            if previous is not None and np.abs(luma - previous).mean() < still:
+                frozen_since = frozen_since if frozen_since is not None else previous_time
+                longest = max(longest, float(frame.time) - frozen_since)
+            else:
+                frozen_since = None
+            previous, previous_time = luma, float(frame.time)
+    return longest

@@ -1,14 +1,15 @@
 """Real publishers for tests: synthetic aiortc tracks, a WHIP client, and frame checks.
 
-Every helper here talks real WebRTC; callers keep ICE on loopback with
-`egresskit.rooms.restrict_ice_addresses(["127.0.0.1"])` (the suite's conftest
-does this for every test).
+Every helper here talks real WebRTC with unmodified aiortc, which offers this
+machine's interface addresses (never loopback); a WHIP service on 127.0.0.1
+keeps those, as they belong to this machine, and answers with loopback.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -172,10 +173,14 @@ async def whip_publish(
     *,
     source: str | None = None,
     video_codec: str | None = None,
+    offer_filter: Callable[[str], Awaitable[str]] | None = None,
+    answer_filter: Callable[[str], Awaitable[str]] | None = None,
 ) -> WhipSession:
     """Offer `tracks` to `{base_url}/whip/{room}` and apply the answer (non-trickle).
 
     `video_codec` (a MIME type such as "video/H264") offers only that codec for video.
+    The filters may rewrite the offer sent and the answer applied (e.g. a relay's
+    candidates).
     """
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
@@ -190,19 +195,24 @@ async def whip_publish(
                     ]
                 )
         await pc.setLocalDescription(await pc.createOffer())
+        offer = pc.localDescription.sdp
+        if offer_filter is not None:
+            offer = await offer_filter(offer)
         url = URL(str(base_url)) / "whip" / room
         if source is not None:
             url = url.with_query(source=source)
         headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
         async with (
             aiohttp.ClientSession(timeout=HTTP_TIMEOUT) as http,
-            http.post(url, data=pc.localDescription.sdp, headers=headers) as response,
+            http.post(url, data=offer, headers=headers) as response,
         ):
             body = await response.text()
             if response.status != 201:
                 raise WhipError(response.status, body)
             location = str(url.join(URL(response.headers["Location"])))
             etag = response.headers.get("ETag", "")
+        if answer_filter is not None:
+            body = await answer_filter(body)
         await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
     except BaseException:
         await pc.close()

@@ -63,7 +63,12 @@ class WebhookLog:
         return await self._first(lambda e: e.room.name == room and e.event == event, timeout)
 
 
+# Tests run every receiver (webhooks, RTMP, S3) on loopback, which the default policy denies.
+LOOPBACK_ALLOWED = {"allow": ["127.0.0.0/8", "::1/128"]}
+
+
 def service_config(output_dir: Path, webhook_url: str = "", **overrides) -> ServiceConfig:
+    overrides.setdefault("egress_network", LOOPBACK_ALLOWED)
     return ServiceConfig(
         port=0,
         bind="127.0.0.1",

@@ -10,6 +10,7 @@ Azure Azurite, AliOSS moto's S3 application.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.metadata
 import json
 import logging
@@ -386,6 +387,87 @@ async def test_server_stays_down_keeps_the_recording_locally(start_service):
     assert Path(info.manifest_location).parent == kept.parent
     assert manifest["files"] == [{"filename": KEY, "location": str(kept)}]
     assert not info.backup_storage_used
+
+
+def playlist_entries(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line and not line.startswith("#")]
+
+
+async def start_hls(service: Service, upload: egress_pb.S3Upload) -> str:
+    info = await service.lkapi.egress.start_room_composite_egress(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name=ROOM,
+            advanced=ENCODING,
+            segment_outputs=[
+                egress_pb.SegmentedFileOutput(
+                    filename_prefix="hls/p", playlist_name="index", segment_duration=1, s3=upload
+                )
+            ],
+        )
+    )
+    return info.egress_id
+
+
+async def remote_playlist_lists(server: MotoServer, bucket: str, count: int) -> None:
+    client = server.boto3_client()
+    for _ in range(300):
+        with contextlib.suppress(client.exceptions.NoSuchKey):
+            body = client.get_object(Bucket=bucket, Key="hls/index.m3u8")["Body"].read()
+            if len(playlist_entries(body.decode())) >= count:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the stored playlist never listed {count} segments")
+
+
+async def test_stored_hls_keeps_no_local_segments(start_service, moto_server, request):
+    bucket = moto_server.create_bucket(unique_name(request))
+    service = await start_service(**FAST_RETRY)
+    egress_id = await start_hls(service, s3_upload_at(moto_server.url, bucket))
+    await remote_playlist_lists(moto_server, bucket, 2)
+    await service.lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=egress_id))
+    final = await wait_status(service.lkapi, egress_id, DONE, timeout=60)
+
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    (segments,) = final.segment_results
+    assert segments.playlist_location == f"{moto_server.url}/{bucket}/hls/index.m3u8"
+    body = moto_server.boto3_client().get_object(Bucket=bucket, Key="hls/index.m3u8")["Body"]
+    text = body.read().decode()
+    assert "#EXT-X-ENDLIST" in text and len(playlist_entries(text)) == segments.segment_count
+    # Everything is stored: the local copies are gone.
+    assert not list((service.output_dir / "hls").glob("p_*.ts"))
+
+
+async def test_failed_final_playlist_upload_reports_the_local_playlist(start_service):
+    """The storage dies before the egress ends: the complete playlist is local, and so
+    are the segments it lists; results and manifest say so, not the older remote copy."""
+    server = MotoServer(port=free_port()).start()
+    try:
+        server.create_bucket("hls")
+        service = await start_service(**FAST_RETRY)
+        egress_id = await start_hls(service, s3_upload_at(server.url, "hls"))
+        await remote_playlist_lists(server, "hls", 2)
+    finally:
+        server.stop()
+    await service.lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=egress_id))
+    final = await wait_status(service.lkapi, egress_id, DONE, timeout=60)
+
+    assert final.status == egress_pb.EGRESS_FAILED
+    assert "upload to s3 failed" in final.error
+    (segments,) = final.segment_results
+    local = (service.output_dir / "hls" / "index.m3u8").resolve()
+    assert segments.playlist_location == str(local)
+    text = local.read_text()
+    listed = playlist_entries(text)
+    assert "#EXT-X-ENDLIST" in text and len(listed) == segments.segment_count >= 2
+    for name in listed:
+        assert (local.parent / name).is_file(), f"{name} is listed but was deleted"
+    assert float(ffprobe(local)["format"]["duration"]) >= len(listed) - 1
+    manifest = json.loads(Path(final.manifest_location).read_text())
+    (playlist,) = manifest["playlists"]
+    assert playlist["location"] == str(local)
+    for segment in playlist["segments"]:
+        location = segment["location"]
+        assert location.startswith(f"{server.url}/hls/") or Path(location).is_file(), location
 
 
 async def test_backup_storage_takes_the_recording(start_service, moto_server, request):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -16,7 +17,9 @@ from media_checks import ffprobe, stream
 from publishers import SineAudioTrack, SyntheticVideoTrack
 
 from egresskit import GraphState, composite_graph
-from egresskit.egress.graphs import SegmentsOutput
+from egresskit.egress.graphs import SegmentsOutput, segmenter
+from egresskit.stages.encoder import AudioEncoder
+from egresskit.storage.paths import PathEscapesRoot
 
 
 def first_video_packet_is_key(path: Path) -> bool:
@@ -130,3 +133,34 @@ async def test_hls_segments_and_playlists(rooms, tmp_path):
     )
     assert two_hls.results.live_playlist == live
     assert len(two_early) >= 6
+
+
+def test_playlist_names_stay_in_the_segment_directory(tmp_path):
+    encoders = [AudioEncoder()]
+    for playlist, live in (("../../x.m3u8", ""), ("index", str(tmp_path / "elsewhere.m3u8"))):
+        with pytest.raises(PathEscapesRoot):
+            segmenter(
+                SegmentsOutput(tmp_path / "out" / "rec", playlist=playlist, live_playlist=live),
+                encoders,
+            )
+
+
+@pytest.mark.slow
+async def test_a_segment_name_planted_as_a_symlink_is_not_written_through(rooms, tmp_path):
+    room = rooms.get_or_create("planted")
+    await room.publish(SyntheticVideoTrack((40, 40, 220), 320, 180, 15), identity="alice")
+    out, outside = tmp_path / "out", tmp_path / "outside"
+    out.mkdir()
+    outside.mkdir()
+    os.symlink(outside / "stolen.ts", out / "rec_00001.ts")
+    graph, stages = composite_graph(
+        room, [SegmentsOutput(out / "rec", segment_duration=1)], audio=None, name="planted"
+    )
+    await graph.start()
+    try:
+        assert await graph.wait(timeout=20) is GraphState.FAILED
+    finally:
+        await graph.cancel()
+    assert "outside" in str(graph.error)
+    assert not list(outside.iterdir())
+    assert first_video_packet_is_key(out / "rec_00000.ts")

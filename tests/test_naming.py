@@ -13,8 +13,6 @@ from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.naming import (
     NameFields,
-    PathEscapesRoot,
-    confine,
     expand_template,
     file_extension,
     file_path,
@@ -26,6 +24,7 @@ from egresskit.egress.naming import (
     track_extension,
     with_extension,
 )
+from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
 
 WHEN = datetime(2024, 3, 9, 7, 5, 3, 45_678, tzinfo=timezone(timedelta(hours=2)))
 FIELDS = NameFields(
@@ -124,10 +123,30 @@ def test_confine_accepts_paths_inside_the_root(tmp_path):
     assert confine(root, str(root / "abs.mp4")) == root.resolve() / "abs.mp4"
 
 
-@pytest.mark.parametrize("requested", ["../../etc/x", "..", "a/../../x", "/etc/passwd", "a\x00b"])
-def test_confine_rejects_escapes(tmp_path, requested):
+@pytest.mark.parametrize(
+    "requested", ["../../etc/x", "..", "a/../../x", "/etc/passwd", "a\x00b", ".", "x/..", ""]
+)
+def test_confine_rejects_escapes_and_the_root_itself(tmp_path, requested):
+    # A prefix naming the root itself would put its files in the root's parent.
     with pytest.raises(PathEscapesRoot):
         confine(tmp_path, requested)
+
+
+def test_confine_rejects_names_the_filesystem_cannot_hold(tmp_path):
+    limit = os.pathconf(tmp_path, "PC_NAME_MAX")
+    assert confine(tmp_path, "d/" + "n" * limit).name == "n" * limit
+    for requested in ("n" * (limit + 1), "d" * (limit + 1) + "/x.mp4", "é" * (limit // 2 + 1)):
+        with pytest.raises(NameTooLong, match="File name too long"):
+            confine(tmp_path, requested)
+    with pytest.raises(NameTooLong, match="File name too long"):
+        confine(tmp_path, "/".join(["d" * 200] * 25))
+
+
+def test_confine_rejects_symlink_loops(tmp_path):
+    os.symlink(tmp_path / "b", tmp_path / "a")
+    os.symlink(tmp_path / "a", tmp_path / "b")
+    with pytest.raises(PathEscapesRoot, match="loop"):
+        confine(tmp_path, "a/x.mp4")
 
 
 def test_confine_rejects_symlinks_leading_out(tmp_path):

@@ -168,3 +168,55 @@ async def test_stream_to_srt_listener_decodes(rooms, tmp_path):
     assert stream(info, "audio")["codec_name"] == "aac"
     assert abs(float(info["format"]["duration"]) - 4.0) <= 1.0
     assert decode_errors(received) == ""
+
+
+def command_lines() -> list[str]:
+    """Every process's command line, as `ps` shows them to any local user."""
+    lines = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                lines.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+            except OSError:
+                pass  # the process ended meanwhile
+    return lines
+
+
+@pytest.mark.slow
+async def test_srt_passphrase_and_stream_id_never_reach_a_command_line(rooms, tmp_path):
+    """An encrypted SRT stream: decodable at the listener, its secrets in no process's argv."""
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("ffmpeg is not installed")
+    room = await publish_room(rooms, "srt-secret")
+    port = free_port()
+    passphrase = "egress-srt-passphrase-0042"
+    stream_id = "publish:caller-marker-7f3a"
+    received = tmp_path / "received.ts"
+    listener = await asyncio.create_subprocess_exec(
+        *["ffmpeg", "-v", "error", "-y", "-i"],
+        f"srt://127.0.0.1:{port}?mode=listener&latency=500000&passphrase={passphrase}",
+        *["-c", "copy", "-f", "mpegts", str(received)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    seen: list[str] = []
+    try:
+        await wait_for(lambda: udp_listening(port), 10, "the SRT listener")
+        url = f"srt://127.0.0.1:{port}?latency=500&passphrase={passphrase}&streamid={stream_id}"
+        graph, stages = composite_graph(room, [StreamOutput((url,))], video=STREAM_VIDEO)
+        await graph.start()
+        for _ in range(8):  # look while the stream runs
+            await asyncio.sleep(0.5)
+            seen += [line for line in command_lines() if "caller-marker-7f3a" in line]
+        assert await graph.stop() is GraphState.COMPLETE, graph.error
+        assert stages.streams[0].state(url).status is StreamStatus.FINISHED
+        await asyncio.wait_for(listener.wait(), 15)
+    finally:
+        if listener.returncode is None:
+            listener.kill()
+            await listener.wait()
+    assert seen == []
+    info = ffprobe(received)
+    assert stream(info, "video")["codec_name"] == "h264"
+    assert decode_errors(received) == ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 
 import jwt
 import pytest
@@ -12,6 +11,7 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.webhooks import CONTENT_TYPE, WebhookNotifier
 
 KEY, SECRET = "hook-key", "hook-secret-0123456789abcdefghijklmn"
@@ -110,23 +110,44 @@ async def test_events_arrive_in_order_signed_and_redacted(receiver):
     assert notifier.stats.delivered == 3 and notifier.stats.dropped == 0
 
 
-async def test_per_request_webhooks_are_signed_with_their_key(receiver, caplog):
+async def test_per_request_webhooks_are_signed_with_the_callers_key(receiver):
     notifier = WebhookNotifier(
         KEY, SECRET, [receiver.url("/hook")], keys={OTHER_KEY: OTHER_SECRET}, **FAST
     )
     notifier.start()
-    extra = [
-        models_pb.WebhookConfig(url=receiver.url("/other"), signing_key=OTHER_KEY),
-        models_pb.WebhookConfig(url=receiver.url("/unknownkey"), signing_key="who-is-this"),
-    ]
-    with caplog.at_level(logging.WARNING, logger="egresskit.service.webhooks"):
-        notifier.notify("egress_started", _info(), extra)
-        await notifier.close(drain_timeout=10)
+    # The webhook names the server's key; only the caller's (OTHER_KEY) may sign.
+    extra = [models_pb.WebhookConfig(url=receiver.url("/other"), signing_key=KEY)]
+    notifier.notify("egress_started", _info(), extra, signing_key=OTHER_KEY)
+    await notifier.close(drain_timeout=10)
     assert [e.event for e, _ in receiver.events["/hook"]] == ["egress_started"]
     assert [e.event for e, _ in receiver.events["/other"]] == ["egress_started"]
-    # An unknown signing key falls back to the server key (the receiver checks with KEY).
-    assert [e.event for e, _ in receiver.events["/unknownkey"]] == ["egress_started"]
-    assert "unknown signing key" in caplog.text
+    other = next(auth for path, _, auth in receiver.raw if path == "/other")
+    assert jwt.decode(other, OTHER_SECRET, algorithms=["HS256"])["iss"] == OTHER_KEY
+
+
+async def test_webhooks_do_not_follow_redirects(receiver, aiohttp_server):
+    app = web.Application()
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(receiver.url("/hook"))
+
+    app.router.add_post("/", redirect)
+    redirector = await aiohttp_server(app, host="127.0.0.1")
+    notifier = WebhookNotifier(KEY, SECRET, [str(redirector.make_url("/"))], attempts=1)
+    notifier.start()
+    notifier.notify("egress_started", _info())
+    await notifier.close(drain_timeout=10)
+    assert receiver.raw == [] and notifier.stats.failed == 1
+
+
+async def test_request_webhooks_to_denied_networks_are_not_sent(receiver):
+    """A request's webhook whose name resolves to loopback is refused when connecting."""
+    policy = NetworkPolicy()  # the default: loopback denied
+    hook = receiver.url("/hook").replace("127.0.0.1", "localhost")
+    notifier = WebhookNotifier(KEY, SECRET, [], network=policy, attempts=1)
+    notifier.start()
+    notifier.notify("egress_started", _info(), [models_pb.WebhookConfig(url=hook)])
+    await notifier.close(drain_timeout=10)
+    assert receiver.raw == [] and notifier.stats.failed == 1
 
 
 async def test_retries_keep_order_and_give_up_after_three_attempts(receiver):

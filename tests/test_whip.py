@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from urllib.parse import quote
 
 import aiohttp
+import psutil
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 from livekit.protocol import models
 from publishers import (
@@ -13,6 +16,7 @@ from publishers import (
     WHIP_API_SECRET,
     SineAudioTrack,
     SyntheticVideoTrack,
+    WhipError,
     WhipSession,
     colors_close,
     frame_color,
@@ -21,6 +25,7 @@ from publishers import (
     tone_frequency,
     whip_publish,
 )
+from yarl import URL
 
 from egresskit.pipeline.link import EOS, Link
 from egresskit.rooms import (
@@ -31,6 +36,7 @@ from egresskit.rooms import (
     RoomManager,
     TrackPublished,
     TrackUnpublished,
+    whip_app,
 )
 from egresskit.tokens import create_token
 
@@ -122,7 +128,10 @@ async def test_two_publishers_reach_a_subscriber(whip_server: TestServer, rooms:
 
     participant = room.participants["alice"]
     assert participant.name == "alice"
-    assert alice.location.endswith(f"/whip/{ROOM}/{participant.sid}")
+    # The resource is an unguessable secret, not the public participant sid.
+    prefix, _, secret = alice.location.rpartition("/")
+    assert prefix.endswith(f"/whip/{ROOM}") and len(secret) >= 32
+    assert participant.sid not in alice.location
     assert alice.etag
 
     await alice.close()
@@ -305,8 +314,16 @@ async def test_unknown_resource_is_404(
     whip_server: TestServer, rooms: RoomManager, alice: WhipSession
 ):
     track = await alice_video(rooms)
+    # The participant sid is public (ListParticipants, webhooks): it ends nothing.
+    public_sid = rooms.get(ROOM).participants["alice"].sid
+    secret = alice.location.rpartition("/")[2]
     async with aiohttp.ClientSession() as http:
-        for path in (f"/whip/{ROOM}/PA_doesnotexist", "/whip/no-such-room/PA_doesnotexist"):
+        for path in (
+            f"/whip/{ROOM}/PA_doesnotexist",
+            "/whip/no-such-room/PA_doesnotexist",
+            f"/whip/{ROOM}/{public_sid}",
+            f"/whip/other-room/{secret}",
+        ):
             async with http.delete(whip_server.make_url(path)) as response:
                 assert response.status == 404
     assert set(rooms.get(ROOM).participants) == {"alice"}
@@ -343,3 +360,138 @@ async def test_cors_preflight_and_trickle(whip_server: TestServer, alice: WhipSe
         ) as response:
             assert response.status == 405
             assert response.headers["Access-Control-Allow-Origin"] == "*"
+
+
+# --- session hygiene: connect timeout, DELETE secret, sources, limits ------------------------
+
+
+def without_candidates(sdp: str) -> str:
+    """An offer naming no candidate and not ending them: ICE can never connect."""
+    return "".join(
+        line + "\r\n"
+        for line in sdp.splitlines()
+        if not line.startswith(("a=candidate:", "a=end-of-candidates"))
+    )
+
+
+def udp_sockets() -> int:
+    return len(psutil.Process().net_connections(kind="udp"))
+
+
+async def test_sessions_that_never_connect_are_closed(aiohttp_server, rooms, whip_keys):
+    app = web.Application()
+    app.add_subapp(
+        "/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"], connect_timeout_s=1.0)
+    )
+    server = await aiohttp_server(app, host="127.0.0.1")
+    body = without_candidates(await real_offer())
+    before = udp_sockets()
+
+    statuses = await asyncio.gather(
+        *(
+            post_offer(server, f"/whip/{ROOM}", body, bearer(token_for(f"ghost{i:02d}")))
+            for i in range(50)
+        )
+    )
+    assert [s for s, _, _ in statuses] == [201] * 50
+    room = rooms.get(ROOM)
+    assert len(room.participants) == 50 and udp_sockets() >= before + 50
+
+    async def all_gone() -> None:
+        while room.participants or udp_sockets() > before:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+
+    await asyncio.wait_for(all_gone(), 10.0)
+
+
+def sources_token(identity: str, sources: list[str]) -> str:
+    return create_token(
+        WHIP_API_KEY,
+        WHIP_API_SECRET,
+        identity=identity,
+        video={"roomJoin": True, "room": ROOM, "canPublish": True, "canPublishSources": sources},
+    )
+
+
+async def test_can_publish_sources_is_enforced(whip_server: TestServer, rooms: RoomManager):
+    base = whip_server.make_url("/")
+    with pytest.raises(WhipError) as refused:
+        await whip_publish(
+            base, ROOM, sources_token("mic", ["microphone"]), [small_video(RED), SineAudioTrack()]
+        )
+    assert refused.value.status == 403 and "camera" in refused.value.text
+    with pytest.raises(WhipError) as refused:
+        await whip_publish(
+            base, ROOM, sources_token("cam", ["camera"]), [small_video(RED)], source="screen_share"
+        )
+    assert refused.value.status == 403 and "screen_share" in refused.value.text
+    assert rooms.get(ROOM) is None or not rooms.get(ROOM).participants
+
+    # What the grant lists is published.
+    async with await whip_publish(
+        base, ROOM, sources_token("mic", ["microphone"]), [SineAudioTrack()]
+    ):
+        (track,) = await published_tracks(rooms.get(ROOM), "mic", 1)
+        assert track.source == models.TrackSource.MICROPHONE
+
+
+async def test_offer_with_too_many_media_sections(whip_server: TestServer, rooms: RoomManager):
+    offer = await real_offer()
+    head, _, section = offer.partition("m=")
+    mid = next(line for line in section.splitlines() if line.startswith("a=mid:"))
+    sections = "".join(
+        "m=" + section.replace(mid, f"a=mid:{i}") for i in range(500)
+    )
+    status, text, _ = await post_offer(
+        whip_server, f"/whip/{ROOM}", head + sections, bearer(token_for("greedy"))
+    )
+    assert status == 400 and "500 media sections" in text, text
+    assert rooms.get(ROOM) is None
+
+
+async def test_location_of_an_odd_room_name_is_one_path_segment(
+    whip_server: TestServer, rooms: RoomManager
+):
+    name = "../../x"
+    url = URL(f"{whip_server.make_url('/whip/')}{quote(name, safe='')}", encoded=True)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, data=await real_offer(), headers=bearer(token_for("odd", room=name))) as r,
+    ):
+        assert r.status == 201, await r.text()
+        location = r.headers["Location"]
+    assert location.startswith("/whip/..%2F..%2Fx/"), location
+    assert set(rooms.get(name).participants) == {"odd"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.delete(whip_server.make_url("/").join(URL(location, encoded=True))) as r,
+    ):
+        assert r.status == 200
+    assert not rooms.get(name).participants
+
+
+async def test_publisher_known_only_from_its_checks_connects(
+    whip_server: TestServer, rooms: RoomManager
+):
+    """No candidate in the offer (as a trickling browser sends it): the service answers
+    with loopback and learns the publisher's interface address from its checks."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        pc.addTransceiver(small_video(BLUE), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        status, answer, _ = await post_offer(
+            whip_server,
+            f"/whip/{ROOM}",
+            without_candidates(pc.localDescription.sdp),
+            bearer(token_for("quiet")),
+        )
+        assert status == 201, answer
+        hosts = {line.split()[4] for line in answer.splitlines() if line.startswith("a=candidate")}
+        assert hosts == {"127.0.0.1"}
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        (track,) = await published_tracks(rooms.get(ROOM), "quiet", 1)
+        await assert_delivers_color(track, BLUE)
+    finally:
+        await pc.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,19 +22,26 @@ QUEUE_SIZE = 1024
 
 @dataclass
 class Delivered:
-    """Where a file ended up: its storage location, or its local path if it stays local."""
+    """Where a file is: its storage location, or its local path while that is the only copy.
+
+    `stored` is true when the file's latest announced content is in the storage.
+    """
 
     location: str
     backup_used: bool = False
+    stored: bool = False
 
 
 class DirectoryDelivery:
     """Uploads files of segment and image outputs as the stages announce them.
 
     Each announced file gets a location at once (its local path); a worker
-    replaces it with the storage location after the upload. Failures are
-    collected, never raised: the egress reports them when it ends, and the
-    files stay under the output directory.
+    replaces it with the storage location after the upload. A file announced
+    again (a playlist rewritten) is not stored until that upload succeeds,
+    and a failed upload puts the location back to the local file, the only
+    copy of the latest content. Failures are collected, never raised: the
+    egress reports them when it ends, and the files stay under the output
+    directory.
     """
 
     def __init__(self, retry: RetryPolicy, backup: Storage | None) -> None:
@@ -50,11 +58,17 @@ class DirectoryDelivery:
         delivered = self.locations.get(path)
         return delivered.location if delivered else str(path)
 
+    def stored(self, path: Path) -> bool:
+        """Whether the latest content announced for `path` is in the storage."""
+        delivered = self.locations.get(path)
+        return delivered is not None and delivered.stored
+
     def announce(
         self, directory: PlannedDirectory, path: Path, *, keep_local: bool = False
     ) -> None:
         """A file is complete; upload it if its output has a storage (repeat calls coalesce)."""
-        self.locations.setdefault(path, Delivered(str(path)))
+        delivered = self.locations.setdefault(path, Delivered(str(path)))
+        delivered.stored = False
         if directory.storage is None or path in self._pending:
             return
         try:
@@ -89,9 +103,14 @@ class DirectoryDelivery:
             )
         except (UploadFailed, OSError) as exc:
             self.errors.append(str(exc))
+            self.locations[path] = Delivered(str(path))  # an older stored copy is stale
             return
         self.uploaded_bytes += size
-        self.locations[path] = Delivered(result.location, result.backup_used)
+        self.locations[path] = dataclasses.replace(
+            self.locations[path], location=result.location, backup_used=result.backup_used
+        )
+        if path not in self._pending:  # announced again meanwhile: that content is not stored
+            self.locations[path].stored = True
         if not keep_local:
             with contextlib.suppress(OSError):
                 await asyncio.to_thread(path.unlink)

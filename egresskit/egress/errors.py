@@ -35,5 +35,9 @@ class NotEnoughCpu(EgressError):
     """The CPU budget cannot take this egress now (resource_exhausted); see admission.py."""
 
 
+class SourceUnavailable(EgressError):
+    """The room's server cannot be reached or refused egresskit (unavailable)."""
+
+
 class NotSupported(EgressError):
     """A feature egresskit does not offer (unimplemented); the message names it."""

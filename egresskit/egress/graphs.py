@@ -11,6 +11,7 @@ from livekit.protocol import egress as egress_pb
 
 from egresskit.egress import naming
 from egresskit.egress.encoding import EncodingSettings
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph, LinkPolicy
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
@@ -63,6 +64,7 @@ class StreamOutput:
 
     urls: tuple[str, ...] = ()
     retry: RetryPolicy = RetryPolicy()
+    network: NetworkPolicy | None = None  # a caller's URLs: where they may connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,7 +231,9 @@ def composite_graph(
             stages.segmenters.append(sink)
         else:
             # never blocks its input: each URL has its own queue and thread
-            sink = graph.add(StreamSink(encoders, output.urls, retry=output.retry))
+            sink = graph.add(
+                StreamSink(encoders, output.urls, retry=output.retry, network=output.network)
+            )
             stages.streams.append(sink)
         for encoder in encoders:
             graph.link(encoder.output, sink.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)

@@ -17,9 +17,10 @@ from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.admission import Admission
 from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
+from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
-from egresskit.egress.validation import EgressSpec, validate
+from egresskit.egress.validation import Caller, EgressSpec, check_caller, validate
 from egresskit.rooms.local import RoomManager
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
@@ -84,8 +85,11 @@ class EgressManager:
         admission: Admission | None = None,
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
+        livekit: LiveKitServer | None = None,
     ) -> None:
+        """With `livekit`, room names name that server's rooms, not the embedded `rooms`."""
         self.rooms = rooms
+        self.livekit = livekit
         self.output_dir = output_dir.resolve()
         self.default_storage = dict(default_storage or {})
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
@@ -95,6 +99,7 @@ class EgressManager:
         self.retry = retry or RetryPolicy()
         self._on_event = on_event
         self._sessions: dict[str, EgressSession | EndedEgress] = {}
+        self._followers: set[asyncio.Task[None]] = set()  # LiveKit rooms of running egresses
         self._accepting = True
         self.started: dict[str, int] = {}  # kind -> egresses started
         self.ended: dict[tuple[str, str], int] = {}  # (kind, final status) -> egresses ended
@@ -102,9 +107,14 @@ class EgressManager:
 
     # --- starting ---------------------------------------------------------------------------
 
-    async def start(self, request: Message, *, estimated_cpu: float = 0.0) -> egress_pb.EgressInfo:
+    async def start(
+        self, request: Message, caller: Caller | None = None, *, estimated_cpu: float = 0.0
+    ) -> egress_pb.EgressInfo:
         """Validate, admit, plan and start; returns the STARTING EgressInfo (redacted).
 
+        `caller` is who sent the request through the API: its destinations,
+        storage and webhook keys are held to the caller rules. None is the
+        operator's own request (auto egress from the server's config).
         `estimated_cpu` (cores), when given, replaces the nominal cost of the
         request's kind in admission (a worker's StartEgress request carries one).
         """
@@ -113,6 +123,8 @@ class EgressManager:
         if self.max_concurrent and len(self.admission) >= self.max_concurrent:
             raise NoCapacity(f"at most {self.max_concurrent} egresses run at once")
         spec = validate(request)
+        if caller is not None:
+            spec = check_caller(spec, caller)
         egress_id = new_egress_id()
         cost = estimated_cpu if estimated_cpu > 0 else self.admission.costs.of(spec)
         self.admission.admit(egress_id, spec.kind, cost)
@@ -126,7 +138,17 @@ class EgressManager:
         self, egress_id: str, spec: EgressSpec, request: Message
     ) -> egress_pb.EgressInfo:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        planned = plan(spec, egress_id, self.rooms, self.output_dir, self.default_storage)
+        livekit_room = None
+        rooms: RoomManager | SingleRoom = self.rooms
+        if self.livekit is not None and spec.kind != "web":
+            livekit_room = await join_room(self.livekit, spec, egress_id)
+            rooms = SingleRoom(livekit_room)
+        try:
+            planned = plan(spec, egress_id, rooms, self.output_dir, self.default_storage)
+        except BaseException:
+            if livekit_room is not None:
+                await livekit_room.close()
+            raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
             room_id=planned.room.sid,
@@ -144,6 +166,7 @@ class EgressManager:
             backup=self._backup,
         )
         session.webhooks = spec.webhooks
+        session.signing_key = spec.caller_key
         self._sessions[egress_id] = session
         try:
             await session.start()
@@ -151,7 +174,14 @@ class EgressManager:
             self._sessions.pop(egress_id, None)
             await planned.graph.cancel()
             planned.graph.release()
+            if livekit_room is not None:
+                await livekit_room.close()
             raise
+        if livekit_room is not None:
+            follower = asyncio.create_task(follow_room(session, livekit_room))
+            self._followers.add(follower)
+            follower.add_done_callback(self._followers.discard)
+            session.set_details("; ".join(livekit_room.warnings))
         return session.public_info()
 
     def _event(self, event: str, session: EgressSession) -> None:
@@ -278,3 +308,5 @@ class EgressManager:
                 await session.abort()
         for waiter in pending:
             waiter.cancel()
+        if self._followers:  # the egresses' LiveKit rooms are left once they finished
+            await asyncio.wait(set(self._followers), timeout=10.0)

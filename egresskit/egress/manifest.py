@@ -8,8 +8,6 @@ whole of it.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -17,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from livekit.protocol import egress as egress_pb
+
+from egresskit.storage.paths import write_atomically
 
 
 @dataclass(frozen=True)
@@ -109,18 +109,8 @@ def write_manifest(path: Path, manifest: Mapping[str, Any]) -> None:
 
     Blocking: call it through `asyncio.to_thread` from the event loop.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(manifest, out, indent=2)
-            out.write("\n")
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(manifest, indent=2) + "\n"
+    write_atomically(path, lambda out: out.write(text.encode()), sync=True)
 
 
 def _source_url(info: egress_pb.EgressInfo) -> str:

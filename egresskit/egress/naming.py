@@ -1,8 +1,9 @@
 """Output names: filename templates, default paths, extensions, HLS and image names.
 
 Names follow LiveKit Egress so existing tooling finds the files where it
-expects them. `confine` keeps every local path inside the service's output
-root: a requested path that would leave it is rejected, never written.
+expects them. Names are only text here: the planner puts every one of them
+through `egresskit.storage.paths.confine`, which keeps them inside the
+output root.
 
 Template values (room names, identities, track ids) come from clients, so a
 path separator or a bare `.`/`..` inside a value is replaced by `_`: a room
@@ -17,7 +18,6 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
 
 from livekit.protocol import egress as egress_pb
 
@@ -39,10 +39,6 @@ _TEMPLATE_KEYS = (
 )
 _TEMPLATE = re.compile(r"\{(" + "|".join(_TEMPLATE_KEYS + ("time", "utc")) + r")\}")
 _UNSAFE_IN_VALUE = re.compile(r"[/\\\x00-\x1f\x7f]")
-
-
-class PathEscapesRoot(ValueError):
-    """A requested path would resolve outside the output root."""
 
 
 @dataclass(frozen=True)
@@ -157,23 +153,6 @@ def image_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
     if suffix == egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE:
         return f"{prefix}.jpeg"
     return f"{prefix}_{index:05d}.jpeg"
-
-
-def confine(root: Path, relative: str) -> Path:
-    """Resolve `relative` inside `root`, following symlinks; raise `PathEscapesRoot` otherwise.
-
-    Absolute paths are accepted when they already lie inside the root and
-    rejected when they do not. The result is the resolved path; callers
-    create directories and files under it.
-    """
-    if "\x00" in relative:
-        raise PathEscapesRoot("path contains a NUL character")
-    real_root = Path(root).resolve()
-    candidate = Path(relative) if PurePosixPath(relative).is_absolute() else real_root / relative
-    resolved = candidate.resolve()
-    if resolved != real_root and not resolved.is_relative_to(real_root):
-        raise PathEscapesRoot(f"path {relative!r} is outside the output directory")
-    return resolved
 
 
 def _safe_value(value: str) -> str:

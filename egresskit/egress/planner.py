@@ -12,6 +12,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from egresskit.egress import naming
+from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import NotSupported, RoomNotFound, TrackNotFound
 from egresskit.egress.graphs import (
     FileOutput,
@@ -22,6 +23,7 @@ from egresskit.egress.graphs import (
     composite_graph,
     stage_encodings,
 )
+from egresskit.egress.manifest import manifest_name
 from egresskit.egress.track_graphs import (
     SourceNotFound,
     TrackDescription,
@@ -31,6 +33,7 @@ from egresskit.egress.track_graphs import (
     track_websocket_graph,
 )
 from egresskit.egress.validation import EgressSpec
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
@@ -38,7 +41,8 @@ from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
-from egresskit.storage.registry import storage_from_spec, storage_from_upload
+from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
+from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
 
 CONTENT_TYPES = {
     ".mp4": "video/mp4",
@@ -128,7 +132,13 @@ def check_supported(spec: EgressSpec) -> None:
 
 
 class _Namer:
-    """Names and storage of one request's outputs, all confined to the output root."""
+    """Names and storage of one request's outputs, all confined to the output root.
+
+    Every name an output will write is checked here, before anything runs:
+    the requested path, the playlists, a sample of the generated segment or
+    image names, and the manifest beside them. A path that leaves the root
+    or does not fit the filesystem becomes InvalidRequest naming the field.
+    """
 
     def __init__(
         self,
@@ -137,21 +147,37 @@ class _Namer:
         fields: naming.NameFields,
         when: datetime,
         default_storage: dict[str, Any] | None,
+        egress_id: str,
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.root = output_root
         self.identifier = identifier
         self.fields = fields
         self.when = when
         self.default_storage = default_storage
+        self.egress_id = egress_id
+        self.network = network  # set for a caller's request: its storage is the caller's
+
+    def confine(self, path: str | Path, field: str) -> Path:
+        try:
+            return confine(self.root, str(path))
+        except (PathEscapesRoot, NameTooLong) as exc:
+            raise InvalidRequest(field, str(exc)) from None
+
+    def manifest_beside(self, local: Path, field: str, disabled: bool) -> None:
+        if not disabled:
+            self.confine(local.parent / manifest_name(self.egress_id), field)
 
     def storage(self, upload: Message | None) -> Storage | None:
+        if upload is not None and self.network is not None:
+            return storage_from_request(upload, self.network)
         if upload is not None:
             return storage_from_upload(upload)
         if self.default_storage:
             return storage_from_spec(self.default_storage)
         return None
 
-    def file(self, requested: str, extension: str) -> tuple[str, Path]:
+    def file(self, requested: str, extension: str, field: str) -> tuple[str, Path]:
         relative = naming.file_path(
             requested,
             identifier=self.identifier,
@@ -159,13 +185,13 @@ class _Namer:
             extension=extension,
             when=self.when,
         )
-        return relative, naming.confine(self.root, relative)
+        return relative, self.confine(relative, f"{field}.filepath")
 
-    def prefix(self, requested: str) -> tuple[str, Path]:
+    def prefix(self, requested: str, field: str) -> tuple[str, Path]:
         relative = naming.output_prefix(
             requested, identifier=self.identifier, fields=self.fields, when=self.when
         )
-        return relative, naming.confine(self.root, relative)
+        return relative, self.confine(relative, f"{field}.filename_prefix")
 
 
 def plan(
@@ -178,9 +204,9 @@ def plan(
 ) -> Plan:
     """Resolve rooms, tracks, names and storage, and build the graph (nothing runs yet).
 
-    Raises RoomNotFound, TrackNotFound, NotSupported, PathEscapesRoot,
-    InvalidRequest or StorageNotInstalled for the service to turn into
-    Twirp errors.
+    Raises RoomNotFound, TrackNotFound, NotSupported, InvalidRequest (a
+    path outside the output root or too long for its filesystem among them)
+    or StorageNotInstalled for the service to turn into Twirp errors.
     """
     check_supported(spec)
     room = rooms.get(spec.room_name)
@@ -237,12 +263,21 @@ def _plan_track(
         if described.track_kind != "audio":
             raise NotSupported("websocket output of a video track is not implemented")
         graph, stages = track_websocket_graph(
-            room, spec.track_id, spec.websocket_url, name=egress_id
+            room, spec.track_id, spec.websocket_url, name=egress_id, network=spec.network
         )
         return Plan(graph=graph, room=room, track=stages.track)
     assert spec.file is not None
-    namer = _Namer(output_root, track.sid, described.name_fields(room), when, default_storage)
-    relative, local = namer.file(spec.file.filepath, described.extension)
+    namer = _Namer(
+        output_root,
+        track.sid,
+        described.name_fields(room),
+        when,
+        default_storage,
+        egress_id,
+        spec.network,
+    )
+    relative, local = namer.file(spec.file.filepath, described.extension, spec.file.field)
+    namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
     try:
         graph, stages = track_graph(room, spec.track_id, local, name=egress_id)
     except ValueError as exc:
@@ -267,14 +302,18 @@ def _plan_encoded(
 ) -> Plan:
     """Composites, participant and track composite egress: one encode, every output."""
     identifier, fields = _identifier(spec, room)
-    namer = _Namer(output_root, identifier, fields, when, default_storage)
+    namer = _Namer(
+        output_root, identifier, fields, when, default_storage, egress_id, spec.network
+    )
     outputs: list[Output] = []
     files: list[PlannedFile] = []
     # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
     segment_targets: list[tuple[str, Path, Storage | None, bool]] = []
     image_targets: list[tuple[str, Path, Storage | None, bool]] = []
     if spec.file is not None:
-        relative, local = namer.file(spec.file.filepath, naming.file_extension(spec.file.file_type))
+        extension = naming.file_extension(spec.file.file_type)
+        relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
+        namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
         outputs.append(FileOutput(local))
         files.append(
             PlannedFile(
@@ -283,12 +322,21 @@ def _plan_encoded(
         )
     if spec.segments is not None:
         target = spec.segments
-        relative, local = namer.prefix(target.filename_prefix)
+        relative, local = namer.prefix(target.filename_prefix, target.field)
+        # Playlists sit beside the segments (validation refused directories in their names).
+        playlist = naming.playlist_name(local.name, target.playlist_name)
+        live_playlist = naming.live_playlist_name(target.live_playlist_name) or ""
+        namer.confine(local.parent / playlist, f"{target.field}.playlist_name")
+        if live_playlist:
+            namer.confine(local.parent / live_playlist, f"{target.field}.live_playlist_name")
+        first = naming.segment_name(local.name, target.suffix, 0, when)
+        namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+        namer.manifest_beside(local, target.field, target.disable_manifest)
         outputs.append(
             SegmentsOutput(
                 local,
-                playlist=target.playlist_name,
-                live_playlist=target.live_playlist_name,
+                playlist=playlist,
+                live_playlist=live_playlist,
                 segment_duration=float(target.segment_duration_s),
                 suffix=target.suffix,
             )
@@ -297,7 +345,10 @@ def _plan_encoded(
             (relative, local, namer.storage(target.storage), target.disable_manifest)
         )
     for target in spec.images:
-        relative, local = namer.prefix(target.filename_prefix)
+        relative, local = namer.prefix(target.filename_prefix, target.field)
+        first = naming.image_name(local.name, target.suffix, 0, when)
+        namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+        namer.manifest_beside(local, target.field, target.disable_manifest)
         outputs.append(
             ImageOutput(
                 local,
@@ -311,7 +362,7 @@ def _plan_encoded(
             (relative, local, namer.storage(target.storage), target.disable_manifest)
         )
     if spec.stream is not None:
-        outputs.append(StreamOutput(tuple(spec.stream.urls)))
+        outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
     try:

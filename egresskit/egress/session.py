@@ -7,7 +7,7 @@ import contextlib
 import logging
 import posixpath
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from livekit.protocol import egress as egress_pb
@@ -74,6 +74,7 @@ class EgressSession:
         self.plan = plan
         self.kind = kind  # the EgressSpec kind: room_composite, track, ...
         self.webhooks: tuple = ()  # the request's extra webhook targets
+        self.signing_key = ""  # the caller's API key, which signs those (empty: the server's)
         self._listener = listener
         self._max_duration_s = max_duration_s
         self._retry = retry or RetryPolicy()
@@ -135,7 +136,8 @@ class EgressSession:
             directory = self._directory(self.plan.segments, path)
             if directory is not None:
                 self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
-                self._delivery.announce(directory, path)
+                # Kept until the playlists listing it are stored (_release_local_copies).
+                self._delivery.announce(directory, path, keep_local=True)
         elif kind == "playlist_updated":
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path, any_name=True)
@@ -209,11 +211,18 @@ class EgressSession:
             return
         self._end_reason = reason
         self._end_status = status
+        if status == egress_pb.EGRESS_FAILED:
+            self._end_error = reason
         if self.info.status == egress_pb.EGRESS_STARTING and status is None:
             self._end_status = egress_pb.EGRESS_ABORTED
         self.info.status = egress_pb.EGRESS_ENDING
         self._changed("egress_updated")
         self._stopping = asyncio.create_task(self.plan.graph.stop())
+
+    def set_details(self, details: str) -> None:
+        """What the caller should know about a running egress (tracks left out, and why)."""
+        self.info.details = details
+        self._changed("egress_updated")
 
     def update_layout(self, layout: str) -> None:
         """Switch the compositor's layout at its next frame."""
@@ -266,6 +275,12 @@ class EgressSession:
             await asyncio.to_thread(memory.trim)
 
     async def _finish(self, state: GraphState) -> None:
+        """Deliver and report what was written, then end: no failing step keeps it from ending.
+
+        Each step runs guarded (a read-only directory, a full disk, a failing
+        storage); its error joins `info.error`, the steps after it still run,
+        and the egress always reaches a final status and sends egress_ended.
+        """
         graph = self.plan.graph
         info = self.info
         info.ended_at = time.time_ns()
@@ -274,23 +289,34 @@ class EgressSession:
             errors.append(
                 f"{graph.failed_stage}: {graph.error}" if graph.failed_stage else str(graph.error)
             )
-        for planned in self.plan.files:
-            error = await self._deliver(planned)
-            if error:
-                errors.append(error)
-        for directory in self.plan.segments:
-            self._announce_playlists(directory)
-        await self._delivery.finish()
-        errors.extend(self._delivery.errors)
-        self.upload_bytes += self._delivery.uploaded_bytes
-        if self._delivery.backup_used:
-            info.backup_storage_used = True
-        self._segment_results()
-        self._image_results()
-        if self.plan.stream is not None:
-            self._stream_results(self.plan.stream.states)
-        self._legacy_results()
-        await self._write_manifests(errors)
+        try:
+            for planned in self.plan.files:
+                with _collected(errors, f"file {planned.key}"):
+                    error = await self._deliver(planned)
+                    if error:
+                        errors.append(error)
+            with _collected(errors, "uploads"):
+                await self._delivery.finish()
+            for directory in self.plan.segments:
+                with _collected(errors, "segments"):
+                    await self._release_local_copies(directory)
+            errors.extend(self._delivery.errors)
+            self.upload_bytes += self._delivery.uploaded_bytes
+            if self._delivery.backup_used:
+                info.backup_storage_used = True
+            with _collected(errors, "results"):
+                self._segment_results()
+                self._image_results()
+                if self.plan.stream is not None:
+                    self._stream_results(self.plan.stream.states)
+                self._legacy_results()
+            await self._write_manifests(errors)
+        finally:
+            self._conclude(errors)
+
+    def _conclude(self, errors: list[str]) -> None:
+        """The final status, error and details; egress_ended; waiters released."""
+        info = self.info
         if errors:
             info.status = egress_pb.EGRESS_FAILED
             info.error = "; ".join(errors)
@@ -308,16 +334,33 @@ class EgressSession:
                 info.error_code = 412
         else:
             info.status = egress_pb.EGRESS_COMPLETE
-        info.details = self._end_reason or SOURCE_CLOSED
+        ended = self._end_reason or SOURCE_CLOSED
+        # warnings given while running (set_details) stay, after why the egress ended
+        info.details = f"{ended}; {info.details}" if info.details else ended
         self.ended_monotonic = time.monotonic()
-        self._changed("egress_ended")
-        self.done.set()
+        try:
+            self._changed("egress_ended")
+        finally:
+            self.done.set()
 
-    def _announce_playlists(self, directory: PlannedDirectory) -> None:
+    async def _release_local_copies(self, directory: PlannedDirectory) -> None:
+        """Delete the local copies of stored segments and playlists once every playlist is stored.
+
+        Until then (a playlist upload failed, the queue was full) they all
+        stay, so the local playlist, reported as the playlist's location,
+        plays from local files.
+        """
+        if directory.storage is None:
+            return
         segmenter = directory.stage
-        for playlist in (segmenter.playlist, segmenter.live_playlist):
-            if playlist is not None and playlist.exists():
-                self._delivery.announce(directory, playlist)
+        playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+        if not all(self._delivery.stored(p) for p in playlists):
+            return
+        segments = self._segments.get(directory.local_dir / directory.prefix, [])
+        for path in (*segments, *playlists):
+            if self._delivery.stored(path):
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _deliver(self, planned: PlannedFile) -> str:
         """Fill the file's result; upload it if it has a storage. Returns an error or ''."""
@@ -429,27 +472,41 @@ class EgressSession:
                 places.setdefault((directory.local_dir, directory.key_dir), directory.storage)
         if not places:
             return
-        manifest = self._manifest()
-        name = manifest_name(self.egress_id)
-        for (local_dir, key_dir), storage in places.items():
-            local = local_dir / name
-            await asyncio.to_thread(write_manifest, local, manifest)
-            location = str(local)
-            if storage is not None:
-                try:
-                    uploaded = await upload_with_retry(
-                        storage,
-                        local,
-                        posixpath.join(key_dir, name),
-                        "application/json",
-                        self._retry,
-                        self._backup,
+        with _collected(errors, "manifest"):
+            manifest = self._manifest()
+            name = manifest_name(self.egress_id)
+            for (local_dir, key_dir), storage in places.items():
+                with _collected(errors, "manifest"):
+                    location = await self._store_manifest(
+                        local_dir / name, posixpath.join(key_dir, name), storage, manifest, errors
                     )
-                except UploadFailed as exc:
-                    errors.append(f"manifest: {exc}")
-                else:
-                    location = uploaded.location
-                    with contextlib.suppress(OSError):
-                        await asyncio.to_thread(local.unlink)
-            if not self.info.manifest_location:
-                self.info.manifest_location = location
+                    if not self.info.manifest_location:
+                        self.info.manifest_location = location
+
+    async def _store_manifest(
+        self, local: Path, key: str, storage: Storage | None, manifest: dict, errors: list[str]
+    ) -> str:
+        """Write one manifest, upload it if it has a storage; its location (local if not)."""
+        await asyncio.to_thread(write_manifest, local, manifest)
+        if storage is None:
+            return str(local)
+        try:
+            uploaded = await upload_with_retry(
+                storage, local, key, "application/json", self._retry, self._backup
+            )
+        except UploadFailed as exc:
+            errors.append(f"manifest: {exc}")
+            return str(local)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(local.unlink)
+        return uploaded.location
+
+
+@contextlib.contextmanager
+def _collected(errors: list[str], step: str) -> Iterator[None]:
+    """Run one end-of-egress step; its failure is reported in `errors`, not raised."""
+    try:
+        yield
+    except Exception as exc:
+        log.warning("ending an egress: %s failed: %s", step, exc, exc_info=exc)
+        errors.append(f"{step}: {exc}")

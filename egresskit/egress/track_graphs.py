@@ -23,6 +23,7 @@ from livekit.protocol import models
 
 from egresskit.egress import naming
 from egresskit.egress.graphs import CompositeStages, composite_graph
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import EOS, Graph, LinkPolicy, Stage
 from egresskit.rooms.events import ParticipantLeft, TrackUnpublished
 from egresskit.rooms.local import LocalRoom, LocalTrack
@@ -187,7 +188,12 @@ def track_graph(
 
 
 def track_websocket_graph(
-    room: LocalRoom, track_sid: str, url: str, *, name: str = "track-websocket"
+    room: LocalRoom,
+    track_sid: str,
+    url: str,
+    *,
+    name: str = "track-websocket",
+    network: NetworkPolicy | None = None,
 ) -> tuple[Graph, WebsocketStages]:
     """An audio track decoded and sent to `url` as PCM S16LE 48 kHz stereo, 20 ms a message.
 
@@ -202,7 +208,7 @@ def track_websocket_graph(
         RoomSubscriber(room, video=False, track_filter=lambda t: t.sid == track_sid)
     )
     mixer = graph.add(AudioMixer())
-    sink = graph.add(WebsocketAudioSink(url))
+    sink = graph.add(WebsocketAudioSink(url, network=network))
     watch = graph.add(SourceWatch(room, track_sids=[track_sid]))
     graph.link(subscriber.audio, mixer.input, maxsize=TRACK_ITEMS_QUEUE)
     graph.link(subscriber.audio, sink.events, maxsize=TRACK_ITEMS_QUEUE)

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
@@ -32,6 +32,9 @@ from egresskit.egress.encoding import (
     InvalidRequest,
     audio_codec_of,
 )
+from egresskit.netpolicy import DestinationDenied, NetworkPolicy
+from egresskit.stages.stream import SRT_LOCAL_OPTIONS
+from egresskit.storage.registry import MissingCredentials, check_request_upload
 
 Storage = (
     egress_pb.S3Upload | egress_pb.GCPUpload | egress_pb.AzureBlobUpload | egress_pb.AliOSSUpload
@@ -44,6 +47,14 @@ DEFAULT_SEGMENT_DURATION_S = 4
 DEFAULT_CAPTURE_INTERVAL_S = 10
 MAX_IMAGE_DIMENSION = 4096
 
+_SRT_CALLER_MODES = frozenset({"", "caller", "client"})
+_STORAGE_FIELDS = {
+    "S3Upload": "s3",
+    "GCPUpload": "gcp",
+    "AzureBlobUpload": "azure",
+    "AliOSSUpload": "aliOSS",
+}
+_AZURE_ACCOUNT = re.compile(r"^[a-z0-9]{3,24}$")
 _LAYOUT = re.compile(r"^(grid|speaker|single-speaker)(-(light|dark))?$")
 _SCHEMES: dict[str, StreamProtocol] = {
     "rtmp": "rtmp",
@@ -98,6 +109,7 @@ class FileTarget:
     file_type: FileType
     disable_manifest: bool
     storage: Storage | None
+    field: str  # where the request names it, for errors about its path
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,7 @@ class SegmentsTarget:
     fragmented_mp4: bool
     disable_manifest: bool
     storage: Storage | None
+    field: str
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class ImagesTarget:
     suffix: int  # egress_pb.ImageFileSuffix
     disable_manifest: bool
     storage: Storage | None
+    field: str
 
 
 @dataclass(frozen=True)
@@ -162,6 +176,18 @@ class EgressSpec:
     video_track_id: str = ""
     track_id: str = ""
     audio_config: egress_pb.AudioConfig | None = None
+    # Set by `check_caller` for a caller's request: where its destinations may be (None: the
+    # operator's own request), and the API key that signs its webhooks.
+    network: NetworkPolicy | None = None
+    caller_key: str = ""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who sent a request through the API, for the rules that depend on it."""
+
+    api_key: str  # of the caller's token: the only key its webhooks may be signed with
+    network: NetworkPolicy
 
 
 @dataclass
@@ -209,7 +235,70 @@ def stream_protocol(url: str, field: str = "url") -> StreamProtocol:
         )
     if not host:
         raise InvalidRequest(field, "stream URL has no host")
+    if protocol == "srt":
+        _check_srt_options(parts.query, field)
     return protocol
+
+
+def _check_srt_options(query: str, field: str) -> None:
+    """Egress calls SRT listeners; options that would bind or listen here are refused."""
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    if options.get("mode", "").lower() not in _SRT_CALLER_MODES:
+        raise InvalidRequest(field, "SRT URLs must use caller mode: egress connects out")
+    local = sorted(SRT_LOCAL_OPTIONS - {"mode"} & options.keys())
+    if local:
+        raise InvalidRequest(field, f"SRT option(s) {', '.join(local)} are not allowed")
+    if "passphrase" in options and not 10 <= len(options["passphrase"]) <= 79:
+        raise InvalidRequest(field, "an SRT passphrase has 10 to 79 characters")
+
+
+def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
+    """Apply the rules for a caller's request: its destinations, storage and webhook keys.
+
+    Literal addresses the network policy refuses are `InvalidRequest` here; names
+    are checked again when connecting. Storage named in the request must bring its
+    own credentials. Webhooks are signed with the caller's own key only.
+    """
+    for index, webhook in enumerate(spec.webhooks):
+        field = f"webhooks[{index}]"
+        check_destination(webhook.url, f"{field}.url", caller.network)
+        if webhook.signing_key and webhook.signing_key != caller.api_key:
+            raise InvalidRequest(
+                f"{field}.signing_key", "must be empty or the API key of the request's token"
+            )
+    if spec.stream is not None:
+        for url in spec.stream.urls:
+            check_destination(url, "stream.urls", caller.network)
+    if spec.websocket_url:
+        check_destination(spec.websocket_url, "websocket_url", caller.network)
+    stored = [("file", spec.file), ("segments", spec.segments)]
+    stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
+    for field, target in stored:
+        if target is not None and target.storage is not None:
+            _check_caller_storage(target.storage, field, caller.network)
+    return dataclasses.replace(spec, network=caller.network, caller_key=caller.api_key)
+
+
+def check_destination(url: str, field: str, network: NetworkPolicy) -> None:
+    """InvalidRequest if `url`'s host is an address `network` refuses."""
+    try:
+        network.check_url(url)
+    except DestinationDenied as exc:
+        raise InvalidRequest(field, str(exc)) from None
+    except ValueError:
+        raise InvalidRequest(field, "not a valid URL") from None
+
+
+def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) -> None:
+    field = f"{field}.{_STORAGE_FIELDS[storage.DESCRIPTOR.name]}"
+    try:
+        check_request_upload(storage)
+    except MissingCredentials as exc:
+        raise InvalidRequest(field, str(exc)) from None
+    if "endpoint" in storage.DESCRIPTOR.fields_by_name and storage.endpoint:
+        check_destination(storage.endpoint, f"{field}.endpoint", network)
+    if "proxy" in storage.DESCRIPTOR.fields_by_name and storage.proxy.url:
+        check_destination(storage.proxy.url, f"{field}.proxy.url", network)
 
 
 def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
@@ -314,7 +403,7 @@ def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     if output == "file":
         storage = _storage_of(req.file, "file")
         return dataclasses.replace(
-            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage)
+            spec, file=FileTarget(req.file.filepath, "", req.file.disable_manifest, storage, "file")
         )
     raise InvalidRequest("output", "set file or websocket_url")
 
@@ -389,12 +478,12 @@ def _passthrough(spec: EgressSpec, outputs: _Outputs) -> EgressSpec:
         raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
     if outputs.streams or outputs.segments or outputs.images or len(outputs.files) != 1:
         raise InvalidRequest("outputs", "PASSTHROUGH writes exactly one file output")
-    _, message, storage = outputs.files[0]
+    field, message, storage = outputs.files[0]
     return dataclasses.replace(
         spec,
         kind="track",
         track_id=tracks[0],
-        file=FileTarget(message.filepath, "", message.disable_manifest, storage),
+        file=FileTarget(message.filepath, "", message.disable_manifest, storage, field),
     )
 
 
@@ -473,7 +562,7 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     if outputs.files:
         field, message, storage = outputs.files[0]
         file_type = _file_type(message, field, spec.video, explicit_codec, outputs)
-        file = FileTarget(message.filepath, file_type, message.disable_manifest, storage)
+        file = FileTarget(message.filepath, file_type, message.disable_manifest, storage, field)
     stream = None
     if outputs.streams:
         stream = _stream_target(*outputs.streams[0])
@@ -572,6 +661,11 @@ def _segments_target(
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.protocol not in egress_pb.SegmentedFileProtocol.values():
         raise InvalidRequest(f"{field}.protocol", "unknown protocol")
+    for name in ("playlist_name", "live_playlist_name"):
+        if "/" in getattr(message, name):
+            raise InvalidRequest(
+                f"{field}.{name}", "must be a file name: playlists are written beside the segments"
+            )
     return SegmentsTarget(
         filename_prefix=message.filename_prefix,
         playlist_name=message.playlist_name,
@@ -581,6 +675,7 @@ def _segments_target(
         fragmented_mp4=message.protocol == egress_pb.HLS_FMP4_PROTOCOL,
         disable_manifest=message.disable_manifest,
         storage=storage,
+        field=field,
     )
 
 
@@ -605,6 +700,7 @@ def _images_target(
         suffix=message.filename_suffix,
         disable_manifest=message.disable_manifest,
         storage=storage,
+        field=field,
     )
 
 
@@ -631,6 +727,11 @@ def _check_storage(storage: Storage, field: str) -> None:
     if isinstance(storage, egress_pb.AzureBlobUpload):
         _require(storage.account_name, f"{field}.account_name")
         _require(storage.container_name, f"{field}.container_name")
+        # The account name becomes the host name <account>.blob.core.windows.net.
+        if not _AZURE_ACCOUNT.match(storage.account_name):
+            raise InvalidRequest(
+                f"{field}.account_name", "must be 3 to 24 lowercase letters and digits"
+            )
     else:
         _require(storage.bucket, f"{field}.bucket")
 

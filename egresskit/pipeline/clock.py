@@ -32,6 +32,11 @@ class GraphClock:
             return 0.0
         return time.monotonic() - self._t0
 
+    def media_time(self, monotonic: float) -> float:
+        """The media time of a `time.monotonic()` instant (negative before the start)."""
+        assert self._t0 is not None, "the clock has not started"
+        return monotonic - self._t0
+
     def wall_ns(self, media_time: float) -> int:
         """The wall-clock time (Unix ns) at which a media time happened."""
         return self.started_at_ns + int(media_time * 1e9)

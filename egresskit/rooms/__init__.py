@@ -1,4 +1,4 @@
-"""Rooms that egress records: embedded rooms fed by WHIP publishers or in-process tracks."""
+"""Rooms that egress records: embedded rooms (WHIP publishers, in-process tracks) and LiveKit rooms."""
 
 from egresskit.rooms.events import (
     ParticipantJoined,
@@ -8,11 +8,12 @@ from egresskit.rooms.events import (
     TrackPublished,
     TrackUnpublished,
 )
-from egresskit.rooms.ice import restrict_ice_addresses
+from egresskit.rooms.livekit import LiveKitRoom
 from egresskit.rooms.local import LocalParticipant, LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.whip import whip_app
 
 __all__ = [
+    "LiveKitRoom",
     "LocalParticipant",
     "LocalRoom",
     "LocalTrack",
@@ -23,6 +24,5 @@ __all__ = [
     "TrackMuted",
     "TrackPublished",
     "TrackUnpublished",
-    "restrict_ice_addresses",
     "whip_app",
 ]

@@ -7,7 +7,8 @@ frame), reassembles frames in its jitter buffer, unwraps RTP timestamps
 and puts each `(codec, JitterFrame)` on a private queue read by its decoder
 thread. That thread constructs its decoder on the first frame it is given.
 
-This module is the only place that reaches into aiortc, and it touches:
+This module is the only place that reaches into aiortc's receiver (`egresskit.rooms.udp`
+reaches its ICE sockets), and it touches:
 
 - `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (name-mangled): replaced
   by a router that copies every reassembled frame to encoded subscribers and,
@@ -17,8 +18,25 @@ This module is the only place that reaches into aiortc, and it touches:
   receiver stopping), so it never constructs a decoder, and its track ends
   exactly as before.
 - `RTCRtpReceiver._send_rtcp_pli(ssrc)`: asks the sender for a key frame.
-- `JitterFrame.data` and `.timestamp`: the frame's bytes (H.264 as Annex B)
-  and its unwrapped RTP timestamp.
+- `RTCRtpReceiver._handle_rtcp_packet(packet)`, the coroutine its
+  transport calls for RTCP: shadowed on the instance to give each sender
+  report to the track's `TrackTimeline` (`egresskit.rooms.timeline`).
+- `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
+  reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
+  (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
+  timestamp) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
+  `_AudioPackets`, which hands each Opus packet on as it arrives instead of
+  holding four packets (80 ms) back (the timeline puts it in its place);
+  for video by `_VideoFrames`, which hands a frame on as soon as it is
+  complete and gives up on a missing packet after `MAX_PACKET_WAIT_S`.
+  aiortc calls its `add(packet)` and expects `(pli_flag, JitterFrame or
+  None)`; packets carry the depayloaded bytes in `_data`.
+- `RTCRtpReceiver._RTCRtpReceiver__nack_generator` (video): replaced by
+  `_LostPackets`, with aiortc's `add(packet) -> bool` and `missing` set,
+  which prunes old losses only when a new one is found instead of on
+  every packet.
+- `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
+  bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
   `codec.clockRate` of the `RTCRtpCodecParameters` inside them.
 
@@ -37,9 +55,13 @@ from typing import Any
 
 import av
 from aiortc import RTCRtpReceiver
+from aiortc.jitterbuffer import JitterFrame
+from aiortc.rtp import RTP_HISTORY_SIZE, RtcpSrPacket, RtpPacket
+from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
 from egresskit.rooms.decoder import FramesCallback, TrackDecoder
+from egresskit.rooms.timeline import SenderClock, TrackTimeline
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +72,17 @@ KEYFRAME_REQUEST_INTERVAL_S = 1.0
 ENCODED_QUEUE = 120
 
 _H264_IDR = 5
+# How long video waits for a missing packet (retransmission asked for by NACK)
+# before skipping it and asking for a key frame: a packet lost for good would
+# otherwise hold video back until 512 more packets had filled the buffer. A
+# retransmission takes a round trip plus jitter; the wait stays well inside
+# the composite's playout delay (PLAYOUT_DELAY_S, 0.5 s).
+MAX_PACKET_WAIT_S = 0.25
+# Video packets held at most while a missing one is awaited (aiortc holds 512).
+MAX_BUFFERED = 512
+_WRAP = 1 << 32
+# Until the first frame says which codec arrives, the usual clock rate of each kind.
+DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +91,8 @@ class EncodedFrame:
 
     `timestamp` is in units of `clock_rate` (90 kHz for video, 48 kHz for
     Opus), counted from the receiver's first frame; a pause in sending is a
-    jump in it, never a renumbering.
+    jump in it, never a renumbering. `EncodedReceiver.time_of(timestamp)`
+    says when the sender captured it.
     """
 
     data: bytes
@@ -121,6 +155,141 @@ class _FrameRouter:
         return self._inner.get(*args, **kwargs)
 
 
+class _AudioPackets:
+    """Stands in for aiortc's audio jitter buffer: every Opus packet is a frame, passed on at once.
+
+    A packet older than one already passed on (reordered, or a duplicate)
+    is dropped: frames must leave in order.
+    """
+
+    def __init__(self) -> None:
+        self._last: int | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
+            return False, None
+        self._last = packet.sequence_number
+        return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
+
+
+class _LostPackets:
+    """Stands in for aiortc's NackGenerator: which packets are missing, for NACKs.
+
+    The same bookkeeping, except that losses older than RTP_HISTORY_SIZE
+    (which the sender no longer keeps) are pruned when a new loss is found,
+    not on every packet: a receiver that lost many packets does not pay for
+    them on each one that follows.
+    """
+
+    def __init__(self) -> None:
+        self.max_seq: int | None = None
+        self.missing: set[int] = set()
+
+    def add(self, packet: RtpPacket) -> bool:
+        """Note a packet; True when it revealed new missing packets (send a NACK)."""
+        seq = packet.sequence_number
+        if self.max_seq is None:
+            self.max_seq = seq
+            return False
+        if not uint16_gt(seq, self.max_seq):
+            self.missing.discard(seq)
+            return False
+        gap = uint16_add(seq, -self.max_seq) - 1
+        self.max_seq = seq
+        if not gap:
+            return False
+        self.missing.update(uint16_add(seq, -k) for k in range(1, min(gap, RTP_HISTORY_SIZE) + 1))
+        oldest = uint16_add(seq, -RTP_HISTORY_SIZE)
+        self.missing = {s for s in self.missing if not uint16_gt(oldest, s)}
+        return True
+
+
+class _VideoFrames:
+    """Stands in for aiortc's video jitter buffer: frames leave in order, once complete.
+
+    A frame is complete when every packet from its first to the one with
+    the marker bit (RFC 3550; the last of a video frame in WebRTC) is there,
+    or when the next frame's first packet follows without a gap. That is one
+    frame interval sooner than aiortc, which waits for the next frame, and
+    each packet is looked at once instead of every buffered packet on every
+    arrival.
+
+    A missing packet (asked for again by aiortc's NACK) is waited for at
+    most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets are held; then
+    the hole and the frame after it (which may have lost its start) are
+    dropped, frames flow again, and a key frame is asked for (the PLI flag):
+    pictures that referred to what was lost decode wrong until it comes.
+    """
+
+    def __init__(self) -> None:
+        self._packets: dict[int, RtpPacket] = {}
+        self._next: int | None = None  # sequence number of the next frame's first packet
+        self._complete = 0  # packets of that frame known to be there, from _next on
+        self._stuck_since: float | None = None
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._next is None:
+            self._next = seq
+        elif seq != self._next and not uint16_gt(seq, self._next):
+            return False, None  # a frame already handed on or skipped
+        elif uint16_add(seq, -self._next) >= MAX_BUFFERED:
+            self._packets.clear()
+            self._next, self._complete = seq, 0
+            self._packets[seq] = packet
+            return True, self._take()
+        self._packets.setdefault(seq, packet)
+        frame = self._take()
+        if frame is not None or self._next in self._packets:
+            self._stuck_since = None
+            return False, frame
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        if now - self._stuck_since < MAX_PACKET_WAIT_S and len(self._packets) < MAX_BUFFERED:
+            return False, None
+        self._stuck_since = None
+        self._skip_hole()
+        return True, self._take()
+
+    def _take(self) -> JitterFrame | None:
+        """The head frame if it is complete, removed from the buffer."""
+        packets = self._packets
+        head = packets.get(self._next)
+        if head is None:
+            return None
+        while True:
+            seq = uint16_add(self._next, self._complete)
+            packet = packets.get(seq)
+            if packet is None:
+                return None
+            if packet.timestamp != head.timestamp:
+                break  # the next frame began right after this one
+            self._complete += 1
+            if packet.marker:
+                break
+        frame_packets = [packets.pop(uint16_add(self._next, i)) for i in range(self._complete)]
+        self._next, self._complete = uint16_add(self._next, self._complete), 0
+        data = b"".join(p._data for p in frame_packets)  # type: ignore[attr-defined]
+        return JitterFrame(data=data, timestamp=head.timestamp)
+
+    def _skip_hole(self) -> None:
+        """Move past the missing packets at the head and the frame that follows them."""
+        assert self._next is not None
+        ahead = sorted(uint16_add(seq, -self._next) for seq in self._packets)
+        if not ahead:
+            return
+        first = self._packets[uint16_add(self._next, ahead[0])]
+        skip = ahead[0]
+        for distance in ahead:
+            packet = self._packets[uint16_add(self._next, distance)]
+            if packet.timestamp != first.timestamp:
+                break
+            skip = distance + 1
+            del self._packets[uint16_add(self._next, distance)]
+        self._next, self._complete = uint16_add(self._next, skip), 0
+
+
 class EncodedReceiver:
     """Encoded frames of one aiortc receiver for subscribers; decoding while `decoding` is set.
 
@@ -129,20 +298,33 @@ class EncodedReceiver:
     Subscriber links are BLOCK links filled without waiting: a subscriber
     that falls `ENCODED_QUEUE` frames behind loses frames (counted on its
     link) and resumes at the next key frame, which is requested at once.
+
+    `timeline` places every frame in time; tracks of one peer connection
+    should share one `sender` clock so their frames stay aligned.
     """
 
-    def __init__(self, receiver: RTCRtpReceiver) -> None:
+    def __init__(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
         self._receiver = receiver
         self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
         inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
         receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
+        kind = receiver.track.kind if receiver.track is not None else "video"
+        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
+        self._clock_rate_known = False
+        self._handle_rtcp = receiver._handle_rtcp_packet
+        receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
+        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
+        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        if kind == "video":
+            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
         self._last_request = 0.0
         self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.frames_received = 0  # reassembled frames, wanted or not
         self.frames_decoded = 0
 
     @property
@@ -198,8 +380,31 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
+    async def _rtcp_packet(self, packet: Any) -> None:
+        if isinstance(packet, RtcpSrPacket) and packet.ssrc not in self._rtx_ssrcs():
+            info = packet.sender_info
+            self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp)
+        await self._handle_rtcp(packet)
+
+    def _rtx_ssrcs(self) -> dict[int, int]:
+        return self._receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
+
+    def _rtp_timestamp(self, timestamp: int) -> int:
+        """The RTP timestamp of an unwrapped one."""
+        origin = self._receiver._RTCRtpReceiver__timestamp_mapper._origin  # type: ignore[attr-defined]
+        return (timestamp + (origin or 0)) % _WRAP
+
+    def time_of(self, timestamp: int) -> float:
+        """The capture time (monotonic s) of a frame with this unwrapped timestamp (or pts)."""
+        return self.timeline.time_of(self._rtp_timestamp(timestamp))
+
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
+        self.frames_received += 1
+        if not self._clock_rate_known:
+            self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
+        # frames are handed on as their last packet arrives: they were captured before now
+        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType

@@ -48,8 +48,12 @@ SID_ALPHABET = string.ascii_letters + string.digits
 # A BLOCK subscriber that stops reading must not stall the reader for ever:
 # the reader is the only thing keeping the remote track's buffer small.
 BLOCKED_SUBSCRIBER_WAIT_S = 2.0
+# An in-process track whose pts and arrival times part by more is timed afresh.
+IN_PROCESS_RESYNC_S = 1.0
 # Bound on tearing down a publisher's connection or receiver.
 RELEASE_TIMEOUT_S = 5.0
+# A room empty this long, that nobody watches, is dropped (LiveKit's default empty_timeout).
+EMPTY_ROOM_TIMEOUT_S = 300.0
 
 DEFAULT_MIME_TYPES = {"video": "video/VP8", "audio": "audio/opus"}
 TRACK_TYPES = {"video": models.TrackType.VIDEO, "audio": models.TrackType.AUDIO}
@@ -84,8 +88,9 @@ class LocalTrack:
         mime_type: str,
         release: Callable[[], Awaitable[None]] | None,
         encoded: EncodedReceiver | None = None,
+        sid: str | None = None,
     ) -> None:
-        self.sid = new_sid("TR_")
+        self.sid = sid or new_sid("TR_")
         self.kind: int = TRACK_TYPES[media.kind]
         self.source = source
         self.name = name
@@ -101,6 +106,8 @@ class LocalTrack:
         self._subscribers: list[Link] = []
         self._reader: asyncio.Task[None] | None = None
         self._ended = False
+        # in-process frames: (pts in seconds, monotonic arrival) of the frame timing them
+        self._anchor: tuple[float, float] | None = None
 
     def __repr__(self) -> str:
         return f"LocalTrack({self.sid}, {self.mime_type}, {self.participant.identity!r})"
@@ -119,6 +126,31 @@ class LocalTrack:
         with contextlib.suppress(ValueError):
             self._subscribers.remove(link)
         self._update_decoding()
+
+    def frame_time(self, frame: av.AudioFrame | av.VideoFrame) -> float | None:
+        """When a frame of this track was captured, on `time.monotonic()`; None if unknown.
+
+        WebRTC frames are timed by their sender (`egresskit.rooms.timeline`);
+        in-process frames by their pts, from the arrival of the frame that
+        anchored it (see `_anchor_time`).
+        """
+        if frame.pts is None or frame.time_base is None:
+            return None
+        if self._encoded is not None:
+            return self._encoded.time_of(frame.pts)
+        if self._anchor is None:
+            return None
+        pts, arrival = self._anchor
+        return arrival + float(frame.pts * frame.time_base) - pts
+
+    def _anchor_time(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+        """Time in-process frames from their pts, re-anchored when pts and arrival part by 1 s."""
+        if frame.pts is None or frame.time_base is None:
+            return
+        now = time.monotonic()
+        timed = self.frame_time(frame)
+        if timed is None or abs(timed - now) > IN_PROCESS_RESYNC_S:
+            self._anchor = (float(frame.pts * frame.time_base), now)
 
     @property
     def has_encoded_media(self) -> bool:
@@ -162,6 +194,7 @@ class LocalTrack:
             except Exception:
                 log.exception("track %s failed; unpublishing it", self.sid)
                 break
+            self._anchor_time(frame)
             # A copy: subscribers may come and go while a BLOCK link makes us wait.
             for link in list(self._subscribers):
                 if link.policy is LinkPolicy.BLOCK:
@@ -230,8 +263,9 @@ class LocalParticipant:
         metadata: str,
         kind: int,
         connection: Closable | None,
+        sid: str | None = None,
     ) -> None:
-        self.sid = new_sid("PA_")
+        self.sid = sid or new_sid("PA_")
         self.identity = identity
         self.name = name
         self.metadata = metadata
@@ -253,6 +287,8 @@ class LocalRoom:
         self.sid = new_sid("RM_")
         self.created_at = time.time()
         self.participants: dict[str, LocalParticipant] = {}
+        # time.monotonic() since when the room has had no participant; None while it has one.
+        self.empty_since: float | None = time.monotonic()
         self._event_links: list[Link] = []
         self._on_event = on_event
 
@@ -263,6 +299,11 @@ class LocalRoom:
     def empty(self) -> bool:
         return not self.participants
 
+    @property
+    def watched(self) -> bool:
+        """Whether something (an egress waiting for publishers) follows the room's events."""
+        return bool(self._event_links)
+
     def join(
         self,
         identity: str,
@@ -271,11 +312,13 @@ class LocalRoom:
         metadata: str = "",
         kind: int = models.ParticipantInfo.Kind.STANDARD,
         connection: Closable | None = None,
+        sid: str | None = None,
     ) -> LocalParticipant:
         """Add a participant; joining with an identity already present returns that participant.
 
         `connection` (a WHIP peer connection) is closed when the participant
-        leaves; it cannot be attached to an existing participant.
+        leaves; it cannot be attached to an existing participant. `sid` keeps
+        an id given elsewhere (a LiveKit server's); by default one is made.
         """
         existing = self.participants.get(identity)
         if existing is not None:
@@ -283,9 +326,10 @@ class LocalRoom:
                 raise ValueError(f"participant {identity!r} is already in room {self.name!r}")
             return existing
         participant = LocalParticipant(
-            self, identity, name=name, metadata=metadata, kind=kind, connection=connection
+            self, identity, name=name, metadata=metadata, kind=kind, connection=connection, sid=sid
         )
         self.participants[identity] = participant
+        self.empty_since = None
         self._emit(ParticipantJoined(self, participant))
         return participant
 
@@ -299,6 +343,7 @@ class LocalRoom:
         mime_type: str | None = None,
         release: Callable[[], Awaitable[None]] | None = None,
         encoded: EncodedReceiver | None = None,
+        sid: str | None = None,
     ) -> LocalTrack:
         """Publish a media track for `identity`, joining it if needed.
 
@@ -307,6 +352,7 @@ class LocalRoom:
         WebRTC publisher would send. `release` is awaited after unpublishing,
         so a publisher can stop what feeds the track (a WebRTC receiver).
         `encoded` offers the track's encoded frames and decodes on demand.
+        `sid` keeps an id given elsewhere (a LiveKit server's).
         This coroutine never suspends, so a caller can publish several tracks
         with no other task changing the room in between.
         """
@@ -321,6 +367,7 @@ class LocalRoom:
             mime_type=mime_type or DEFAULT_MIME_TYPES[track.kind],
             release=release,
             encoded=encoded,
+            sid=sid,
         )
         participant.tracks[local.sid] = local
         local._start(self._remove_track)
@@ -345,6 +392,8 @@ class LocalRoom:
         # Another task may have replaced the participant while tracks were released.
         if self.participants.get(identity) is participant:
             del self.participants[identity]
+            if not self.participants:
+                self.empty_since = time.monotonic()
             self._emit(ParticipantLeft(self, participant))
         if participant.connection is not None:
             connection, participant.connection = participant.connection, None
@@ -416,24 +465,44 @@ class LocalRoom:
 
 
 class RoomManager:
-    """The embedded rooms of a process, by name, created on first use."""
+    """The embedded rooms of a process, by name, created on first use.
 
-    def __init__(self, on_event: Callable[[RoomEvent], None] | None = None) -> None:
+    A room that has been empty for `empty_timeout_s`, with nothing following
+    its events, is dropped (checked whenever rooms are looked up), so rooms
+    named once by a publisher do not stay listed, and held, for ever.
+    """
+
+    def __init__(
+        self,
+        on_event: Callable[[RoomEvent], None] | None = None,
+        *,
+        empty_timeout_s: float = EMPTY_ROOM_TIMEOUT_S,
+    ) -> None:
         """`on_event` sees every event of every room (webhooks, auto egress); it must not block."""
         self._rooms: dict[str, LocalRoom] = {}
         self._on_event = on_event
+        self._empty_timeout_s = empty_timeout_s
 
     def get_or_create(self, name: str) -> LocalRoom:
-        room = self._rooms.get(name)
+        room = self.get(name)
         if room is None:
             room = self._rooms[name] = LocalRoom(name, self._on_event)
         return room
 
     def get(self, name: str) -> LocalRoom | None:
+        self._drop_abandoned()
         return self._rooms.get(name)
 
     def rooms(self) -> list[LocalRoom]:
+        self._drop_abandoned()
         return list(self._rooms.values())
+
+    def _drop_abandoned(self) -> None:
+        now = time.monotonic()
+        for name, room in list(self._rooms.items()):
+            since = room.empty_since
+            if since is not None and now - since >= self._empty_timeout_s and not room.watched:
+                del self._rooms[name]
 
     async def close(self) -> None:
         """Close every room: participants leave and their peer connections close."""

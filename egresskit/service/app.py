@@ -1,4 +1,4 @@
-"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, health, metrics."""
+"""The aiohttp application of `egresskit serve`: Egress API, WHIP ingest, WHEP playback, console, health, metrics."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.admission import Admission, CpuCosts
+from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.session import EgressSession
 from egresskit.rooms import (
@@ -23,10 +24,13 @@ from egresskit.rooms import (
     TrackUnpublished,
     whip_app,
 )
+from egresskit.rooms.whep import whep_app
 from egresskit.service.auth import EGRESS_GRANT, require_grant
 from egresskit.service.auto_egress import AutoEgress, parse_room_egress
 from egresskit.service.config import ServiceConfig
+from egresskit.service.console import Console
 from egresskit.service.egress_api import EgressApi
+from egresskit.service.files import files_app
 from egresskit.service.metrics import render_metrics
 from egresskit.service.room_api import (
     ROOM_GRANTS,
@@ -36,7 +40,7 @@ from egresskit.service.room_api import (
     room_info,
     track_info,
 )
-from egresskit.service.twirp import TwirpService
+from egresskit.service.twirp import TwirpError, TwirpService
 from egresskit.service.webhooks import WebhookNotifier
 from egresskit.storage.s3 import shared_session
 from egresskit.storage.upload import RetryPolicy
@@ -51,6 +55,10 @@ WEBHOOKS = web.AppKey("webhooks", WebhookNotifier)
 EGRESS_SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
 # How long SIGTERM waits for running egresses to finish their files.
 DRAIN_TIMEOUT_S = 30.0
+# aiohttp's keepalive timeout, which also runs from the connection's start until
+# a request's headers are complete: the bound on reading headers (slowloris) and
+# on idle keep-alive connections. aiohttp has no separate header timeout.
+HEADER_TIMEOUT_S = 10.0
 
 
 def ice_addresses(bind: str) -> list[str] | None:
@@ -79,10 +87,18 @@ def notify_room_event(webhooks: WebhookNotifier, event: RoomEvent) -> None:
         )
 
 
+def livekit_server(config: ServiceConfig) -> LiveKitServer | None:
+    """The LiveKit server whose rooms egresses record, if one is configured."""
+    if not config.livekit_url:
+        return None
+    return LiveKitServer(config.livekit_url, config.livekit_api_key, config.livekit_api_secret)
+
+
 def create_app(config: ServiceConfig) -> web.Application:
     app = web.Application(client_max_size=4 * 1024 * 1024)
+    network = config.network_policy
     webhooks = WebhookNotifier(
-        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys
+        config.api_key, config.api_secret, config.webhook_urls, keys=config.keys, network=network
     )
     observers: list[Callable[[RoomEvent], None]] = [lambda e: notify_room_event(webhooks, e)]
 
@@ -90,10 +106,10 @@ def create_app(config: ServiceConfig) -> web.Application:
         for observe in observers:
             observe(event)
 
-    rooms = RoomManager(on_event=on_room_event)
+    rooms = RoomManager(on_event=on_room_event, empty_timeout_s=config.empty_room_timeout_s)
 
     def on_event(event: str, session: EgressSession) -> None:
-        webhooks.notify(event, session.public_info(), session.webhooks)
+        webhooks.notify(event, session.public_info(), session.webhooks, session.signing_key)
 
     manager = EgressManager(
         rooms,
@@ -107,6 +123,7 @@ def create_app(config: ServiceConfig) -> web.Application:
             config.upload_attempts, config.upload_initial_delay, config.upload_max_delay
         ),
         on_event=on_event,
+        livekit=livekit_server(config),
     )
     auto_egress = AutoEgress(manager, parse_room_egress(config.auto_egress))
     if auto_egress.enabled:
@@ -116,18 +133,59 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[MANAGER] = manager
     app[WEBHOOKS] = webhooks
 
+    max_ttl = config.max_token_ttl_s
     TwirpService(
-        EGRESS_SERVICE, EgressApi(manager), authorize=require_grant(config.keys, EGRESS_GRANT)
+        EGRESS_SERVICE,
+        EgressApi(manager, network),
+        authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
-    TwirpService(
-        ROOM_SERVICE, RoomApi(rooms), authorize=require_grant(config.keys, ROOM_GRANTS, any_of=True)
-    ).add_to(app)
+    if manager.livekit is None:
+        TwirpService(
+            ROOM_SERVICE,
+            RoomApi(rooms),
+            authorize=require_grant(config.keys, ROOM_GRANTS, max_ttl=max_ttl, any_of=True),
+        ).add_to(app)
+    else:
+        app.router.add_post(f"/twirp/{ROOM_SERVICE.full_name}/{{method}}", room_service_elsewhere)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.add_subapp("/whip", whip_app(rooms, config.keys, ice_addresses=ice_addresses(config.bind)))
+    app.add_subapp(
+        "/whip",
+        whip_app(
+            rooms,
+            config.keys,
+            ice_addresses=ice_addresses(config.bind),
+            max_token_ttl_s=max_ttl,
+        ),
+    )
+    app.add_subapp(
+        "/whep",
+        whep_app(
+            rooms,
+            config.keys,
+            ice_addresses=ice_addresses(config.bind),
+            max_token_ttl_s=max_ttl,
+        ),
+    )
+    if config.console_enabled:
+        console = Console(config, rooms, manager)
+        observers.append(console.on_room_event)
+        console.add_routes(app)
+        app.add_subapp(
+            "/files", files_app(config.output_dir, config.keys, max_token_ttl_s=max_ttl)
+        )
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     return app
+
+
+async def room_service_elsewhere(request: web.Request) -> web.Response:
+    """With a LiveKit server configured, its rooms and its RoomService are the server's own."""
+    return TwirpError(
+        "unimplemented",
+        "RoomService is served by the LiveKit server this egresskit records "
+        f"({request.app[MANAGER].livekit.url}), not by egresskit",
+    ).to_response()
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:

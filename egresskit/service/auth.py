@@ -22,13 +22,15 @@ def require_grant(
     grant: str | Sequence[str],
     *,
     leeway: float = DEFAULT_LEEWAY_S,
+    max_ttl: float = 0,
     any_of: bool = False,
 ) -> Authorize:
     """An `authorize` callable for `TwirpService` accepting tokens signed by one of `keys`.
 
     `keys` maps API keys to their secrets. `grant` names the video grant(s)
     the token must hold, as `roomRecord` or `video.roomRecord`; with several,
-    every one is required, or one of them with `any_of`. The callable
+    every one is required, or one of them with `any_of`. `max_ttl` (0 = no
+    limit) refuses tokens valid for longer (see `verify_token`). The callable
     returns the verified `Claims`.
     """
     names = (grant,) if isinstance(grant, str) else tuple(grant)
@@ -36,7 +38,7 @@ def require_grant(
     if not required:
         raise ValueError("at least one grant is required")
 
-    tokens = VerifiedTokens(keys, leeway=leeway)
+    tokens = VerifiedTokens(keys, leeway=leeway, max_ttl=max_ttl)
 
     async def authorize(request: web.Request, method: str) -> Claims:
         try:

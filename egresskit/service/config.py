@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from livekit.protocol import room as room_pb
 
 from egresskit.egress.admission import CpuCosts
+from egresskit.netpolicy import NetworkPolicy
 
 DEV_API_KEY = "devkey"
 DEV_API_SECRET = "secret"
@@ -53,15 +54,36 @@ class ServiceConfig:
     upload_initial_delay: float = 0.1  # seconds before the second attempt, doubling after
     upload_max_delay: float = 5.0
     extra_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    # Tokens whose expiry is further away than this are refused; 0 = no limit (as LiveKit).
+    max_token_ttl_s: float = 0.0
+    # An embedded room empty this long, with no egress waiting on it, is dropped.
+    empty_room_timeout_s: float = 300.0
     # A RoomEgress in YAML form: embedded rooms record their tracks / participants.
     auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
+    # The web console at / (and /files): always on in dev mode, otherwise only when set.
+    console: bool = False
     log_level: str = "info"
+    # A LiveKit server whose rooms `room_name` names (YAML `livekit: {url, api_key, api_secret}`).
+    livekit_url: str = ""
+    livekit_api_key: str = ""
+    livekit_api_secret: str = field(default="", repr=False)
+    # Where destinations named in requests may be: {allow: [CIDR...], deny: [CIDR...]}.
+    egress_network: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def console_enabled(self) -> bool:
+        return self.dev or self.console
 
     @property
     def keys(self) -> dict[str, str]:
         """Every API key the service accepts, with its secret."""
         return {**self.extra_keys, self.api_key: self.api_secret}
+
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        """The policy for destinations named in requests (non-public ranges denied unless dev)."""
+        return NetworkPolicy.from_config(self.egress_network, dev=self.dev)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -119,20 +141,37 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     # `keys` is the name LiveKit config files use for extra API keys.
     if "keys" in data:
         data["extra_keys"] = data.pop("keys")
+    if "livekit" in data:
+        data.update(_livekit_section(path, data.pop("livekit")))
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(map(str, unknown))}")
     return data
 
 
+def _livekit_section(path: Path, section: Any) -> dict[str, Any]:
+    """YAML `livekit: {url, api_key, api_secret}` as the flat livekit_* settings."""
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"config file {path}: livekit must be a mapping of url, api_key, api_secret")
+    unknown = sorted(set(section) - {"url", "api_key", "api_secret"})
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown livekit setting(s) {', '.join(map(str, unknown))}")
+    return {f"livekit_{name}": value for name, value in section.items()}
+
+
 def _from_env(name: str, raw: str) -> Any:
     if name == "webhook_urls":
         return [url.strip() for url in raw.split(",") if url.strip()]
-    if name == "dev":
+    if name in ("dev", "console"):
         lowered = raw.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ConfigError(f"{ENV_PREFIX}DEV must be true or false, not {raw!r}")
+            raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be true or false, not {raw!r}")
         return lowered in ("1", "true", "yes", "on")
+    if name == "egress_network":
+        try:
+            return yaml.safe_load(raw)  # a flow mapping: {allow: [10.0.0.0/8]}
+        except yaml.YAMLError:
+            raise ConfigError(f"{ENV_PREFIX}EGRESS_NETWORK must be a YAML mapping") from None
     return raw
 
 
@@ -149,6 +188,12 @@ def _build(values: dict[str, Any], source_hint: str | None) -> ServiceConfig:
             "an API key and secret are required: set --api-key/--api-secret, "
             f"{ENV_PREFIX}API_KEY/{ENV_PREFIX}API_SECRET{hint}, or use --dev"
         )
+    livekit = [config.get(f"livekit_{n}") for n in ("url", "api_key", "api_secret")]
+    if any(livekit) and not all(livekit):
+        raise ConfigError(
+            "a LiveKit server needs all of --livekit-url, --livekit-api-key and "
+            "--livekit-api-secret (or livekit: {url, api_key, api_secret})"
+        )
     return ServiceConfig(**config)
 
 
@@ -160,7 +205,13 @@ def _coerce(name: str, value: Any) -> Any:
             if not 0 <= port <= 65535:
                 raise ValueError("must be between 0 and 65535")
             return port
-        if name in ("bind", "api_key", "api_secret"):
+        if name == "livekit_url":
+            if not isinstance(value, str) or not value.startswith(
+                ("ws://", "wss://", "http://", "https://")
+            ):
+                raise ValueError("must be a ws://, wss://, http:// or https:// URL")
+            return value
+        if name in ("bind", "api_key", "api_secret", "livekit_api_key", "livekit_api_secret"):
             if not isinstance(value, str):
                 raise ValueError("must be a string")
             return value
@@ -193,6 +244,11 @@ def _coerce(name: str, value: Any) -> Any:
             if attempts < 1:
                 raise ValueError("must be at least 1")
             return attempts
+        if name in ("max_token_ttl_s", "empty_room_timeout_s"):
+            seconds = float(value)
+            if not seconds >= 0:
+                raise ValueError("must be a non-negative number of seconds")
+            return seconds
         if name in ("upload_initial_delay", "upload_max_delay"):
             delay = float(value)
             if not delay >= 0:
@@ -210,7 +266,12 @@ def _coerce(name: str, value: Any) -> Any:
             if not isinstance(value, Mapping):
                 raise ValueError("must be a mapping")
             return dict(value)
-        if name == "dev":
+        if name == "egress_network":
+            if not isinstance(value, Mapping):
+                raise ValueError("must be a mapping: {allow: [networks], deny: [networks]}")
+            NetworkPolicy.from_config(value)
+            return dict(value)
+        if name in ("dev", "console"):
             if not isinstance(value, bool):
                 raise ValueError("must be true or false")
             return value

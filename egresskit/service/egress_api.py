@@ -15,11 +15,12 @@ from egresskit.egress.errors import (
     NotEnoughCpu,
     NotSupported,
     RoomNotFound,
+    SourceUnavailable,
     TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
-from egresskit.egress.naming import PathEscapesRoot
-from egresskit.egress.validation import check_layout, stream_protocol
+from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
 from egresskit.storage.registry import StorageNotInstalled
@@ -33,6 +34,7 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
     (EgressEnded, "failed_precondition"),
     (NoCapacity, "unavailable"),
     (NotEnoughCpu, "resource_exhausted"),
+    (SourceUnavailable, "unavailable"),
     (NotSupported, "unimplemented"),
     (InvalidRequest, "invalid_argument"),
     (StorageNotInstalled, "invalid_argument"),
@@ -41,10 +43,6 @@ _CODES: tuple[tuple[type[Exception], str], ...] = (
 
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
-    if isinstance(exc, PathEscapesRoot):
-        return TwirpError(
-            "invalid_argument", f"request has missing or invalid field: filepath ({exc})"
-        )
     for kind, code in _CODES:
         if isinstance(exc, kind):
             return TwirpError(code, str(exc))
@@ -54,45 +52,48 @@ def twirp_error(exc: Exception) -> TwirpError:
 class EgressApi:
     """One coroutine per RPC of livekit.Egress; refusals become Twirp errors."""
 
-    def __init__(self, manager: EgressManager) -> None:
+    def __init__(self, manager: EgressManager, network: NetworkPolicy) -> None:
+        """`network`: where destinations named in requests may be."""
         self.manager = manager
+        self.network = network
         self._listings = EncodedListings()
 
-    async def _start(self, request) -> egress_pb.EgressInfo:
+    async def _start(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+        caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
-            return await self.manager.start(request)
-        except (EgressError, InvalidRequest, PathEscapesRoot, StorageNotInstalled) as exc:
+            return await self.manager.start(request, caller)
+        except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 
     async def StartRoomCompositeEgress(
         self, request: egress_pb.RoomCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartTrackCompositeEgress(
         self, request: egress_pb.TrackCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartTrackEgress(
         self, request: egress_pb.TrackEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartParticipantEgress(
         self, request: egress_pb.ParticipantEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartWebEgress(
         self, request: egress_pb.WebEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def StartEgress(
         self, request: egress_pb.StartEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request)
+        return await self._start(request, context)
 
     async def UpdateLayout(
         self, request: egress_pb.UpdateLayoutRequest, context: TwirpContext
@@ -113,6 +114,7 @@ class EgressApi:
                 raise InvalidRequest("egress_id", "is required")
             for index, url in enumerate(request.add_output_urls):
                 stream_protocol(url, f"add_output_urls[{index}]")
+                check_destination(url, f"add_output_urls[{index}]", self.network)
             return await self.manager.update_stream(
                 request.egress_id, list(request.add_output_urls), list(request.remove_output_urls)
             )

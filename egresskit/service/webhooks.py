@@ -6,6 +6,10 @@ when a target's queue is full the event is dropped, counted and logged.
 Bodies are `WebhookEvent` protojson (lowerCamelCase, zero fields omitted),
 signed like LiveKit's: `Authorization: <JWT>` whose `sha256` claim is the
 base64 SHA-256 of the exact body, so `livekit.api.WebhookReceiver` verifies it.
+
+A request's own webhooks are the caller's destinations: they are signed with
+the caller's API key only, reach only where the network policy allows (names
+are checked as they resolve) and, like every webhook, are never redirected.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from livekit.protocol import models as models_pb
 from livekit.protocol import webhook as webhook_pb
 
 from egresskit.egress.redact import redact
+from egresskit.netpolicy import DestinationDenied, NetworkPolicy, PolicyResolver
 from egresskit.tokens import create_token
 
 logger = logging.getLogger(__name__)
@@ -51,6 +56,7 @@ class WebhookStats:
 class _Target:
     url: str
     api_key: str
+    from_request: bool = False  # a caller's URL: subject to the network policy
 
 
 class WebhookNotifier:
@@ -63,17 +69,22 @@ class WebhookNotifier:
         urls: Sequence[str],
         *,
         keys: Mapping[str, str] | None = None,
+        network: NetworkPolicy | None = None,
         queue_size: int = 256,
         attempts: int = 3,
         backoff: float = 0.5,
         timeout: float = 5.0,
         idle_timeout: float = 60.0,
     ) -> None:
-        """`keys` (API key -> secret) are the keys per-request webhooks may name as signing_key."""
+        """`keys` (API key -> secret) sign requests' webhooks, each with its caller's key.
+
+        `network` is where requests' webhook URLs may be (None: anywhere).
+        """
         if attempts < 1 or queue_size < 1:
             raise ValueError("attempts and queue_size must be at least 1")
         self._api_key = api_key
         self._keys = {**(keys or {}), api_key: api_secret}
+        self._network = network
         self._urls = tuple(urls)
         self._queue_size = queue_size
         self._attempts = attempts
@@ -83,6 +94,7 @@ class WebhookNotifier:
         self._queues: dict[_Target, asyncio.Queue[str]] = {}
         self._workers: dict[_Target, asyncio.Task[None]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._request_session: aiohttp.ClientSession | None = None
         self._closing = False
         self.stats = WebhookStats()
 
@@ -90,6 +102,12 @@ class WebhookNotifier:
         """Open the HTTP session; call from the running event loop before `notify`."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self._timeout)
+            connector = None
+            if self._network is not None:
+                connector = aiohttp.TCPConnector(resolver=PolicyResolver(self._network))
+            self._request_session = aiohttp.ClientSession(
+                timeout=self._timeout, connector=connector
+            )
 
     async def close(self, drain_timeout: float = 5.0) -> None:
         """Stop accepting events, deliver what is queued for up to `drain_timeout` s, then stop."""
@@ -108,20 +126,26 @@ class WebhookNotifier:
             for worker in workers:
                 worker.cancel()
             await asyncio.gather(*workers, return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._request_session):
+            if session is not None:
+                await session.close()
+        self._session = self._request_session = None
 
     def notify(
         self,
         event: str,
         egress_info: egress_pb.EgressInfo,
         extra_targets: Sequence[models_pb.WebhookConfig] = (),
+        signing_key: str = "",
     ) -> None:
-        """Queue `event` for every target; returns at once, whatever the receivers do."""
+        """Queue `event` for every target; returns at once, whatever the receivers do.
+
+        `extra_targets` (a request's webhooks) are signed with `signing_key`, the
+        caller's API key (empty: the server's key, for the operator's own egresses).
+        """
         if self._accepting(event, egress_info.egress_id):
             body = encode_event(event, egress_info)
-            for target in self._targets(extra_targets):
+            for target in self._targets(extra_targets, signing_key):
                 self._enqueue(target, body, event, egress_info.egress_id)
 
     def notify_room(
@@ -134,7 +158,7 @@ class WebhookNotifier:
         """Queue a room event (participant_joined, track_published, ...) for the server-wide URLs."""
         if self._accepting(event, room.name):
             body = encode_room_event(event, room, participant, track)
-            for target in self._targets(()):
+            for target in self._targets((), ""):
                 self._enqueue(target, body, event, room.name)
 
     def _accepting(self, event: str, subject: str) -> bool:
@@ -146,16 +170,13 @@ class WebhookNotifier:
             raise RuntimeError("WebhookNotifier.start() was not called")
         return True
 
-    def _targets(self, extra: Sequence[models_pb.WebhookConfig]) -> list[_Target]:
+    def _targets(self, extra: Sequence[models_pb.WebhookConfig], signing_key: str) -> list[_Target]:
         targets = [_Target(url, self._api_key) for url in self._urls]
-        for config in extra:
-            api_key = config.signing_key or self._api_key
-            if api_key not in self._keys:
-                logger.warning(
-                    "webhooks: unknown signing key for %s; signing with the server key", config.url
-                )
-                api_key = self._api_key
-            targets.append(_Target(config.url, api_key))
+        api_key = signing_key or self._api_key
+        if extra and api_key not in self._keys:  # a key removed since: never another key
+            logger.warning("webhooks: signing key of a request is gone; its webhooks dropped")
+            extra = ()
+        targets += [_Target(config.url, api_key, from_request=True) for config in extra]
         return list(dict.fromkeys(targets))  # one delivery per distinct target
 
     def _enqueue(self, target: _Target, body: str, event: str, egress_id: str) -> None:
@@ -201,15 +222,23 @@ class WebhookNotifier:
                 del self._queues[target]
 
     async def _deliver(self, target: _Target, body: str) -> None:
-        assert self._session is not None
+        session = self._request_session if target.from_request else self._session
+        assert session is not None
+        if target.from_request and self._network is not None:
+            try:
+                self._network.check_url(target.url)  # addresses; names are checked as resolved
+            except (DestinationDenied, ValueError) as exc:
+                self.stats.failed += 1
+                logger.warning("webhooks: %s refused: %s", target.url, exc)
+                return
         for attempt in range(1, self._attempts + 1):
             headers = {
                 "Content-Type": CONTENT_TYPE,
                 "Authorization": sign(body, target.api_key, self._keys[target.api_key]),
             }
             try:
-                async with self._session.post(
-                    target.url, data=body.encode(), headers=headers
+                async with session.post(
+                    target.url, data=body.encode(), headers=headers, allow_redirects=False
                 ) as resp:
                     if 200 <= resp.status < 300:
                         self.stats.delivered += 1

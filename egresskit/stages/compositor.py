@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -29,6 +30,7 @@ from egresskit.stages.layout import (
     place,
 )
 from egresskit.stages.media import (
+    PLAYOUT_DELAY_S,
     TrackEnded,
     TrackFrame,
     TrackInfo,
@@ -38,14 +40,20 @@ from egresskit.stages.media import (
 )
 from egresskit.stages.speaker import SpeakerTracker
 
+# Timed frames a track may hold until they are due: more than PLAYOUT_DELAY_S
+# of 60 fps video. Beyond it the oldest is shown early rather than kept.
+MAX_PENDING_FRAMES = 32
+
 
 @dataclass(slots=True)
 class _VideoTrack:
-    """One video track, its newest frame, and that frame scaled for its tile."""
+    """One video track, its frame on show, its timed frames not yet due, and the scaled frame."""
 
     info: TrackInfo
     order: int
     frame: av.VideoFrame | None = None
+    # (media time, frame) in arrival order, shown once the clock reaches media time + delay
+    pending: deque[tuple[float, av.VideoFrame]] = field(default_factory=deque)
     version: int = 0
     muted: bool = False
     # (width, height, version) of the scaled frame, its planes, and the frame keeping them alive
@@ -123,6 +131,10 @@ class VideoCompositor(Stage):
     pts n in a 1/fps time base and is emitted when the clock reaches n/fps,
     so the output is constant frame rate and its length equals wall time
     however the sources behave. A stalled track keeps showing its last frame.
+    Frame n shows, of each track, the frame captured nearest to
+    n/fps - PLAYOUT_DELAY_S (TrackFrame.time), as the mixer plays audio, so
+    pictures and sound captured together come out together; an untimed
+    frame is shown as it arrives.
 
     Input `input` takes the video tracks' items (frames included); input
     `roster` takes every track's start, end and mute without frames, so
@@ -195,8 +207,15 @@ class VideoCompositor(Stage):
         info = item.track
         if isinstance(item, TrackFrame):
             track = self._videos.get(info.sid)
-            if track is not None:
+            if track is None:
+                return
+            if item.time is None or self.graph is None:
                 track.frame = item.frame
+                track.version += 1
+                return
+            track.pending.append((self.clock.media_time(item.time), item.frame))
+            if len(track.pending) > MAX_PENDING_FRAMES:
+                track.frame = track.pending.popleft()[1]
                 track.version += 1
         elif isinstance(item, TrackStarted):
             self._start(info)
@@ -243,6 +262,7 @@ class VideoCompositor(Stage):
             await self.clock.sleep_until(n / self.fps)
             if self.stopping.is_set():
                 break
+            self._play(n / self.fps)
             # the scene is captured in the loop thread: intake changes tracks while the worker draws
             frame = await self.offload(self._render, self._scene())
             frame.pts = n
@@ -256,6 +276,25 @@ class VideoCompositor(Stage):
         return self._render(self._scene())
 
     # --- what to show: runs in the loop thread ------------------------------------------
+
+    def _play(self, media_time: float) -> None:
+        """Put on show, per track, the newest frame captured by (nearest to) the delayed time.
+
+        Nearest, not newest before: half a frame period of slack halves the
+        worst error of showing a source on this frame grid. A track with
+        nothing on show yet shows its first frame at once.
+        """
+        due = media_time - PLAYOUT_DELAY_S + 0.5 / self.fps
+        for track in self._videos.values():
+            pending = track.pending
+            if not pending:
+                continue
+            if track.frame is None:
+                track.frame = pending.popleft()[1]
+                track.version += 1
+            while pending and pending[0][0] <= due:
+                track.frame = pending.popleft()[1]
+                track.version += 1
 
     def _scene(self) -> _Scene:
         layout = self.layout

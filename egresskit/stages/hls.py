@@ -25,6 +25,7 @@ from egresskit.pipeline import EOS, Stage
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
 from egresskit.stages.muxer import private_packet
+from egresskit.storage.paths import confine, write_atomically
 
 LIVE_WINDOW = 5
 # A key frame this close to the planned boundary (in frames) still cuts there.
@@ -118,12 +119,9 @@ def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
     return [f"#EXTINF:{segment.duration_s:.3f},", uri]
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_playlist(path: Path, text: str) -> None:
     """Readers (players, uploaders) never see half a playlist."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_atomically(path, lambda out: out.write(text.encode()))
 
 
 class HlsSegmenter(Stage):
@@ -136,7 +134,9 @@ class HlsSegmenter(Stage):
     on audio packets. Each closed segment is posted as `segment_closed`
     (path, filename, index, start, duration, size, started_at) and each
     playlist rewrite as `playlist_updated` (path, live, ended); ENDLIST is
-    written on end of stream.
+    written on end of stream. Every file it writes stays inside `directory`
+    (`confine`): a playlist name like `../x.m3u8`, or a segment name that is
+    a symlink leading out, is refused.
     """
 
     def __init__(
@@ -158,8 +158,8 @@ class HlsSegmenter(Stage):
             raise ValueError("segment duration must be positive")
         self.encoders = list(encoders)
         self.directory = Path(directory)
-        self.playlist = self.directory / playlist
-        self.live_playlist = self.directory / live_playlist if live_playlist else None
+        self.playlist = self._inside(playlist)
+        self.live_playlist = self._inside(live_playlist) if live_playlist else None
         self.segment_names = segment_names or index_names("segment")
         self.segment_duration = segment_duration
         self.live_window = live_window
@@ -174,6 +174,11 @@ class HlsSegmenter(Stage):
         self._end_s = 0.0
         self._started_at_ns = 0
         self._ended_at_ns = 0
+
+    def _inside(self, name: str | os.PathLike[str]) -> Path:
+        """`directory / name`, refused (PathEscapesRoot, NameTooLong) unless it stays inside."""
+        confine(self.directory, os.fspath(name))
+        return self.directory / name
 
     async def run(self) -> None:
         while (item := await self.input.recv()) is not EOS:
@@ -215,6 +220,7 @@ class HlsSegmenter(Stage):
             self._started_at_ns = wall_ns
 
     def _open_container(self, path: Path) -> None:
+        self._inside(path.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(path), "w", format="mpegts")
         self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
@@ -254,7 +260,7 @@ class HlsSegmenter(Stage):
         event = render_event_playlist(
             segments, self.segment_duration, self.playlist.parent, ended=ended
         )
-        await self.offload(_write_atomically, self.playlist, event)
+        await self.offload(_write_playlist, self.playlist, event)
         self.post("playlist_updated", path=str(self.playlist), live=False, ended=ended)
         if self.live_playlist is not None:
             live = render_live_playlist(
@@ -264,7 +270,7 @@ class HlsSegmenter(Stage):
                 window=self.live_window,
                 ended=ended,
             )
-            await self.offload(_write_atomically, self.live_playlist, live)
+            await self.offload(_write_playlist, self.live_playlist, live)
             self.post("playlist_updated", path=str(self.live_playlist), live=True, ended=ended)
 
     async def cleanup(self) -> None:

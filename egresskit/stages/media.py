@@ -35,12 +35,28 @@ class TrackEnded:
     track: TrackInfo
 
 
+# How long after its capture a frame is played into a composite (see TrackFrame.time).
+# It covers the network, the jitter buffer, decoding and the hops to the
+# compositor and mixer, so audio and video meet at the capture times the
+# sender gave them; a frame later than this is shown late (video) or dropped
+# (audio, counted). Half a second also rides out a publisher or a loop held
+# up for a while on a busy machine, which 0.3 s did not in tests. Recordings
+# keep their length: the first PLAYOUT_DELAY_S of output shows the media as
+# soon as there is any.
+PLAYOUT_DELAY_S = 0.5
+
+
 @dataclass(frozen=True, slots=True)
 class TrackFrame:
-    """One decoded frame of one track, in the order it arrived."""
+    """One decoded frame of one track, in the order it arrived.
+
+    `time` is when it was captured, on `time.monotonic()` (see
+    `egresskit.rooms.timeline`); None means now, when it arrives.
+    """
 
     track: TrackInfo
     frame: av.VideoFrame | av.AudioFrame
+    time: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

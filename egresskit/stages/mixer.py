@@ -15,6 +15,7 @@ from livekit.protocol.models import ParticipantInfo
 
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.media import (
+    PLAYOUT_DELAY_S,
     TrackEnded,
     TrackFrame,
     TrackInfo,
@@ -26,21 +27,26 @@ from egresskit.stages.speaker import SpeakerTracker
 SAMPLE_RATE = 48_000
 CHANNELS = 2
 TICK_SAMPLES = 960  # 20 ms
-# A track starts contributing once this much is buffered, absorbing network jitter.
-PREBUFFER_SAMPLES = 3 * TICK_SAMPLES
+PLAYOUT_DELAY_SAMPLES = round(PLAYOUT_DELAY_S * SAMPLE_RATE)
 # At most this much backlog per track; older samples are dropped and counted.
-MAX_BUFFER_SAMPLES = SAMPLE_RATE
+MAX_BUFFER_SAMPLES = SAMPLE_RATE + PLAYOUT_DELAY_SAMPLES
+# A frame this close to where the previous one ended continues it: timing
+# rounding must not cut or pad the sound.
+CONTIGUOUS_SAMPLES = 96  # 2 ms
 
 
 LEFT, RIGHT = 0, 1
 
 
 class _TrackBuffer:
-    """Interleaved s16 stereo samples of one track, waiting to be mixed.
+    """Interleaved s16 stereo samples of one track, placed on the graph's timeline.
 
-    Kept as a queue of the frames' own arrays: a WebRTC track delivers
-    exactly one tick (960 samples) per frame, so a tick usually takes one
-    array as it is, with no copy.
+    Samples are kept as a queue of the frames' own arrays, contiguous from
+    sample position `start` (48 kHz since the graph started): a WebRTC
+    track delivers exactly one tick (960 samples) per frame, so a tick
+    usually takes one array as it is, with no copy. A frame goes where its
+    capture time puts it; a gap before it is silence, what overlaps samples
+    already there is cut.
 
     `channel` is None to mix the track in stereo, or LEFT / RIGHT to put
     its mono downmix on that channel only.
@@ -51,13 +57,19 @@ class _TrackBuffer:
         self.channel = channel
         self.resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
         self.chunks: deque[np.ndarray] = deque()
+        self.start: int | None = None
         self.size = 0
-        self.started = False
+        self.taken = False  # mixed at least once: missing samples count as silence
         self.muted = False
         self.dropped = 0
         self.silence = 0
 
-    def push(self, frame: av.AudioFrame) -> None:
+    @property
+    def end(self) -> int | None:
+        return None if self.start is None else self.start + self.size
+
+    def push(self, frame: av.AudioFrame, position: int) -> None:
+        """Add a frame whose first sample belongs at `position`."""
         if (
             frame.format.name == "s16"
             and frame.sample_rate == SAMPLE_RATE
@@ -69,6 +81,25 @@ class _TrackBuffer:
             outputs = self.resampler.resample(frame)
         for out in outputs:
             data = out.to_ndarray().reshape(-1, CHANNELS)
+            self._place(data, position)
+            position += len(data)
+
+    def _place(self, data: np.ndarray, position: int) -> None:
+        end = self.end
+        if end is None or abs(position - end) > MAX_BUFFER_SAMPLES:
+            # the first samples, or a jump too far to bridge: start over here
+            self.dropped += self.size
+            self.chunks.clear()
+            self.start, self.size = position, 0
+            end = position
+        elif abs(position - end) <= CONTIGUOUS_SAMPLES:
+            position = end
+        if position > end:
+            self.chunks.append(np.zeros((position - end, CHANNELS), np.int16))
+            self.size += position - end
+        elif position < end:
+            data = data[end - position :]  # already there
+        if len(data):
             self.chunks.append(data)
             self.size += len(data)
         excess = self.size - MAX_BUFFER_SAMPLES
@@ -88,20 +119,35 @@ class _TrackBuffer:
                 self.chunks[0] = head[count:]
             count -= len(parts[-1])
             self.size -= len(parts[-1])
+            assert self.start is not None
+            self.start += len(parts[-1])
         return parts
 
-    def take(self, count: int) -> np.ndarray | None:
-        if not self.started:
-            if self.size < PREBUFFER_SAMPLES:
-                return None
-            self.started = True
-        parts = self._pop(count)
+    def take(self, position: int, count: int) -> np.ndarray | None:
+        """Samples `position` to `position + count`, silence where there are none; None if muted.
+
+        Samples before `position` came too late to be mixed: they are dropped
+        and counted. None too while the track has no sample at or before the
+        end of the window (it has not begun).
+        """
+        if self.start is None or (not self.taken and self.start >= position + count):
+            return None
+        if self.start < position:
+            late = min(position - self.start, self.size)
+            self._pop(late)
+            self.dropped += late
+            if not self.size:
+                self.start = position
+        self.taken = True
+        assert self.start is not None
+        lead = min(max(0, self.start - position), count)
+        parts = [np.zeros((lead, CHANNELS), np.int16)] if lead else []
+        parts += self._pop(count - lead)
         missing = count - sum(len(part) for part in parts)
         if missing:
-            self.silence += missing
-            if not self.size:
-                self.started = False  # ran dry: prebuffer again before resuming
             parts.append(np.zeros((missing, CHANNELS), np.int16))
+            self.start = position + count
+        self.silence += lead + missing
         if self.muted:
             return None
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
@@ -160,7 +206,7 @@ class AudioMixer(Stage):
                 buffer = self._tracks.get(item.track.sid)
                 if buffer is not None:
                     # resampling 20 ms of audio takes microseconds: fine on the loop
-                    buffer.push(item.frame)
+                    buffer.push(item.frame, self._position(item.time, buffer))
             elif isinstance(item, TrackStarted):
                 if item.track.sid not in self._tracks:
                     self._tracks[item.track.sid] = _TrackBuffer(
@@ -175,6 +221,18 @@ class AudioMixer(Stage):
                 buffer = self._tracks.get(item.track.sid)
                 if buffer is not None:
                     buffer.muted = item.muted
+
+    def _position(self, capture: float | None, buffer: _TrackBuffer) -> int:
+        """Where a frame's first sample goes: its capture time, delayed by the playout delay.
+
+        An untimed frame continues the track, or starts now when the track
+        has run dry.
+        """
+        if capture is None:
+            now = round(self.clock.now() * SAMPLE_RATE)
+            end = buffer.end
+            return end if end is not None and end >= now - TICK_SAMPLES else now
+        return round(self.clock.media_time(capture) * SAMPLE_RATE)
 
     def _channel(self, track: TrackInfo) -> int | None:
         if self.mixing == AudioMixing.DUAL_CHANNEL_AGENT:
@@ -207,8 +265,9 @@ class AudioMixer(Stage):
     def _mix(self, n: int) -> av.AudioFrame:
         total = np.zeros((TICK_SAMPLES, CHANNELS), np.int32)
         levels: dict[str, float] = {}
+        position = n * TICK_SAMPLES - PLAYOUT_DELAY_SAMPLES
         for buffer in self._tracks.values():
-            chunk = buffer.take(TICK_SAMPLES)
+            chunk = buffer.take(position, TICK_SAMPLES)
             if chunk is None:
                 continue
             if buffer.channel is None:

@@ -12,6 +12,7 @@ import av
 from av.video.reformatter import VideoReformatter
 
 from egresskit.pipeline import EOS, Stage
+from egresskit.storage.paths import confine, write_atomically
 
 JPEG_QUALITY = 90
 
@@ -40,16 +41,15 @@ class Snapshot:
 def _write_jpeg(
     reformatter: VideoReformatter, frame: av.VideoFrame, path: Path, width: int, height: int
 ) -> None:
+    confine(path.parent, path.name)  # a symlink planted under the name leads nowhere
     # Pillow writes the JPEG: it is already a dependency and needs no codec context
     # per snapshot; swscale scales and converts first, through this stage's own
     # reformatter (the frame is shared with the encoder's thread).
     image = reformatter.reformat(
         frame, width=width or frame.width, height=height or frame.height, format="rgb24"
     ).to_image()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    image.save(temporary, format="JPEG", quality=JPEG_QUALITY)
-    os.replace(temporary, path)  # NONE_OVERWRITE readers never see half an image
+    # NONE_OVERWRITE readers never see half an image.
+    write_atomically(path, lambda out: image.save(out, format="JPEG", quality=JPEG_QUALITY))
 
 
 class ImageSnapshotter(Stage):

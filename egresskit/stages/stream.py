@@ -14,9 +14,7 @@ import enum
 import logging
 import queue
 import re
-import shutil
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,7 +27,9 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import EOS, Stage
+from egresskit.stages import srt
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
 from egresskit.stages.muxer import private_packet
@@ -43,11 +43,12 @@ FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
 # About three seconds of packets (video at 30 fps plus AAC frames) per URL.
 URL_QUEUE_PACKETS = 256
 CONNECT_TIMEOUT_S = 5.0
-# PyAV's bundled FFmpeg has no libsrt, so SRT goes through the SRT project's own
-# sender: MPEG-TS is muxed into its stdin, 1316 bytes (7 TS packets) per SRT packet.
-SRT_SENDER = "srt-live-transmit"
-SRT_CHUNK = 1316
-SRT_DRAIN_S = 1.0
+# SRT URL options that would make the sender bind or listen here; egress only calls out.
+SRT_LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
+# What callers see when a destination fails, whatever the cause: a refused
+# connection and an open port that speaks something else must look the same,
+# or stream URLs become a port scanner. The details go to the service log.
+STREAM_FAILED = "connection to the stream destination failed (details in the service log)"
 _SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
 
 
@@ -95,9 +96,9 @@ def stream_format(url: str) -> str:
     scheme = url.partition("://")[0].lower()
     if scheme not in STREAM_FORMATS:
         raise ValueError(f"unsupported stream URL scheme {scheme!r} in {safe_url(url)}")
-    if scheme == "srt" and shutil.which(SRT_SENDER) is None:
+    if scheme == "srt" and not srt.available():
         raise ValueError(
-            f"SRT streaming needs {SRT_SENDER} (Debian package srt-tools): "
+            "SRT streaming needs libsrt (Debian package libsrt1.5-gnutls): "
             "the FFmpeg inside PyAV is built without SRT"
         )
     return STREAM_FORMATS[scheme]
@@ -144,33 +145,6 @@ def _describe(exc: BaseException, url: str) -> str:
 
 
 _STOP = object()
-TS_PACKET = 188
-# An MPEG-TS null packet (PID 0x1FFF): demuxers skip it.
-TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * (TS_PACKET - 4)
-
-
-class _WholeChunks:
-    """The SRT sender's stdin; counts what is written so the end can be padded.
-
-    The sender reads its input in whole chunks and drops a short last one, so
-    the stream is padded with MPEG-TS null packets to a chunk boundary.
-    """
-
-    def __init__(self, pipe: Any) -> None:
-        self.pipe = pipe
-        self.written = 0
-
-    def write(self, data: bytes) -> int:
-        self.pipe.write(data)
-        self.written += len(data)
-        return len(data)
-
-    def finish(self) -> None:
-        short = (-self.written) % SRT_CHUNK
-        self.pipe.write(TS_NULL_PACKET * (short // TS_PACKET))
-        self.pipe.close()
-
-
 class _UrlWriter:
     """One destination: a bounded queue and a thread that owns the container.
 
@@ -185,9 +159,11 @@ class _UrlWriter:
         retry: RetryPolicy,
         queue_packets: int,
         notify: Callable[[StreamState], None],
+        network: NetworkPolicy | None = None,
     ) -> None:
         self.format = stream_format(url)
         self.url = url
+        self.network = network
         self.encoders = list(encoders)
         self.retry = retry
         self._notify = notify
@@ -199,8 +175,7 @@ class _UrlWriter:
         self._state = StreamState(url)
         self._finalised = False
         self._container: OutputContainer | None = None
-        self._sender: subprocess.Popen[bytes] | None = None
-        self._srt_input: _WholeChunks | None = None
+        self._srt: srt.SrtCaller | None = None
         self._streams: dict[str, Stream] = {}
         self._offset = Fraction(0)
         self.thread = threading.Thread(target=self._run, name="stream-writer", daemon=True)
@@ -280,7 +255,10 @@ class _UrlWriter:
                     self._drop_connection()
                     failures += 1
                     if failures > len(self.retry.delays):
-                        self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+                        log.warning(
+                            "stream %s failed: %s", safe_url(self.url), _describe(exc, self.url)
+                        )
+                        self.finish(StreamStatus.FAILED, STREAM_FAILED)
                         return
                     self._backoff(exc, self.retry.delays[failures - 1])
                     continue
@@ -292,9 +270,9 @@ class _UrlWriter:
                 self._update(bytes_sent=self.state.bytes_sent + sent)
             self._drop_connection()
             self.finish(StreamStatus.FINISHED, self.state.error)
-        except Exception as exc:  # a bug must not kill the thread silently
+        except Exception:  # a bug must not kill the thread silently
             log.exception("stream writer for %s failed", safe_url(self.url))
-            self.finish(StreamStatus.FAILED, _describe(exc, self.url))
+            self.finish(StreamStatus.FAILED, STREAM_FAILED)
         finally:
             self._drop_connection()
             self._signal_done()
@@ -303,19 +281,11 @@ class _UrlWriter:
         """Open the destination at a key frame (or any audio packet when there is no video)."""
         if self._needs_key and not (item.kind == "video" and item.packet.is_keyframe):
             return False
-        self._preflight()
+        address, port = self._preflight()
+        target: Any = self.url
         if self.url.lower().startswith("srt://"):
-            self._sender = subprocess.Popen(
-                [SRT_SENDER, "-q", "-a:no", f"-c:{SRT_CHUNK}", "file://con", self.url],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            assert self._sender.stdin is not None
-            self._srt_input = _WholeChunks(self._sender.stdin)
-            target: Any = self._srt_input
-        else:
-            target = self.url
+            # MPEG-TS is muxed straight into libsrt: no sender process, no secret in argv.
+            target = self._srt = srt.SrtCaller(self.url, address, port)
         container = av.open(target, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
         try:
             self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
@@ -327,19 +297,28 @@ class _UrlWriter:
         self._offset = Fraction(packet.pts or 0) * (packet.time_base or Fraction(1))
         return True
 
-    def _preflight(self) -> None:
-        """Reach the RTMP host first with a bounded TCP connect.
+    def _preflight(self) -> tuple[str, int]:
+        """Resolve the destination (checked against the network policy) and reach RTMP hosts.
 
-        FFmpeg's own connect runs while PyAV holds the interpreter lock, so an
-        unreachable host would freeze the whole process; this check fails
-        fast instead (and releases the lock while it waits).
+        Every address a caller's host resolves to is checked; SRT connects to
+        the checked address itself. FFmpeg's own RTMP connect runs while PyAV
+        holds the interpreter lock, so an unreachable host would freeze the
+        whole process; a bounded TCP connect fails fast instead. Returns the
+        address and port.
         """
         parts = urlsplit(self.url)
         scheme = parts.scheme.lower()
-        if scheme not in DEFAULT_PORTS:
-            return
-        address = (parts.hostname or "", parts.port or DEFAULT_PORTS[scheme])
-        socket.create_connection(address, timeout=CONNECT_TIMEOUT_S).close()
+        host = parts.hostname or ""
+        port = parts.port or DEFAULT_PORTS.get(scheme, 0)
+        socktype = socket.SOCK_DGRAM if scheme == "srt" else socket.SOCK_STREAM
+        if self.network is not None:
+            infos = self.network.resolve(host, port, socktype)
+        else:
+            infos = socket.getaddrinfo(host, port, type=socktype)
+        address = infos[0][4][0]
+        if scheme in DEFAULT_PORTS:
+            socket.create_connection((address, port), timeout=CONNECT_TIMEOUT_S).close()
+        return address, port
 
     def _write(self, item: EncodedPacket) -> int:
         assert self._container is not None
@@ -358,34 +337,25 @@ class _UrlWriter:
                 container.close()
             except Exception as exc:  # the peer is gone; nothing left to flush
                 log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
-        sender, self._sender = self._sender, None
-        if sender is not None:
-            # The sender does not exit at the end of its input: give it a moment to
-            # send what it read, then ask it to close the SRT connection.
+        caller, self._srt = self._srt, None
+        if caller is not None:
             try:
-                assert self._srt_input is not None
-                self._srt_input.finish()
-                sender.wait(SRT_DRAIN_S)
-            except (OSError, subprocess.TimeoutExpired):
-                sender.terminate()
-                try:
-                    sender.wait(SRT_DRAIN_S)
-                except subprocess.TimeoutExpired:
-                    sender.kill()
-                    sender.wait()
+                caller.finish()
+            except OSError as exc:
+                log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
 
     def abort(self) -> None:
-        """Unblock a writer stuck on a hung destination, where that is possible (SRT sender)."""
-        sender = self._sender
-        if sender is not None and sender.poll() is None:
-            sender.kill()
+        """Unblock a writer stuck on a hung destination, where that is possible (SRT)."""
+        caller = self._srt
+        if caller is not None:
+            caller.abort()
 
     def _backoff(self, exc: Exception, delay: float) -> None:
-        state = self._update(retries=self.state.retries + 1, error=_describe(exc, self.url))
+        state = self._update(retries=self.state.retries + 1, error=STREAM_FAILED)
         log.info(
             "stream %s lost (%s); retry %d in %.1f s",
             state.safe_url,
-            state.error,
+            _describe(exc, self.url),
             state.retries,
             delay,
         )
@@ -417,8 +387,6 @@ class _UrlWriter:
             )
             self._finalised = True
             state = self._state
-        if status is StreamStatus.FAILED:
-            log.warning("stream %s failed: %s", state.safe_url, error)
         self._publish(state)
 
     def _publish(self, state: StreamState) -> None:
@@ -455,8 +423,10 @@ class StreamSink(Stage):
         retry: RetryPolicy = RetryPolicy(),
         queue_packets: int = URL_QUEUE_PACKETS,
         close_timeout: float = 5.0,
+        network: NetworkPolicy | None = None,
         name: str | None = None,
     ) -> None:
+        """`network`: where URLs a caller named may connect (None for the operator's own)."""
         super().__init__(name)
         if not encoders:
             raise ValueError("a stream sink needs at least one encoder")
@@ -464,6 +434,7 @@ class StreamSink(Stage):
         self.retry = retry
         self.queue_packets = queue_packets
         self.close_timeout = close_timeout
+        self.network = network
         self.input = self.add_input("input")
         self._writers: dict[str, _UrlWriter] = {}
         self._ended: list[StreamState] = []  # removed URLs, for results
@@ -478,7 +449,9 @@ class StreamSink(Stage):
         current = self._writers.get(url)
         if current is not None and current.state.status is StreamStatus.ACTIVE:
             raise ValueError(f"already streaming to {safe_url(url)}")
-        writer = _UrlWriter(url, self.encoders, self.retry, self.queue_packets, self._on_state)
+        writer = _UrlWriter(
+            url, self.encoders, self.retry, self.queue_packets, self._on_state, self.network
+        )
         if current is not None:
             self._ended.append(current.state)
         self._writers[url] = writer

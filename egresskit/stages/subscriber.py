@@ -150,12 +150,12 @@ class RoomSubscriber(Stage):
         await port.send(TrackStarted(info))
         if track.muted:
             await port.send(TrackMuteChanged(info, True))
-        self._pumps[track.sid] = asyncio.create_task(self._pump(info, link, port))
+        self._pumps[track.sid] = asyncio.create_task(self._pump(track, info, link, port))
         self.post("track_subscribed", track_sid=track.sid, media="video" if video else "audio")
 
-    async def _pump(self, info: TrackInfo, link: Link, port) -> None:
+    async def _pump(self, track: LocalTrack, info: TrackInfo, link: Link, port) -> None:
         async for frame in link:
-            await port.send(TrackFrame(info, frame))
+            await port.send(TrackFrame(info, frame, track.frame_time(frame)))
 
     async def _end_track(self, sid: str) -> None:
         track, link = self._subscriptions.pop(sid)

@@ -11,13 +11,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 
 import aiohttp
 import av
 from yarl import URL
 
+from egresskit.netpolicy import NetworkPolicy, PolicyResolver
 from egresskit.pipeline import Stage
 from egresskit.stages.media import TrackMuteChanged
+
+log = logging.getLogger(__name__)
 
 PCM_CONTENT_TYPE = "audio/x-raw"
 SAMPLE_RATE = 48_000
@@ -46,9 +50,13 @@ class WebsocketAudioSink(Stage):
     stops reading fails the graph with a message saying which.
     """
 
-    def __init__(self, url: str, *, name: str | None = None) -> None:
+    def __init__(
+        self, url: str, *, network: NetworkPolicy | None = None, name: str | None = None
+    ) -> None:
+        """`network`: where a caller's URL may connect (None for the operator's own)."""
         super().__init__(name)
         self.url = url
+        self.network = network
         self.input = self.add_input("input")
         self.events = self.add_input("events")
         self._where = redacted_url(url)
@@ -58,7 +66,10 @@ class WebsocketAudioSink(Stage):
         self.bytes_sent = 0
 
     async def run(self) -> None:
-        async with aiohttp.ClientSession() as session:
+        connector = None
+        if self.network is not None:
+            connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.network))
+        async with aiohttp.ClientSession(connector=connector) as session:
             ws = await self._connect(session)
             tasks = {
                 asyncio.create_task(self._send_audio(ws)),
@@ -79,6 +90,8 @@ class WebsocketAudioSink(Stage):
 
     async def _connect(self, session: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         try:
+            if self.network is not None:
+                self.network.check_url(self.url)  # addresses; names are checked as resolved
             return await asyncio.wait_for(
                 session.ws_connect(self.url, headers={"Content-Type": PCM_CONTENT_TYPE}),
                 CONNECT_TIMEOUT_S,
@@ -92,8 +105,9 @@ class WebsocketAudioSink(Stage):
                 f"websocket {self._where} did not answer in {CONNECT_TIMEOUT_S:.0f} s"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            reason = str(exc) or type(exc).__name__
-            raise WebsocketError(f"cannot connect to websocket {self._where}: {reason}") from None
+            # Refused, unreachable or denied look alike to the caller; the log says which.
+            log.warning("websocket %s: %s", self._where, str(exc) or type(exc).__name__)
+            raise WebsocketError(f"cannot connect to websocket {self._where}") from None
 
     async def _send_audio(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         async for frame in self.input:

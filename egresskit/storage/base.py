@@ -24,6 +24,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from egresskit.netpolicy import NetworkPolicy
+
 REDACTED = "<redacted>"
 
 # Config keys whose values are credentials, in any backend's config.
@@ -122,6 +124,20 @@ class Storage(abc.ABC):
     """
 
     name: ClassVar[str]
+    # Set on storage a request named: where its endpoint and proxy may be. None for the
+    # operator's storage. Backends that open their own connections resolve names with it.
+    network: NetworkPolicy | None = None
+
+    @classmethod
+    def missing_credentials(cls, cfg: Mapping[str, Any]) -> str:
+        """What `cfg` lacks to sign on its own ("" when nothing), for storage named in a request.
+
+        Such storage must bring its own credentials: the server's ambient ones
+        (environment, credential files, instance role) are for the operator's
+        storage only. A backend that does not override this is never used from
+        a request.
+        """
+        return "credentials of its own"
 
     @classmethod
     @abc.abstractmethod

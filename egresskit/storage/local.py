@@ -6,24 +6,13 @@ import asyncio
 import os
 import shutil
 from collections.abc import Mapping
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Self
 
 from google.protobuf.message import Message
 
 from egresskit.storage.base import Storage, config_to_dict
-
-
-def confined_path(root: Path, key: str) -> Path:
-    """``root/key``, refusing keys that are absolute or climb out of ``root``."""
-    rel = PurePosixPath(key)
-    if not key or rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"storage key must be a relative path inside the root: {key!r}")
-    root = root.resolve()
-    dest = (root / rel).resolve()
-    if not dest.is_relative_to(root):
-        raise ValueError(f"storage key escapes the root: {key!r}")
-    return dest
+from egresskit.storage.paths import confine, temporary_beside
 
 
 class LocalStorage(Storage):
@@ -44,18 +33,21 @@ class LocalStorage(Storage):
         return {"root": str(self.root), "move": self.move}
 
     async def upload_file(self, path: Path, key: str, content_type: str) -> str:
-        dest = confined_path(self.root, key)
+        dest = confine(self.root, key)
         await asyncio.to_thread(self._place, Path(path), dest)
         return str(dest)
 
     def _place(self, src: Path, dest: Path) -> None:
         if src.resolve() == dest:
             return
-        dest.parent.mkdir(parents=True, exist_ok=True)
         # Write beside the destination, then rename, so readers never see half a file.
-        partial = dest.with_name(f".{dest.name}.partial")
-        if self.move:
-            shutil.move(src, partial)
-        else:
-            shutil.copyfile(src, partial)
-        os.replace(partial, dest)
+        partial = temporary_beside(dest)
+        try:
+            if self.move:
+                shutil.move(src, partial)
+            else:
+                shutil.copyfile(src, partial)
+            os.replace(partial, dest)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise

@@ -15,7 +15,8 @@ from typing import Any
 
 from google.protobuf.message import Message
 
-from egresskit.storage.base import Storage
+from egresskit.netpolicy import NetworkPolicy
+from egresskit.storage.base import Storage, config_to_dict
 
 ENTRY_POINT_GROUP = "egresskit.storage"
 
@@ -59,6 +60,17 @@ class StorageNotInstalled(LookupError):
         else:
             msg = f"storage backend {name!r} is not installed (no distribution provides it)"
         super().__init__(f"{msg} ({detail})" if detail else msg)
+
+
+class MissingCredentials(ValueError):
+    """Storage named in a request relies on the server's credentials."""
+
+    def __init__(self, name: str, missing: str) -> None:
+        self.backend = name
+        super().__init__(
+            f"{name} storage named in a request must bring its own credentials ({missing}); "
+            "the server's own credentials serve only the storage in its configuration"
+        )
 
 
 class Registry:
@@ -132,10 +144,27 @@ class Registry:
 
     def from_upload(self, upload: Message) -> Storage:
         """Build the backend of an upload message (``S3Upload``, ``GCPUpload``, ...)."""
+        return self.open(self._backend_of(upload), upload)
+
+    def check_request_upload(self, upload: Message) -> None:
+        """Raise MissingCredentials unless a request's upload message carries its own credentials."""
+        name = self._backend_of(upload)
+        missing = self.get(name).missing_credentials(config_to_dict(upload))
+        if missing:
+            raise MissingCredentials(name, missing)
+
+    def from_request_upload(self, upload: Message, network: NetworkPolicy) -> Storage:
+        """The backend of storage a request named: its own credentials, destinations per `network`."""
+        self.check_request_upload(upload)
+        storage = self.from_upload(upload)
+        storage.network = network
+        return storage
+
+    def _backend_of(self, upload: Message) -> str:
         name = _MESSAGE_BACKENDS.get(upload.DESCRIPTOR.name)
         if name is None:
             raise ValueError(f"not a storage upload message: {upload.DESCRIPTOR.name}")
-        return self.open(name, upload)
+        return name
 
     def _from_message(self, msg: Message | None) -> Storage | None:
         if msg is None:
@@ -167,6 +196,14 @@ def open_storage(name: str, cfg: Mapping[str, Any] | Message) -> Storage:
 
 def storage_from_upload(upload: Message) -> Storage:
     return default_registry.from_upload(upload)
+
+
+def check_request_upload(upload: Message) -> None:
+    default_registry.check_request_upload(upload)
+
+
+def storage_from_request(upload: Message, network: NetworkPolicy) -> Storage:
+    return default_registry.from_request_upload(upload, network)
 
 
 def storage_from_spec(spec: Mapping[str, Any]) -> Storage:

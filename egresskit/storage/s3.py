@@ -25,6 +25,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from google.protobuf.message import Message
 
+from egresskit.netpolicy import PolicyResolver
 from egresskit.storage.base import ProxySettings, Storage, config_to_dict, host_is_address
 
 MiB = 1024 * 1024
@@ -109,6 +110,11 @@ class S3Storage(Storage):
         self._client_lock = asyncio.Lock()
 
     @classmethod
+    def missing_credentials(cls, cfg: Mapping[str, Any]) -> str:
+        """Both keys: with either one missing botocore would fall back to the server's chain."""
+        return "" if cfg.get("access_key") and cfg.get("secret") else "access_key and secret"
+
+    @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
         data = config_to_dict(cfg)
         if data.get("assume_role_arn"):
@@ -182,6 +188,14 @@ class S3Storage(Storage):
                 if self.proxy:
                     url = self.proxy.url_with_auth()
                     proxies = {"http": url, "https": url}
+                connector_args: dict[str, Any] = {}
+                if self.network is not None:
+                    # A request's endpoint and proxy: addresses were checked at request
+                    # time, names are checked as aiohttp resolves them.
+                    for url in (self.endpoint, self.proxy.url if self.proxy else ""):
+                        if url:
+                            self.network.check_url(url)
+                    connector_args["resolver"] = PolicyResolver(self.network)
                 config = AioConfig(
                     s3={
                         # botocore's "auto" means path style for every custom endpoint.
@@ -193,6 +207,7 @@ class S3Storage(Storage):
                         "payload_signing_enabled": False,
                     },
                     proxies=proxies,
+                    connector_args=connector_args or None,
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.read_timeout,
                     # Retries belong to the caller's RetryPolicy, so attempts are counted once.

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from egresskit.storage.base import Storage, config_to_dict
-from egresskit.storage.local import confined_path
+from egresskit.storage.paths import confine
 
 
 class DirStore(Storage):
@@ -38,7 +38,7 @@ class DirStore(Storage):
         return self.root / "manifest.json"
 
     async def upload_file(self, path: Path, key: str, content_type: str) -> str:
-        dest = confined_path(self.root, key)
+        dest = confine(self.root, key)
         async with self._lock:  # one manifest writer at a time
             await asyncio.to_thread(self._store, Path(path), dest, key, content_type)
         return dest.as_uri()

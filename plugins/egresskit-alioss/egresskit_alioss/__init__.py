@@ -52,6 +52,10 @@ class AliOSSStorage(Storage):
         self._client: oss_aio.AsyncClient | None = None
 
     @classmethod
+    def missing_credentials(cls, cfg: Mapping[str, Any]) -> str:
+        return "" if cfg.get("access_key") and cfg.get("secret") else "access_key and secret"
+
+    @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
         data = config_to_dict(cfg)
         return cls(
@@ -101,6 +105,10 @@ class AliOSSStorage(Storage):
         return self._client
 
     async def upload_file(self, path: Path, key: str, content_type: str) -> str:
+        if self.network is not None and self.endpoint:
+            # A request's endpoint: the SDK resolves it itself, so check its addresses first.
+            parts = urlsplit(self.endpoint if "://" in self.endpoint else f"//{self.endpoint}")
+            await self.network.resolve_async(parts.hostname or "", parts.port or 443)
         client = self._oss()
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size > MAX_PUT:

@@ -60,6 +60,10 @@ class AzureBlobStorage(Storage):
         self._client: BlobServiceClient | None = None
 
     @classmethod
+    def missing_credentials(cls, cfg: Mapping[str, Any]) -> str:
+        return "" if cfg.get("account_key") else "account_key"
+
+    @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
         data = config_to_dict(cfg)
         return cls(

@@ -21,6 +21,7 @@ import aiohttp
 from gcloud.aio.storage import Storage as GcsClient
 from google.protobuf.message import Message
 
+from egresskit.netpolicy import PolicyResolver
 from egresskit.storage.base import ProxySettings, Storage, config_to_dict
 
 PUBLIC_ROOT = "https://storage.googleapis.com"
@@ -50,6 +51,11 @@ class GCSStorage(Storage):
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
         self._client: GcsClient | None = None
+
+    @classmethod
+    def missing_credentials(cls, cfg: Mapping[str, Any]) -> str:
+        """A service-account key: without one the library uses the server's default credentials."""
+        return "" if cfg.get("credentials") else "credentials"
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | Message) -> Self:
@@ -85,8 +91,13 @@ class GCSStorage(Storage):
         if self._client is None:
             # Credentials ride in the proxy URL: aiohttp sends them to the proxy only
             # (Proxy-Authorization, or on CONNECT for https), never to the origin.
+            connector = None
+            if self.network is not None:  # a request's proxy: names checked as resolved
+                if self.proxy:
+                    self.network.check_url(self.proxy.url)
+                connector = aiohttp.TCPConnector(resolver=PolicyResolver(self.network))
             self._session = aiohttp.ClientSession(
-                proxy=self.proxy.url_with_auth() if self.proxy else None
+                proxy=self.proxy.url_with_auth() if self.proxy else None, connector=connector
             )
             self._client = GcsClient(
                 service_file=io.StringIO(self.credentials) if self.credentials else None,

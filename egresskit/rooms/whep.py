@@ -1,0 +1,354 @@
+"""WHEP playback: browsers, OBS and players receive a room's tracks over WebRTC, untranscoded.
+
+`POST /{room}` takes a complete SDP offer (no trickle ICE, as for WHIP) and
+an access token granting `roomJoin`, `room` and `canSubscribe`, and answers
+with the room's tracks: by default the first publisher's camera and
+microphone; `?participant=<identity>` picks another publisher,
+`?track=<sid>` (repeatable) picks tracks. `DELETE {room}/{secret}` ends the
+session. The viewer is not a room participant (it publishes nothing).
+
+Passthrough: each sent track is `EncodedTrack`, which yields the
+`EncodedFrame`s the publisher sent (through `EncodedReceiver`, the same tap
+as track egress). aiortc's `RTCRtpSender` encodes av frames but hands any
+other object to its encoder's `pack`; `install_packetizer` puts a
+`Packetizer` in place of that encoder before the sender first asks for one,
+so no codec is ever created, and routes the viewer's key frame requests
+(PLI/FIR) to the publisher. It touches these aiortc 1.16 internals:
+`RTCRtpSender._RTCRtpSender__encoder` (name-mangled; the sender creates an
+encoder only while it is None), `RTCRtpSender._send_keyframe` (called on
+PLI/FIR), and the packetizers `Vp8Encoder._packetize` and
+`H264Encoder._split_bitstream` / `_packetize`. tests/test_whep.py checks
+that no encoder is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import AsyncIterator, Mapping, Sequence
+from urllib.parse import quote
+
+from aiohttp import web
+from aiortc import (
+    MediaStreamTrack,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCRtpTransceiver,
+)
+from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.vpx import Vp8Encoder
+from aiortc.mediastreams import MediaStreamError
+from livekit.protocol import models
+
+from egresskit.pipeline.link import EOS, Link
+from egresskit.rooms.encoded import EncodedFrame
+from egresskit.rooms.ice import gathering_on, host_address_override
+from egresskit.rooms.local import LocalRoom, LocalTrack, RoomManager
+from egresskit.rooms.whip import (
+    CONNECT_TIMEOUT_S,
+    NEGOTIATION_TIMEOUT_S,
+    SDP_CONTENT_TYPE,
+    cors_headers,
+    filter_candidates,
+    negotiate,
+    preflight,
+)
+from egresskit.tokens import Claims, TokenError, bearer_token, verify_token
+
+log = logging.getLogger(__name__)
+
+KINDS = {models.TrackType.VIDEO: "video", models.TrackType.AUDIO: "audio"}
+DEFAULT_SOURCES = (models.TrackSource.CAMERA, models.TrackSource.MICROPHONE)
+
+
+class Packetizer:
+    """Stands in for aiortc's encoder in a sender: RTP payloads of already encoded frames."""
+
+    def __init__(self, mime_type: str) -> None:
+        self.mime_type = mime_type.lower()
+        if self.mime_type not in ("video/vp8", "video/h264", "audio/opus"):
+            raise ValueError(f"cannot send {mime_type} without transcoding")
+        self._picture_id = secrets.randbelow(1 << 15)
+        self.frames = 0
+
+    def pack(self, frame: EncodedFrame) -> tuple[list[bytes], int]:
+        """The frame's RTP payloads and timestamp (in the codec's clock, as received)."""
+        self.frames += 1
+        if self.mime_type == "video/vp8":
+            payloads = Vp8Encoder._packetize(frame.data, self._picture_id)
+            self._picture_id = (self._picture_id + 1) % (1 << 15)
+        elif self.mime_type == "video/h264":
+            payloads = H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
+        else:
+            payloads = [frame.data]
+        return payloads, frame.timestamp
+
+    def encode(self, frame: object, force_keyframe: bool = False) -> tuple[list[bytes], int]:
+        raise TypeError("a WHEP sender passes encoded frames through; it has no encoder")
+
+
+class EncodedTrack(MediaStreamTrack):
+    """A room track's encoded frames as a MediaStreamTrack, for a passthrough sender."""
+
+    def __init__(self, source: LocalTrack) -> None:
+        super().__init__()
+        self.kind = KINDS[source.kind]
+        self.source = source
+        self._link: Link = source.subscribe_encoded()
+
+    async def recv(self) -> EncodedFrame:  # type: ignore[override]
+        if self.readyState != "live":
+            raise MediaStreamError
+        frame = await self._link.get()
+        if frame is EOS:
+            self.stop()
+            raise MediaStreamError
+        return frame
+
+    def request_keyframe(self) -> None:
+        if self.source.encoded is not None:
+            self.source.encoded.request_keyframe()
+
+    def stop(self) -> None:
+        self.source.unsubscribe_encoded(self._link)
+        super().stop()
+
+
+def install_packetizer(sender: RTCRtpSender, track: EncodedTrack) -> Packetizer:
+    """Make `sender` packetize `track`'s frames as they are, never encoding (see module doc)."""
+    packetizer = Packetizer(track.source.mime_type)
+    sender._RTCRtpSender__encoder = packetizer  # type: ignore[attr-defined]
+    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
+    return packetizer
+
+
+def choose_tracks(room: LocalRoom, participant: str | None, track_sids: Sequence[str]) -> list[LocalTrack]:
+    """The tracks a viewer asked for (see the module docstring); only WebRTC tracks qualify."""
+    if track_sids:
+        chosen = []
+        for sid in track_sids:
+            track = room.track(sid)
+            if track is None:
+                raise web.HTTPNotFound(text=f"no track {sid!r} in room {room.name!r}")
+            chosen.append(track)
+    else:
+        if participant is not None:
+            publisher = room.participants.get(participant)
+            if publisher is None:
+                raise web.HTTPNotFound(
+                    text=f"no participant {participant!r} in room {room.name!r}"
+                )
+            publishers = [publisher]
+        else:
+            publishers = [p for p in room.participants.values() if p.tracks]
+        chosen = []
+        for publisher in publishers:
+            tracks = [t for t in publisher.tracks.values() if t.has_encoded_media]
+            preferred = [t for t in tracks if t.source in DEFAULT_SOURCES]
+            chosen = _one_per_kind(preferred or tracks)
+            if chosen:
+                break
+        if not chosen:
+            who = f"participant {participant!r}" if participant else f"room {room.name!r}"
+            raise web.HTTPNotFound(text=f"{who} publishes no WebRTC track to watch")
+    for track in chosen:
+        if not track.has_encoded_media:
+            raise web.HTTPNotFound(text=f"track {track.sid} is not a WebRTC track")
+    return chosen
+
+
+def _one_per_kind(tracks: list[LocalTrack]) -> list[LocalTrack]:
+    first: dict[int, LocalTrack] = {}
+    for track in tracks:
+        first.setdefault(track.kind, track)
+    return list(first.values())
+
+
+def whep_app(
+    rooms: RoomManager,
+    keys: Mapping[str, str],
+    *,
+    ice_addresses: Sequence[str] | None = None,
+    connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    max_token_ttl_s: float = 0,
+) -> web.Application:
+    """The WHEP endpoint, to mount with `app.add_subapp("/whep", whep_app(...))`.
+
+    `ice_addresses` and `max_token_ttl_s` work as for `whip_app`.
+    """
+    endpoint = WhepEndpoint(rooms, keys, ice_addresses, connect_timeout_s, max_token_ttl_s)
+    app = web.Application(middlewares=[cors_headers])
+    app.cleanup_ctx.append(endpoint.lifetime)
+    app.router.add_route("POST", "/{room}", endpoint.play, name="whep-endpoint")
+    app.router.add_route("OPTIONS", "/{room}", preflight)
+    app.router.add_route("DELETE", "/{room}/{resource}", endpoint.delete, name="whep-resource")
+    app.router.add_route("OPTIONS", "/{room}/{resource}", preflight)
+    return app
+
+
+class WhepSession:
+    """One viewer's peer connection and what it sends."""
+
+    def __init__(self, room: str, pc: RTCPeerConnection, tracks: list[EncodedTrack]) -> None:
+        self.room = room
+        self.pc = pc
+        self.tracks = tracks
+        self.packetizers: list[Packetizer] = []
+
+    async def close(self) -> None:
+        for track in self.tracks:
+            track.stop()
+        await self.pc.close()
+
+
+class WhepEndpoint:
+    """Turns WHEP requests into passthrough peer connections from the embedded rooms."""
+
+    def __init__(
+        self,
+        rooms: RoomManager,
+        keys: Mapping[str, str],
+        ice_addresses: Sequence[str] | None,
+        connect_timeout_s: float = CONNECT_TIMEOUT_S,
+        max_token_ttl_s: float = 0,
+    ) -> None:
+        self._rooms = rooms
+        self._keys = keys
+        self._ice_addresses = None if ice_addresses is None else list(ice_addresses)
+        self._connect_timeout_s = connect_timeout_s
+        self._max_token_ttl_s = max_token_ttl_s
+        self.sessions: dict[str, WhepSession] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
+        """Scope ICE gathering while the service runs; close every viewer at the end."""
+        if self._ice_addresses is None:
+            yield
+        else:
+            with host_address_override():
+                yield
+        sessions, self.sessions = list(self.sessions.values()), {}
+        await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+
+    async def play(self, request: web.Request) -> web.Response:
+        room_name = request.match_info["room"]
+        self._authorize(request, room_name)
+        if request.content_type != SDP_CONTENT_TYPE:
+            raise web.HTTPUnsupportedMediaType(text=f"Content-Type must be {SDP_CONTENT_TYPE}")
+        offer = filter_candidates(await request.text(), self._ice_addresses)
+        if not offer.lstrip().startswith("v=0"):
+            raise web.HTTPBadRequest(text="the body is not an SDP offer (it must start with v=0)")
+        room = self._rooms.get(room_name)
+        if room is None:
+            raise web.HTTPNotFound(text=f"no room {room_name!r}")
+        sources = choose_tracks(
+            room, request.query.get("participant"), request.query.getall("track", [])
+        )
+        offered = {line.split()[0][2:] for line in offer.splitlines() if line.startswith("m=")}
+        sources = [t for t in sources if KINDS[t.kind] in offered]
+        if not sources:
+            raise web.HTTPBadRequest(text="the SDP offer receives none of the chosen tracks' kinds")
+
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        session = WhepSession(room_name, pc, [EncodedTrack(t) for t in sources])
+        answered = False
+        try:
+            for track in session.tracks:
+                transceiver = pc.addTransceiver(track, direction="sendonly")
+                prefer_codec(transceiver, track.source.mime_type)
+                session.packetizers.append(install_packetizer(transceiver.sender, track))
+            try:
+                with gathering_on(self._ice_addresses):
+                    answer = await asyncio.wait_for(negotiate(pc, offer), NEGOTIATION_TIMEOUT_S)
+            except TimeoutError:
+                raise web.HTTPServiceUnavailable(text="ICE gathering timed out") from None
+            except Exception as exc:
+                log.info("rejected a WHEP offer for room %r: %s", room_name, exc)
+                raise web.HTTPBadRequest(
+                    text=f"cannot use this SDP offer (the viewer must accept "
+                    f"{', '.join(t.source.mime_type for t in session.tracks)}): {exc}"
+                ) from None
+            answered = True
+        finally:
+            if not answered:
+                await session.close()
+        resource = secrets.token_urlsafe(24)
+        self.sessions[resource] = session
+        self._watch(session, resource)
+        prefix = request.match_info.route.resource.canonical.removesuffix("/{room}")
+        return web.Response(
+            status=201,
+            body=answer.encode(),
+            content_type=SDP_CONTENT_TYPE,
+            headers={
+                "Location": f"{prefix}/{quote(room_name, safe='')}/{resource}",
+                "ETag": f'"{secrets.token_hex(8)}"',
+            },
+        )
+
+    async def delete(self, request: web.Request) -> web.Response:
+        """End a session; the unguessable resource URL is what authorizes it."""
+        session = self.sessions.get(request.match_info["resource"])
+        if session is None or session.room != request.match_info["room"]:
+            raise web.HTTPNotFound(text="no such WHEP session")
+        del self.sessions[request.match_info["resource"]]
+        await session.close()
+        return web.Response(status=200, text="session ended")
+
+    def _watch(self, session: WhepSession, resource: str) -> None:
+        """Close the session when its connection fails, closes or never comes up."""
+        settled = asyncio.Event()
+
+        async def end() -> None:
+            if self.sessions.pop(resource, None) is not None:
+                await session.close()
+
+        async def give_up_unless_connected() -> None:
+            try:
+                await asyncio.wait_for(settled.wait(), self._connect_timeout_s)
+            except TimeoutError:
+                log.info("WHEP session in room %r did not connect; closing it", session.room)
+                await end()
+
+        task = asyncio.create_task(give_up_unless_connected(), name=f"whep {resource[:6]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+        @session.pc.on("connectionstatechange")
+        async def on_state_change() -> None:
+            if session.pc.connectionState == "connected":
+                settled.set()
+            elif session.pc.connectionState in ("failed", "closed"):
+                settled.set()
+                await end()
+
+    def _authorize(self, request: web.Request, room_name: str) -> Claims:
+        try:
+            claims = verify_token(
+                bearer_token(request.headers.get("Authorization")),
+                self._keys,
+                max_ttl=self._max_token_ttl_s,
+            )
+        except TokenError as exc:
+            raise web.HTTPUnauthorized(
+                text=str(exc), headers={"WWW-Authenticate": "Bearer"}
+            ) from None
+        if claims.grant("roomJoin") is not True or claims.grant("room") != room_name:
+            raise web.HTTPForbidden(text=f"token does not grant joining room {room_name!r}")
+        if claims.grant("canSubscribe") is not True:
+            raise web.HTTPForbidden(text="token does not grant subscribing (canSubscribe)")
+        return claims
+
+
+def prefer_codec(transceiver: RTCRtpTransceiver, mime_type: str) -> None:
+    """Negotiate only the codec the publisher sent (and its retransmissions)."""
+    wanted = mime_type.lower()
+    transceiver.setCodecPreferences(
+        [
+            codec
+            for codec in RTCRtpSender.getCapabilities(transceiver.kind).codecs
+            if codec.mimeType.lower() in (wanted, f"{transceiver.kind}/rtx")
+        ]
+    )

@@ -1,0 +1,240 @@
+"""Lip sync: a flash and a beep sent together stay together in every kind of recording.
+
+The service runs as its own process (`egresskit serve`), the publisher in
+another: tests/flash_beep.py (aiortc over WHIP), or headless Chromium
+publishing a page whose canvas flashes while WebAudio beeps. One recording of
+`SECONDS` records a room composite, a participant egress and a track
+composite at the same time, driven through the livekit-api SDK; each file
+is then decoded and every flash paired with its beep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from chromium import FLASH_BEEP, chromium_available, chromium_publisher
+from livekit import api
+from livekit.protocol import egress as egress_pb
+from livekit.protocol import models
+from livekit.protocol import room as room_pb
+from media_checks import av_offsets, ffprobe, longest_freeze
+from publishers import make_publisher_token
+from service_fixtures import API_KEY, API_SECRET, wait_status
+from test_cli import child_env, free_port, start, stop, wait_healthy
+
+TESTS = Path(__file__).parent
+ROOM, IDENTITY = "lipsync", "flasher"
+SECONDS = 60.0
+PERIOD_S = 2.0  # flash_beep.PERIOD_S
+# Small outputs: three encodes at once on a shared 2-core machine.
+ENCODING = egress_pb.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=600)
+
+
+async def serve(output_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+    port = free_port()
+    proc = await start(
+        "serve",
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--output-dir",
+        str(output_dir),
+        env=child_env(EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET),
+    )
+    await wait_healthy(proc, port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+async def publish_flash_beep(base: str, *extra: str) -> asyncio.subprocess.Process:
+    """The flash + beep publisher in its own process, once it has published."""
+    token = make_publisher_token(API_KEY, API_SECRET, ROOM, IDENTITY)
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(TESTS / "flash_beep.py"),
+        base,
+        ROOM,
+        token,
+        *extra,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=child_env(),
+    )
+    line = await asyncio.wait_for(proc.stdout.readline(), 30)
+    if line.strip() != b"published":
+        await stop(proc)
+        raise AssertionError(f"publisher failed: {(await proc.stderr.read()).decode()[-2000:]}")
+    return proc
+
+
+async def published_tracks(client: api.LiveKitAPI) -> dict[int, str]:
+    """Track ids of the publisher by type, once both are published."""
+    deadline = time.monotonic() + 20
+    while True:
+        listed = await client.room.list_participants(room_pb.ListParticipantsRequest(room=ROOM))
+        tracks = {t.type: t.sid for p in listed.participants for t in p.tracks}
+        if len(tracks) == 2:
+            return tracks
+        if time.monotonic() > deadline:
+            raise AssertionError(f"tracks published: {tracks}")
+        await asyncio.sleep(0.2)
+
+
+@dataclass
+class Recorded:
+    """An egress and the test's own bounds on how long it recorded."""
+
+    info: egress_pb.EgressInfo
+    shortest: float = 0.0  # from the start request's answer to the stop request
+    longest: float = 0.0  # from the start request to the stop request's answer
+
+
+IMPAIRED_SECONDS = 30.0
+JITTER_MS, LOSS = 100, 0.02
+# Longest the picture may stand still (after a loss a key frame is asked for at once).
+MAX_FREEZE_S = 1.0
+
+
+async def record_all_three(client: api.LiveKitAPI, seconds: float) -> dict[str, Recorded]:
+    """Room composite, participant and track composite egresses, recorded together."""
+    tracks = await published_tracks(client)
+    egress = client.egress
+    asked = time.monotonic()
+    started = {
+        "room": await egress.start_room_composite_egress(
+            egress_pb.RoomCompositeEgressRequest(
+                room_name=ROOM,
+                file_outputs=[egress_pb.EncodedFileOutput(filepath="room.mp4")],
+                advanced=ENCODING,
+            )
+        ),
+        "participant": await egress.start_participant_egress(
+            egress_pb.ParticipantEgressRequest(
+                room_name=ROOM,
+                identity=IDENTITY,
+                file_outputs=[egress_pb.EncodedFileOutput(filepath="participant.mp4")],
+                advanced=ENCODING,
+            )
+        ),
+        "track_composite": await egress.start_track_composite_egress(
+            egress_pb.TrackCompositeEgressRequest(
+                room_name=ROOM,
+                audio_track_id=tracks[models.TrackType.AUDIO],
+                video_track_id=tracks[models.TrackType.VIDEO],
+                file_outputs=[egress_pb.EncodedFileOutput(filepath="track_composite.mp4")],
+                advanced=ENCODING,
+            )
+        ),
+    }
+    answered = time.monotonic()
+    for info in started.values():
+        await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await asyncio.sleep(seconds)
+    recorded = {}
+    for kind, info in started.items():
+        stopping = time.monotonic()
+        await egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        recorded[kind] = Recorded(info, stopping - answered, time.monotonic() - asked)
+    for record in recorded.values():
+        record.info = await wait_status(
+            client, record.info.egress_id, [egress_pb.EGRESS_COMPLETE], timeout=60
+        )
+    return recorded
+
+
+def check_sync(path: Path, recorded: Recorded, tolerance: float, max_freeze: float) -> str:
+    """Assert lip sync, no drift and an exact duration; a summary line for the log."""
+    pairs = av_offsets(path)
+    expected = recorded.shortest / PERIOD_S
+    assert len(pairs) >= expected - 4, f"{path.name}: {len(pairs)} flash/beep pairs of ~{expected}"
+    offsets = [offset for _, offset in pairs]
+    median = statistics.median(offsets)
+    worst = max(offsets, key=abs)
+    quarter = max(1, len(offsets) // 4)
+    drift = statistics.mean(offsets[-quarter:]) - statistics.mean(offsets[:quarter])
+    duration = float(ffprobe(path)["format"]["duration"])
+    freeze = longest_freeze(path)
+    summary = (
+        f"{path.name}: {len(pairs)} pairs, offset median {median * 1000:+.1f} ms, "
+        f"worst {worst * 1000:+.1f} ms, drift {drift * 1000:+.1f} ms; {duration:.3f} s "
+        f"for {recorded.shortest:.3f}-{recorded.longest:.3f} s of wall time; "
+        f"longest freeze {freeze:.2f} s"
+    )
+    print(summary)
+    assert abs(median) <= tolerance and abs(worst) <= tolerance, summary
+    assert abs(drift) <= 0.010, summary
+    assert freeze <= max_freeze, summary
+    slack = 0.002 * recorded.shortest
+    assert recorded.shortest - slack <= duration <= recorded.longest + slack, summary
+    return summary
+
+
+@pytest.mark.slow
+async def test_flash_and_beep_stay_together_from_an_aiortc_publisher(tmp_path):
+    service, base = await serve(tmp_path)
+    publisher = None
+    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    try:
+        publisher = await publish_flash_beep(base)
+        results = await record_all_three(client, SECONDS)
+    finally:
+        await client.aclose()
+        if publisher is not None:
+            await stop(publisher)
+        await stop(service)
+
+    assert_all_in_sync(results, 0.020)
+
+
+def assert_all_in_sync(
+    results: dict[str, Recorded], tolerance: float, max_freeze: float = MAX_FREEZE_S
+) -> None:
+    """check_sync on every recording; every failure is reported, not only the first."""
+    failures = []
+    for kind, recorded in results.items():
+        (result,) = recorded.info.file_results
+        try:
+            check_sync(Path(result.location), recorded, tolerance, max_freeze)
+        except AssertionError as exc:
+            failures.append(f"{kind}: {exc}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.slow
+@pytest.mark.chromium
+@pytest.mark.skipif(not chromium_available(), reason="Debian chromium is not installed")
+async def test_flash_and_beep_stay_together_from_chromium(tmp_path):
+    service, base = await serve(tmp_path)
+    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    token = make_publisher_token(API_KEY, API_SECRET, ROOM, IDENTITY)
+    try:
+        async with chromium_publisher(base, ROOM, token, FLASH_BEEP) as browser:
+            await browser.wait_published(30)
+            results = await record_all_three(client, SECONDS)
+    finally:
+        await client.aclose()
+        await stop(service)
+    assert_all_in_sync(results, 0.020)
+
+
+@pytest.mark.slow
+async def test_jitter_and_loss_keep_sync_and_recover_at_key_frames(tmp_path):
+    """100 ms of jitter and 2 % loss on the publisher's side (a relay in its process)."""
+    service, base = await serve(tmp_path)
+    publisher = None
+    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    try:
+        publisher = await publish_flash_beep(base, str(JITTER_MS), str(LOSS))
+        results = await record_all_three(client, IMPAIRED_SECONDS)
+    finally:
+        await client.aclose()
+        if publisher is not None:
+            await stop(publisher)
+        await stop(service)
+    assert_all_in_sync(results, 0.040, MAX_FREEZE_S)

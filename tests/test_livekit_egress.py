@@ -1,0 +1,381 @@
+"""Egresses of a real LiveKit server's rooms, through `egresskit serve --livekit-url`.
+
+livekit-server runs on 127.0.0.1; publishers are the official `livekit`
+real-time SDK; egresskit runs as its own process and is driven by the
+unmodified `livekit-api` SDK at its own URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+from livekit import api
+from livekit.protocol import egress as egress_pb
+from livekit_publishers import SdkPublisher
+from livekit_server import LiveKitServer, unavailable_reason
+from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
+from publishers import colors_close
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason()),
+]
+
+API_KEY, API_SECRET = "egresskit-key", "egresskit-secret-of-sufficient-length-0123"
+RED, RED_TONE = (220, 40, 40), 440.0
+BLUE, BLUE_TONE = (40, 60, 220), 1000.0
+TILE_LEFT = (100, 220, 540, 500)  # inside the left tile of a two-tile 1280x720 grid
+TILE_RIGHT = (740, 220, 1180, 500)
+FULL = (300, 150, 980, 570)  # inside a single full-frame tile
+DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
+STARTUP_TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def livekit_server():
+    with LiveKitServer() as server:
+        yield server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Service:
+    """`python -m egresskit.cli serve` recording the rooms of `livekit`."""
+
+    def __init__(self, livekit: LiveKitServer, output_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.output_dir = output_dir
+        self.livekit = livekit
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> Service:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
+        env["EGRESSKIT_LIVEKIT_API_SECRET"] = self.livekit.api_secret  # secrets not on argv
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "egresskit.cli", "serve",
+            "--port", str(self.port),
+            "--api-key", API_KEY, "--api-secret", API_SECRET,
+            "--output-dir", str(self.output_dir),
+            "--livekit-url", self.livekit.url,
+            "--livekit-api-key", self.livekit.api_key,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                if self.process.returncode is not None:
+                    err = await self.process.stderr.read()
+                    raise AssertionError(f"egresskit exited: {err.decode()[-2000:]}")
+                try:
+                    async with http.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return self
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        raise AssertionError("egresskit did not start")
+
+    async def stop(self) -> str:
+        """Stop the service; returns its log."""
+        if self.process is None:
+            return ""
+        if self.process.returncode is None:
+            self.process.terminate()
+        try:
+            _, err = await asyncio.wait_for(self.process.communicate(), 30)
+        except TimeoutError:
+            self.process.kill()
+            _, err = await self.process.communicate()
+        return err.decode(errors="replace")
+
+
+@pytest.fixture
+async def service(livekit_server, tmp_path):
+    service = await Service(livekit_server, tmp_path / "out").start()
+    yield service
+    log = await service.stop()
+    assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.fixture
+async def lkapi(service):
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
+    yield client
+    await client.aclose()
+
+
+async def wait_status(lkapi, egress_id: str, statuses, timeout: float = 30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        items = (
+            await lkapi.egress.list_egress(egress_pb.ListEgressRequest(egress_id=egress_id))
+        ).items
+        if items and items[0].status in statuses:
+            return items[0]
+        if time.monotonic() > deadline:
+            status = egress_pb.EgressStatus.Name(items[0].status) if items else "missing"
+            raise AssertionError(f"{egress_id} is still {status}: {items[0] if items else ''}")
+        await asyncio.sleep(0.05)
+
+
+async def publishers(livekit_server, room: str, *specs) -> list[SdkPublisher]:
+    started = []
+    for identity, color, tone in specs:
+        started.append(
+            await SdkPublisher(livekit_server, room, identity, color=color, tone=tone).start()
+        )
+    await asyncio.sleep(0.5)  # the server has announced their tracks
+    return started
+
+
+async def stop_all(publishers) -> None:
+    for publisher in publishers:
+        await publisher.stop()
+
+
+def file_request(room: str, path: str, **kwargs) -> egress_pb.RoomCompositeEgressRequest:
+    return egress_pb.RoomCompositeEgressRequest(
+        room_name=room,
+        file_outputs=[egress_pb.EncodedFileOutput(filepath=path)],
+        **kwargs,
+    )
+
+
+async def test_room_composite_of_two_sdk_publishers(livekit_server, service, lkapi):
+    pubs = await publishers(
+        livekit_server, "standup", ("alice", RED, RED_TONE), ("bob", BLUE, BLUE_TONE)
+    )
+    try:
+        info = await lkapi.egress.start_room_composite_egress(file_request("standup", "standup.mp4"))
+        started = time.monotonic()
+        assert info.room_name == "standup"
+        assert info.room_id.startswith("RM_")
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(10.0 - (time.monotonic() - started))
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        wall = time.monotonic() - started
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await stop_all(pubs)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "standup.mp4"
+    probe = ffprobe(path)
+    video, audio = stream(probe, "video"), stream(probe, "audio")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 1280, 720)
+    assert audio["codec_name"] == "aac"
+    duration = float(probe["format"]["duration"])
+    assert abs(duration - wall) <= 0.02 * wall, f"{duration:.2f} s of media for {wall:.2f} s"
+
+    image = frame_at(path, 6.0)
+    assert colors_close(region_color(image, *TILE_LEFT), RED), region_color(image, *TILE_LEFT)
+    assert colors_close(region_color(image, *TILE_RIGHT), BLUE), region_color(image, *TILE_RIGHT)
+    samples, rate = audio_samples(path, 3.0, 8.0)
+    red_level, blue_level = tone_strengths(samples, rate, [RED_TONE, BLUE_TONE])
+    assert red_level > 50 and blue_level > 50, (red_level, blue_level)
+
+
+async def test_room_service_is_the_livekit_servers(service, lkapi):
+    with pytest.raises(api.TwirpError) as caught:
+        await lkapi.room.list_rooms(api.ListRoomsRequest())
+    assert caught.value.code == "unimplemented"
+    assert "LiveKit server" in caught.value.message
+
+
+async def test_unknown_room_is_not_found(service, lkapi):
+    with pytest.raises(api.TwirpError) as caught:
+        await lkapi.egress.start_track_egress(
+            egress_pb.TrackEgressRequest(
+                room_name="nobody-here", track_id="TR_missing",
+                file=egress_pb.DirectFileOutput(filepath="x.ogg"),
+            )
+        )
+    assert caught.value.code == "not_found"
+
+
+def flash_times(path, region: tuple[int, int, int, int], level: float = 200.0) -> list[float]:
+    """When the picture in `region` turns white (mean brightness rises above `level`)."""
+    x0, y0, x1, y1 = region
+    times, bright = [], False
+    with av.open(str(path)) as container:
+        for frame in container.decode(container.streams.video[0]):
+            mean = float(frame.to_ndarray(format="rgb24")[y0:y1, x0:x1].mean())
+            if mean > level and not bright:
+                times.append(float(frame.time))
+            bright = mean > level
+    return times
+
+
+def beep_times(path, window: float = 0.005, ratio: float = 0.3) -> list[float]:
+    """When a beep starts: the level of a `window` rises above `ratio` of the loudest."""
+    with av.open(str(path)) as container:
+        audio = container.streams.audio[0]
+        start = float(audio.start_time * audio.time_base)
+    samples, rate = audio_samples(path)
+    size = max(1, int(rate * window))
+    frames = samples[: len(samples) // size * size].reshape(-1, size)
+    levels = np.sqrt(np.mean(frames**2, axis=1))
+    threshold = ratio * float(levels.max())
+    times, loud = [], False
+    for index, level in enumerate(levels):
+        if level > threshold and not loud:
+            times.append(start + index * size / rate)
+        loud = level > threshold
+    return times
+
+
+def av_offsets(flashes: list[float], beeps: list[float], within: float = 0.5) -> list[float]:
+    """Audio minus video time of each flash that has a beep within `within` seconds."""
+    offsets = []
+    for flash in flashes:
+        nearest = min(beeps, key=lambda beep: abs(beep - flash), default=None)
+        if nearest is not None and abs(nearest - flash) <= within:
+            offsets.append(nearest - flash)
+    return offsets
+
+
+@pytest.mark.xfail(
+    reason="needs the sender-report timeline (h5-sync): measured +268 ms without it, "
+    "+23..47 ms with it merged",
+    strict=False,
+)
+async def test_av_offset_of_a_flash_and_beep(livekit_server, service, lkapi):
+    pub = await SdkPublisher(
+        livekit_server, "sync", "alice", color=RED, tone=1000.0, flash_every=2.0
+    ).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("sync", "sync.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(10)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "sync.mp4"
+    offsets = av_offsets(flash_times(path, FULL), beep_times(path))
+    assert len(offsets) >= 3, offsets
+    median = sorted(offsets)[len(offsets) // 2]
+    assert abs(median) <= 0.040, f"audio is {median * 1000:+.0f} ms from video ({offsets})"
+
+
+async def test_late_joiner_changes_the_grid_without_a_gap(livekit_server, service, lkapi):
+    alice = await SdkPublisher(livekit_server, "late", "alice", color=RED, tone=RED_TONE).start()
+    bob = None
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("late", "late.mp4"))
+        started = time.monotonic()
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(3.0 - (time.monotonic() - started))
+        bob = await SdkPublisher(livekit_server, "late", "bob", color=BLUE, tone=BLUE_TONE).start()
+        await asyncio.sleep(3.0)
+        await bob.stop()
+        bob = None
+        await asyncio.sleep(3.0)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await alice.stop()
+        if bob is not None:
+            await bob.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    path = service.output_dir / "late.mp4"
+    assert colors_close(region_color(frame_at(path, 1.5), *FULL), RED)
+    together = frame_at(path, 5.0)
+    assert colors_close(region_color(together, *TILE_LEFT), RED), region_color(together, *TILE_LEFT)
+    assert colors_close(region_color(together, *TILE_RIGHT), BLUE)
+    assert colors_close(region_color(frame_at(path, 8.0), *FULL), RED)
+    assert max_pts_gap(path) <= 0.1, "the video has a gap"
+
+
+def max_pts_gap(path) -> float:
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        times = [float(p.pts * video.time_base) for p in container.demux(video) if p.pts is not None]
+    times.sort()
+    return max(b - a for a, b in zip(times, times[1:], strict=False))
+
+
+async def test_killed_server_fails_the_egress_and_keeps_the_file(livekit_server, service, lkapi):
+    pub = await SdkPublisher(livekit_server, "crash", "alice", color=RED, tone=RED_TONE).start()
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("crash", "crash.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(4)
+        livekit_server.kill()
+        killed = time.monotonic()
+        final = await wait_status(lkapi, info.egress_id, DONE, timeout=15)
+        ended_after = time.monotonic() - killed
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_FAILED
+    assert ended_after <= 10.0, f"the egress ended {ended_after:.1f} s after the server died"
+    assert "LiveKit server" in final.error, final.error
+    probe = ffprobe(service.output_dir / "crash.mp4")
+    assert float(probe["format"]["duration"]) >= 3.0
+    assert colors_close(region_color(frame_at(service.output_dir / "crash.mp4", 2.0), *FULL), RED)
+
+
+async def test_browser_publisher_is_in_the_composite(livekit_server, service, lkapi):
+    from livekit_browser import livekit_browser_publisher
+    from livekit_browser import unavailable_reason as browser_unavailable
+
+    if browser_unavailable():
+        pytest.skip(browser_unavailable())
+    green = (40, 200, 60)
+    alice = await SdkPublisher(livekit_server, "browser", "alice", color=RED, tone=RED_TONE).start()
+    token = livekit_server.token("browser", "chromium", can_publish=True)
+    try:
+        async with livekit_browser_publisher(livekit_server.url, token, green) as browser:
+            await browser.wait_published()
+            await asyncio.sleep(1.0)
+            info = await lkapi.egress.start_room_composite_egress(
+                file_request("browser", "browser.mp4")
+            )
+            await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+            await asyncio.sleep(5)
+            await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+            final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await alice.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    image = frame_at(service.output_dir / "browser.mp4", 4.0)
+    assert colors_close(region_color(image, *TILE_LEFT), RED), region_color(image, *TILE_LEFT)
+    right = region_color(image, *TILE_RIGHT)
+    assert colors_close(right, green), f"the browser's tile is {right}"
+
+
+async def test_deleted_room_ends_the_egress_cleanly(livekit_server, service, lkapi):
+    pub = await SdkPublisher(livekit_server, "gone", "alice", color=RED, tone=RED_TONE).start()
+    server_api = api.LiveKitAPI(livekit_server.http_url, livekit_server.api_key,
+                                livekit_server.api_secret)
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_room_composite_egress(file_request("gone", "gone.mp4"))
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(3)
+        await server_api.room.delete_room(api.DeleteRoomRequest(room="gone"))
+        final = await wait_status(lkapi, info.egress_id, DONE, timeout=15)
+    finally:
+        await server_api.aclose()
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert "LiveKit room ended" in final.details, final.details
+    assert float(ffprobe(service.output_dir / "gone.mp4")["format"]["duration"]) >= 2.5

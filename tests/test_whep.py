@@ -1,0 +1,186 @@
+"""WHEP: an aiortc viewer receives a room's tracks, passed through without any encoder."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import aiohttp
+import aiortc.rtcrtpsender
+import pytest
+from aiohttp import web
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+from publishers import (
+    WHIP_API_KEY,
+    WHIP_API_SECRET,
+    SineAudioTrack,
+    SyntheticVideoTrack,
+    colors_close,
+    frame_color,
+    make_publisher_token,
+    tone_frequency,
+    whip_publish,
+)
+from yarl import URL
+
+from egresskit.rooms import RoomManager, whip_app
+from egresskit.rooms.whep import EncodedTrack, whep_app
+from egresskit.tokens import create_token
+
+ROOM = "watch"
+GREEN = (0, 200, 0)
+BLUE = (0, 0, 220)
+
+
+def viewer_token(room: str = ROOM, *, can_subscribe: bool = True) -> str:
+    return create_token(
+        WHIP_API_KEY,
+        WHIP_API_SECRET,
+        identity="viewer",
+        video={"roomJoin": True, "room": room, "canSubscribe": can_subscribe},
+    )
+
+
+@pytest.fixture
+async def server(aiohttp_server, rooms: RoomManager, whip_keys):
+    app = web.Application()
+    app.add_subapp("/whip", whip_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
+    app.add_subapp("/whep", whep_app(rooms, whip_keys, ice_addresses=["127.0.0.1"]))
+    return await aiohttp_server(app, host="127.0.0.1")
+
+
+@pytest.fixture
+def whep_encoders(monkeypatch):
+    """Codecs of the encoders aiortc builds for WHEP senders (publishers' senders build theirs)."""
+    built: list[str] = []
+    real = aiortc.rtcrtpsender.get_encoder
+
+    def spy(codec):
+        sender = sys._getframe(1).f_locals.get("self")
+        if isinstance(getattr(sender, "track", None), EncodedTrack):
+            built.append(codec.mimeType)
+        return real(codec)
+
+    monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", spy)
+    return built
+
+
+async def whep_view(base: URL, path: str, token: str, kinds=("video", "audio")):
+    """An aiortc WHEP viewer: (pc, tracks by kind) or (status, text) when refused."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in kinds:
+        pc.addTransceiver(kind, direction="recvonly")
+    tracks = {}
+
+    @pc.on("track")
+    def on_track(track):
+        tracks[track.kind] = track
+
+    await pc.setLocalDescription(await pc.createOffer())
+    headers = {"Content-Type": "application/sdp", "Authorization": f"Bearer {token}"}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(base.join(URL(path)), data=pc.localDescription.sdp, headers=headers) as resp,
+    ):
+        body = await resp.text()
+        if resp.status != 201:
+            await pc.close()
+            return resp.status, body
+        location = resp.headers["Location"]
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    return pc, tracks, location
+
+
+async def frames(track, count: int, timeout: float = 20.0) -> list:
+    async def collect():
+        got = []
+        while len(got) < count:
+            try:
+                got.append(await track.recv())
+            except MediaStreamError:
+                break
+        return got
+
+    return await asyncio.wait_for(collect(), timeout)
+
+
+async def test_viewer_receives_publishers_tracks_without_encoding(
+    server, rooms: RoomManager, whep_encoders
+):
+    base = server.make_url("/")
+    first = await whip_publish(
+        base,
+        ROOM,
+        make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice"),
+        [SyntheticVideoTrack(GREEN), SineAudioTrack(660)],
+    )
+    second = await whip_publish(
+        base,
+        ROOM,
+        make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "bob"),
+        [SyntheticVideoTrack(BLUE)],
+    )
+    async with first, second:
+        pc, tracks, location = await whep_view(base, f"/whep/{ROOM}", viewer_token())
+        try:
+            video = await frames(tracks["video"], 10)
+            assert colors_close(frame_color(video[-1]), GREEN)
+            audio = await frames(tracks["audio"], 50)
+            assert abs(tone_frequency(audio[-25:]) - 660) < 20
+        finally:
+            await pc.close()
+
+        # ?participant= picks bob, whose only track is video.
+        pc, tracks, location = await whep_view(
+            base, f"/whep/{ROOM}?participant=bob", viewer_token(), kinds=("video",)
+        )
+        try:
+            video = await frames(tracks["video"], 10)
+            assert colors_close(frame_color(video[-1]), BLUE)
+            async with aiohttp.ClientSession() as http, http.delete(base.join(URL(location))) as r:
+                assert r.status == 200
+        finally:
+            await pc.close()
+
+        room = rooms.get(ROOM)
+        assert whep_encoders == []
+        # Nothing was decoded on the service side either: passthrough only.
+        assert all(t.encoded.decoder is None for t in room.tracks())
+
+
+async def test_refusals(server, rooms: RoomManager):
+    base = server.make_url("/")
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
+    async with await whip_publish(base, ROOM, token, [SyntheticVideoTrack(GREEN)]):
+        assert (await whep_view(base, f"/whep/{ROOM}", viewer_token(can_subscribe=False)))[0] == 403
+        assert (await whep_view(base, f"/whep/{ROOM}", viewer_token("other")))[0] == 403
+        assert (await whep_view(base, "/whep/other", viewer_token("other")))[0] == 404
+        status, text = await whep_view(base, f"/whep/{ROOM}?participant=nobody", viewer_token())
+        assert (status, text) == (404, f"no participant 'nobody' in room '{ROOM}'")
+        status, text = await whep_view(base, f"/whep/{ROOM}?track=TR_x", viewer_token())
+        assert status == 404 and "TR_x" in text
+        # An audio-only viewer of a video-only publisher.
+        status, text = await whep_view(base, f"/whep/{ROOM}", viewer_token(), kinds=("audio",))
+        assert status == 400
+        async with aiohttp.ClientSession() as http, http.options(base / "whep" / ROOM) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_h264_passes_through(server, whep_encoders):
+    base = server.make_url("/")
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
+    publishing = await whip_publish(
+        base, ROOM, token, [SyntheticVideoTrack(GREEN)], video_codec="video/H264"
+    )
+    async with publishing:
+        pc, tracks, _ = await whep_view(base, f"/whep/{ROOM}", viewer_token(), kinds=("video",))
+        try:
+            video = await frames(tracks["video"], 10)
+            assert len(video) == 10 and colors_close(frame_color(video[-1]), GREEN)
+            answered = [line for line in pc.remoteDescription.sdp.splitlines() if "rtpmap" in line]
+            assert any("H264/90000" in line for line in answered)
+            assert not any("VP8" in line for line in answered)
+        finally:
+            await pc.close()
+    assert whep_encoders == []
