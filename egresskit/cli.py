@@ -18,6 +18,7 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
+from egresskit.pipeline import memory
 from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
 from egresskit.service.files import RedactedAccessLogger
@@ -256,6 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2
     _logging(config.log_level)
+    memory.limit_arenas()  # a long-running recorder: see egresskit/pipeline/memory.py
     if args.command == "serve":
         serve(config)
         return 0

@@ -34,7 +34,7 @@ ROOM = "fuzzroom"
 LIVE_EGRESS = "$live-egress"
 JSON, PROTOBUF = "application/json", "application/protobuf"
 # Every status a well-behaved service may answer a random body with (never 500).
-ALLOWED = {200, 400, 404, 412, 501, 503}
+ALLOWED = {200, 400, 404, 412, 429, 501, 503}  # 429: past the CPU budget
 LOG_SIGNS_OF_BUGS = (
     "unexpected error",  # the Twirp router caught a handler exception
     "Error handling request",  # aiohttp caught one the router did not

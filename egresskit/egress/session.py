@@ -23,7 +23,7 @@ from egresskit.egress.manifest import (
 )
 from egresskit.egress.planner import Plan, PlannedDirectory, PlannedFile
 from egresskit.egress.redact import redact
-from egresskit.pipeline import BusMessage, GraphState
+from egresskit.pipeline import BusMessage, GraphState, memory
 from egresskit.stages.stream import StreamState, StreamStatus
 from egresskit.storage.base import Storage
 from egresskit.storage.upload import RetryPolicy, UploadFailed, upload_with_retry
@@ -272,6 +272,7 @@ class EgressSession:
         finally:
             # The info now says everything; the graph's codecs, frames and threads go now.
             self.plan.graph.release()
+            await asyncio.to_thread(memory.trim)
 
     async def _finish(self, state: GraphState) -> None:
         """Deliver and report what was written, then end: no failing step keeps it from ending.
