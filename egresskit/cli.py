@@ -230,6 +230,7 @@ def worker(args: argparse.Namespace) -> int:
         print(f"egresskit: {exc}", file=sys.stderr)
         return 2
     _logging(config.log_level)
+    memory.limit_arenas()
     if args.child_status_fd is not None:
         asyncio.run(run_process(config, args.child_cores or 1.0, args.child_status_fd))
         return 0

@@ -35,6 +35,8 @@ class Worker:
             "redis": {"address": redis_address},
             "log_level": "info",
             "output_dir": str(self.output_dir),
+            # the tests' RTMP server and webhook receivers are on loopback
+            "egress_network": {"allow": ["127.0.0.0/8", "::1/128"]},
             **settings,
         }
         self.process: asyncio.subprocess.Process | None = None

@@ -121,8 +121,7 @@ class EgressManager:
 
         `caller` is who sent the request through the API: its destinations,
         storage and webhook keys are held to the caller rules. None is the
-        operator's own request (auto egress from the server's config, or a
-        worker's StartEgress, which livekit-server already authorized).
+        operator's own request (auto egress from the server's config).
         `egress_id` and `room_id` are given when another server (livekit-server's
         psrpc dispatch) named the egress already; otherwise egresskit names it.
         `estimated_cpu` (cores), when given, replaces the nominal cost of the

@@ -23,6 +23,7 @@ import yaml
 from redis.asyncio.sentinel import Sentinel
 
 from egresskit.egress.admission import CpuCosts
+from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.config import LOG_LEVELS, ConfigError
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ _USED = frozenset(
         "prometheus_port", "log_level", "cpu_cost", *STORAGE_SECTIONS,
         # egresskit's own
         "bind", "output_dir", "storage", "backup_storage", "max_duration_s", "drain_timeout_s",
+        "egress_network",
     }
 )
 
@@ -111,7 +113,13 @@ class WorkerConfig:
     max_duration_s: float = 0.0
     drain_timeout_s: float = 300.0  # SIGTERM waits this long for running egresses
     cpu_costs: CpuCosts = field(default_factory=CpuCosts)
+    # Where destinations named in requests may be (as `egresskit serve`'s setting; no dev mode).
+    egress_network: Mapping[str, Any] = field(default_factory=dict)
     unused: tuple[str, ...] = ()  # LiveKit keys present in the file that egresskit ignores
+
+    @property
+    def network_policy(self) -> NetworkPolicy:
+        return NetworkPolicy.from_config(self.egress_network)
 
 
 def load_worker_config(path: str | None, env: Mapping[str, str]) -> WorkerConfig:
@@ -199,6 +207,15 @@ def parse_worker_config(data: Mapping[str, Any], env: Mapping[str, str], source:
     for name in ("max_duration_s", "drain_timeout_s"):
         if name in data:
             values[name] = setting(name, data[name], float)
+    if "egress_network" in data:
+        network = data["egress_network"] or {}
+        try:
+            if not isinstance(network, Mapping):
+                raise ValueError("must be a mapping: {allow: [networks], deny: [networks]}")
+            NetworkPolicy.from_config(network)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: egress_network {exc}") from None
+        values["egress_network"] = dict(network)
     values.update(_storage(data, source))
     values.update(_cpu_cost(data.get("cpu_cost") or {}, source, unused))
     values["unused"] = tuple(unused)

@@ -37,7 +37,7 @@ from egresskit.egress.errors import (
 from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager, EndedEgress
 from egresskit.egress.session import EgressSession
-from egresskit.egress.validation import stream_protocol, validate
+from egresskit.egress.validation import Caller, stream_protocol, validate
 from egresskit.psrpc import Bus, EgressServer, ErrorCode, IOInfoClient, PsrpcError, start_affinity
 from egresskit.psrpc.protos.rpc_egress_pb2 import StartEgressRequest
 from egresskit.rooms.local import RoomManager
@@ -219,6 +219,8 @@ class WorkerProcess:
         try:
             info = await self.manager.start(
                 inner,
+                # whoever asked livekit-server is a caller like any of the API's
+                Caller(self.config.api_key, self.config.network_policy),
                 egress_id=request.egress_id,
                 room_id=request.room_id,
                 estimated_cpu=request.estimated_cpu,
