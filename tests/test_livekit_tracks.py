@@ -49,6 +49,8 @@ async def service(aiohttp_server, tmp_path, livekit_server):
         livekit_url=livekit_server.url,
         livekit_api_key=livekit_server.api_key,
         livekit_api_secret=livekit_server.api_secret,
+        # the websocket receiver of these tests is on loopback
+        egress_network={"allow": ["127.0.0.0/8", "::1/128"]},
     )
     server = await aiohttp_server(create_app(config), host="127.0.0.1")
     server.output_dir = tmp_path / "out"
