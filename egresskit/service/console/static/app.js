@@ -304,6 +304,11 @@ function fileItem(name, detail) {
 async function refreshRecordings() {
   const listed = await api.egress("ListEgress", {});
   const ended = (listed.items || []).filter((item) => ENDED.has(item.status));
+  // An egress that left the progress events while still finishing (ENDING, uploads)
+  // is listed once it has ended: look again shortly rather than wait for an event.
+  const finishing = (listed.items || []).some(
+    (item) => !ENDED.has(item.status) && !progress.has(item.egress_id));
+  if (finishing) setTimeout(() => refreshRecordings().catch(showError), 1000);
   ended.sort((a, b) => Number(b.ended_at) - Number(a.ended_at));
   $("recording-list").replaceChildren(...ended.map((item) => {
     const files = [
