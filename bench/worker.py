@@ -48,7 +48,7 @@ from livekit.protocol import egress as egress_pb
 
 sys.path.insert(0, str(TESTS_DIR))
 from livekit_publishers import SdkPublisher  # noqa: E402
-from livekit_redis import media_server  # noqa: E402
+from livekit_redis import LiveKitRedisServer  # noqa: E402
 from redis_server import RedisServer  # noqa: E402
 from worker_fixtures import Worker, wait_status  # noqa: E402
 
@@ -273,7 +273,7 @@ async def main() -> None:
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="egresskit-bench-worker-") as tmp, RedisServer() as redis:
-        with media_server(redis.address) as livekit:
+        with LiveKitRedisServer(redis.address) as livekit:
             run = start if args.mode == "start" else capacity
             await run(args, livekit, redis, Path(tmp))
 

@@ -50,9 +50,9 @@ def hook_port() -> int:
 
 @pytest.fixture(scope="module")
 def livekit(redis_server, hook_port):
-    from livekit_redis import media_server
+    from livekit_redis import LiveKitRedisServer
 
-    server = media_server(redis_server.address, [f"http://127.0.0.1:{hook_port}/hook"])
+    server = LiveKitRedisServer(redis_server.address, [f"http://127.0.0.1:{hook_port}/hook"])
     with server:
         yield server
 

@@ -8,17 +8,10 @@ from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import (
-    EgressEnded,
     EgressError,
-    EgressNotFound,
-    NoCapacity,
-    NotEnoughCpu,
-    NotSupported,
-    RoomNotFound,
-    SourceUnavailable,
-    TrackNotFound,
 )
 from egresskit.egress.manager import EgressManager
+from egresskit.egress.refusals import refusal_code
 from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
@@ -27,26 +20,9 @@ from egresskit.storage.registry import StorageNotInstalled
 
 log = logging.getLogger(__name__)
 
-_CODES: tuple[tuple[type[Exception], str], ...] = (
-    (EgressNotFound, "not_found"),
-    (RoomNotFound, "not_found"),
-    (TrackNotFound, "not_found"),
-    (EgressEnded, "failed_precondition"),
-    (NoCapacity, "unavailable"),
-    (SourceUnavailable, "unavailable"),
-    (NotEnoughCpu, "resource_exhausted"),
-    (NotSupported, "unimplemented"),
-    (InvalidRequest, "invalid_argument"),
-    (StorageNotInstalled, "invalid_argument"),
-)
-
-
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return TwirpError(code, str(exc))
-    raise exc
+    return TwirpError(refusal_code(exc), str(exc))
 
 
 class EgressApi:

@@ -24,41 +24,20 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress.admission import Admission
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import (
-    EgressEnded,
     EgressError,
-    EgressNotFound,
-    NoCapacity,
-    NotEnoughCpu,
-    NotSupported,
-    RoomNotFound,
-    SourceUnavailable,
-    TrackNotFound,
 )
 from egresskit.egress.livekit_rooms import LiveKitServer
 from egresskit.egress.manager import EgressManager, EndedEgress
+from egresskit.egress.refusals import REFUSALS, refusal_code
 from egresskit.egress.session import EgressSession
 from egresskit.egress.validation import Caller, stream_protocol, validate
 from egresskit.psrpc import Bus, EgressServer, ErrorCode, IOInfoClient, PsrpcError, start_affinity
 from egresskit.psrpc.protos.rpc_egress_pb2 import StartEgressRequest
 from egresskit.rooms.local import RoomManager
-from egresskit.storage.registry import StorageNotInstalled
 from egresskit.worker.config import WorkerConfig
 
 log = logging.getLogger(__name__)
 
-_CODES: tuple[tuple[type[Exception], ErrorCode], ...] = (
-    (EgressNotFound, ErrorCode.NOT_FOUND),
-    (RoomNotFound, ErrorCode.NOT_FOUND),
-    (TrackNotFound, ErrorCode.NOT_FOUND),
-    (EgressEnded, ErrorCode.FAILED_PRECONDITION),
-    (NoCapacity, ErrorCode.UNAVAILABLE),
-    (NotEnoughCpu, ErrorCode.RESOURCE_EXHAUSTED),
-    (SourceUnavailable, ErrorCode.UNAVAILABLE),
-    (NotSupported, ErrorCode.UNIMPLEMENTED),
-    (InvalidRequest, ErrorCode.INVALID_ARGUMENT),
-    (StorageNotInstalled, ErrorCode.INVALID_ARGUMENT),
-)
-REFUSALS = tuple(kind for kind, _ in _CODES)
 CPU_SAMPLE_S = 1.0
 # Shutdown never waits on an unreachable Redis longer than this per step...
 REDIS_STEP_TIMEOUT_S = 3.0
@@ -76,10 +55,7 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
 
 def psrpc_error(exc: Exception) -> PsrpcError:
     """The psrpc error (and so the Twirp error at livekit-server) a refusal becomes."""
-    for kind, code in _CODES:
-        if isinstance(exc, kind):
-            return PsrpcError(code, str(exc))
-    raise exc
+    return PsrpcError(ErrorCode(refusal_code(exc)), str(exc))
 
 
 def inner_request(request: StartEgressRequest) -> Message:
