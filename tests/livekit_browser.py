@@ -75,7 +75,7 @@ def solid_y4m(path: Path, color: tuple[int, int, int]) -> None:
 
 
 def page_app(box: list[ChromiumPublisher]) -> web.Application:
-    app = _status_app(box)  # its /status route; the page is ours
+    app = _status_app(box, media="")  # only its /status route; the page is ours
 
     async def page(request: web.Request) -> web.Response:
         return web.Response(text=PAGE, content_type="text/html")
