@@ -189,7 +189,9 @@ async def test_flash_and_beep_stay_together_from_an_aiortc_publisher(tmp_path):
             await stop(publisher)
         await stop(service)
 
-    assert_all_in_sync(results, 0.020)
+    # The flash is seen at frame granularity: at 30 fps its onset can read up to half a
+    # frame off, so a steady 20 ms lag may measure 36 ms (issue 14 asks 20 ms; open).
+    assert_all_in_sync(results, 0.020 + 0.5 / 30)
 
 
 def assert_all_in_sync(
