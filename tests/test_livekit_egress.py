@@ -24,6 +24,7 @@ from livekit_publishers import SdkPublisher
 from livekit_server import LiveKitServer, unavailable_reason
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
 from publishers import colors_close
+from service_fixtures import wait_status
 
 pytestmark = [
     pytest.mark.slow,
@@ -117,20 +118,6 @@ async def lkapi(service):
     client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     yield client
     await client.aclose()
-
-
-async def wait_status(lkapi, egress_id: str, statuses, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        items = (
-            await lkapi.egress.list_egress(egress_pb.ListEgressRequest(egress_id=egress_id))
-        ).items
-        if items and items[0].status in statuses:
-            return items[0]
-        if time.monotonic() > deadline:
-            status = egress_pb.EgressStatus.Name(items[0].status) if items else "missing"
-            raise AssertionError(f"{egress_id} is still {status}: {items[0] if items else ''}")
-        await asyncio.sleep(0.05)
 
 
 async def publishers(livekit_server, room: str, *specs) -> list[SdkPublisher]:

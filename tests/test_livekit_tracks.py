@@ -7,7 +7,6 @@ passthrough); driven through the `livekit-api` SDK all the same.
 from __future__ import annotations
 
 import asyncio
-import time
 
 import av
 import numpy as np
@@ -18,6 +17,7 @@ from livekit_publishers import SdkPublisher, read_stamp
 from livekit_server import LiveKitServer, unavailable_reason
 from media_checks import ffprobe, frame_at, region_color, stream
 from publishers import colors_close
+from service_fixtures import wait_status
 
 from egresskit.service.app import MANAGER, create_app
 from egresskit.service.config import ServiceConfig
@@ -62,19 +62,6 @@ async def lkapi(service):
     client = api.LiveKitAPI(str(service.make_url("")).rstrip("/"), API_KEY, API_SECRET)
     yield client
     await client.aclose()
-
-
-async def wait_status(lkapi, egress_id: str, statuses, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        items = (
-            await lkapi.egress.list_egress(egress_pb.ListEgressRequest(egress_id=egress_id))
-        ).items
-        if items and items[0].status in statuses:
-            return items[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{egress_id} is still {items[0] if items else 'missing'}")
-        await asyncio.sleep(0.05)
 
 
 def stamps(path) -> list[int]:
