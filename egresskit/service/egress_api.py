@@ -20,6 +20,7 @@ from egresskit.storage.registry import StorageNotInstalled
 
 log = logging.getLogger(__name__)
 
+
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
     return TwirpError(refusal_code(exc), str(exc))
@@ -35,6 +36,7 @@ class EgressApi:
         self._listings = EncodedListings()
 
     async def _start(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+        """Start any kind of request (egresskit.Egress's extension too) under the caller rules."""
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
             return await self.manager.start(request, caller)
