@@ -8,6 +8,7 @@ gone), include/exclude (a participant's colour and tone absent, then present).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from fractions import Fraction
@@ -202,8 +203,8 @@ async def test_extension_refusals_are_twirp_errors(aiohttp_server, tmp_path):
 
 
 @pytest.mark.slow
-async def test_discard_at_5_s_deletes_local_and_s3_outputs(tmp_path, moto_server, s3_bucket):
-    """`egresskit serve` in its own process, egresskit.client, moto as S3."""
+async def test_discard_deletes_local_files_and_objects_already_uploaded(tmp_path, moto_server, s3_bucket):
+    """`egresskit serve` in its own process, egresskit.client and the CLI, moto as S3."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
@@ -261,6 +262,19 @@ async def test_discard_at_5_s_deletes_local_and_s3_outputs(tmp_path, moto_server
             uploaded = objects.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
             assert len(uploaded) >= 3, "segments and images upload while recording"
             assert list(out.rglob("*.mp4")), "the file is being written"
+            # the CLI subcommands reach the same methods (two at once: each starts Python)
+            cli_env = child_env(
+                EGRESSKIT_URL=base, EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET
+            )
+            pause = await start("pause", info.egress_id, env=cli_env)
+            unknown = await start("stop", "EG_unknown", "--discard", env=cli_env)
+            (printed, pause_errors), (_, unknown_errors) = await asyncio.wait_for(
+                asyncio.gather(pause.communicate(), unknown.communicate()), 60
+            )
+            assert pause.returncode == 0, pause_errors.decode()
+            assert json.loads(printed)["details"] == "paused"
+            assert unknown.returncode == 1 and "not_found" in unknown_errors.decode()
+            await client.resume_egress(ResumeEgressRequest(egress_id=info.egress_id))
             stopped = await client.stop_egress(
                 StopEgressRequest(egress_id=info.egress_id, discard=True)
             )
