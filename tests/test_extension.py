@@ -8,8 +8,12 @@ gone), include/exclude (a participant's colour and tone absent, then present).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
+import sys
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -21,7 +25,7 @@ from aiortc import VideoStreamTrack
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import audio_samples, ffprobe
-from publishers import SineAudioTrack, SyntheticVideoTrack, make_publisher_token, whip_publish
+from publishers import make_publisher_token, whip_publish
 from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
 from test_cli import child_env, free_port, start, stop, wait_healthy
 
@@ -203,7 +207,9 @@ async def test_extension_refusals_are_twirp_errors(aiohttp_server, tmp_path):
 
 
 @pytest.mark.slow
-async def test_discard_deletes_local_files_and_objects_already_uploaded(tmp_path, moto_server, s3_bucket):
+async def test_discard_deletes_local_files_and_objects_already_uploaded(
+    tmp_path, moto_server, s3_bucket
+):
     """`egresskit serve` in its own process, egresskit.client and the CLI, moto as S3."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -306,11 +312,45 @@ PEOPLE = {
 }
 
 
-async def small_publisher(base: str, room: str, identity: str, colour, tone):
-    """320x180 video: three publishers in the test's own process leave the loop some time."""
-    token = make_publisher_token(API_KEY, API_SECRET, room, identity)
-    tracks = [SyntheticVideoTrack(colour, 320, 180, 30), SineAudioTrack(tone)]
-    return await whip_publish(base, room, token, tracks)
+@contextlib.asynccontextmanager
+async def publishers_elsewhere(base: str, room: str, people: dict):
+    """tests/whip_child.py per person, in processes of their own, as users publish: the
+    test process's event loop serves the service only. Started at once, ended by SIGTERM."""
+    tests = Path(__file__).resolve().parent
+    env = child_env(PYTHONPATH=os.pathsep.join([str(tests), str(tests.parent)]))
+    procs = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(tests / "whip_child.py"),
+            base,
+            room,
+            make_publisher_token(API_KEY, API_SECRET, room, identity),
+            ",".join(map(str, colour)),
+            str(tone),
+            "320x180",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        for identity, (colour, tone) in people.items()
+    ]
+
+    async def published(proc) -> None:
+        while not (line := await proc.stdout.readline()).startswith(b"published"):
+            if not line:
+                raise AssertionError((await proc.stderr.read()).decode()[-2000:])
+
+    try:
+        await asyncio.wait_for(asyncio.gather(*(published(p) for p in procs)), 60)
+        yield
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(proc.wait(), 10)
+            await stop(proc)
 
 
 def colour_series(path: Path, colour) -> list[tuple[float, float]]:
@@ -330,32 +370,30 @@ async def test_excluded_participant_is_neither_drawn_nor_heard_until_included(
     app = create_app(service_config(tmp_path))
     server = await aiohttp_server(app, host="127.0.0.1")
     base = str(server.make_url("")).rstrip("/")
-    sessions = [await small_publisher(base, "choose", who, c, t) for who, (c, t) in PEOPLE.items()]
     manager = app[MANAGER]
-    try:
-        async with EgressClient(base, API_KEY, API_SECRET) as client:
-            info = await client.start_room_composite_egress(
-                RoomCompositeEgressRequest(
-                    request=egress_pb.RoomCompositeEgressRequest(
-                        room_name="choose",
-                        advanced=SMALL,
-                        file_outputs=[egress_pb.EncodedFileOutput(filepath="choose.mp4")],
-                    ),
-                    exclude_identities=["bob"],
-                )
+    async with (
+        publishers_elsewhere(base, "choose", PEOPLE),
+        EgressClient(base, API_KEY, API_SECRET) as client,
+    ):
+        info = await client.start_room_composite_egress(
+            RoomCompositeEgressRequest(
+                request=egress_pb.RoomCompositeEgressRequest(
+                    room_name="choose",
+                    advanced=SMALL,
+                    file_outputs=[egress_pb.EncodedFileOutput(filepath="choose.mp4")],
+                ),
+                exclude_identities=["bob"],
             )
-            await wait_for_status(manager, info.egress_id, [egress_pb.EGRESS_ACTIVE])
-            clock = manager.get(info.egress_id).plan.graph.clock
-            await clock.sleep_until(2.5)
-            called_at = clock.now()
-            await client.update_participants(UpdateParticipantsRequest(egress_id=info.egress_id))
-            await clock.sleep_until(called_at + 2.0)
-            await client.stop_egress(StopEgressRequest(egress_id=info.egress_id))
-            final = await wait_for_status(manager, info.egress_id, FINAL)
-            assert final.status == egress_pb.EGRESS_COMPLETE, final.error
-    finally:
-        for session in sessions:
-            await session.close()
+        )
+        await wait_for_status(manager, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        clock = manager.get(info.egress_id).plan.graph.clock
+        await clock.sleep_until(2.5)
+        called_at = clock.now()
+        await client.update_participants(UpdateParticipantsRequest(egress_id=info.egress_id))
+        await clock.sleep_until(called_at + 2.0)
+        await client.stop_egress(StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_for_status(manager, info.egress_id, FINAL)
+        assert final.status == egress_pb.EGRESS_COMPLETE, final.error
 
     path = tmp_path / "choose.mp4"
     bob = await asyncio.to_thread(colour_series, path, PEOPLE["bob"][0])
