@@ -13,6 +13,7 @@ from pathlib import Path
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.delivery import DirectoryDelivery
+from egresskit.egress.errors import EgressEnded
 from egresskit.egress.manifest import (
     ManifestImage,
     ManifestSegment,
@@ -244,8 +245,10 @@ class EgressSession:
 
         The status stays what it is (ACTIVE): details say "paused" and an
         egress_updated is sent. False if it was paused already. ValueError
-        when the graph cannot pause (a track egress keeps its track's timing).
+        when the graph cannot pause (a track egress keeps its track's timing),
+        EgressEnded once it is ending.
         """
+        self._check_running()
         try:
             changed = self.plan.graph.pause()
         except GraphError as exc:
@@ -257,6 +260,7 @@ class EgressSession:
 
     def resume(self) -> bool:
         """Go on writing, timestamps continuous; False if it was not paused."""
+        self._check_running()
         try:
             changed = self.plan.graph.resume()
         except GraphError as exc:
@@ -265,6 +269,10 @@ class EgressSession:
             self._show_details()
             self._changed("egress_updated")
         return changed
+
+    def _check_running(self) -> None:
+        if self.plan.graph.state is not GraphState.RUNNING:
+            raise EgressEnded(f"egress {self.egress_id} is ending")
 
     async def choose_participants(self, include: Sequence[str], exclude: Sequence[str]) -> None:
         """Record only `include` (empty: everyone) and never `exclude`, from the next frame."""
