@@ -34,7 +34,7 @@ class ExtensionApi:
     async def StartRoomCompositeEgress(
         self, request: extension_pb.RoomCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._livekit_api._start(request, context)
+        return await self._livekit_api.start_as_caller(request, context)
 
     async def PauseEgress(
         self, request: extension_pb.PauseEgressRequest, context: TwirpContext
