@@ -264,23 +264,22 @@ async def test_discard_deletes_local_files_and_objects_already_uploaded(
                     )
                 )
             )
-            await asyncio.sleep(5.0)
-            uploaded = objects.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
-            assert len(uploaded) >= 3, "segments and images upload while recording"
-            assert list(out.rglob("*.mp4")), "the file is being written"
-            # the CLI subcommands reach the same methods (two at once: each starts Python)
+            # meanwhile the CLI subcommands reach the same service (each starts Python)
             cli_env = child_env(
                 EGRESSKIT_URL=base, EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET
             )
-            pause = await start("pause", info.egress_id, env=cli_env)
+            choose = await start("participants", info.egress_id, "--exclude", "bob", env=cli_env)
             unknown = await start("stop", "EG_unknown", "--discard", env=cli_env)
-            (printed, pause_errors), (_, unknown_errors) = await asyncio.wait_for(
-                asyncio.gather(pause.communicate(), unknown.communicate()), 60
+            (printed, choose_errors), (_, unknown_errors), _ = await asyncio.wait_for(
+                asyncio.gather(choose.communicate(), unknown.communicate(), asyncio.sleep(5.0)),
+                60,
             )
-            assert pause.returncode == 0, pause_errors.decode()
-            assert json.loads(printed)["details"] == "paused"
+            assert choose.returncode == 0, choose_errors.decode()
+            assert json.loads(printed)["egress_id"] == info.egress_id
             assert unknown.returncode == 1 and "not_found" in unknown_errors.decode()
-            await client.resume_egress(ResumeEgressRequest(egress_id=info.egress_id))
+            uploaded = objects.list_objects_v2(Bucket=s3_bucket).get("Contents", [])
+            assert len(uploaded) >= 3, "segments and images upload while recording"
+            assert list(out.rglob("*.mp4")), "the file is being written"
             stopped = await client.stop_egress(
                 StopEgressRequest(egress_id=info.egress_id, discard=True)
             )
