@@ -19,7 +19,7 @@ from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
-from egresskit.stages.subscriber import RoomSubscriber
+from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
 from egresskit.tokens import create_token
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "LinkPolicy",
     "LocalRoom",
     "Mp4Muxer",
+    "ParticipantChoice",
     "RoomManager",
     "RoomSubscriber",
     "SegmentsOutput",

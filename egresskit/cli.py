@@ -1,5 +1,7 @@
 """`egresskit serve` runs the service; `egresskit record` makes one recording with live progress;
-`egresskit worker` serves a LiveKit server's egress requests from Redis, as livekit/egress does."""
+`egresskit worker` serves a LiveKit server's egress requests from Redis, as livekit/egress does;
+`start-composite`, `pause`, `resume`, `stop`, `participants` call a running service's
+egresskit.Egress extension methods."""
 
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from pathlib import Path
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
+from egresskit.cli_client import COMMANDS as CLIENT_COMMANDS
+from egresskit.cli_client import add_client_commands, run_client_command
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
@@ -98,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Set by the parent for its children.
     worker.add_argument("--child-status-fd", type=int, help=argparse.SUPPRESS)
     worker.add_argument("--child-cores", type=float, help=argparse.SUPPRESS)
+    add_client_commands(commands)
     return parser
 
 
@@ -252,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
         return worker(args)
+    if args.command in CLIENT_COMMANDS:
+        return run_client_command(args)
     try:
         config = _config(args)
     except ConfigError as exc:

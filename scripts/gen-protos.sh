@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Regenerate egresskit/psrpc/protos/*_pb2.py(i) from the .proto files beside them.
+# Regenerate egresskit/psrpc/protos/*_pb2.py(i) and egresskit/protos/*_pb2.py(i) from the
+# .proto files beside them.
 #
 # Needs grpcio-tools (a dev tool, not a runtime dependency: `pip install grpcio-tools`)
 # and the installed livekit-protocol package. That package ships generated modules,
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python="${1:-python3}"
-out=egresskit/psrpc/protos
+outs=(egresskit/psrpc/protos egresskit/protos)
 deps="$(mktemp)"
 trap 'rm -f "$deps"' EXIT
 
@@ -35,10 +36,10 @@ with open(sys.argv[1], "wb") as f:
 PY
 
 "$python" -m grpc_tools.protoc -I . --descriptor_set_in="$deps" \
-  --python_out=. --pyi_out=. "$out"/*.proto
+  --python_out=. --pyi_out=. $(printf '%s/*.proto ' "${outs[@]}")
 
 # livekit.protocol registers livekit_<name>.proto as module livekit.protocol.<name>.
 sed -i -E \
   -e 's/^import livekit_([a-z_]+)_pb2 as /from livekit.protocol import \1 as /' \
   -e 's/^from livekit_([a-z_]+)_pb2 import /from livekit.protocol.\1 import /' \
-  "$out"/*_pb2.py "$out"/*_pb2.pyi
+  $(printf '%s/*_pb2.py* ' "${outs[@]}")

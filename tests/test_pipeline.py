@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
+import pytest
+
+from egresskit.pipeline import EOS, Graph, GraphError, GraphState, Link, LinkPolicy, Stage
+from egresskit.pipeline.clock import GraphClock
 
 
 async def test_leaky_link_drops_the_oldest_and_counts():
@@ -110,3 +113,77 @@ async def test_an_unlinked_input_is_at_end_of_stream():
     collector = Collector()
     Graph("alone").add(collector)
     assert await collector.input.recv() is EOS
+
+
+class Ticker(Stage):
+    """A source on the graph clock: sends the media time of each 10 ms tick."""
+
+    def __init__(self) -> None:
+        super().__init__("ticker")
+        self.output = self.add_output("output")
+
+    async def run(self) -> None:
+        n = 0
+        while not self.stopping.is_set():
+            await self.clock.sleep_until(n * 0.01)
+            if self.stopping.is_set():
+                break
+            await self.output.send(n)
+            n += 1
+
+
+async def test_a_paused_graph_writes_nothing_and_resumes_without_a_gap():
+    graph = Graph("paused")
+    ticker = graph.add(Ticker())
+    collector = graph.add(Collector())
+    graph.link(ticker.output, collector.input, maxsize=4)
+    await graph.start()
+    await asyncio.sleep(0.2)
+    assert graph.pause() and not graph.pause()  # pausing twice changes nothing
+    paused_at = graph.clock.now()
+    await asyncio.sleep(0.05)  # what was already due drains
+    count = len(collector.items)
+    await asyncio.sleep(0.3)
+    assert len(collector.items) == count and graph.clock.now() == paused_at
+    assert graph.resume() and not graph.resume()
+    assert graph.clock.resumes == [paused_at]
+    await asyncio.sleep(0.2)
+    assert await graph.stop() is GraphState.COMPLETE
+    assert collector.items == list(range(len(collector.items)))
+    # media time left out the pause: about 0.4 s of ticks for 0.7 s of wall time
+    assert 0.3 < len(collector.items) * 0.01 < 0.5, len(collector.items)
+
+
+async def test_a_paused_graph_stops_at_once():
+    graph = Graph("paused-stop")
+    ticker = graph.add(Ticker())
+    graph.add(Collector())
+    graph.link(ticker.output, graph.stages[1].inputs["input"], maxsize=4)
+    await graph.start()
+    graph.pause()
+    assert await asyncio.wait_for(graph.stop(), 2) is GraphState.COMPLETE
+
+
+async def test_a_graph_with_a_stage_that_cannot_pause_refuses_to():
+    graph = pipeline(Collector())
+    graph.stages[0].pausable = False
+    await graph.start()
+    try:
+        with pytest.raises(GraphError, match="counter cannot pause"):
+            graph.pause()
+        assert not graph.paused
+    finally:
+        await graph.stop()
+
+
+def test_clock_media_time_leaves_pauses_out():
+    clock = GraphClock()
+    clock.start()
+    t0 = clock._t0
+    clock._pauses = [(t0 + 2.0, t0 + 5.0, 2.0)]  # paused from 2 s to 5 s of wall time
+    clock._paused_total = 3.0
+    assert clock.media_time(t0 + 1.0) == 1.0
+    assert clock.media_time(t0 + 3.0) == 2.0 and clock.in_pause(t0 + 3.0)
+    assert clock.media_time(t0 + 6.0) == 3.0 and not clock.in_pause(t0 + 6.0)
+    assert clock.wall_ns(1.0) == clock.started_at_ns + 1_000_000_000
+    assert clock.wall_ns(3.0) == clock.started_at_ns + 6_000_000_000

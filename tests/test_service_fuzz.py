@@ -1,4 +1,5 @@
-"""Random JSON and protobuf bodies at every livekit.Egress method of a real, recording service.
+"""Random JSON and protobuf bodies at every livekit.Egress and egresskit.Egress method of a
+real, recording service.
 
 The service runs with a live room (an in-process publisher), so plausible
 random start requests really start graphs; every egress a case starts is
@@ -14,7 +15,7 @@ import logging
 
 import aiohttp
 import pytest
-from google.protobuf import json_format
+from google.protobuf import json_format, message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -23,12 +24,23 @@ from publishers import SineAudioTrack, SyntheticVideoTrack
 from service_fixtures import API_KEY, API_SECRET, service_config
 
 from egresskit.egress.errors import EgressEnded
+from egresskit.protos import egress_pb2 as extension_pb
 from egresskit.service.app import MANAGER, ROOMS, create_app
 from egresskit.service.twirp import to_json_dict
 from egresskit.tokens import create_token
 
-SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
-METHODS = sorted(SERVICE.methods_by_name)
+SERVICES = {
+    service.full_name: service
+    for service in (
+        egress_pb.DESCRIPTOR.services_by_name["Egress"],
+        extension_pb.DESCRIPTOR.services_by_name["Egress"],
+    )
+}
+# "<package>.<Service>/<Method>", as in the Twirp path
+METHODS = sorted(
+    f"{name}/{m}" for name, service in SERVICES.items() for m in service.methods_by_name
+)
+LIST_EGRESS = "livekit.Egress/ListEgress"
 ROOM = "fuzzroom"
 # Replaced, just before sending, by the id of an egress the service knows.
 LIVE_EGRESS = "$live-egress"
@@ -142,18 +154,40 @@ def _message(draw, descriptor: Descriptor, depth: int = 0, typed: bool = False) 
 
 # Bases that make a random start likely to be valid, so some fuzz cases really record.
 _PLAUSIBLE = {
-    "StartRoomCompositeEgress": [
+    "livekit.Egress/StartRoomCompositeEgress": [
         {"room_name": ROOM, "file_outputs": [{"filepath": "fuzz/{time}.mp4"}]},
         {"roomName": ROOM, "audioOnly": True, "file": {"filepath": "fuzz/a-{time}.ogg"}},
     ],
-    "StartEgress": [{"room_name": ROOM, "template": {}, "outputs": [{"file": {}}]}],
+    "livekit.Egress/StartEgress": [{"room_name": ROOM, "template": {}, "outputs": [{"file": {}}]}],
+    "egresskit.Egress/StartRoomCompositeEgress": [
+        {
+            "request": {"room_name": ROOM, "file_outputs": [{"filepath": "fuzz/{time}.mp4"}]},
+            "exclude_identities": ["alice"],
+        },
+        {"request": {"roomName": ROOM, "audioOnly": True}, "includeIdentities": ["alice"]},
+    ],
+    "egresskit.Egress/PauseEgress": [{"egress_id": LIVE_EGRESS}],
+    "egresskit.Egress/ResumeEgress": [{"egress_id": LIVE_EGRESS}],
+    "egresskit.Egress/UpdateParticipants": [
+        {"egress_id": LIVE_EGRESS, "exclude_identities": ["alice"]}
+    ],
 }
+
+
+def _method(path: str):
+    """The MethodDescriptor of "<package>.<Service>/<Method>"."""
+    service, method = path.split("/")
+    return SERVICES[service].methods_by_name[method]
+
+
+def _message_class(descriptor: Descriptor):
+    return message_factory.GetMessageClass(descriptor)
 
 
 @st.composite
 def _request(draw, method: str, typed: bool | None = None) -> dict:
     """A request body for `method`: well-typed or not (drawn unless given), often plausible."""
-    descriptor = SERVICE.methods_by_name[method].input_type
+    descriptor = _method(method).input_type
     if typed is None:
         typed = draw(st.booleans())
     base = draw(st.sampled_from([{}, *_PLAUSIBLE.get(method, [])]))
@@ -202,7 +236,7 @@ class FuzzedService:
 
     async def post(self, method: str, body: bytes, content_type: str) -> tuple[int, bytes, str]:
         async with self.http.post(
-            self.server.make_url(f"/twirp/livekit.Egress/{method}"),
+            self.server.make_url(f"/twirp/{method}"),
             data=body,
             headers={"Content-Type": content_type, "Authorization": f"Bearer {self.token}"},
         ) as response:
@@ -216,12 +250,12 @@ class FuzzedService:
             error = json.loads(body)
             assert error["code"] != "internal" and error["msg"], error
             return
-        output = getattr(egress_pb, SERVICE.methods_by_name[method].output_type.name)
+        output = _message_class(_method(method).output_type)
         if content_type == JSON:
             answer = json_format.ParseDict(json.loads(body), output())
         else:
             answer = output.FromString(body)
-        if method.startswith("Start"):
+        if method.split("/")[1].startswith("Start"):
             assert answer.egress_id.startswith("EG_") and answer.status == egress_pb.EGRESS_STARTING
             self.live_egress = answer.egress_id
             self.stop(answer.egress_id)
@@ -243,7 +277,7 @@ class FuzzedService:
             self.stop(session.egress_id)
         if running:
             await asyncio.wait_for(asyncio.gather(*(s.wait() for s in running)), 30)
-        status, body, _ = await self.post("ListEgress", b"{}", JSON)
+        status, body, _ = await self.post(LIST_EGRESS, b"{}", JSON)
         assert status == 200
         items = [i for i in json.loads(body)["items"] if i["egress_id"] != self.background]
         assert all(egress_pb.EgressStatus.Value(i["status"]) in FINAL for i in items), items
@@ -284,9 +318,22 @@ _FUZZ_SETTINGS = settings(
 @pytest.mark.slow
 @_FUZZ_SETTINGS
 @given(case=_json_case)
-@example(case=("StartRoomCompositeEgress", _PLAUSIBLE["StartRoomCompositeEgress"][0]))
-@example(case=("StartEgress", _PLAUSIBLE["StartEgress"][0]))
-@example(case=("UpdateLayout", {"egress_id": LIVE_EGRESS, "layout": "speaker"}))
+@example(
+    case=(
+        "livekit.Egress/StartRoomCompositeEgress",
+        _PLAUSIBLE["livekit.Egress/StartRoomCompositeEgress"][0],
+    )
+)
+@example(case=("livekit.Egress/StartEgress", _PLAUSIBLE["livekit.Egress/StartEgress"][0]))
+@example(case=("livekit.Egress/UpdateLayout", {"egress_id": LIVE_EGRESS, "layout": "speaker"}))
+@example(
+    case=(
+        "egresskit.Egress/StartRoomCompositeEgress",
+        _PLAUSIBLE["egresskit.Egress/StartRoomCompositeEgress"][0],
+    )
+)
+@example(case=("egresskit.Egress/PauseEgress", {"egress_id": LIVE_EGRESS}))
+@example(case=("egresskit.Egress/StopEgress", {"egress_id": LIVE_EGRESS, "discard": True}))
 async def test_fuzz_json_bodies_at_every_method(fuzzed, caplog, case):
     method, request = case
     caplog.set_level(logging.WARNING)
@@ -302,14 +349,37 @@ async def test_fuzz_json_bodies_at_every_method(fuzzed, caplog, case):
 @_FUZZ_SETTINGS
 @given(case=_protobuf_case())
 @example(
-    case=("StartRoomCompositeEgress", _PLAUSIBLE["StartRoomCompositeEgress"][1], "none", 0, b"")
+    case=(
+        "livekit.Egress/StartRoomCompositeEgress",
+        _PLAUSIBLE["livekit.Egress/StartRoomCompositeEgress"][1],
+        "none",
+        0,
+        b"",
+    )
 )
-@example(case=("UpdateLayout", {"egressId": LIVE_EGRESS, "layout": "grid"}, "append", 0, b"\x08"))
+@example(
+    case=(
+        "livekit.Egress/UpdateLayout",
+        {"egressId": LIVE_EGRESS, "layout": "grid"},
+        "append",
+        0,
+        b"\x08",
+    )
+)
+@example(
+    case=(
+        "egresskit.Egress/UpdateParticipants",
+        {"egressId": LIVE_EGRESS, "includeIdentities": ["alice"]},
+        "none",
+        0,
+        b"",
+    )
+)
 async def test_fuzz_protobuf_bodies_at_every_method(fuzzed, caplog, case):
     method, request, mutation, at, noise = case
     caplog.set_level(logging.WARNING)
     caplog.clear()
-    message_class = getattr(egress_pb, SERVICE.methods_by_name[method].input_type.name)
+    message_class = _message_class(_method(method).input_type)
     try:
         message = json_format.ParseDict(
             fuzzed.substitute(request), message_class(), ignore_unknown_fields=True
@@ -351,7 +421,7 @@ async def test_list_answers_track_every_change(fuzzed):
         for content_type, body in ((PROTOBUF, b""), (JSON, b"{}")):
             for _ in range(2):  # the second answer comes from the cache
                 before = expected(content_type)
-                status, answer, _ = await fuzzed.post("ListEgress", body, content_type)
+                status, answer, _ = await fuzzed.post(LIST_EGRESS, body, content_type)
                 # An egress may change state (ACTIVE) while the request is in flight.
                 assert status == 200 and answer in (before, expected(content_type))
 
@@ -367,5 +437,5 @@ async def test_list_answers_track_every_change(fuzzed):
     await assert_current()
     await asyncio.wait_for(session.wait(), 30)  # COMPLETE or ABORTED, with results
     await assert_current()
-    status, answer, _ = await fuzzed.post("ListEgress", b'{"active": true}', JSON)
+    status, answer, _ = await fuzzed.post(LIST_EGRESS, b'{"active": true}', JSON)
     assert [i["egress_id"] for i in json.loads(answer)["items"]] == [fuzzed.background]

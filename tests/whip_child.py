@@ -1,8 +1,8 @@
 """A WHIP publisher in its own process, as users run one: plain aiortc, aioice untouched.
 
-Usage: python3 whip_child.py BASE_URL ROOM TOKEN R,G,B
+Usage: python3 whip_child.py BASE_URL ROOM TOKEN R,G,B [TONE_HZ [WIDTHxHEIGHT]]
 
-Publishes a solid colour and a tone, prints `offered <addresses>` (the host
+Publishes a solid colour and a tone (440 Hz, 640x360 unless given), prints `offered <addresses>` (the host
 addresses of its offer) and `published <location>`, then publishes until
 SIGTERM, and ends with a WHIP DELETE.
 """
@@ -18,11 +18,17 @@ from aiortc import sdp
 from publishers import SineAudioTrack, SyntheticVideoTrack, whip_publish
 
 
-async def main(base: str, room: str, token: str, color: str) -> None:
+async def main(
+    base: str, room: str, token: str, color: str, tone: str = "440", size: str = "640x360"
+) -> None:
     rgb = tuple(int(c) for c in color.split(","))
+    width, height = (int(n) for n in size.split("x"))
     assert aioice.ice.get_host_addresses.__module__ == "aioice.ice", "aioice is patched"
     session = await whip_publish(
-        base, room, token, [SyntheticVideoTrack(rgb), SineAudioTrack(440.0)]
+        base,
+        room,
+        token,
+        [SyntheticVideoTrack(rgb, width, height), SineAudioTrack(float(tone))],
     )
     offer = sdp.SessionDescription.parse(session.pc.localDescription.sdp)
     offered = sorted({c.ip for m in offer.media for c in m.ice_candidates})
@@ -36,4 +42,4 @@ async def main(base: str, room: str, token: str, color: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:5]))
+    asyncio.run(main(*sys.argv[1:7]))

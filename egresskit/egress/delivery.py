@@ -124,6 +124,11 @@ class DirectoryDelivery:
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker
 
+    def used_backup(self, path: Path) -> bool:
+        """Whether `path` went to the backup storage."""
+        delivered = self.locations.get(path)
+        return delivered is not None and delivered.backup_used
+
     @property
     def backup_used(self) -> bool:
         return any(d.backup_used for d in self.locations.values())

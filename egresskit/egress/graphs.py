@@ -22,7 +22,12 @@ from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.speaker import SpeakerTracker
 from egresskit.stages.stream import RetryPolicy, StreamSink
-from egresskit.stages.subscriber import RoomSubscriber, TrackFilter
+from egresskit.stages.subscriber import (
+    EVERYONE,
+    ParticipantChoice,
+    RoomSubscriber,
+    TrackFilter,
+)
 
 # Control items and the newest frame per track: the compositor consumes them at once.
 TRACK_ITEMS_QUEUE = 64
@@ -164,6 +169,7 @@ def composite_graph(
     video: VideoEncoding | None = VideoEncoding(),
     audio: AudioEncoding | None = AudioEncoding(),
     track_filter: TrackFilter | None = None,
+    participants: ParticipantChoice = EVERYONE,
     layout: str = "grid",
     audio_mixing: int = 0,
     name: str = "composite",
@@ -173,6 +179,9 @@ def composite_graph(
     `layout` is a LiveKit layout name (see `egresskit.stages.layout`);
     `audio_mixing` a LiveKit AudioMixing value. The mixer tells the
     compositor who is talking through a shared SpeakerTracker.
+
+    `participants` chooses who is drawn and heard (everyone by default);
+    `stages.subscriber.choose` changes it while the graph runs.
 
     `video=None` records audio only, `audio=None` video only. Every output
     gets its own bounded link from the one encode; images take raw
@@ -189,7 +198,11 @@ def composite_graph(
     graph = Graph(name)
     subscriber = graph.add(
         RoomSubscriber(
-            room, video=video is not None, audio=audio is not None, track_filter=track_filter
+            room,
+            video=video is not None,
+            audio=audio is not None,
+            track_filter=track_filter,
+            participants=participants,
         )
     )
     encoders = []

@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.admission import Admission
-from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity
+from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity, NotSupported
 from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
@@ -166,7 +166,8 @@ class EgressManager:
             room_name=planned.room.name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
-        getattr(info, _REQUEST_FIELDS[request.DESCRIPTOR.full_name]).CopyFrom(request)
+        # spec.request: LiveKit's own request, also when egresskit's extension carried it
+        getattr(info, _REQUEST_FIELDS[spec.request.DESCRIPTOR.full_name]).CopyFrom(spec.request)
         session = EgressSession(
             info,
             planned,
@@ -233,8 +234,12 @@ class EgressManager:
             raise EgressEnded(f"egress {egress_id} has ended")
         return session
 
-    def stop(self, egress_id: str) -> egress_pb.EgressInfo:
-        """Begin draining; the info returned is ENDING (final state by webhook / ListEgress)."""
+    def stop(self, egress_id: str, *, discard: bool = False) -> egress_pb.EgressInfo:
+        """Begin draining; the info returned is ENDING (final state by webhook / ListEgress).
+
+        With `discard`, everything written and uploaded is deleted and the
+        egress ends ABORTED (see EgressSession.discard).
+        """
         session = self.get(egress_id)
         if not isinstance(session, EgressSession) or (
             session.info.status != egress_pb.EGRESS_ACTIVE
@@ -242,7 +247,39 @@ class EgressManager:
         ):
             status = egress_pb.EgressStatus.Name(session.info.status)
             raise EgressEnded(f"egress {egress_id} cannot be stopped: it is {status}")
-        session.end(STOP_API)
+        if discard:
+            session.discard()
+        else:
+            session.end(STOP_API)
+        return session.public_info()
+
+    def pause(self, egress_id: str) -> egress_pb.EgressInfo:
+        """Write nothing until resume (EgressSession.pause); pausing twice changes nothing."""
+        session = self._running(egress_id)
+        try:
+            session.pause()
+        except ValueError as exc:
+            raise NotSupported(str(exc)) from None
+        return session.public_info()
+
+    def resume(self, egress_id: str) -> egress_pb.EgressInfo:
+        """Go on writing after a pause; resuming an egress that is not paused changes nothing."""
+        session = self._running(egress_id)
+        try:
+            session.resume()
+        except ValueError as exc:
+            raise NotSupported(str(exc)) from None
+        return session.public_info()
+
+    async def update_participants(
+        self, egress_id: str, include: list[str], exclude: list[str]
+    ) -> egress_pb.EgressInfo:
+        """Choose who a running room composite draws and mixes (lists checked by the caller)."""
+        session = self._running(egress_id)
+        try:
+            await session.choose_participants(include, exclude)
+        except ValueError as exc:
+            raise EgressEnded(f"egress {egress_id}: {exc}") from None
         return session.public_info()
 
     def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:

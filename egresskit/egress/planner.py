@@ -40,6 +40,7 @@ from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
+from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
 from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
@@ -104,6 +105,8 @@ class Plan:
     images: list[PlannedDirectory] = field(default_factory=list)
     stream: StreamSink | None = None
     track: TrackDescription | None = None
+    # the room composite's subscriber, which chooses who is recorded (UpdateParticipants)
+    subscriber: RoomSubscriber | None = None
 
 
 def _unsupported(spec: EgressSpec) -> str | None:
@@ -389,6 +392,9 @@ def _plan_encoded(
                 audio=audio,
                 layout=spec.layout or "grid",
                 audio_mixing=spec.audio_mixing,
+                participants=ParticipantChoice.of(
+                    spec.include_identities, spec.exclude_identities
+                ),
                 name=egress_id,
             )
     except ValueError as exc:
@@ -415,4 +421,5 @@ def _plan_encoded(
         segments=segments,
         images=images,
         stream=stages.streams[0] if stages.streams else None,
+        subscriber=stages.subscriber if spec.kind == "room_composite" else None,
     )

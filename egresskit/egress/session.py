@@ -13,6 +13,7 @@ from pathlib import Path
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.delivery import DirectoryDelivery
+from egresskit.egress.errors import EgressEnded
 from egresskit.egress.manifest import (
     ManifestImage,
     ManifestSegment,
@@ -23,8 +24,9 @@ from egresskit.egress.manifest import (
 )
 from egresskit.egress.planner import Plan, PlannedDirectory, PlannedFile
 from egresskit.egress.redact import redact
-from egresskit.pipeline import BusMessage, GraphState, memory
+from egresskit.pipeline import BusMessage, GraphError, GraphState, memory
 from egresskit.stages.stream import StreamState, StreamStatus
+from egresskit.stages.subscriber import ParticipantChoice
 from egresskit.storage.base import Storage
 from egresskit.storage.upload import RetryPolicy, UploadFailed, upload_with_retry
 
@@ -38,6 +40,8 @@ LIMIT_REACHED = "Session limit reached"
 SHUTDOWN = "End reason: service shutting down"
 STREAMS_STOPPED = "All streams stopped"
 STREAMS_FAILED = "All streams failed"
+PAUSED = "paused"  # in details while paused: the status stays ACTIVE for LiveKit clients
+DISCARDED = "discarded"
 
 _STREAM_STATUS = {
     StreamStatus.ACTIVE: egress_pb.StreamInfo.ACTIVE,
@@ -82,6 +86,8 @@ class EgressSession:
         self._end_reason = ""
         self._end_status: int | None = None
         self._end_error = ""
+        self._warnings = ""  # what set_details said (tracks left out), kept beside "paused"
+        self._discard = False  # StopEgress with discard: delete everything written
         self._task: asyncio.Task[None] | None = None
         self._stopping: asyncio.Task[GraphState] | None = None
         self._public: egress_pb.EgressInfo | None = None
@@ -137,22 +143,27 @@ class EgressSession:
             if directory is not None:
                 self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
                 # Kept until the playlists listing it are stored (_release_local_copies).
-                self._delivery.announce(directory, path, keep_local=True)
+                self._announce(directory, path, keep_local=True)
         elif kind == "playlist_updated":
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path, any_name=True)
             if directory is not None:
-                self._delivery.announce(directory, path, keep_local=not data.get("ended"))
+                self._announce(directory, path, keep_local=not data.get("ended"))
         elif kind == "image_written":
             path = Path(data["path"])
             directory = self._directory(self.plan.images, path)
             if directory is not None:
                 self._images.append((path, int(data["timestamp"])))
-                self._delivery.announce(directory, path)
+                self._announce(directory, path)
         elif kind == "stream_state" and self.plan.stream is not None:
             self._stream_results(self.plan.stream.states)
             self._changed("egress_updated")
             self._maybe_end_streams()
+
+    def _announce(self, directory: PlannedDirectory, path: Path, *, keep_local: bool = False) -> None:
+        """Upload a written file, unless the egress is being discarded."""
+        if not self._discard:
+            self._delivery.announce(directory, path, keep_local=keep_local)
 
     @staticmethod
     def _is_first_media(message: BusMessage) -> bool:
@@ -221,8 +232,62 @@ class EgressSession:
 
     def set_details(self, details: str) -> None:
         """What the caller should know about a running egress (tracks left out, and why)."""
-        self.info.details = details
+        self._warnings = details
+        self._show_details()
         self._changed("egress_updated")
+
+    def _show_details(self) -> None:
+        paused = PAUSED if self.plan.graph.paused else ""
+        self.info.details = "; ".join(part for part in (paused, self._warnings) if part)
+
+    def pause(self) -> bool:
+        """Write nothing until `resume`, keeping the graph and its connections.
+
+        The status stays what it is (ACTIVE): details say "paused" and an
+        egress_updated is sent. False if it was paused already. ValueError
+        when the graph cannot pause (a track egress keeps its track's timing),
+        EgressEnded once it is ending.
+        """
+        self._check_running()
+        try:
+            changed = self.plan.graph.pause()
+        except GraphError as exc:
+            raise ValueError(f"this egress cannot pause: {exc}") from None
+        if changed:
+            self._show_details()
+            self._changed("egress_updated")
+        return changed
+
+    def resume(self) -> bool:
+        """Go on writing, timestamps continuous; False if it was not paused."""
+        self._check_running()
+        try:
+            changed = self.plan.graph.resume()
+        except GraphError as exc:
+            raise ValueError(f"this egress cannot resume: {exc}") from None
+        if changed:
+            self._show_details()
+            self._changed("egress_updated")
+        return changed
+
+    def _check_running(self) -> None:
+        if self.plan.graph.state is not GraphState.RUNNING:
+            raise EgressEnded(f"egress {self.egress_id} is ending")
+
+    async def choose_participants(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        """Record only `include` (empty: everyone) and never `exclude`, from the next frame."""
+        subscriber = self.plan.subscriber
+        if subscriber is None:
+            raise ValueError("only a room composite chooses its participants")
+        await subscriber.choose(ParticipantChoice.of(include, exclude))
+        self._changed("egress_updated")
+
+    def discard(self) -> None:
+        """End the egress and delete everything it wrote and uploaded; it ends ABORTED."""
+        if self._stopping is not None or not self.active:
+            return
+        self._discard = True
+        self.end(DISCARDED, egress_pb.EGRESS_ABORTED)
 
     def update_layout(self, layout: str) -> None:
         """Switch the compositor's layout at its next frame."""
@@ -290,6 +355,9 @@ class EgressSession:
                 f"{graph.failed_stage}: {graph.error}" if graph.failed_stage else str(graph.error)
             )
         try:
+            if self._discard:
+                await self._discard_outputs(errors)
+                return
             for planned in self.plan.files:
                 with _collected(errors, f"file {planned.key}"):
                     error = await self._deliver(planned)
@@ -317,6 +385,15 @@ class EgressSession:
     def _conclude(self, errors: list[str]) -> None:
         """The final status, error and details; egress_ended; waiters released."""
         info = self.info
+        if self._discard and not errors:
+            info.status = egress_pb.EGRESS_ABORTED
+            info.details = DISCARDED
+            self.ended_monotonic = time.monotonic()
+            try:
+                self._changed("egress_ended")
+            finally:
+                self.done.set()
+            return
         if errors:
             info.status = egress_pb.EGRESS_FAILED
             info.error = "; ".join(errors)
@@ -336,12 +413,41 @@ class EgressSession:
             info.status = egress_pb.EGRESS_COMPLETE
         ended = self._end_reason or SOURCE_CLOSED
         # warnings given while running (set_details) stay, after why the egress ended
-        info.details = f"{ended}; {info.details}" if info.details else ended
+        info.details = f"{ended}; {self._warnings}" if self._warnings else ended
         self.ended_monotonic = time.monotonic()
         try:
             self._changed("egress_ended")
         finally:
             self.done.set()
+
+    async def _discard_outputs(self, errors: list[str]) -> None:
+        """StopEgress with discard: delete every file written and every object uploaded.
+
+        Uploads under way finish first, so that nothing lands after its
+        deletion; no manifest is written. What cannot be deleted is named in
+        `errors` (the egress then ends FAILED saying so).
+        """
+        with _collected(errors, "uploads"):
+            await self._delivery.finish()
+        for planned in self.plan.files:
+            with _collected(errors, f"discarding {planned.key}"):
+                await asyncio.to_thread(planned.local_path.unlink, missing_ok=True)
+        written: list[tuple[PlannedDirectory, Path]] = []
+        for directory in self.plan.segments:
+            segmenter = directory.stage
+            segments = self._segments.get(directory.local_dir / directory.prefix, [])
+            playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+            written += [(directory, path) for path in (*segments, *playlists)]
+        for directory in self.plan.images:
+            written += [(directory, p) for p, _ in self._images if self._directory([directory], p)]
+        for directory, path in written:
+            key = directory.key(path)
+            with _collected(errors, f"discarding {key}"):
+                if directory.storage is not None:
+                    await directory.storage.delete(key)
+                if self._backup is not None and self._delivery.used_backup(path):
+                    await self._backup.delete(key)
+                await asyncio.to_thread(path.unlink, missing_ok=True)
 
     async def _release_local_copies(self, directory: PlannedDirectory) -> None:
         """Delete the local copies of stored segments and playlists once every playlist is stored.

@@ -33,6 +33,7 @@ from egresskit.egress.encoding import (
     audio_codec_of,
 )
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
+from egresskit.protos import egress_pb2 as extension_pb
 from egresskit.stages.stream import SRT_LOCAL_OPTIONS
 from egresskit.storage.registry import MissingCredentials, check_request_upload
 
@@ -44,6 +45,10 @@ FileType = Literal["mp4", "ogg", "mp3", ""]
 StreamProtocol = Literal["rtmp", "srt", "websocket"]
 
 DEFAULT_SEGMENT_DURATION_S = 4
+# egresskit.Egress/StartRoomCompositeEgress video_codec values ("": the encoding's own, H.264)
+EXTENSION_VIDEO_CODECS = ("", "h264", "vp9", "av1")
+MAX_IDENTITIES = 1000
+MAX_IDENTITY_LENGTH = 256
 DEFAULT_CAPTURE_INTERVAL_S = 10
 MAX_IMAGE_DIMENSION = 4096
 
@@ -166,6 +171,9 @@ class EgressSpec:
     websocket_url: str = ""
     webhooks: tuple[models_pb.WebhookConfig, ...] = ()
     layout: str = ""
+    # egresskit extension: who a room composite draws and mixes (empty include: everyone)
+    include_identities: tuple[str, ...] = ()
+    exclude_identities: tuple[str, ...] = ()
     custom_base_url: str = ""
     audio_mixing: int = egress_pb.DEFAULT_MIXING
     web_url: str = ""
@@ -176,6 +184,8 @@ class EgressSpec:
     video_track_id: str = ""
     track_id: str = ""
     audio_config: egress_pb.AudioConfig | None = None
+    video_codec: str = ""  # egresskit extension: "" or "h264", "vp9", "av1"
+    faststart: bool = False  # egresskit extension: MP4 moov before mdat after a clean stop
     # Set by `check_caller` for a caller's request: where its destinations may be (None: the
     # operator's own request), and the API key that signs its webhooks.
     network: NetworkPolicy | None = None
@@ -218,6 +228,8 @@ def validate(request: Message) -> EgressSpec:
         return _web(request)
     if isinstance(request, egress_pb.StartEgressRequest):
         return _start_egress(request)
+    if isinstance(request, extension_pb.RoomCompositeEgressRequest):
+        return _extension_room_composite(request)
     raise TypeError(f"not an egress start request: {type(request).__name__}")
 
 
@@ -324,6 +336,45 @@ def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
         req,
         "options",
     )
+
+
+def _extension_room_composite(req: extension_pb.RoomCompositeEgressRequest) -> EgressSpec:
+    """egresskit.Egress/StartRoomCompositeEgress: LiveKit's request plus egresskit's options."""
+    if not req.HasField("request"):
+        raise InvalidRequest("request", "is required: LiveKit's RoomCompositeEgressRequest")
+    if req.video_codec not in EXTENSION_VIDEO_CODECS:
+        raise InvalidRequest(
+            "video_codec",
+            f"{req.video_codec!r} is not one of {', '.join(repr(c) for c in EXTENSION_VIDEO_CODECS)}",
+        )
+    spec = _room_composite(req.request)
+    if req.video_codec and not spec.video:
+        raise InvalidRequest("video_codec", "an audio-only egress has no video to encode")
+    include, exclude = check_identities(req.include_identities, req.exclude_identities)
+    return dataclasses.replace(
+        spec,
+        include_identities=include,
+        exclude_identities=exclude,
+        faststart=req.faststart,
+        video_codec=req.video_codec,
+    )
+
+
+def check_identities(
+    include: Sequence[str], exclude: Sequence[str]
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Include and exclude lists of participant identities, checked (UpdateParticipants too)."""
+    checked = []
+    for field, identities in (("include_identities", include), ("exclude_identities", exclude)):
+        if len(identities) > MAX_IDENTITIES:
+            raise InvalidRequest(field, f"at most {MAX_IDENTITIES} identities")
+        for index, identity in enumerate(identities):
+            if not identity or len(identity) > MAX_IDENTITY_LENGTH:
+                raise InvalidRequest(
+                    f"{field}[{index}]", f"an identity has 1 to {MAX_IDENTITY_LENGTH} characters"
+                )
+        checked.append(tuple(dict.fromkeys(identities)))
+    return checked[0], checked[1]
 
 
 def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:

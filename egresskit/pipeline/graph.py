@@ -136,12 +136,43 @@ class Graph:
             data["error"] = str(self.error) or type(self.error).__name__
         self.bus.post("state", self.name, **data)
 
+    def pause(self) -> bool:
+        """Write nothing from now on, keeping every stage and connection; False if already paused.
+
+        Media time stands still until `resume` (see GraphClock): the stages
+        that tick on the clock wait, and media arriving meanwhile is dropped.
+        GraphError if the graph is not running or has a stage that cannot pause.
+        """
+        if self.state is not GraphState.RUNNING:
+            raise GraphError(f"graph {self.name} is {self.state.value}, not running")
+        fixed = [stage.name for stage in self.stages if not stage.pausable]
+        if fixed:
+            raise GraphError(f"{', '.join(fixed)} cannot pause")
+        if not self.clock.pause():
+            return False
+        self.bus.post("paused", self.name, media_time=self.clock.now())
+        return True
+
+    def resume(self) -> bool:
+        """Go on recording where `pause` stopped, timestamps continuous; False if not paused."""
+        if self.state is not GraphState.RUNNING:
+            raise GraphError(f"graph {self.name} is {self.state.value}, not running")
+        if not self.clock.resume():
+            return False
+        self.bus.post("resumed", self.name, media_time=self.clock.now())
+        return True
+
+    @property
+    def paused(self) -> bool:
+        return self.clock.paused
+
     async def stop(self, timeout: float = 15.0) -> GraphState:
         """Drain through end of stream; abort whatever has not finished by `timeout`."""
         if self.state is GraphState.RUNNING:
             self._set_state(GraphState.STOPPING)
             for stage in self.stages:
                 stage.on_stop()
+            self.clock.stop()
         if self.state is GraphState.CREATED:
             self._set_state(GraphState.CANCELLED)
             self._done.set()

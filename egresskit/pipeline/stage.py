@@ -76,6 +76,10 @@ class Stage:
     travels on.
     """
 
+    # Whether the stage follows a paused graph clock (Graph.pause): stages timed by
+    # something else (a track's own RTP clock) set this False.
+    pausable = True
+
     def __init__(self, name: str | None = None) -> None:
         self.name = name or type(self).__name__
         self.graph: Graph | None = None

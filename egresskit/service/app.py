@@ -30,6 +30,7 @@ from egresskit.service.auto_egress import AutoEgress, parse_room_egress
 from egresskit.service.config import ServiceConfig
 from egresskit.service.console import Console
 from egresskit.service.egress_api import EgressApi
+from egresskit.service.extension_api import EXTENSION_SERVICE, ExtensionApi
 from egresskit.service.files import files_app
 from egresskit.service.metrics import render_metrics
 from egresskit.service.room_api import (
@@ -134,9 +135,15 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[WEBHOOKS] = webhooks
 
     max_ttl = config.max_token_ttl_s
+    egress_api = EgressApi(manager, network)
     TwirpService(
         EGRESS_SERVICE,
-        EgressApi(manager, network),
+        egress_api,
+        authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
+    ).add_to(app)
+    TwirpService(
+        EXTENSION_SERVICE,
+        ExtensionApi(egress_api),
         authorize=require_grant(config.keys, EGRESS_GRANT, max_ttl=max_ttl),
     ).add_to(app)
     if manager.livekit is None:

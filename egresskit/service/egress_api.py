@@ -20,6 +20,7 @@ from egresskit.storage.registry import StorageNotInstalled
 
 log = logging.getLogger(__name__)
 
+
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
     return TwirpError(refusal_code(exc), str(exc))
@@ -34,7 +35,8 @@ class EgressApi:
         self.network = network
         self._listings = EncodedListings()
 
-    async def _start(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+    async def start_as_caller(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+        """Start any kind of request (egresskit.Egress's extension too) under the caller rules."""
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
             return await self.manager.start(request, caller)
@@ -44,32 +46,32 @@ class EgressApi:
     async def StartRoomCompositeEgress(
         self, request: egress_pb.RoomCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def StartTrackCompositeEgress(
         self, request: egress_pb.TrackCompositeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def StartTrackEgress(
         self, request: egress_pb.TrackEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def StartParticipantEgress(
         self, request: egress_pb.ParticipantEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def StartWebEgress(
         self, request: egress_pb.WebEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def StartEgress(
         self, request: egress_pb.StartEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        return await self._start(request, context)
+        return await self.start_as_caller(request, context)
 
     async def UpdateLayout(
         self, request: egress_pb.UpdateLayoutRequest, context: TwirpContext

@@ -213,6 +213,8 @@ class VideoCompositor(Stage):
                 track.frame = item.frame
                 track.version += 1
                 return
+            if self.clock.in_pause(item.time):
+                return  # captured while the recording was paused: never shown
             track.pending.append((self.clock.media_time(item.time), item.frame))
             if len(track.pending) > MAX_PENDING_FRAMES:
                 track.frame = track.pending.popleft()[1]

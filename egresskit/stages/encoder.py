@@ -137,6 +137,7 @@ class VideoEncoder(_Encoder):
         self.time_base = Fraction(1, encoding.fps)
         self.gop = max(1, round(encoding.keyframe_interval_s * encoding.fps))
         self._keyframe_wanted = False
+        self._resumes_seen = 0
         self.context = self._open()
 
     def _open(self) -> av.VideoCodecContext:
@@ -180,11 +181,23 @@ class VideoEncoder(_Encoder):
         self._keyframe_wanted = True
 
     def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
-        if self._keyframe_wanted or (frame.pts or 0) % self.gop == 0:
+        if self._keyframe_wanted or (frame.pts or 0) % self.gop == 0 or self._resumed(frame):
             self._keyframe_wanted = False
             frame.pict_type = PictureType.I
         else:
             frame.pict_type = PictureType.NONE
+
+
+    def _resumed(self, frame: av.VideoFrame | av.AudioFrame) -> bool:
+        """The first frame at or after a resume of the graph clock (Graph.resume) is a key
+        frame: players start there cleanly, and HLS puts its discontinuity there."""
+        resumes = self.clock.resumes if self.graph is not None else []
+        if self._resumes_seen >= len(resumes):
+            return False
+        if float((frame.pts or 0) * self.time_base) < resumes[self._resumes_seen]:
+            return False
+        self._resumes_seen = len(resumes)
+        return True
 
 
 class AudioEncoder(_Encoder):

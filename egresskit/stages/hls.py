@@ -49,6 +49,7 @@ class Segment:
     duration_s: float
     started_at_ns: int
     size: int
+    discontinuity: bool = False  # the first segment after a resume (Graph.resume)
 
     @property
     def filename(self) -> str:
@@ -95,6 +96,10 @@ def render_live_playlist(
     shown = list(segments[-window:])
     first = shown[0].index if shown else 0
     lines = _header(segments, target_duration, media_sequence=first, event=False)
+    hidden = segments[: len(segments) - len(shown)]
+    discontinuities = sum(s.discontinuity for s in hidden)
+    if discontinuities:
+        lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
     for segment in shown:
         lines += _entry(segment, playlist_dir)
     if ended:
@@ -116,7 +121,8 @@ def _header(
 
 def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
     uri = Path(os.path.relpath(segment.path, playlist_dir)).as_posix()
-    return [f"#EXTINF:{segment.duration_s:.3f},", uri]
+    lines = ["#EXT-X-DISCONTINUITY"] if segment.discontinuity else []
+    return [*lines, f"#EXTINF:{segment.duration_s:.3f},", uri]
 
 
 def _write_playlist(path: Path, text: str) -> None:
@@ -134,7 +140,10 @@ class HlsSegmenter(Stage):
     on audio packets. Each closed segment is posted as `segment_closed`
     (path, filename, index, start, duration, size, started_at) and each
     playlist rewrite as `playlist_updated` (path, live, ended); ENDLIST is
-    written on end of stream. Every file it writes stays inside `directory`
+    written on end of stream. After a pause (Graph.resume) a segment is cut
+    at the first key frame of the resumed recording and starts with
+    `#EXT-X-DISCONTINUITY`: its timestamps continue, but the picture and
+    sound jump from the pause to the resume. Every file it writes stays inside `directory`
     (`confine`): a playlist name like `../x.m3u8`, or a segment name that is
     a symlink leading out, is refused.
     """
@@ -171,6 +180,8 @@ class HlsSegmenter(Stage):
         self._container: OutputContainer | None = None
         self._streams: dict[str, Stream] = {}
         self._current: tuple[int, Path, float, int] | None = None  # index, path, start, wall
+        self._resumes_seen = 0
+        self._discontinuity = False  # the segment being written starts after a resume
         self._end_s = 0.0
         self._started_at_ns = 0
         self._ended_at_ns = 0
@@ -191,9 +202,10 @@ class HlsSegmenter(Stage):
                 ):
                     continue  # a segment starts on a key frame (or on audio when there is no video)
                 await self._open_segment(seconds)
-            elif self._is_cut(item, seconds):
+            elif (resumed := self._is_resume_cut(item, seconds)) or self._is_cut(item, seconds):
                 await self._close_segment(seconds, ended=False)
                 await self._open_segment(seconds)
+                self._discontinuity = resumed
             await self.offload(self._write, item)
             duration = float((item.packet.duration or 0) * (item.packet.time_base or 0))
             self._end_s = max(self._end_s, seconds + duration)
@@ -209,7 +221,18 @@ class HlsSegmenter(Stage):
             return False
         return seconds >= self._current[2] + self.segment_duration - self._tolerance
 
+    def _is_resume_cut(self, item: EncodedPacket, seconds: float) -> bool:
+        """The first key frame at or after a resume point of the graph clock."""
+        resumes = self.clock.resumes
+        if self._resumes_seen >= len(resumes) or seconds < resumes[self._resumes_seen]:
+            return False
+        if item.kind != self._cut_on or (item.kind == "video" and not item.packet.is_keyframe):
+            return False
+        self._resumes_seen = len(resumes)
+        return True
+
     async def _open_segment(self, start_s: float) -> None:
+        self._discontinuity = False
         index = len(self.segments)
         wall_ns = self.clock.wall_ns(start_s)
         when = datetime.fromtimestamp(wall_ns / 1e9, UTC)
@@ -241,7 +264,9 @@ class HlsSegmenter(Stage):
         self._current = None
         await self.offload(self._close_container)
         size = path.stat().st_size if path.exists() else 0
-        segment = Segment(index, path, start_s, max(0.0, end_s - start_s), wall_ns, size)
+        segment = Segment(
+            index, path, start_s, max(0.0, end_s - start_s), wall_ns, size, self._discontinuity
+        )
         self.segments.append(segment)
         self.post(
             "segment_closed",

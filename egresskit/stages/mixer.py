@@ -204,7 +204,7 @@ class AudioMixer(Stage):
                 return
             if isinstance(item, TrackFrame):
                 buffer = self._tracks.get(item.track.sid)
-                if buffer is not None:
+                if buffer is not None and not self._paused_at(item.time):
                     # resampling 20 ms of audio takes microseconds: fine on the loop
                     buffer.push(item.frame, self._position(item.time, buffer))
             elif isinstance(item, TrackStarted):
@@ -221,6 +221,10 @@ class AudioMixer(Stage):
                 buffer = self._tracks.get(item.track.sid)
                 if buffer is not None:
                     buffer.muted = item.muted
+
+    def _paused_at(self, capture: float | None) -> bool:
+        """Captured (or, untimed, arriving) while the recording was paused: never heard."""
+        return self.clock.paused if capture is None else self.clock.in_pause(capture)
 
     def _position(self, capture: float | None, buffer: _TrackBuffer) -> int:
         """Where a frame's first sample goes: its capture time, delayed by the playout delay.

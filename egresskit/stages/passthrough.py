@@ -85,8 +85,10 @@ class EncodedTrackSource(Stage):
     from it, so a pause in sending stays a pause in the file. A packet is
     sent once the next one arrives, which gives it its exact duration.
     Posts `source_closed` when the track is unpublished, which ends the
-    graph by itself.
+    graph by itself. Timed by the track's RTP clock, it cannot pause.
     """
+
+    pausable = False
 
     def __init__(self, track: LocalTrack, *, name: str | None = None) -> None:
         super().__init__(name)

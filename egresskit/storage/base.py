@@ -160,6 +160,13 @@ class Storage(abc.ABC):
         finally:
             await asyncio.to_thread(spool.unlink, missing_ok=True)
 
+    async def delete(self, key: str) -> None:
+        """Remove the object at ``key``; none there is no error (StopEgress with discard).
+
+        A backend that does not override this cannot discard what it stored.
+        """
+        raise NotImplementedError(f"the {self.name} storage cannot delete objects")
+
     async def close(self) -> None:  # noqa: B027 - a default: clientless backends hold nothing
         """Release network clients. Safe to call more than once."""
 

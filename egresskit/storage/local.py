@@ -37,6 +37,9 @@ class LocalStorage(Storage):
         await asyncio.to_thread(self._place, Path(path), dest)
         return str(dest)
 
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(confine(self.root, key).unlink, missing_ok=True)
+
     def _place(self, src: Path, dest: Path) -> None:
         if src.resolve() == dest:
             return

@@ -252,6 +252,10 @@ class S3Storage(Storage):
             await self._multipart(client, Path(path), size, key, content_type)
         return self.location(key)
 
+    async def delete(self, key: str) -> None:
+        client = await self._s3()
+        await client.delete_object(Bucket=self.bucket, Key=key)
+
     async def _multipart(
         self, client: Any, path: Path, size: int, key: str, content_type: str
     ) -> None:
