@@ -37,9 +37,15 @@ SNAPSHOT_QUEUE = 2
 
 @dataclass(frozen=True, slots=True)
 class FileOutput:
-    """A local file; its container follows the extension (.mp4, .ogg, .webm, .mp3, .mkv)."""
+    """A local file; its container follows the extension (.mp4, .ogg, .webm, .mp3, .mkv).
+
+    `faststart` (MP4 only) moves the index before the media after a clean stop,
+    so players start before the whole file has loaded; the file is fragmented,
+    and playable after a crash, until then.
+    """
 
     path: str | os.PathLike[str]
+    faststart: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,9 @@ def stage_encodings(
 def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
     suffix = os.path.splitext(os.fspath(output.path))[1].lower()
     if suffix == ".mp4":
-        return Mp4Muxer(output.path, encoders)
+        return Mp4Muxer(output.path, encoders, faststart=output.faststart)
+    if output.faststart:
+        raise ValueError("faststart is an option of MP4 files")
     if suffix not in CONTAINERS:
         raise ValueError(f"unsupported file type {suffix or '(none)'}")
     return FileMuxer(output.path, encoders, format=CONTAINERS[suffix])

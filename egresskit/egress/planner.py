@@ -32,7 +32,7 @@ from egresskit.egress.track_graphs import (
     track_graph,
     track_websocket_graph,
 )
-from egresskit.egress.validation import EgressSpec
+from egresskit.egress.validation import EgressSpec, with_extensions
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
@@ -209,6 +209,7 @@ def plan(
     or StorageNotInstalled for the service to turn into Twirp errors.
     """
     check_supported(spec)
+    spec = with_extensions(spec)
     room = rooms.get(spec.room_name)
     if room is None:
         raise RoomNotFound(spec.room_name)
@@ -314,7 +315,7 @@ def _plan_encoded(
         extension = naming.file_extension(spec.file.file_type)
         relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
         namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
-        outputs.append(FileOutput(local))
+        outputs.append(FileOutput(local, faststart=spec.faststart))
         files.append(
             PlannedFile(
                 local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest

@@ -7,7 +7,7 @@ of the sources, encoding and outputs, or raises `InvalidRequest` naming the
 field at fault. Storage messages are passed through untouched.
 
 Container and codec rules follow what the muxers can write: MP4 takes H.264
-with AAC, Opus or MP3; OGG only Opus audio; MP3 only MP3 audio; HLS (MPEG-TS)
+(or egresskit's VP9 and AV1) with AAC, Opus or MP3; OGG only Opus audio; MP3 only MP3 audio; HLS (MPEG-TS)
 and RTMP (FLV) take H.264 with AAC or MP3; SRT (MPEG-TS) also Opus. VP8
 therefore fits none of the encoded outputs except snapshots and websockets.
 One encode feeds every output, so the codecs must fit all of them at once.
@@ -19,7 +19,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
@@ -30,6 +30,7 @@ from egresskit.egress.encoding import (
     AudioCodecName,
     EncodingSettings,
     InvalidRequest,
+    VideoCodecName,
     audio_codec_of,
 )
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
@@ -84,7 +85,7 @@ _AUDIO_FITS: dict[str, frozenset[str]] = {
     "srt": frozenset({"aac", "mp3", "opus"}),
 }
 _VIDEO_FITS: dict[str, frozenset[str]] = {
-    "mp4": frozenset({"h264"}),
+    "mp4": frozenset({"h264", "vp9", "av1"}),
     "ogg": frozenset(),
     "mp3": frozenset(),
     "segments": frozenset({"h264"}),
@@ -176,6 +177,8 @@ class EgressSpec:
     video_track_id: str = ""
     track_id: str = ""
     audio_config: egress_pb.AudioConfig | None = None
+    video_codec: str = ""  # egresskit extension: "" or "h264", "vp9", "av1"
+    faststart: bool = False  # egresskit extension: MP4 moov before mdat after a clean stop
     # Set by `check_caller` for a caller's request: where its destinations may be (None: the
     # operator's own request), and the API key that signs its webhooks.
     network: NetworkPolicy | None = None
@@ -596,6 +599,36 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     return dataclasses.replace(
         spec, encoding=encoding, file=file, stream=stream, segments=segments, images=images
     )
+
+
+EXTENSION_VIDEO_CODECS = frozenset({"h264", "vp9", "av1"})
+
+
+def with_extensions(spec: EgressSpec) -> EgressSpec:
+    """Apply egresskit's own options (`video_codec`, `faststart`) to a checked spec.
+
+    The codec replaces the encoding's and must fit every output as LiveKit's
+    codecs do; faststart needs an MP4 file output. InvalidRequest otherwise.
+    """
+    if spec.faststart and (spec.file is None or spec.file.file_type != "mp4"):
+        raise InvalidRequest("faststart", "faststart needs an MP4 file output")
+    if not spec.video_codec:
+        return spec
+    if spec.video_codec not in EXTENSION_VIDEO_CODECS:
+        raise InvalidRequest("video_codec", "must be h264, vp9 or av1")
+    if spec.encoding is None or not spec.video:
+        raise InvalidRequest("video_codec", "only encoded video outputs have a video codec")
+    encoding = dataclasses.replace(
+        spec.encoding, video_codec=cast(VideoCodecName, spec.video_codec)
+    )
+    containers = [("file", spec.file.file_type)] if spec.file is not None else []
+    if spec.segments is not None:
+        containers.append(("segments", "segments"))
+    if spec.stream is not None and spec.stream.protocol != "websocket":
+        containers.append(("stream", spec.stream.protocol))
+    for field, container in containers:
+        _check_fit(field, container, spec, encoding)
+    return dataclasses.replace(spec, encoding=encoding)
 
 
 def _file_type(

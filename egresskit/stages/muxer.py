@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -14,6 +16,9 @@ from av.stream import Stream
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
+from egresskit.storage.paths import temporary_beside
+
+log = logging.getLogger(__name__)
 
 # Fragmented while recording, so a killed process leaves a playable file
 # (1 s fragments flushed as written); rewritten with a normal index on close.
@@ -25,6 +30,8 @@ MP4_OPTIONS = {
     # hide them would stretch the first video frame, so keep them in an edit list.
     "avoid_negative_ts": "disabled",
 }
+# The same file rewritten with its index (moov) first; timestamps as they are.
+FASTSTART_OPTIONS = {"movflags": "+faststart", "avoid_negative_ts": "disabled"}
 
 
 def private_packet(
@@ -145,9 +152,65 @@ class FileMuxer(FileWriter):
 
 
 class Mp4Muxer(FileMuxer):
-    """An MP4 file that survives a crash of the recording process."""
+    """An MP4 file that survives a crash of the recording process.
+
+    With `faststart`, a clean stop rewrites the finished file with its index
+    first (a copy of the packets, on the worker thread); `faststart_s` is the
+    time that took. A failed or cancelled graph keeps the fragmented file.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], encoders: Sequence[_Encoder], *, name: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        encoders: Sequence[_Encoder],
+        *,
+        faststart: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__(path, encoders, format="mp4", options=MP4_OPTIONS, name=name)
+        self.faststart = faststart
+        self.faststart_s = 0.0
+
+    async def _finish(self) -> None:
+        if self.faststart and self.packets_written:
+            await self.offload(self._close_with_index_first)
+            self.post("file_closed", path=str(self.path), size=self.size)
+        else:
+            await super()._finish()
+
+    def _close_with_index_first(self) -> None:
+        self._close()
+        started = time.monotonic()
+        try:
+            remux_faststart(self.path)
+        except (OSError, av.FFmpegError) as exc:
+            log.warning("%s: faststart failed, the file keeps its index at the end: %s", self.name, exc)
+        self.faststart_s = time.monotonic() - started
+
+    def stats(self) -> dict[str, float]:
+        return super().stats() | ({"faststart_s": self.faststart_s} if self.faststart else {})
+
+
+def remux_faststart(path: Path) -> None:
+    """Rewrite a finished MP4 with `moov` before `mdat`, replacing it only once complete.
+
+    FFmpeg's `faststart` cannot be combined with the fragmented writing that
+    keeps a recording playable after a crash, so it is a second pass: every
+    packet copied (nothing decoded) into a file beside, renamed over the original.
+    """
+    partial = temporary_beside(path)
+    try:
+        with av.open(str(path)) as source, av.open(
+            str(partial), "w", format="mp4", options=FASTSTART_OPTIONS
+        ) as target:
+            target.metadata.update(source.metadata)
+            streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
+            for packet in source.demux():
+                if packet.dts is None:  # the demuxer's end-of-stream flush packets
+                    continue
+                packet.stream = streams[packet.stream.index]
+                target.mux(packet)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
