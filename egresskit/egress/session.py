@@ -453,7 +453,14 @@ class EgressSession:
             if track is not None
             else None
         )
-        return build_manifest(self.info, segments=segments, images=images, track=details)
+        writers = [f.writer for f in self.plan.files if f.writer is not None]
+        return build_manifest(
+            self.info,
+            segments=segments,
+            images=images,
+            track=details,
+            first_media_at_ns=writers[0].first_media_at_ns if writers else 0,
+        )
 
     def _image_key(self, path: Path) -> str:
         directory = self._directory(self.plan.images, path)
