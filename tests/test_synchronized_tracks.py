@@ -29,19 +29,20 @@ STAGGER_S = 1.5
 OVERLAP_S = 8.0
 TOLERANCE_S = 0.020
 
-# The README's command ("Synchronized tracks"), with the manifests in $M.
-ALIGN = (
-    "t0=$(jq -s 'map(.first_media_at)|min' $M); "
-    "ffmpeg -v error $(for m in $M; do jq -r --argjson t0 $t0 "
-    "'\"-itsoffset \\((.first_media_at-$t0)/1e9) -i \\(.files[0].location)\"' $m; done) "
-    "$(i=0; for m in $M; do echo -map $i; i=$((i+1)); done) -c copy synced.mkv"
-)
+README = Path(__file__).parent.parent / "README.md"
+EXAMPLE_MANIFESTS = 'M="EG_a.json EG_v.json"; '
+
+
+def readme_command() -> str:
+    """The README's one-line command ("Synchronized tracks"), taking the manifests from $M."""
+    (line,) = [ln for ln in README.read_text().splitlines() if ln.startswith(EXAMPLE_MANIFESTS)]
+    return line.removeprefix(EXAMPLE_MANIFESTS).replace("ffmpeg ", "ffmpeg -v error ", 1)
 
 
 def align(manifests: list[Path], directory: Path) -> Path:
     """Run the README's command on `manifests` in `directory`; the merged file."""
     env = {"M": " ".join(str(m) for m in manifests), "PATH": "/usr/bin:/bin"}
-    subprocess.run(["bash", "-c", ALIGN], env=env, cwd=directory, check=True)
+    subprocess.run(["bash", "-c", readme_command()], env=env, cwd=directory, check=True)
     return directory / "synced.mkv"
 
 
