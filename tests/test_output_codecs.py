@@ -65,6 +65,47 @@ async def test_vp9_and_av1_files_decode_at_the_requested_size(tmp_path, codec):
     assert int(video["nb_read_frames"]) >= SECONDS * 30 * 0.8
 
 
+@pytest.mark.parametrize("codec", ["vp9", "av1"])
+async def test_vp9_and_av1_hls_segments_are_fragmented_mp4(tmp_path, codec):
+    rooms = RoomManager()
+    rooms.get_or_create("codecs")
+    request = egress_pb.RoomCompositeEgressRequest(
+        room_name="codecs",
+        segment_outputs=[
+            egress_pb.SegmentedFileOutput(
+                filename_prefix=f"hls/{codec}",
+                segment_duration=1,
+                protocol=egress_pb.HLS_FMP4_PROTOCOL,
+                live_playlist_name="live.m3u8",
+            )
+        ],
+        advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=30),
+    )
+    planned = plan(dataclasses.replace(validate(request), video_codec=codec), "EG_h", rooms, tmp_path)
+    await planned.graph.start()
+    await asyncio.sleep(3.2)
+    assert await planned.graph.stop() is GraphState.COMPLETE, planned.graph.error
+    playlist = tmp_path / "hls" / f"{codec}.m3u8"
+    lines = playlist.read_text().splitlines()
+    assert "#EXT-X-VERSION:7" in lines and f'#EXT-X-MAP:URI="{codec}_init.mp4"' in lines
+    names = [line for line in lines if line and not line.startswith("#")]
+    assert len(names) >= 3 and all(name.endswith(".m4s") for name in names), lines
+    assert f'#EXT-X-MAP:URI="{codec}_init.mp4"' in (tmp_path / "hls" / "live.m3u8").read_text()
+    # players read the playlist as one stream: the codec at the size asked, every frame
+    info = ffprobe(playlist)
+    video = stream(info, "video")
+    assert (video["codec_name"], video["width"], video["height"]) == (codec, 640, 360)
+    assert stream(info, "audio")["codec_name"] == "aac"
+    assert int(video["nb_read_frames"]) >= 3 * 30 * 0.8
+    assert decode_errors(playlist) == ""
+    # and each segment starts on a key frame: decodable from the init section alone
+    init = (tmp_path / "hls" / f"{codec}_init.mp4").read_bytes()
+    alone = tmp_path / "second.mp4"
+    alone.write_bytes(init + (tmp_path / "hls" / names[1]).read_bytes())
+    assert decode_errors(alone) == ""
+    assert 0.9 < float(stream(ffprobe(alone), "video")["start_time"]) < 1.5
+
+
 def test_codecs_that_do_not_fit_an_output_are_refused():
     segments = egress_pb.RoomCompositeEgressRequest(
         room_name="codecs",

@@ -2,7 +2,8 @@
 
 One test uploads to a small aiohttp receiver that answers 503 twice before
 201; the other records through the service (driven by the livekit-api SDK)
-into Debian's nginx with WebDAV PUT: an MP4 file and HLS segments land on
+into Debian's nginx with WebDAV PUT: an MP4 file and HLS segments (fMP4,
+with their initialization section) land on
 the server, which refuses any PUT without the configured Authorization.
 """
 
@@ -99,7 +100,9 @@ async def test_file_and_hls_segments_land_on_nginx_webdav(aiohttp_server, tmp_pa
                     file_outputs=[egress_pb.EncodedFileOutput(filepath="calls/call.mp4")],
                     segment_outputs=[
                         egress_pb.SegmentedFileOutput(
-                            filename_prefix="calls/live/part", segment_duration=1
+                            filename_prefix="calls/live/part",
+                            segment_duration=1,
+                            protocol=egress_pb.HLS_FMP4_PROTOCOL,
                         )
                     ],
                     advanced=ENCODING,
@@ -126,10 +129,14 @@ async def test_file_and_hls_segments_land_on_nginx_webdav(aiohttp_server, tmp_pa
         playlist = (stored / "live" / "part.m3u8").read_text()
         names = [line for line in playlist.splitlines() if line and not line.startswith("#")]
         assert len(names) >= 3 and "#EXT-X-ENDLIST" in playlist
+        assert '#EXT-X-MAP:URI="part_init.mp4"' in playlist
+        init = (stored / "live" / "part_init.mp4").read_bytes()  # uploaded too
         for name in names:
-            assert stream(ffprobe(stored / "live" / name), "video")["codec_name"] == "h264"
+            alone = tmp_path / "segment.mp4"
+            alone.write_bytes(init + (stored / "live" / name).read_bytes())
+            assert stream(ffprobe(alone), "video")["codec_name"] == "h264"
         assert (stored / f"{info.egress_id}.json").exists()  # the manifest, last
         # nothing stayed behind locally, and no secret reached the caller
-        assert not list((tmp_path / "out").rglob("*.ts"))
+        assert not list((tmp_path / "out").rglob("*.m4s"))
         assert TOKEN not in str(redact(info))
         assert '"PUT /rec/calls/call.mp4 HTTP/1.1" 201' in dav.access_log()

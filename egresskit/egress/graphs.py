@@ -16,7 +16,7 @@ from egresskit.pipeline import Graph, LinkPolicy
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
-from egresskit.stages.hls import HlsSegmenter
+from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.snapshot import ImageSnapshotter
@@ -62,6 +62,9 @@ class SegmentsOutput:
     live_playlist: str = ""
     segment_duration: float = 4.0
     suffix: int = egress_pb.INDEX  # SegmentedFileSuffix
+    # fMP4 segments `{prefix}_00000.m4s` after `{prefix}_init.mp4` (EXT-X-MAP), for codecs
+    # MPEG-TS cannot carry (VP9, AV1); they need video
+    fragmented_mp4: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,16 +145,19 @@ def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
 
 def segmenter(output: SegmentsOutput, encoders: list) -> HlsSegmenter:
     prefix = Path(output.prefix)
-    return HlsSegmenter(
-        encoders,
-        prefix.parent,
-        naming.playlist_name(prefix.name, output.playlist),
+    extension = ".m4s" if output.fragmented_mp4 else ".ts"
+    settings = dict(
         segment_names=lambda index, when: naming.segment_name(
-            prefix.name, output.suffix, index, when
+            prefix.name, output.suffix, index, when, extension
         ),
         live_playlist=naming.live_playlist_name(output.live_playlist),
         segment_duration=output.segment_duration,
     )
+    playlist = naming.playlist_name(prefix.name, output.playlist)
+    if output.fragmented_mp4:
+        init = naming.init_segment_name(prefix.name)
+        return Fmp4HlsSegmenter(encoders, prefix.parent, playlist, init_name=init, **settings)
+    return HlsSegmenter(encoders, prefix.parent, playlist, **settings)
 
 
 def snapshotter(output: ImageOutput) -> ImageSnapshotter:

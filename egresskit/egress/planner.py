@@ -116,8 +116,8 @@ def _unsupported(spec: EgressSpec) -> str | None:
         return "await_start_signal"
     if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
         return "websocket stream outputs of composites"
-    if spec.segments is not None and spec.segments.fragmented_mp4:
-        return "fragmented MP4 segments"
+    if spec.segments is not None and spec.segments.fragmented_mp4 and not spec.video:
+        return "audio-only fragmented MP4 segments"
     if spec.kind == "media" and spec.audio_config is not None:
         routes = spec.audio_config.routes
         if spec.audio_config.capture_all or len(routes) > 1 or any(not r.track_id for r in routes):
@@ -330,8 +330,12 @@ def _plan_encoded(
         namer.confine(local.parent / playlist, f"{target.field}.playlist_name")
         if live_playlist:
             namer.confine(local.parent / live_playlist, f"{target.field}.live_playlist_name")
-        first = naming.segment_name(local.name, target.suffix, 0, when)
+        extension = ".m4s" if target.fragmented_mp4 else ".ts"
+        first = naming.segment_name(local.name, target.suffix, 0, when, extension)
         namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+        if target.fragmented_mp4:
+            init = naming.init_segment_name(local.name)
+            namer.confine(local.parent / init, f"{target.field}.filename_prefix")
         namer.manifest_beside(local, target.field, target.disable_manifest)
         outputs.append(
             SegmentsOutput(
@@ -340,6 +344,7 @@ def _plan_encoded(
                 live_playlist=live_playlist,
                 segment_duration=float(target.segment_duration_s),
                 suffix=target.suffix,
+                fragmented_mp4=target.fragmented_mp4,
             )
         )
         segment_targets.append(

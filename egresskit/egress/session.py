@@ -131,7 +131,7 @@ class EgressSession:
             self._changed("egress_updated")
         if kind in ("room_empty", "source_closed"):
             self.end(SOURCE_CLOSED)
-        elif kind == "segment_closed":
+        elif kind in ("segment_closed", "segment_init"):  # fMP4's init goes as a segment
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path)
             if directory is not None:

@@ -7,8 +7,9 @@ of the sources, encoding and outputs, or raises `InvalidRequest` naming the
 field at fault. Storage messages are passed through untouched.
 
 Container and codec rules follow what the muxers can write: MP4 takes H.264
-(or egresskit's VP9 and AV1) with AAC, Opus or MP3; OGG only Opus audio; MP3 only MP3 audio; HLS (MPEG-TS)
-and RTMP (FLV) take H.264 with AAC or MP3; SRT (MPEG-TS) also Opus. VP8
+(or egresskit's VP9 and AV1) with AAC, Opus or MP3; OGG only Opus audio; MP3
+only MP3 audio; HLS (MPEG-TS) and RTMP (FLV) take H.264 with AAC or MP3, HLS
+with fMP4 segments also VP9, AV1 and Opus; SRT (MPEG-TS) also Opus. VP8
 therefore fits none of the encoded outputs except snapshots and websockets.
 One encode feeds every output, so the codecs must fit all of them at once.
 """
@@ -81,6 +82,7 @@ _AUDIO_FITS: dict[str, frozenset[str]] = {
     "ogg": frozenset({"opus"}),
     "mp3": frozenset({"mp3"}),
     "segments": frozenset({"aac", "mp3"}),
+    "fmp4": frozenset({"aac", "opus", "mp3"}),
     "rtmp": frozenset({"aac", "mp3"}),
     "srt": frozenset({"aac", "mp3", "opus"}),
 }
@@ -89,6 +91,7 @@ _VIDEO_FITS: dict[str, frozenset[str]] = {
     "ogg": frozenset(),
     "mp3": frozenset(),
     "segments": frozenset({"h264"}),
+    "fmp4": frozenset({"h264", "vp9", "av1"}),
     "rtmp": frozenset({"h264"}),
     "srt": frozenset({"h264"}),
 }
@@ -97,6 +100,7 @@ _LABELS = {
     "ogg": "OGG",
     "mp3": "MP3",
     "segments": "HLS",
+    "fmp4": "HLS (fMP4)",
     "rtmp": "RTMP",
     "srt": "SRT",
 }
@@ -591,7 +595,7 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     if file is not None:
         containers.append((outputs.files[0][0], file.file_type))
     if segments is not None:
-        containers.append((outputs.segments[0][0], "segments"))
+        containers.append((outputs.segments[0][0], _segments_container(segments)))
     if stream is not None and stream.protocol != "websocket":
         containers.append((outputs.streams[0][0], stream.protocol))
     for field, container in containers:
@@ -623,12 +627,16 @@ def with_extensions(spec: EgressSpec) -> EgressSpec:
     )
     containers = [("file", spec.file.file_type)] if spec.file is not None else []
     if spec.segments is not None:
-        containers.append(("segments", "segments"))
+        containers.append(("segments", _segments_container(spec.segments)))
     if spec.stream is not None and spec.stream.protocol != "websocket":
         containers.append(("stream", spec.stream.protocol))
     for field, container in containers:
         _check_fit(field, container, spec, encoding)
     return dataclasses.replace(spec, encoding=encoding)
+
+
+def _segments_container(target: SegmentsTarget) -> str:
+    return "fmp4" if target.fragmented_mp4 else "segments"
 
 
 def _file_type(
