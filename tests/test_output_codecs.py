@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import re
 import subprocess
 from pathlib import Path
 
@@ -152,3 +153,7 @@ async def test_faststart_puts_the_index_first_after_a_clean_stop(tmp_path):
         assert [s["codec_name"] for s in info["streams"]] == ["h264", "aac"]
         assert abs(float(info["format"]["duration"]) - SECONDS) < 0.3
         assert (stream(info, "video")["width"], stream(info, "video")["height"]) == (640, 360)
+        # when its first media was captured, to the microsecond, kept by the faststart copy
+        created = info["format"]["tags"]["creation_time"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created)
+        assert not created.endswith(".000000Z"), created  # not the whole seconds of mvhd
