@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -406,8 +407,8 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         self._splitter = FragmentSplitter()
         self._muxer: OutputContainer | None = None
         self._file: BinaryIO | None = None
-        self._keyframes: list[tuple[bool, float]] = []  # (starts a segment, media time)
-        self._fragments_taken = 0
+        # video key frames muxed whose fragment is not stored yet: (starts a segment, time)
+        self._keyframes: deque[tuple[bool, float]] = deque()
         self._last_cut_s: float | None = None
 
     async def run(self) -> None:
@@ -462,8 +463,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
             self.init = self._init_path
             self.post("segment_init", path=str(self._init_path))
         for fragment in self._splitter.take():
-            starts_segment, start_s = self._keyframes[self._fragments_taken]
-            self._fragments_taken += 1
+            starts_segment, start_s = self._keyframes.popleft()
             if starts_segment:
                 if self._current is not None:
                     await self._close_segment(start_s, ended=False)
