@@ -26,7 +26,7 @@ from test_cli import stop
 from test_lip_sync import publish_flash_beep, published_tracks, serve
 
 STAGGER_S = 1.5
-OVERLAP_S = 8.0
+OVERLAP_S = 6.0
 TOLERANCE_S = 0.020
 
 README = Path(__file__).parent.parent / "README.md"
