@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-apt_packages=(ffmpeg chromium nginx libnginx-mod-rtmp srt-tools redis-server)
+apt_packages=(ffmpeg chromium nginx libnginx-mod-rtmp srt-tools redis-server jq)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

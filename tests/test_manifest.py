@@ -30,6 +30,7 @@ FIELDS = {
     "track_source",
     "audio_track_id",
     "video_track_id",
+    "first_media_at",
     "files",
     "playlists",
     "images",

@@ -15,7 +15,8 @@ from typing import Literal
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
-VideoCodecName = Literal["h264", "vp8"]
+# vp9 and av1 come only from egresskit's extension request (LiveKit's VideoCodec has neither)
+VideoCodecName = Literal["h264", "vp8", "vp9", "av1"]
 H264Profile = Literal["baseline", "main", "high"]
 AudioCodecName = Literal["opus", "aac", "mp3"]
 

@@ -16,7 +16,7 @@ from egresskit.pipeline import Graph, LinkPolicy
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
-from egresskit.stages.hls import HlsSegmenter
+from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.snapshot import ImageSnapshotter
@@ -42,9 +42,15 @@ SNAPSHOT_QUEUE = 2
 
 @dataclass(frozen=True, slots=True)
 class FileOutput:
-    """A local file; its container follows the extension (.mp4, .ogg, .webm, .mp3, .mkv)."""
+    """A local file; its container follows the extension (.mp4, .ogg, .webm, .mp3, .mkv).
+
+    `faststart` (MP4 only) moves the index before the media after a clean stop,
+    so players start before the whole file has loaded; the file is fragmented,
+    and playable after a crash, until then.
+    """
 
     path: str | os.PathLike[str]
+    faststart: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +67,9 @@ class SegmentsOutput:
     live_playlist: str = ""
     segment_duration: float = 4.0
     suffix: int = egress_pb.INDEX  # SegmentedFileSuffix
+    # fMP4 segments `{prefix}_00000.m4s` after `{prefix}_init.mp4` (EXT-X-MAP), for codecs
+    # MPEG-TS cannot carry (VP9, AV1); they need video
+    fragmented_mp4: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +140,9 @@ def stage_encodings(
 def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
     suffix = os.path.splitext(os.fspath(output.path))[1].lower()
     if suffix == ".mp4":
-        return Mp4Muxer(output.path, encoders)
+        return Mp4Muxer(output.path, encoders, faststart=output.faststart)
+    if output.faststart:
+        raise ValueError("faststart is an option of MP4 files")
     if suffix not in CONTAINERS:
         raise ValueError(f"unsupported file type {suffix or '(none)'}")
     return FileMuxer(output.path, encoders, format=CONTAINERS[suffix])
@@ -139,16 +150,19 @@ def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
 
 def segmenter(output: SegmentsOutput, encoders: list) -> HlsSegmenter:
     prefix = Path(output.prefix)
-    return HlsSegmenter(
-        encoders,
-        prefix.parent,
-        naming.playlist_name(prefix.name, output.playlist),
+    extension = ".m4s" if output.fragmented_mp4 else ".ts"
+    settings = dict(
         segment_names=lambda index, when: naming.segment_name(
-            prefix.name, output.suffix, index, when
+            prefix.name, output.suffix, index, when, extension
         ),
         live_playlist=naming.live_playlist_name(output.live_playlist),
         segment_duration=output.segment_duration,
     )
+    playlist = naming.playlist_name(prefix.name, output.playlist)
+    if output.fragmented_mp4:
+        init = naming.init_segment_name(prefix.name)
+        return Fmp4HlsSegmenter(encoders, prefix.parent, playlist, init_name=init, **settings)
+    return HlsSegmenter(encoders, prefix.parent, playlist, **settings)
 
 
 def snapshotter(output: ImageOutput) -> ImageSnapshotter:

@@ -56,12 +56,16 @@ def build_manifest(
     segments: Mapping[str, Sequence[ManifestSegment]] | None = None,
     images: Sequence[ManifestImage] = (),
     track: TrackDetails | None = None,
+    first_media_at_ns: int = 0,
 ) -> dict[str, Any]:
     """The manifest of a finished egress.
 
     `segments` maps each playlist location (as in `info.segment_results`) to
     its segments. Times are Unix nanoseconds like EgressInfo, except image
     timestamps, which are RFC 3339 strings as in LiveKit's manifests.
+    `first_media_at` is when the first media of the file was captured, on the
+    clock all egresses of a room share (0: no file, or nothing written): files
+    of one room line up by it (README, "Synchronized tracks").
     """
     request = info.WhichOneof("request")
     track = track or TrackDetails()
@@ -82,6 +86,7 @@ def build_manifest(
         "track_source": track.track_source,
         "audio_track_id": _audio_track_id(info),
         "video_track_id": _video_track_id(info),
+        "first_media_at": first_media_at_ns,
         "files": [{"filename": f.filename, "location": f.location} for f in info.file_results],
         "playlists": [
             {

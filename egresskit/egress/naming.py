@@ -129,11 +129,19 @@ def track_extension(codec: str) -> str:
     raise ValueError(f"no file type for track codec {codec!r}")
 
 
-def segment_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
-    """Name of one HLS segment: INDEX `{prefix}_00001.ts` or TIMESTAMP `{prefix}_<utc>.ts`."""
+def segment_name(
+    prefix: str, suffix: int, index: int, when: datetime, extension: str = ".ts"
+) -> str:
+    """Name of one HLS segment: INDEX `{prefix}_00001.ts` or TIMESTAMP `{prefix}_<utc>.ts`
+    (`.m4s` for fragmented MP4 segments)."""
     if suffix == egress_pb.TIMESTAMP:
-        return f"{prefix}_{format_utc(when)}.ts"
-    return f"{prefix}_{index:05d}.ts"
+        return f"{prefix}_{format_utc(when)}{extension}"
+    return f"{prefix}_{index:05d}{extension}"
+
+
+def init_segment_name(prefix: str) -> str:
+    """The initialization section of fragmented MP4 segments (their EXT-X-MAP)."""
+    return f"{prefix}_init.mp4"
 
 
 def playlist_name(prefix: str, requested: str = "") -> str:

@@ -32,7 +32,7 @@ from egresskit.egress.track_graphs import (
     track_graph,
     track_websocket_graph,
 )
-from egresskit.egress.validation import EgressSpec
+from egresskit.egress.validation import EgressSpec, with_extensions
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
@@ -119,8 +119,8 @@ def _unsupported(spec: EgressSpec) -> str | None:
         return "await_start_signal"
     if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
         return "websocket stream outputs of composites"
-    if spec.segments is not None and spec.segments.fragmented_mp4:
-        return "fragmented MP4 segments"
+    if spec.segments is not None and spec.segments.fragmented_mp4 and not spec.video:
+        return "audio-only fragmented MP4 segments"
     if spec.kind == "media" and spec.audio_config is not None:
         routes = spec.audio_config.routes
         if spec.audio_config.capture_all or len(routes) > 1 or any(not r.track_id for r in routes):
@@ -212,6 +212,7 @@ def plan(
     or StorageNotInstalled for the service to turn into Twirp errors.
     """
     check_supported(spec)
+    spec = with_extensions(spec)
     room = rooms.get(spec.room_name)
     if room is None:
         raise RoomNotFound(spec.room_name)
@@ -317,7 +318,7 @@ def _plan_encoded(
         extension = naming.file_extension(spec.file.file_type)
         relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
         namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
-        outputs.append(FileOutput(local))
+        outputs.append(FileOutput(local, faststart=spec.faststart))
         files.append(
             PlannedFile(
                 local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest
@@ -332,8 +333,12 @@ def _plan_encoded(
         namer.confine(local.parent / playlist, f"{target.field}.playlist_name")
         if live_playlist:
             namer.confine(local.parent / live_playlist, f"{target.field}.live_playlist_name")
-        first = naming.segment_name(local.name, target.suffix, 0, when)
+        extension = ".m4s" if target.fragmented_mp4 else ".ts"
+        first = naming.segment_name(local.name, target.suffix, 0, when, extension)
         namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+        if target.fragmented_mp4:
+            init = naming.init_segment_name(local.name)
+            namer.confine(local.parent / init, f"{target.field}.filename_prefix")
         namer.manifest_beside(local, target.field, target.disable_manifest)
         outputs.append(
             SegmentsOutput(
@@ -342,6 +347,7 @@ def _plan_encoded(
                 live_playlist=live_playlist,
                 segment_duration=float(target.segment_duration_s),
                 suffix=target.suffix,
+                fragmented_mp4=target.fragmented_mp4,
             )
         )
         segment_targets.append(

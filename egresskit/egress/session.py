@@ -137,7 +137,7 @@ class EgressSession:
             self._changed("egress_updated")
         if kind in ("room_empty", "source_closed"):
             self.end(SOURCE_CLOSED)
-        elif kind == "segment_closed":
+        elif kind in ("segment_closed", "segment_init"):  # fMP4's init goes as a segment
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path)
             if directory is not None:
@@ -559,7 +559,14 @@ class EgressSession:
             if track is not None
             else None
         )
-        return build_manifest(self.info, segments=segments, images=images, track=details)
+        writers = [f.writer for f in self.plan.files if f.writer is not None]
+        return build_manifest(
+            self.info,
+            segments=segments,
+            images=images,
+            track=details,
+            first_media_at_ns=writers[0].first_media_at_ns if writers else 0,
+        )
 
     def _image_key(self, path: Path) -> str:
         directory = self._directory(self.plan.images, path)

@@ -182,7 +182,7 @@ def track_graph(
         raise ValueError(f"track {track_sid} is {track.mime_type}, which cannot be passed through")
     graph = Graph(name)
     source = graph.add(EncodedTrackSource(track))
-    writer = graph.add(PassthroughFileWriter(path, track.mime_type))
+    writer = graph.add(PassthroughFileWriter(path, track.mime_type, source=source))
     graph.link(source.output, writer.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
     return graph, TrackStages(source, [writer], TrackDescription.of(track))
 

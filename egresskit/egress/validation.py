@@ -7,8 +7,9 @@ of the sources, encoding and outputs, or raises `InvalidRequest` naming the
 field at fault. Storage messages are passed through untouched.
 
 Container and codec rules follow what the muxers can write: MP4 takes H.264
-with AAC, Opus or MP3; OGG only Opus audio; MP3 only MP3 audio; HLS (MPEG-TS)
-and RTMP (FLV) take H.264 with AAC or MP3; SRT (MPEG-TS) also Opus. VP8
+(or egresskit's VP9 and AV1) with AAC, Opus or MP3; OGG only Opus audio; MP3
+only MP3 audio; HLS (MPEG-TS) and RTMP (FLV) take H.264 with AAC or MP3, HLS
+with fMP4 segments also VP9, AV1 and Opus; SRT (MPEG-TS) also Opus. VP8
 therefore fits none of the encoded outputs except snapshots and websockets.
 One encode feeds every output, so the codecs must fit all of them at once.
 """
@@ -19,7 +20,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
@@ -30,6 +31,7 @@ from egresskit.egress.encoding import (
     AudioCodecName,
     EncodingSettings,
     InvalidRequest,
+    VideoCodecName,
     audio_codec_of,
 )
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
@@ -85,14 +87,16 @@ _AUDIO_FITS: dict[str, frozenset[str]] = {
     "ogg": frozenset({"opus"}),
     "mp3": frozenset({"mp3"}),
     "segments": frozenset({"aac", "mp3"}),
+    "fmp4": frozenset({"aac", "opus", "mp3"}),
     "rtmp": frozenset({"aac", "mp3"}),
     "srt": frozenset({"aac", "mp3", "opus"}),
 }
 _VIDEO_FITS: dict[str, frozenset[str]] = {
-    "mp4": frozenset({"h264"}),
+    "mp4": frozenset({"h264", "vp9", "av1"}),
     "ogg": frozenset(),
     "mp3": frozenset(),
     "segments": frozenset({"h264"}),
+    "fmp4": frozenset({"h264", "vp9", "av1"}),
     "rtmp": frozenset({"h264"}),
     "srt": frozenset({"h264"}),
 }
@@ -101,6 +105,7 @@ _LABELS = {
     "ogg": "OGG",
     "mp3": "MP3",
     "segments": "HLS",
+    "fmp4": "HLS (fMP4)",
     "rtmp": "RTMP",
     "srt": "SRT",
 }
@@ -639,7 +644,7 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     if file is not None:
         containers.append((outputs.files[0][0], file.file_type))
     if segments is not None:
-        containers.append((outputs.segments[0][0], "segments"))
+        containers.append((outputs.segments[0][0], _segments_container(segments)))
     if stream is not None and stream.protocol != "websocket":
         containers.append((outputs.streams[0][0], stream.protocol))
     for field, container in containers:
@@ -647,6 +652,40 @@ def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: 
     return dataclasses.replace(
         spec, encoding=encoding, file=file, stream=stream, segments=segments, images=images
     )
+
+
+EXTENSION_VIDEO_CODECS = frozenset({"h264", "vp9", "av1"})
+
+
+def with_extensions(spec: EgressSpec) -> EgressSpec:
+    """Apply egresskit's own options (`video_codec`, `faststart`) to a checked spec.
+
+    The codec replaces the encoding's and must fit every output as LiveKit's
+    codecs do; faststart needs an MP4 file output. InvalidRequest otherwise.
+    """
+    if spec.faststart and (spec.file is None or spec.file.file_type != "mp4"):
+        raise InvalidRequest("faststart", "faststart needs an MP4 file output")
+    if not spec.video_codec:
+        return spec
+    if spec.video_codec not in EXTENSION_VIDEO_CODECS:
+        raise InvalidRequest("video_codec", "must be h264, vp9 or av1")
+    if spec.encoding is None or not spec.video:
+        raise InvalidRequest("video_codec", "only encoded video outputs have a video codec")
+    encoding = dataclasses.replace(
+        spec.encoding, video_codec=cast(VideoCodecName, spec.video_codec)
+    )
+    containers = [("file", spec.file.file_type)] if spec.file is not None else []
+    if spec.segments is not None:
+        containers.append(("segments", _segments_container(spec.segments)))
+    if spec.stream is not None and spec.stream.protocol != "websocket":
+        containers.append(("stream", spec.stream.protocol))
+    for field, container in containers:
+        _check_fit(field, container, spec, encoding)
+    return dataclasses.replace(spec, encoding=encoding)
+
+
+def _segments_container(target: SegmentsTarget) -> str:
+    return "fmp4" if target.fragmented_mp4 else "segments"
 
 
 def _file_type(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -15,7 +16,16 @@ from egresskit.pipeline import EOS, Stage
 from egresskit.stages.media import EncodedPacket
 
 H264_PROFILES = {"baseline": "Constrained Baseline", "main": "Main", "high": "High"}
-VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx"}
+VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
+# Realtime settings of the libvpx and SVT-AV1 encoders: no lookahead (every frame leaves the
+# encoder as it is drawn, as with x264's zerolatency) and their fastest speed levels, so a
+# 720p30 composite keeps up on one core (bench/video_codecs.py has the CPU per codec).
+LIBVPX_REALTIME = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+# pred-struct=1 is SVT-AV1's low-delay prediction, which takes only CBR rate control (rc=2);
+# lp=1 one thread per encoder, as for x264.
+SVTAV1_REALTIME = {"preset": "12", "svtav1-params": "pred-struct=1:rc=2:lp=1"}
+# SVT-AV1 prints a dozen lines of banner per encoder to stderr unless told to keep to errors.
+os.environ.setdefault("SVT_LOG", "1")
 # Up to this many pixels per second (1280x720 at 30 fps) one x264 thread encodes several
 # times faster than real time, and spends ~5% less CPU than x264's sliced threads, which
 # synchronise on every frame (bench/encoder_threads.py). Larger pictures get x264's own count.
@@ -25,7 +35,7 @@ AUDIO_CODECS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 
 @dataclass(frozen=True, slots=True)
 class VideoEncoding:
-    codec: str = "h264"  # "h264" or "vp8"
+    codec: str = "h264"  # "h264", "vp8", "vp9" or "av1"
     width: int = 1280
     height: int = 720
     fps: int = 30
@@ -165,8 +175,12 @@ class VideoEncoder(_Encoder):
                 "x264-params": "keyint=infinite:scenecut=0:repeat-headers=1"
                 f":vbv-maxrate={e.bitrate_kbps}:vbv-bufsize={e.bitrate_kbps * 2}",
             }
+        elif e.codec == "av1":
+            ctx.options = dict(SVTAV1_REALTIME)
         else:
-            ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0"}
+            ctx.options = dict(LIBVPX_REALTIME)
+            if e.codec == "vp9":
+                ctx.options |= {"row-mt": "1"}
         ctx.open()
         return ctx
 

@@ -10,12 +10,15 @@ playlist with PROGRAM-DATE-TIME, sliding live window), atomically.
 
 from __future__ import annotations
 
+import io
 import math
 import os
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import av
 from av.container import OutputContainer
@@ -70,10 +73,19 @@ class HlsResults:
 
 
 def render_event_playlist(
-    segments: Sequence[Segment], target_duration: float, playlist_dir: Path, *, ended: bool
+    segments: Sequence[Segment],
+    target_duration: float,
+    playlist_dir: Path,
+    *,
+    ended: bool,
+    init: Path | None = None,
 ) -> str:
-    """The full EVENT playlist: every segment, each with its PROGRAM-DATE-TIME."""
-    lines = _header(segments, target_duration, media_sequence=0, event=True)
+    """The full EVENT playlist: every segment, each with its PROGRAM-DATE-TIME.
+
+    `init` is the initialization section of fMP4 segments (EXT-X-MAP).
+    """
+    lines = _versioned(_header(segments, target_duration, media_sequence=0, event=True), init)
+    lines += _map(init, playlist_dir)
     for segment in segments:
         when = datetime.fromtimestamp(segment.started_at_ns / 1e9, UTC)
         stamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -91,15 +103,19 @@ def render_live_playlist(
     *,
     window: int = LIVE_WINDOW,
     ended: bool,
+    init: Path | None = None,
 ) -> str:
     """The sliding-window playlist: the newest `window` segments, MEDIA-SEQUENCE rising."""
     shown = list(segments[-window:])
     first = shown[0].index if shown else 0
-    lines = _header(segments, target_duration, media_sequence=first, event=False)
+    lines = _versioned(
+        _header(segments, target_duration, media_sequence=first, event=False), init
+    )
     hidden = segments[: len(segments) - len(shown)]
     discontinuities = sum(s.discontinuity for s in hidden)
     if discontinuities:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuities}")
+    lines += _map(init, playlist_dir)
     for segment in shown:
         lines += _entry(segment, playlist_dir)
     if ended:
@@ -117,6 +133,20 @@ def _header(
     lines.append(f"#EXT-X-TARGETDURATION:{max(math.ceil(target_duration), round(longest))}")
     lines.append(f"#EXT-X-MEDIA-SEQUENCE:{media_sequence}")
     return lines
+
+
+def _map(init: Path | None, playlist_dir: Path) -> list[str]:
+    if init is None:
+        return []
+    uri = Path(os.path.relpath(init, playlist_dir)).as_posix()
+    return [f'#EXT-X-MAP:URI="{uri}"']
+
+
+def _versioned(text_lines: list[str], init: Path | None) -> list[str]:
+    """EXT-X-MAP outside I-frame playlists needs protocol version 6; fMP4 is usually 7."""
+    if init is not None:
+        text_lines[1] = "#EXT-X-VERSION:7"
+    return text_lines
 
 
 def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
@@ -185,6 +215,7 @@ class HlsSegmenter(Stage):
         self._end_s = 0.0
         self._started_at_ns = 0
         self._ended_at_ns = 0
+        self.init: Path | None = None  # fMP4's initialization section, once written
 
     def _inside(self, name: str | os.PathLike[str]) -> Path:
         """`directory / name`, refused (PathEscapesRoot, NameTooLong) unless it stays inside."""
@@ -283,7 +314,7 @@ class HlsSegmenter(Stage):
     async def _write_playlists(self, *, ended: bool) -> None:
         segments = list(self.segments)
         event = render_event_playlist(
-            segments, self.segment_duration, self.playlist.parent, ended=ended
+            segments, self.segment_duration, self.playlist.parent, ended=ended, init=self.init
         )
         await self.offload(_write_playlist, self.playlist, event)
         self.post("playlist_updated", path=str(self.playlist), live=False, ended=ended)
@@ -294,6 +325,7 @@ class HlsSegmenter(Stage):
                 self.live_playlist.parent,
                 window=self.live_window,
                 ended=ended,
+                init=self.init,
             )
             await self.offload(_write_playlist, self.live_playlist, live)
             self.post("playlist_updated", path=str(self.live_playlist), live=True, ended=ended)
@@ -325,3 +357,166 @@ class HlsSegmenter(Stage):
             "bytes": results.size,
             "duration_s": results.duration_s,
         }
+
+
+# Fragmented MP4 for HLS: no index to rewrite, a fragment at every video key frame,
+# and every fragment written out as soon as it is complete.
+FMP4_OPTIONS = {
+    "movflags": "+frag_keyframe+empty_moov+default_base_moof+skip_trailer",
+    "flush_packets": "1",
+    "avoid_negative_ts": "disabled",
+}
+
+
+class FragmentSplitter(io.RawIOBase):
+    """The byte stream of a fragmented MP4 muxer, split into its header and its fragments.
+
+    FFmpeg writes `ftyp` + `moov` once, then a `moof` + `mdat` pair per
+    fragment. It is written here, from the muxer's worker thread; the
+    segmenter takes the complete fragments after each mux call.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._pending = bytearray()
+        self._moof = b""
+        self.header = bytearray()
+        self.fragments: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._pending += data
+        while len(self._pending) >= 16 or (len(self._pending) >= 8 and self._size() != 1):
+            size, kind = self._size(), bytes(self._pending[4:8])
+            if size == 1:  # a 64-bit size follows the type
+                size = int.from_bytes(self._pending[8:16], "big")
+            if size < 8 or len(self._pending) < size:
+                break
+            box = bytes(self._pending[:size])
+            del self._pending[:size]
+            if kind == b"moof":
+                self._moof = box
+            elif kind == b"mdat":
+                self.fragments.append(self._moof + box)
+                self._moof = b""
+            elif not self.fragments and not self._moof:
+                self.header += box  # ftyp, moov
+        return len(data)
+
+    def _size(self) -> int:
+        return int.from_bytes(self._pending[:4], "big")
+
+    def take(self) -> list[bytes]:
+        taken, self.fragments = self.fragments, []
+        return taken
+
+
+class Fmp4HlsSegmenter(HlsSegmenter):
+    """HLS with fragmented MP4 segments (`.m4s`) and one initialization section.
+
+    Carries what MPEG-TS cannot: VP9 and AV1 (and H.264, Opus, AAC). One MP4
+    muxer writes the whole output, a fragment per video key frame
+    (`FragmentSplitter`); a segment is the fragments from a cut key frame to
+    the next cut, so fragment n starts at the n-th key frame muxed. The
+    initialization section `init_name` is written first and posted as
+    `segment_init`; playlists name it in EXT-X-MAP. Needs video.
+    """
+
+    def __init__(self, encoders: Sequence[_Encoder], *args, init_name: str, **kwargs) -> None:
+        super().__init__(encoders, *args, **kwargs)
+        if self._cut_on != "video":
+            raise ValueError("fragmented MP4 segments need video")
+        self._init_path = self._inside(init_name)
+        self._splitter = FragmentSplitter()
+        self._muxer: OutputContainer | None = None
+        self._file: BinaryIO | None = None
+        # video key frames muxed whose fragment is not stored yet: (starts a segment, time)
+        self._keyframes: deque[tuple[bool, float]] = deque()
+        self._last_cut_s: float | None = None
+
+    async def run(self) -> None:
+        kinds = {e.kind for e in self.encoders}
+        while (item := await self.input.recv()) is not EOS:
+            if item.kind not in kinds:
+                continue
+            seconds = item.seconds
+            keyframe = item.kind == "video" and item.packet.is_keyframe
+            if self._muxer is None:
+                if not keyframe:
+                    continue  # the output starts on a video key frame
+                await self.offload(self._open_muxer)
+            if keyframe:
+                cut = self._last_cut_s is None or (
+                    seconds >= self._last_cut_s + self.segment_duration - self._tolerance
+                )
+                if cut:
+                    self._last_cut_s = seconds
+                self._keyframes.append((cut, seconds))
+            await self.offload(self._write, item)
+            duration = float((item.packet.duration or 0) * (item.packet.time_base or 0))
+            self._end_s = max(self._end_s, seconds + duration)
+            await self._store_fragments()
+        if self._muxer is not None:
+            await self.offload(self._close_muxer)  # flushes the last fragment
+            await self._store_fragments()
+        if self._current is not None:
+            await self._close_segment(self._end_s, ended=True)
+        elif self.segments:
+            await self._write_playlists(ended=True)
+        self._ended_at_ns = self.clock.wall_ns(self._end_s) if self.segments else 0
+
+    def _open_muxer(self) -> None:
+        muxer = av.open(self._splitter, "w", format="mp4", options=FMP4_OPTIONS)
+        self._streams = {e.kind: e.add_stream(muxer) for e in self.encoders}
+        self._muxer = muxer
+
+    def _write(self, item: EncodedPacket) -> None:
+        assert self._muxer is not None
+        self._muxer.mux(private_packet(item.packet, self._streams[item.kind]))
+
+    def _close_muxer(self) -> None:
+        muxer, self._muxer = self._muxer, None
+        if muxer is not None:
+            muxer.close()
+
+    async def _store_fragments(self) -> None:
+        """Write complete fragments to their segments, opening and closing segments on cuts."""
+        if self.init is None and self._splitter.fragments:
+            await self.offload(_write_init, self._init_path, bytes(self._splitter.header))
+            self.init = self._init_path
+            self.post("segment_init", path=str(self._init_path))
+        for fragment in self._splitter.take():
+            starts_segment, start_s = self._keyframes.popleft()
+            if starts_segment:
+                if self._current is not None:
+                    await self._close_segment(start_s, ended=False)
+                await self._open_segment(start_s)
+            await self.offload(self._append, fragment)
+
+    def _open_container(self, path: Path) -> None:
+        """A segment is a plain file the fragments are appended to."""
+        self._inside(path.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(path, "wb")  # noqa: SIM115 - closed in _close_container
+
+    def _append(self, fragment: bytes) -> None:
+        assert self._file is not None
+        self._file.write(fragment)
+
+    def _close_container(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+    async def cleanup(self) -> None:
+        if self._muxer is not None:
+            await self.offload(self._close_muxer)
+        await super().cleanup()
+        if self._file is not None:
+            await self.offload(self._close_container)
+
+
+def _write_init(path: Path, data: bytes) -> None:
+    write_atomically(path, lambda out: out.write(data))

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
 
@@ -13,18 +16,30 @@ from av.stream import Stream
 
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import EncodedPacket
+from egresskit.stages.media import PLAYOUT_DELAY_S, EncodedPacket
+from egresskit.storage.paths import temporary_beside
+
+log = logging.getLogger(__name__)
 
 # Fragmented while recording, so a killed process leaves a playable file
 # (1 s fragments flushed as written); rewritten with a normal index on close.
 MP4_OPTIONS = {
-    "movflags": "+hybrid_fragmented",
+    # use_metadata_tags: `creation_time` keeps its fraction of a second (mvhd has whole seconds)
+    "movflags": "+hybrid_fragmented+use_metadata_tags",
     "frag_duration": "1000000",
     "flush_packets": "1",
     # AAC starts with priming samples at a negative time; shifting every stream to
     # hide them would stretch the first video frame, so keep them in an edit list.
     "avoid_negative_ts": "disabled",
 }
+# The same file rewritten with its index (moov) first; timestamps as they are.
+FASTSTART_OPTIONS = {"movflags": "+faststart+use_metadata_tags", "avoid_negative_ts": "disabled"}
+
+
+def creation_time(wall_ns: int) -> str:
+    """A file's `creation_time`: the capture instant of its first media, UTC to the
+    microsecond (MP4 keeps the fraction with `use_metadata_tags`; WebM always)."""
+    return datetime.fromtimestamp(wall_ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def private_packet(
@@ -55,6 +70,10 @@ class FileWriter(Stage):
     is cancelled, so what reached the writer is never lost.
     """
 
+    # How long after its capture media is placed on the graph clock (PLAYOUT_DELAY_S in a
+    # composite; 0 for media timed at its capture): maps file time to the room's clock.
+    capture_delay_s = 0.0
+
     def __init__(self, path: str | os.PathLike[str], name: str | None) -> None:
         super().__init__(name)
         self.path = Path(path)
@@ -63,6 +82,16 @@ class FileWriter(Stage):
         self.packets_written = 0
         self.first_pts_s: float | None = None
         self.last_pts_s = 0.0
+        self._first_media_at_ns = 0
+
+    @property
+    def first_media_at_ns(self) -> int:
+        """When the first media the file presents was captured (Unix ns), 0 before any.
+
+        On the clock every egress of a room shares, the sender's capture times
+        (`egresskit.rooms.timeline`): files of one room line up by it.
+        """
+        return self._first_media_at_ns
 
     def _close(self) -> None:
         container, self._container = self._container, None
@@ -75,6 +104,8 @@ class FileWriter(Stage):
         self.last_pts_s = max(self.last_pts_s, seconds)
         if self.first_pts_s is None:
             self.first_pts_s = seconds
+            start = max(0.0, seconds)  # nothing plays before time 0 (priming is edited out)
+            self._first_media_at_ns = self.clock.wall_ns(start - self.capture_delay_s)
             self.post("first_media", path=str(self.path))
 
     async def _finish(self) -> None:
@@ -101,7 +132,14 @@ class FileWriter(Stage):
 
 
 class FileMuxer(FileWriter):
-    """Writes the packets of its encoders into one file, opened when the stage starts."""
+    """Writes the packets of its encoders into one file, opened when the stage starts.
+
+    Its encoders take composited frames, which show media PLAYOUT_DELAY_S after
+    its capture; the file starts at graph time 0 (its `creation_time`), earlier
+    packets being the audio encoder's priming, which the file's edit list hides.
+    """
+
+    capture_delay_s = PLAYOUT_DELAY_S
 
     def __init__(
         self,
@@ -123,6 +161,8 @@ class FileMuxer(FileWriter):
     def _open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(self.path), "w", format=self.format, options=self.options)
+        wall_ns = self.clock.wall_ns(-self.capture_delay_s)
+        container.metadata["creation_time"] = creation_time(wall_ns)
         for encoder in self.encoders:
             self._streams[encoder.kind] = encoder.add_stream(container)
         self._container = container
@@ -145,9 +185,65 @@ class FileMuxer(FileWriter):
 
 
 class Mp4Muxer(FileMuxer):
-    """An MP4 file that survives a crash of the recording process."""
+    """An MP4 file that survives a crash of the recording process.
+
+    With `faststart`, a clean stop rewrites the finished file with its index
+    first (a copy of the packets, on the worker thread); `faststart_s` is the
+    time that took. A failed or cancelled graph keeps the fragmented file.
+    """
 
     def __init__(
-        self, path: str | os.PathLike[str], encoders: Sequence[_Encoder], *, name: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        encoders: Sequence[_Encoder],
+        *,
+        faststart: bool = False,
+        name: str | None = None,
     ) -> None:
         super().__init__(path, encoders, format="mp4", options=MP4_OPTIONS, name=name)
+        self.faststart = faststart
+        self.faststart_s = 0.0
+
+    async def _finish(self) -> None:
+        if self.faststart and self.packets_written:
+            await self.offload(self._close_with_index_first)
+            self.post("file_closed", path=str(self.path), size=self.size)
+        else:
+            await super()._finish()
+
+    def _close_with_index_first(self) -> None:
+        self._close()
+        started = time.monotonic()
+        try:
+            remux_faststart(self.path)
+        except (OSError, av.FFmpegError) as exc:
+            log.warning("%s: faststart failed, the file keeps its index at the end: %s", self.name, exc)
+        self.faststart_s = time.monotonic() - started
+
+    def stats(self) -> dict[str, float]:
+        return super().stats() | ({"faststart_s": self.faststart_s} if self.faststart else {})
+
+
+def remux_faststart(path: Path) -> None:
+    """Rewrite a finished MP4 with `moov` before `mdat`, replacing it only once complete.
+
+    FFmpeg's `faststart` cannot be combined with the fragmented writing that
+    keeps a recording playable after a crash, so it is a second pass: every
+    packet copied (nothing decoded) into a file beside, renamed over the original.
+    """
+    partial = temporary_beside(path)
+    try:
+        with av.open(str(path)) as source, av.open(
+            str(partial), "w", format="mp4", options=FASTSTART_OPTIONS
+        ) as target:
+            target.metadata.update(source.metadata)
+            streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
+            for packet in source.demux():
+                if packet.dts is None:  # the demuxer's end-of-stream flush packets
+                    continue
+                packet.stream = streams[packet.stream.index]
+                target.mux(packet)
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise

@@ -18,7 +18,7 @@ from egresskit.pipeline import EOS, Stage
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
 from egresskit.stages.media import EncodedPacket
-from egresskit.stages.muxer import MP4_OPTIONS, FileWriter
+from egresskit.stages.muxer import MP4_OPTIONS, FileWriter, creation_time
 
 # (container format, muxer options, stream codec) per source codec
 PASSTHROUGH_FORMATS: dict[str, tuple[str, dict[str, str], str]] = {
@@ -27,6 +27,10 @@ PASSTHROUGH_FORMATS: dict[str, tuple[str, dict[str, str], str]] = {
     "audio/opus": ("ogg", {}, "libopus"),
 }
 OPUS_RATE = 48_000
+# The capture time of a track's first frame is estimated again this long after it
+# arrived: by then the track's timeline (the smallest delay seen) has settled, also for
+# a track published just before its egress started (estimates 10-60 ms late at first).
+SETTLE_S = 5.0
 
 
 def passthrough_supported(mime_type: str) -> bool:
@@ -98,6 +102,10 @@ class EncodedTrackSource(Stage):
         self._link = None
         self._timeline = RtpTimeline()
         self._origin: int | None = None
+        self._first: tuple[int, float] | None = None  # first frame's timestamp, arrival
+        self._settled = False
+        # graph time the first frame was captured at (see SETTLE_S); None before it
+        self.first_capture_s: float | None = None
         self._pending: av.Packet | None = None
         self._last_duration = 0
         self.frames_in = 0
@@ -108,6 +116,7 @@ class EncodedTrackSource(Stage):
             async for frame in self._link:
                 await self._emit(self._packet(frame))
                 self.frames_in += 1
+            self._settle()
             if self._pending is not None:
                 self._pending.duration = self._last_duration
                 await self.output.send(EncodedPacket(self.kind, self._pending))
@@ -126,7 +135,11 @@ class EncodedTrackSource(Stage):
     def _packet(self, frame: EncodedFrame) -> av.Packet:
         position = self._timeline.advance(frame.timestamp)
         if self._origin is None:
+            self._first = frame.timestamp, self.clock.now()
+            self.first_capture_s = self._capture_of_first()
             self._origin = round(self.clock.now() * frame.clock_rate) - position
+        elif self.clock.now() - self._first[1] >= SETTLE_S:
+            self._settle()
         packet = av.Packet(frame.data)
         packet.pts = packet.dts = self._origin + position
         packet.time_base = Fraction(1, frame.clock_rate)
@@ -134,6 +147,20 @@ class EncodedTrackSource(Stage):
         if self.kind == "audio":
             packet.duration = opus_samples(frame.data) * frame.clock_rate // OPUS_RATE
         return packet
+
+    def _capture_of_first(self) -> float:
+        """Graph time the first frame was captured at, as the track's timeline says now
+        (its arrival for a track without one)."""
+        assert self._first is not None
+        receiver = self.track.encoded
+        if receiver is None:
+            return self._first[1]
+        return self.clock.media_time(receiver.time_of(self._first[0]))
+
+    def _settle(self) -> None:
+        if self._first is not None and not self._settled:
+            self.first_capture_s = self._capture_of_first()
+            self._settled = True
 
     async def _emit(self, packet: av.Packet) -> None:
         pending, self._pending = self._pending, packet
@@ -160,9 +187,16 @@ class PassthroughFileWriter(FileWriter):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mime_type: str, *, name: str | None = None
+        self,
+        path: str | os.PathLike[str],
+        mime_type: str,
+        *,
+        source: EncodedTrackSource | None = None,
+        name: str | None = None,
     ) -> None:
         super().__init__(path, name)
+        self.source = source  # where the capture time of the first frame comes from
+        self._presented_after_s = 0.0  # Opus pre-skip: decoders drop these first samples
         codec = mime_type.lower()
         if codec not in PASSTHROUGH_FORMATS:
             raise ValueError(f"cannot record {mime_type or 'this codec'} without transcoding")
@@ -185,10 +219,24 @@ class PassthroughFileWriter(FileWriter):
                     codec, width=width, height=height, time_base=first.time_base
                 )
             stream.time_base = first.time_base
+            if codec == "libopus":
+                stream.codec_context.open()  # now, for its OpusHead: bytes 10-11 are the
+                # pre-skip, samples players drop before the first they present
+                pre_skip = int.from_bytes(bytes(stream.codec_context.extradata)[10:12], "little")
+                self._presented_after_s = pre_skip / OPUS_RATE
+            at = self.first_media_at_ns or self.clock.wall_ns(float(first.pts * first.time_base))
+            container.metadata["creation_time"] = creation_time(at)
         except BaseException:
             container.close()
             raise
         self._container, self._stream = container, stream
+
+    @property
+    def first_media_at_ns(self) -> int:
+        """The capture time of the source's first frame (settled), plus what players skip."""
+        if self.source is None or self.source.first_capture_s is None:
+            return super().first_media_at_ns
+        return self.clock.wall_ns(self.source.first_capture_s + self._presented_after_s)
 
     def _write(self, packet: av.Packet) -> None:
         assert self._container is not None

@@ -23,6 +23,7 @@ ENTRY_POINT_GROUP = "egresskit.storage"
 _BUILTINS: dict[str, str] = {
     "local": "egresskit.storage.local:LocalStorage",
     "s3": "egresskit.storage.s3:S3Storage",
+    "http": "egresskit.storage.http:HttpStorage",
 }
 
 # Distributions that provide the backends LiveKit requests can name.
