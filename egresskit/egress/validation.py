@@ -47,8 +47,6 @@ FileType = Literal["mp4", "ogg", "mp3", ""]
 StreamProtocol = Literal["rtmp", "srt", "websocket"]
 
 DEFAULT_SEGMENT_DURATION_S = 4
-# egresskit.Egress/StartRoomCompositeEgress video_codec values ("": the encoding's own, H.264)
-EXTENSION_VIDEO_CODECS = ("", "h264", "vp9", "av1")
 MAX_IDENTITIES = 1000
 MAX_IDENTITY_LENGTH = 256
 DEFAULT_CAPTURE_INTERVAL_S = 10
@@ -347,14 +345,7 @@ def _extension_room_composite(req: extension_pb.RoomCompositeEgressRequest) -> E
     """egresskit.Egress/StartRoomCompositeEgress: LiveKit's request plus egresskit's options."""
     if not req.HasField("request"):
         raise InvalidRequest("request", "is required: LiveKit's RoomCompositeEgressRequest")
-    if req.video_codec not in EXTENSION_VIDEO_CODECS:
-        raise InvalidRequest(
-            "video_codec",
-            f"{req.video_codec!r} is not one of {', '.join(repr(c) for c in EXTENSION_VIDEO_CODECS)}",
-        )
-    spec = _room_composite(req.request)
-    if req.video_codec and not spec.video:
-        raise InvalidRequest("video_codec", "an audio-only egress has no video to encode")
+    spec = _room_composite(req.request)  # video_codec and faststart: checked by with_extensions
     include, exclude = check_identities(req.include_identities, req.exclude_identities)
     return dataclasses.replace(
         spec,
