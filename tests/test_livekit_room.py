@@ -103,3 +103,47 @@ async def test_example_records_a_livekit_room(livekit_server, tmp_path):
     assert f"complete: {out}" in stdout.decode()
     picture = frame_at(out, 2.0)
     assert colors_close(region_color(picture, 300, 150, 980, 570), (200, 40, 40))
+
+
+MAIN_TILE = (100, 150, 900, 550)  # inside the large tile of a two-tile 1280x720 speaker layout
+SIDE_TILE = (1040, 310, 1250, 410)  # inside the small one
+
+
+@pytest.mark.parametrize("audio", [True, False], ids=["levels-and-server", "server-only"])
+async def test_speaker_layout_follows_livekits_speakers(livekit_server, tmp_path, audio):
+    """The loud publisher, who joined second, fills the main tile; LiveKit's speaker
+    list reached the tracker (without audio in the graph it is the only source)."""
+    from egresskit import AudioEncoding, FileOutput, composite_graph
+
+    room_name = f"speakers-{audio}"
+    quiet = await SdkPublisher(
+        livekit_server, room_name, "quiet", color=(220, 40, 40), tone=440, volume=0.0
+    ).start()
+    loud = await SdkPublisher(
+        livekit_server, room_name, "loud", color=(40, 60, 220), tone=1000, volume=0.3
+    ).start()
+    out = tmp_path / "speaker.mp4"
+    try:
+        room = await join(livekit_server, room_name)
+        try:
+            graph, stages = composite_graph(
+                room, [FileOutput(str(out))], layout="speaker",
+                audio=AudioEncoding() if audio else None,
+            )
+            await graph.start()
+            await asyncio.sleep(5)
+            await graph.stop()
+            announced = room.speakers
+        finally:
+            await room.close()
+    finally:
+        await loud.stop()
+        await quiet.stop()
+    assert stages.compositor is not None and stages.compositor.speakers is not None
+    assert stages.compositor.speakers.announcements > 0, "LiveKit's speaker list never arrived"
+    assert announced and announced[0][0] == "loud", announced
+    picture = frame_at(out, 4.0)
+    assert colors_close(region_color(picture, *MAIN_TILE), (40, 60, 220)), region_color(
+        picture, *MAIN_TILE
+    )
+    assert colors_close(region_color(picture, *SIDE_TILE), (220, 40, 40))

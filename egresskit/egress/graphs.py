@@ -171,8 +171,9 @@ def composite_graph(
     """Room -> subscriber -> compositor / mixer -> one encode each -> every output.
 
     `layout` is a LiveKit layout name (see `egresskit.stages.layout`);
-    `audio_mixing` a LiveKit AudioMixing value. The mixer tells the
-    compositor who is talking through a shared SpeakerTracker.
+    `audio_mixing` a LiveKit AudioMixing value. The mixer (and a room
+    server's speaker announcements) tell the compositor who is talking
+    through a shared SpeakerTracker.
 
     `video=None` records audio only, `audio=None` video only. Every output
     gets its own bounded link from the one encode; images take raw
@@ -194,7 +195,8 @@ def composite_graph(
     )
     encoders = []
     compositor = mixer = video_encoder = audio_encoder = None
-    speakers = SpeakerTracker() if video is not None and audio is not None else None
+    # levels come from the mixer and from the room's server, if it announces speakers
+    speakers = SpeakerTracker() if video is not None else None
     if video is not None:
         compositor = graph.add(
             VideoCompositor(video.width, video.height, video.fps, layout=layout, speakers=speakers)

@@ -6,7 +6,8 @@ subscriber PeerConnection: the graph builders and stages use it exactly as
 an embedded room (roster and events, decoded frames on demand, encoded
 frames for passthrough through `egresskit.rooms.encoded`).
 
-Participants are in the roster as soon as the server announces them; a
+Participants are in the roster as soon as the server announces them, and
+so are the speakers it hears (`speakers_changed`, as `LocalRoom.speakers`); a
 track is published in the roster once it is subscribed and its m-line is
 negotiated, under LiveKit's own track sid. Only the tracks that `wanted`
 admits are subscribed. Tracks in codecs aiortc cannot receive (VP9, AV1,
@@ -133,6 +134,7 @@ class LiveKitRoom(LocalRoom):
         self._skipped: set[str] = set()
         self._mids: dict[str, str] = {}  # mid -> track sid it carries now
         self._ssrcs: dict[str, int] = {}  # mid -> media SSRC it carries now
+        self._speaking: dict[str, float] = {}  # participant sid -> level, as the server said
         self._pending_candidates: list[rtc_pb.TrickleRequest] = []
         self._negotiated = asyncio.Event()
         self._changed = asyncio.Event()
@@ -222,6 +224,8 @@ class LiveKitRoom(LocalRoom):
                     await self._update_participants(response.update.participants)
                 elif which == "track_unpublished":
                     await self._forget_track(response.track_unpublished.track_sid)
+                elif which == "speakers_changed":
+                    self._speakers_changed(response.speakers_changed.speakers)
                 elif which == "mute":
                     self._muted(response.mute.sid, response.mute.muted)
                 elif which == "leave":
@@ -313,6 +317,8 @@ class LiveKitRoom(LocalRoom):
                 await self._forget_track(sid)
         if info.identity in self.participants:
             await self.leave(info.identity)
+        if self._speaking.pop(info.sid, None) is not None:
+            self._speakers_changed(())
 
     async def _forget_track(self, sid: str) -> None:
         self._infos.pop(sid, None)
@@ -320,6 +326,22 @@ class LiveKitRoom(LocalRoom):
         self._skipped.discard(sid)
         await self.unpublish(sid)
         self._changed.set()
+
+    def _speakers_changed(self, changes) -> None:
+        """The server sends only the speakers that changed; the roster gets the whole list."""
+        for speaker in changes:
+            if speaker.active:
+                self._speaking[speaker.sid] = speaker.level
+            else:
+                self._speaking.pop(speaker.sid, None)
+        identities = {p.sid: p.identity for p in self.participants.values()}
+        self.set_speakers(
+            tuple(
+                (identities[sid], level)
+                for sid, level in sorted(self._speaking.items(), key=lambda item: -item[1])
+                if sid in identities
+            )
+        )
 
     def _muted(self, sid: str, muted: bool) -> None:
         if self.track(sid) is not None:
