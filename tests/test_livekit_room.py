@@ -147,3 +147,66 @@ async def test_speaker_layout_follows_livekits_speakers(livekit_server, tmp_path
         picture, *MAIN_TILE
     )
     assert colors_close(region_color(picture, *SIDE_TILE), (220, 40, 40))
+
+
+async def test_session_the_server_lost_is_joined_again(livekit_server):
+    """The server drops egresskit's participant without a word (its simulated node failure):
+    resuming is refused, so the room joins afresh and the tracks come back with their media."""
+    from livekit.protocol import rtc as rtc_pb
+
+    alice = await SdkPublisher(livekit_server, "rejoin", "alice", color=(0, 160, 0), tone=440).start()
+    try:
+        room = await join(livekit_server, "rejoin")
+        try:
+            async with asyncio.timeout(10):
+                while len(room.tracks()) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            await room._signal.send(
+                rtc_pb.SignalRequest(simulate=rtc_pb.SimulateScenario(node_failure=True))
+            )
+            async with asyncio.timeout(10):
+                while room.rejoined < 1 or len(room.tracks()) < 2:  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert not room.ended.done()
+            assert set(room.participants) == {"alice"}
+            video = room.track(alice.video_sid)
+            assert video is not None
+            frames = await next_frames(video.subscribe(), 10)
+            assert colors_close(frame_color(frames[-1]), (0, 160, 0))
+        finally:
+            await room.close()
+    finally:
+        await alice.stop()
+
+
+async def test_dropped_signalling_is_resumed_with_an_ice_lite_server(tmp_path):
+    """Resuming makes the server restart ICE; a lite server then needs our nomination
+    before media flows again (a server in full ICE mode: test_livekit_egress)."""
+    from livekit_server import SignalRelay
+
+    with LiveKitServer(ice_lite=True) as server:
+        async with SignalRelay(server) as relay:
+            alice = await SdkPublisher(server, "lite", "alice", color=(0, 0, 255), tone=None).start()
+            try:
+                room = await LiveKitRoom.connect(
+                    relay.url, server.api_key, server.api_secret, "lite", identity="EG_lite"
+                )
+                try:
+                    async with asyncio.timeout(10):
+                        while room.track(alice.video_sid) is None:  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                    frames = room.track(alice.video_sid).subscribe_encoded()
+                    await next_frames(frames, 10)
+                    relay.cut()
+                    async with asyncio.timeout(5):
+                        while not room.resumed:  # noqa: ASYNC110
+                            await asyncio.sleep(0.05)
+                    while not frames.empty():
+                        frames.get_nowait()
+                    async with asyncio.timeout(5):
+                        await next_frames(frames, 30)  # a second of live video after resuming
+                    assert not room.ended.done() and room.rejoined == 0
+                finally:
+                    await room.close()
+            finally:
+                await alice.stop()
