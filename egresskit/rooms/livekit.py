@@ -44,8 +44,10 @@ import contextlib
 import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import aioice
+import aioice.ice
 from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
@@ -164,13 +166,13 @@ def restart_ice(pc: RTCPeerConnection) -> None:
 _nominations: set[asyncio.Future[None]] = set()  # running tasks are kept from the collector
 
 
-async def _nominate(connection, pair) -> None:
+async def _nominate(connection: aioice.Connection, pair: aioice.ice.CandidatePair) -> None:
     """Nominate a working pair again (a lite remote selects pairs only when nominated)."""
     with contextlib.suppress(Exception):
         await pair.protocol.request(
             connection.build_request(pair, nominate=True),
             pair.remote_addr,
-            integrity_key=connection.remote_password.encode("utf8"),
+            integrity_key=(connection.remote_password or "").encode("utf8"),
         )
 
 
@@ -497,7 +499,7 @@ class LiveKitRoom(LocalRoom):
         await self.unpublish(sid)
         self._changed.set()
 
-    def _speakers_changed(self, changes) -> None:
+    def _speakers_changed(self, changes: Iterable[models.SpeakerInfo]) -> None:
         """The server sends only the speakers that changed; the roster gets the whole list."""
         for speaker in changes:
             if speaker.active:
