@@ -1,8 +1,8 @@
 """Publishers into a real LiveKit room with the official `livekit` real-time SDK (libwebrtc).
 
 A `SdkPublisher` joins a room and publishes a solid-colour camera and a
-sine-tone microphone, paced in real time. `flash_every` makes the picture
-white and the tone loud for 100 ms at the same media instant every so many
+sine-tone microphone (of `volume`, 0 for silence), paced in real time.
+`flash_every` makes the picture white and the tone loud for 100 ms at the same media instant every so many
 seconds (for A/V offset checks).
 """
 
@@ -54,6 +54,7 @@ class SdkPublisher:
         size: tuple[int, int] = (WIDTH, HEIGHT),
         flash_every: float = 0.0,
         stamp: bool = False,
+        volume: float = 0.05,
     ) -> None:
         self.server = server
         self.room_name = room
@@ -64,6 +65,7 @@ class SdkPublisher:
         self.width, self.height = size
         self.flash_every = flash_every
         self.stamp = stamp
+        self.volume = volume
         self.room = rtc.Room()
         self.frames_sent = 0
         self.video_sid = ""
@@ -134,7 +136,7 @@ class SdkPublisher:
         while True:
             t0 = offset + n * AUDIO_CHUNK / AUDIO_RATE
             t = (np.arange(AUDIO_CHUNK) + n * AUDIO_CHUNK) / AUDIO_RATE
-            amplitude = 0.05
+            amplitude = self.volume
             if self.flash_every:
                 amplitude = 0.5 if self._flashing(t0) else 0.0
             pcm = (amplitude * 32767 * np.sin(2 * np.pi * self.tone * t)).astype(np.int16)

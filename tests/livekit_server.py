@@ -8,6 +8,7 @@ offers its interface and loopback candidates; its media never leaves the machine
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -53,9 +54,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 class LiveKitServer:
-    """livekit-server as a child process; `url` (ws://), `http_url`, `api_key`, `api_secret`."""
+    """livekit-server as a child process; `url` (ws://), `http_url`, `api_key`, `api_secret`.
 
-    def __init__(self, log_level: str = "info") -> None:
+    `ice_lite` runs its ICE agents in lite mode, as many deployments do.
+    """
+
+    def __init__(self, log_level: str = "info", *, ice_lite: bool = False) -> None:
         self.api_key = API_KEY
         self.api_secret = API_SECRET
         self.port = free_port()
@@ -64,6 +68,7 @@ class LiveKitServer:
         self._dir = Path(tempfile.mkdtemp(prefix="egresskit-livekit-"))
         self.log_path = self._dir / "server.log"
         self._log_level = log_level
+        self._ice_lite = ice_lite
         self.process: subprocess.Popen | None = None
 
     def config(self) -> dict:
@@ -75,6 +80,7 @@ class LiveKitServer:
                 "udp_port": free_port(socket.SOCK_DGRAM),
                 "use_external_ip": False,
                 "enable_loopback_candidate": True,
+                "use_ice_lite": self._ice_lite,
             },
             "keys": {self.api_key: self.api_secret},
             "logging": {"level": self._log_level},
@@ -154,3 +160,63 @@ class LiveKitServer:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class SignalRelay:
+    """A TCP relay on 127.0.0.1 to livekit-server's port, whose connections a test can cut.
+
+    Clients given `url` reach the server through it (signalling websockets,
+    Twirp); `cut()` resets every connection open at that moment, as a network
+    that drops them would, and new connections go through again at once.
+    """
+
+    def __init__(self, server: LiveKitServer) -> None:
+        self.server = server
+        self.port = 0
+        self.cuts = 0
+        self._server: asyncio.Server | None = None
+        self._open: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> SignalRelay:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        assert self._server is not None
+        self._server.close()
+        self.cut()
+        await self._server.wait_closed()
+
+    def cut(self) -> None:
+        """Reset every open connection (RST, not a clean close)."""
+        self.cuts += 1
+        for writer in list(self._open):
+            writer.transport.abort()
+        self._open.clear()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, upstream = await asyncio.open_connection("127.0.0.1", self.server.port)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._open |= {writer, upstream}
+        try:
+            await asyncio.gather(_pipe(reader, upstream), _pipe(up_reader, writer))
+        except OSError:
+            pass
+        finally:
+            for w in (writer, upstream):
+                self._open.discard(w)
+                w.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(1 << 16):
+        writer.write(data)
+        await writer.drain()

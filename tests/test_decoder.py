@@ -9,16 +9,18 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from egresskit.rooms.decoder import TrackDecoder
+from egresskit.rooms.decoder import OPUS_ENCODER_DELAY, TrackDecoder
 from egresskit.rooms.encoded import EncodedFrame
 
 
-def opus_packets(count: int) -> list[bytes]:
+def opus_packets(count: int, onset: int = 0) -> list[bytes]:
+    """Packets of a 440 Hz tone that starts at sample `onset`, encoded as WebRTC senders do."""
     encoder = av.CodecContext.create("libopus", "w")
     encoder.sample_rate, encoder.layout, encoder.format = 48_000, "stereo", "s16"
     encoder.time_base = Fraction(1, 48_000)
     encoder.open()
     tone = (np.sin(np.arange(960 * count) * 2 * np.pi * 440 / 48_000) * 8000).astype(np.int16)
+    tone[:onset] = 0
     packets = []
     for index in range(count):
         samples = np.repeat(tone[index * 960 : (index + 1) * 960], 2).reshape(1, -1)
@@ -28,13 +30,16 @@ def opus_packets(count: int) -> list[bytes]:
     return packets
 
 
-async def test_opus_frames_come_out_as_48k_stereo_s16_stamped_with_their_rtp_time():
+async def test_opus_frames_come_out_as_48k_stereo_s16_stamped_with_their_capture_time():
     frames, errors = [], []
     decoder = TrackDecoder("audio", frames.extend, lambda: errors.append(True))
     for index, data in enumerate(opus_packets(5)):
         decoder.put(EncodedFrame(data, 1000 + index * 960, 48_000, True, "audio/opus"))
     assert not errors
-    assert [f.pts for f in frames] == [1000 + i * 960 for i in range(len(frames))]
+    # the RTP time of each packet, less the encoder's delay
+    assert [f.pts for f in frames] == [
+        1000 - OPUS_ENCODER_DELAY + i * 960 for i in range(len(frames))
+    ]
     assert len(frames) >= 4
     frame = frames[0]
     assert (frame.format.name, frame.layout.name, frame.sample_rate, frame.samples) == (
@@ -44,6 +49,21 @@ async def test_opus_frames_come_out_as_48k_stereo_s16_stamped_with_their_rtp_tim
         960,
     )
     assert frame.time_base == Fraction(1, 48_000)
+
+
+async def test_a_sound_decodes_at_the_time_it_was_sent():
+    """A tone starting at sample 4000 of the sender's timeline is heard there, not 6.5 ms later."""
+    onset = 4000
+    frames = []
+    decoder = TrackDecoder("audio", frames.extend, lambda: None)
+    for index, data in enumerate(opus_packets(10, onset)):
+        decoder.put(EncodedFrame(data, index * 960, 48_000, True, "audio/opus"))
+    loud = [
+        frame.pts + int(np.flatnonzero(np.abs(samples) > 2000)[0]) // 2
+        for frame in frames
+        if np.any(np.abs(samples := frame.to_ndarray()[0]) > 2000)
+    ]
+    assert abs(loud[0] - onset) <= 48, f"heard at sample {loud[0]}, sent at {onset}"
 
 
 def vp8_packets(count: int) -> list[bytes]:

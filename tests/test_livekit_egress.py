@@ -21,7 +21,7 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit_publishers import SdkPublisher
-from livekit_server import LiveKitServer, unavailable_reason
+from livekit_server import LiveKitServer, SignalRelay, unavailable_reason
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
 from publishers import colors_close
 from service_fixtures import wait_status
@@ -56,8 +56,9 @@ def free_port() -> int:
 class Service:
     """`python -m egresskit.cli serve` recording the rooms of `livekit`."""
 
-    def __init__(self, livekit: LiveKitServer, output_dir: Path) -> None:
+    def __init__(self, livekit: LiveKitServer, output_dir: Path, livekit_url: str = "") -> None:
         self.port = free_port()
+        self.livekit_url = livekit_url or livekit.url
         self.url = f"http://127.0.0.1:{self.port}"
         self.output_dir = output_dir
         self.livekit = livekit
@@ -71,7 +72,7 @@ class Service:
             "--port", str(self.port),
             "--api-key", API_KEY, "--api-secret", API_SECRET,
             "--output-dir", str(self.output_dir),
-            "--livekit-url", self.livekit.url,
+            "--livekit-url", self.livekit_url,
             "--livekit-api-key", self.livekit.api_key,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
@@ -236,8 +237,11 @@ def av_offsets(flashes: list[float], beeps: list[float], within: float = 0.5) ->
 
 
 @pytest.mark.xfail(
-    reason="needs the sender-report timeline (h5-sync): measured +268 ms without it, "
-    "+23..47 ms with it merged",
+    reason="audio +10, +32, +33 ms (medians of 3 passing runs, load 5-11) with decoded Opus "
+    "timed back by its encoder delay: about +17 ms on the decoded frames as the libwebrtc "
+    "publisher's sender reports place them, plus up to half a frame (17 ms) where a flash "
+    "lands on the 30 fps output grid; too close to the 40 ms bound, and runs under load "
+    "miss flash/beep pairs",
     strict=False,
 )
 async def test_av_offset_of_a_flash_and_beep(livekit_server, service, lkapi):
@@ -318,6 +322,46 @@ async def test_killed_server_fails_the_egress_and_keeps_the_file(livekit_server,
     probe = ffprobe(service.output_dir / "crash.mp4")
     assert float(probe["format"]["duration"]) >= 3.0
     assert colors_close(region_color(frame_at(service.output_dir / "crash.mp4", 2.0), *FULL), RED)
+
+
+async def test_dropped_signal_connection_is_resumed(livekit_server, tmp_path):
+    """egresskit reaches the server through a relay that resets every connection mid-recording:
+    the session is resumed (ICE restarted), the recording goes on live and ends COMPLETE."""
+    async with SignalRelay(livekit_server) as relay:
+        service = await Service(livekit_server, tmp_path / "out", livekit_url=relay.url).start()
+        lkapi = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
+        pub = await SdkPublisher(
+            livekit_server, "cut", "alice", color=RED, tone=1000.0, flash_every=2.0
+        ).start()
+        try:
+            await asyncio.sleep(0.5)
+            asked = time.monotonic()
+            info = await lkapi.egress.start_room_composite_egress(file_request("cut", "cut.mp4"))
+            await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+            started = time.monotonic()
+            await asyncio.sleep(2)
+            relay.cut()
+            cut_at = time.monotonic() - asked
+            await asyncio.sleep(5)  # the publisher flashes every 2 s
+            stopping = time.monotonic()
+            await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+            stopped = time.monotonic()
+            final = await wait_status(lkapi, info.egress_id, DONE)
+        finally:
+            await pub.stop()
+            await lkapi.aclose()
+            log = await service.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    assert "session resumed" in log, log[-3000:]
+    assert "Traceback" not in log, log[-4000:]
+    path = tmp_path / "out" / "cut.mp4"
+    duration = float(ffprobe(path)["format"]["duration"])
+    # wall time: at least from ACTIVE to the stop request, at most from start to stopped
+    shortest, longest = stopping - started, stopped - asked
+    assert 0.98 * shortest <= duration <= 1.02 * longest, (duration, shortest, longest)
+    assert max_pts_gap(path) <= 0.1, "the video has a gap"
+    flashes = flash_times(path, FULL)
+    assert [f for f in flashes if f > cut_at + 1.0], f"no live picture after the cut: {flashes}"
 
 
 async def test_browser_publisher_is_in_the_composite(livekit_server, service, lkapi):

@@ -79,6 +79,26 @@ def test_a_speaker_who_leaves_gives_up_the_floor():
     assert tracker.active is None
 
 
+def test_a_servers_speakers_decide_when_nothing_is_measured():
+    tracker = SpeakerTracker()
+    tracker.announce([("b", LOUD), ("a", TALK)])
+    assert tracker.active == "b" and tracker.speaking("a")
+    tracker.announce([])
+    assert tracker.active == "b" and not tracker.speaking("b")  # the floor stays until someone talks
+
+
+def test_announced_speakers_join_measured_levels_under_the_same_rule():
+    tracker = SpeakerTracker()
+    t = run(tracker, 0.0, 1.0, {"a": TALK, "b": QUIET})
+    assert tracker.active == "a"
+    # the server hears c (whose audio this graph does not mix) clearly louder than a
+    tracker.announce([("c", LOUD)])
+    assert tracker.active == "a", "announcements wait for the measured clock's hysteresis"
+    run(tracker, t, 0.6, {"a": TALK, "b": QUIET})
+    assert tracker.active == "c"
+    assert tracker.announcements == 1
+
+
 class SwitchableTone(AudioStreamTrack):
     """A sine tone that can be switched on and off while it plays (silence when off)."""
 

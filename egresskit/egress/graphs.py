@@ -191,8 +191,9 @@ def composite_graph(
     """Room -> subscriber -> compositor / mixer -> one encode each -> every output.
 
     `layout` is a LiveKit layout name (see `egresskit.stages.layout`);
-    `audio_mixing` a LiveKit AudioMixing value. The mixer tells the
-    compositor who is talking through a shared SpeakerTracker.
+    `audio_mixing` a LiveKit AudioMixing value. The mixer (and a room
+    server's speaker announcements) tell the compositor who is talking
+    through a shared SpeakerTracker.
 
     `participants` chooses who is drawn and heard (everyone by default);
     `stages.subscriber.choose` changes it while the graph runs.
@@ -221,7 +222,8 @@ def composite_graph(
     )
     encoders = []
     compositor = mixer = video_encoder = audio_encoder = None
-    speakers = SpeakerTracker() if video is not None and audio is not None else None
+    # levels come from the mixer and from the room's server, if it announces speakers
+    speakers = SpeakerTracker() if video is not None else None
     if video is not None:
         compositor = graph.add(
             VideoCompositor(video.width, video.height, video.fps, layout=layout, speakers=speakers)

@@ -40,4 +40,14 @@ class TrackMuted:
     muted: bool
 
 
-RoomEvent = ParticipantJoined | ParticipantLeft | TrackPublished | TrackUnpublished | TrackMuted
+@dataclass(frozen=True)
+class SpeakersChanged:
+    """The room's server says who is speaking: identity -> level (0..1, linear), loudest first."""
+
+    room: LocalRoom
+    speakers: tuple[tuple[str, float], ...]
+
+
+RoomEvent = (
+    ParticipantJoined | ParticipantLeft | TrackPublished | TrackUnpublished | TrackMuted | SpeakersChanged
+)

@@ -6,7 +6,8 @@ subscriber PeerConnection: the graph builders and stages use it exactly as
 an embedded room (roster and events, decoded frames on demand, encoded
 frames for passthrough through `egresskit.rooms.encoded`).
 
-Participants are in the roster as soon as the server announces them; a
+Participants are in the roster as soon as the server announces them, and
+so are the speakers it hears (`speakers_changed`, as `LocalRoom.speakers`); a
 track is published in the roster once it is subscribed and its m-line is
 negotiated, under LiveKit's own track sid. Only the tracks that `wanted`
 admits are subscribed. Tracks in codecs aiortc cannot receive (VP9, AV1,
@@ -25,19 +26,28 @@ aiortc traps handled here:
   registered again for the new SSRCs (aiortc's RTP router and RTX map), and
   the new track is published in the roster with a fresh encoded tap.
 
+A session whose signalling breaks, or that the server asks to resume or
+reconnect, is got back (`_reconnect`): resumed on a new socket with the
+same PC (the server restarts ICE, which aiortc cannot: `restart_ice`), or
+joined afresh with a new PC when the server no longer has it.
+
 `ended` resolves when the room is over for egresskit: with None when the
 server ends the session (`leave` DISCONNECT, room deleted), with a readable
-reason when the server or the connection to it is lost.
+reason when the server or the connection to it is lost and cannot be got
+back within RECONNECT_WINDOW_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
+import aioice
+import aioice.ice
 from aiortc import (
     MediaStreamTrack,
     RTCBundlePolicy,
@@ -55,7 +65,15 @@ from livekit.protocol import rtc as rtc_pb
 
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.local import LocalRoom, LocalTrack
-from egresskit.rooms.signal import SignalClient, SignalClosed, SignalError, recorder_token
+from egresskit.rooms.signal import (
+    DEFAULT_PING_INTERVAL_S,
+    DEFAULT_PING_TIMEOUT_S,
+    ResumeRefused,
+    SignalClient,
+    SignalClosed,
+    SignalError,
+    recorder_token,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +85,13 @@ PUBLISHED_AS = {"audio/red": "audio/opus"}
 NEGOTIATION_TIMEOUT_S = 15.0
 # Bound on the first connection of the subscriber PC, which later offers wait for.
 CONNECT_TIMEOUT_S = 15.0
+# How long a lost session is tried to be got back (resumed, or joined afresh) before
+# the room ends: a server gone for good ends an egress within 10 s of going.
+RECONNECT_WINDOW_S = 6.0
+# Bound on one attempt (a dead server refuses at once; an unreachable one never answers),
+# and the first pause between attempts, doubling up to a second.
+RECONNECT_ATTEMPT_TIMEOUT_S = 2.0
+RECONNECT_BACKOFF_S = 0.25
 
 WantedTrack = Callable[[models.ParticipantInfo, models.TrackInfo], bool]
 
@@ -105,6 +130,52 @@ def track_mime_type(info: models.TrackInfo) -> str:
     return ""
 
 
+def restart_ice(pc: RTCPeerConnection) -> None:
+    """Take the new ICE credentials of a restart offer just applied to `pc`.
+
+    aiortc 1.16 has no ICE restart: its ICE transport keeps the remote
+    credentials of the first offer, so after livekit-server restarts ICE
+    (every resumed session) the server rejects our consent checks and ours
+    reject its checks, and media stops. The transport's aioice `Connection`
+    (`RTCIceTransport._connection`) builds and checks STUN messages from its
+    `remote_username`/`remote_password` attributes on each use, so setting
+    them from the applied description (`_RTCPeerConnection__remoteIce`) is
+    the restart; our own credentials stay (the server accepts an answer that
+    keeps them). With a remote that is ICE-lite, only a check nominating the
+    pair makes it select one again, so the pair in use is nominated anew.
+    """
+    remote_ice = getattr(pc, "_RTCPeerConnection__remoteIce", {})
+    for transceiver in pc.getTransceivers():
+        parameters = remote_ice.get(transceiver)
+        connection = transceiver.receiver.transport.transport._connection
+        if parameters is None or connection.remote_username in (
+            None,
+            parameters.usernameFragment,
+        ):
+            continue
+        connection.remote_username = parameters.usernameFragment
+        connection.remote_password = parameters.password
+        log.info("ICE restarted by the LiveKit server (new remote credentials)")
+        if parameters.iceLite and connection.ice_controlling:
+            for pair in list(connection._nominated.values()):
+                task = asyncio.ensure_future(_nominate(connection, pair))
+                _nominations.add(task)
+                task.add_done_callback(_nominations.discard)
+
+
+_nominations: set[asyncio.Future[None]] = set()  # running tasks are kept from the collector
+
+
+async def _nominate(connection: aioice.Connection, pair: aioice.ice.CandidatePair) -> None:
+    """Nominate a working pair again (a lite remote selects pairs only when nominated)."""
+    with contextlib.suppress(Exception):
+        await pair.protocol.request(
+            connection.build_request(pair, nominate=True),
+            pair.remote_addr,
+            integrity_key=(connection.remote_password or "").encode("utf8"),
+        )
+
+
 class LiveKitRoom(LocalRoom):
     """A LiveKit room seen by a hidden recorder: `await LiveKitRoom.connect(...)`, then `close()`."""
 
@@ -133,8 +204,16 @@ class LiveKitRoom(LocalRoom):
         self._skipped: set[str] = set()
         self._mids: dict[str, str] = {}  # mid -> track sid it carries now
         self._ssrcs: dict[str, int] = {}  # mid -> media SSRC it carries now
+        self._speaking: dict[str, float] = {}  # participant sid -> level, as the server said
         self._pending_candidates: list[rtc_pb.TrickleRequest] = []
         self._negotiated = asyncio.Event()
+        self._offers: asyncio.Queue[rtc_pb.SessionDescription] = asyncio.Queue()
+        self._negotiator: asyncio.Task[None] | None = None
+        self._participant_sid = ""
+        self._ping = (DEFAULT_PING_INTERVAL_S, DEFAULT_PING_TIMEOUT_S)
+        # sessions got back after the signalling connection broke or the server asked
+        self.resumed = 0
+        self.rejoined = 0
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -190,71 +269,168 @@ class LiveKitRoom(LocalRoom):
         except (SignalError, ValueError) as exc:
             raise LiveKitError(str(exc)) from None
         assert isinstance(joined, rtc_pb.JoinResponse)
+        await self._joined(joined)
+        self._tasks.append(asyncio.create_task(self._signal_loop(), name=f"livekit {self.name}"))
+
+    async def _joined(self, joined: rtc_pb.JoinResponse) -> None:
+        """A (new) session: its ids, a fresh subscriber PC, and the tracks to subscribe."""
         if joined.room.sid:
             self.sid = joined.room.sid
+        self._participant_sid = joined.participant.sid
+        self._ping = (
+            joined.ping_interval or DEFAULT_PING_INTERVAL_S,
+            joined.ping_timeout or DEFAULT_PING_TIMEOUT_S,
+        )
         # max-bundle: with aiortc's default (balanced), the second m-line of a kind created
         # by the same offer keeps a transport that bundling then discards, and never starts
         self._pc = RTCPeerConnection(
             RTCConfiguration(iceServers=[], bundlePolicy=RTCBundlePolicy.MAX_BUNDLE)
         )
         self._watch_pc(self._pc)
-        self._tasks.append(asyncio.create_task(self._signal_loop(), name=f"livekit {self.name}"))
+        self._mids.clear()
+        self._ssrcs.clear()
+        self._pending_candidates.clear()
+        self._negotiated = asyncio.Event()
+        if self._negotiator is not None:
+            self._negotiator.cancel()
+        self._offers = asyncio.Queue()
+        self._negotiator = asyncio.create_task(self._negotiate_offers(self._pc, self._offers))
         await self._update_participants(joined.other_participants)
 
     def _watch_pc(self, pc: RTCPeerConnection) -> None:
         @pc.on("connectionstatechange")
         async def on_state() -> None:
-            if pc.connectionState == "failed" and not self._closing:
+            if pc.connectionState == "failed" and pc is self._pc and not self._closing:
                 self._end("media connection to the LiveKit server failed")
 
     async def _signal_loop(self) -> None:
-        offers: asyncio.Queue[rtc_pb.SessionDescription] = asyncio.Queue()
-        negotiator = asyncio.create_task(self._negotiate_offers(offers))
+        """Follow the session; when it breaks, get it back (`_reconnect`) or end the room."""
         try:
             while True:
-                response = await self._signal.recv()
-                which = response.WhichOneof("message")
-                if which == "offer":
-                    offers.put_nowait(response.offer)
-                elif which == "trickle":
-                    await self._remote_candidate(response.trickle)
-                elif which == "update":
-                    await self._update_participants(response.update.participants)
-                elif which == "track_unpublished":
-                    await self._forget_track(response.track_unpublished.track_sid)
-                elif which == "mute":
-                    self._muted(response.mute.sid, response.mute.muted)
-                elif which == "leave":
-                    self._left(response.leave)
+                try:
+                    action, why = await self._follow_signal()
+                except SignalClosed as exc:
+                    if self._closing:
+                        return
+                    action, why = rtc_pb.LeaveRequest.RESUME, exc.reason
+                if action == rtc_pb.LeaveRequest.DISCONNECT:
+                    log.info("LiveKit room %s: the server ended the session (%s)", self.name, why)
+                    self._end(None)
                     return
-                elif which == "room_update" and response.room_update.room.sid:
-                    self.sid = response.room_update.room.sid
-                elif which == "subscription_response" and response.subscription_response.err:
-                    err = response.subscription_response
-                    self._warn(
-                        f"track {err.track_sid} could not be subscribed: "
-                        f"{models.SubscriptionError.Name(err.err)}"
-                    )
-                elif which == "refresh_token":
-                    self._token = response.refresh_token
-        except SignalClosed as exc:
-            if not self._closing:
-                self._end(f"lost the LiveKit server: {exc.reason}")
+                if not await self._reconnect(action, why):
+                    return
         except Exception as exc:
             log.exception("LiveKit room %s: signalling failed", self.name)
             self._end(f"LiveKit signalling failed: {exc}")
-        finally:
-            negotiator.cancel()
 
-    def _left(self, leave: rtc_pb.LeaveRequest) -> None:
-        reason = models.DisconnectReason.Name(leave.reason)
-        if leave.action == rtc_pb.LeaveRequest.DISCONNECT:
-            log.info("LiveKit room %s: the server ended the session (%s)", self.name, reason)
-            self._end(None)
-        else:
-            # Resuming needs a new signalling connection and PC; egresskit does not
-            # rejoin yet, so the recording ends with what it has, said plainly.
-            self._end(f"the LiveKit server asked egresskit to reconnect ({reason}); it did not")
+    async def _follow_signal(self) -> tuple[int, str]:
+        """Handle server messages until `leave`: returns its action and reason."""
+        while True:
+            response = await self._signal.recv()
+            which = response.WhichOneof("message")
+            if which == "offer":
+                self._offers.put_nowait(response.offer)
+            elif which == "trickle":
+                await self._remote_candidate(response.trickle)
+            elif which == "update":
+                await self._update_participants(response.update.participants)
+            elif which == "track_unpublished":
+                await self._forget_track(response.track_unpublished.track_sid)
+            elif which == "speakers_changed":
+                self._speakers_changed(response.speakers_changed.speakers)
+            elif which == "mute":
+                self._muted(response.mute.sid, response.mute.muted)
+            elif which == "leave":
+                leave = response.leave
+                action = leave.action
+                if action == rtc_pb.LeaveRequest.DISCONNECT and leave.can_reconnect:
+                    action = rtc_pb.LeaveRequest.RECONNECT  # a server older than actions
+                return action, models.DisconnectReason.Name(leave.reason)
+            elif which == "room_update" and response.room_update.room.sid:
+                self.sid = response.room_update.room.sid
+            elif which == "subscription_response" and response.subscription_response.err:
+                err = response.subscription_response
+                self._warn(
+                    f"track {err.track_sid} could not be subscribed: "
+                    f"{models.SubscriptionError.Name(err.err)}"
+                )
+            elif which == "refresh_token":
+                self._token = response.refresh_token
+
+    async def _reconnect(self, action: int, why: str) -> bool:
+        """Get the session back after `why`; False once given up (the room has ended).
+
+        RESUME (and a signalling connection that broke) first tries to resume
+        the session on a new socket: the subscriber PC and its tracks stay,
+        the server restarts ICE with a new offer. RECONNECT, or a server that
+        no longer has the session, joins afresh: new PC, tracks subscribed
+        again (the roster's tracks end and come back under the same sids).
+        Attempts go on for RECONNECT_WINDOW_S, so a server that went away for
+        good still ends the room promptly, with a readable reason.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RECONNECT_WINDOW_S
+        resume = action == rtc_pb.LeaveRequest.RESUME and bool(self._participant_sid)
+        log.warning(
+            "LiveKit room %s: %s; %s", self.name, why, "resuming" if resume else "joining again"
+        )
+        await self._signal.close()
+        failure = why
+        for attempt in itertools.count():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or self._closing:
+                break
+            if attempt:
+                await asyncio.sleep(min(RECONNECT_BACKOFF_S * 2 ** (attempt - 1), 1.0, remaining))
+            signal = SignalClient()
+            timeout = max(0.1, min(RECONNECT_ATTEMPT_TIMEOUT_S, deadline - loop.time()))
+            try:
+                if resume:
+                    await signal.connect(
+                        self.url, self._token, reconnect=True, sid=self._participant_sid,
+                        ping=self._ping, timeout=timeout,
+                    )
+                else:
+                    joined = await signal.connect(self.url, self._token, timeout=timeout)
+            except ResumeRefused as exc:
+                failure, resume = str(exc), False
+                log.info("LiveKit room %s: %s; joining again", self.name, exc)
+                continue
+            except SignalError as exc:
+                failure = str(exc)
+                continue
+            self._signal = signal
+            if self._closing:
+                await signal.close()
+                return False
+            if resume:
+                self.resumed += 1
+                log.info("LiveKit room %s: session resumed", self.name)
+            else:
+                assert isinstance(joined, rtc_pb.JoinResponse)
+                await self._rejoin(joined)
+                self.rejoined += 1
+                log.info("LiveKit room %s: joined again", self.name)
+            return True
+        self._end(f"lost the LiveKit server ({why}) and could not reconnect: {failure}")
+        return False
+
+    async def _rejoin(self, joined: rtc_pb.JoinResponse) -> None:
+        """A fresh session replaces the lost one: its PC goes, every track is subscribed again."""
+        old = self._pc
+        for track in self.tracks():
+            await self.unpublish(track.sid)
+        present = {p.identity for p in joined.other_participants}
+        for identity in [i for i in self.participants if i not in present]:
+            await self.leave(identity)
+        self._infos.clear()
+        self._subscribed.clear()
+        self._speaking.clear()
+        self.set_speakers(())
+        await self._joined(joined)
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(old.close(), 5.0)
 
     def _end(self, reason: str | None) -> None:
         if not self.ended.done():
@@ -313,6 +489,8 @@ class LiveKitRoom(LocalRoom):
                 await self._forget_track(sid)
         if info.identity in self.participants:
             await self.leave(info.identity)
+        if self._speaking.pop(info.sid, None) is not None:
+            self._speakers_changed(())
 
     async def _forget_track(self, sid: str) -> None:
         self._infos.pop(sid, None)
@@ -320,6 +498,22 @@ class LiveKitRoom(LocalRoom):
         self._skipped.discard(sid)
         await self.unpublish(sid)
         self._changed.set()
+
+    def _speakers_changed(self, changes: Iterable[models.SpeakerInfo]) -> None:
+        """The server sends only the speakers that changed; the roster gets the whole list."""
+        for speaker in changes:
+            if speaker.active:
+                self._speaking[speaker.sid] = speaker.level
+            else:
+                self._speaking.pop(speaker.sid, None)
+        identities = {p.sid: p.identity for p in self.participants.values()}
+        self.set_speakers(
+            tuple(
+                (identities[sid], level)
+                for sid, level in sorted(self._speaking.items(), key=lambda item: -item[1])
+                if sid in identities
+            )
+        )
 
     def _muted(self, sid: str, muted: bool) -> None:
         if self.track(sid) is not None:
@@ -361,24 +555,28 @@ class LiveKitRoom(LocalRoom):
 
     # --- subscriber PeerConnection ------------------------------------------------------------
 
-    async def _negotiate_offers(self, offers: asyncio.Queue[rtc_pb.SessionDescription]) -> None:
+    async def _negotiate_offers(
+        self, pc: RTCPeerConnection, offers: asyncio.Queue[rtc_pb.SessionDescription]
+    ) -> None:
         first = True
         while True:
             offer = await offers.get()
             if not first:
-                await self._wait_connected()
+                await self._wait_connected(pc)
             first = False
             try:
-                await asyncio.wait_for(self._answer(offer), NEGOTIATION_TIMEOUT_S)
+                await asyncio.wait_for(self._answer(pc, offer), NEGOTIATION_TIMEOUT_S)
+            except SignalClosed:
+                # the answer did not go out; a resumed session gets a new offer
+                continue
             except Exception as exc:
                 log.exception("LiveKit room %s: cannot answer an offer", self.name)
                 self._end(f"cannot negotiate media with the LiveKit server: {exc}")
                 return
 
-    async def _wait_connected(self) -> None:
+    @staticmethod
+    async def _wait_connected(pc: RTCPeerConnection) -> None:
         """Later offers wait until DTLS is up, or aiortc leaves their receivers unstarted."""
-        pc = self._pc
-        assert pc is not None
         if pc.connectionState == "connected":
             return
         connected = asyncio.Event()
@@ -395,10 +593,9 @@ class LiveKitRoom(LocalRoom):
         finally:
             pc.remove_listener("connectionstatechange", check)
 
-    async def _answer(self, offer: rtc_pb.SessionDescription) -> None:
-        pc = self._pc
-        assert pc is not None
+    async def _answer(self, pc: RTCPeerConnection, offer: rtc_pb.SessionDescription) -> None:
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
+        restart_ice(pc)
         await pc.setLocalDescription(await pc.createAnswer())
         await self._signal.send(
             rtc_pb.SignalRequest(
@@ -535,6 +732,8 @@ class LiveKitRoom(LocalRoom):
         await self._signal.leave()
         for task in self._tasks:
             task.cancel()
+        if self._negotiator is not None:
+            self._negotiator.cancel()
         await super().close()
         if self._pc is not None:
             with contextlib.suppress(Exception):

@@ -36,6 +36,7 @@ from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
     RoomEvent,
+    SpeakersChanged,
     TrackMuted,
     TrackPublished,
     TrackUnpublished,
@@ -289,6 +290,9 @@ class LocalRoom:
         self.participants: dict[str, LocalParticipant] = {}
         # time.monotonic() since when the room has had no participant; None while it has one.
         self.empty_since: float | None = time.monotonic()
+        # Who the room's server says is speaking (identity, level 0..1), loudest first;
+        # embedded rooms have no such server, their levels are measured by the mixer.
+        self.speakers: tuple[tuple[str, float], ...] = ()
         self._event_links: list[Link] = []
         self._on_event = on_event
 
@@ -410,6 +414,12 @@ class LocalRoom:
             track.muted = muted
             self._emit(TrackMuted(self, track, muted))
 
+    def set_speakers(self, speakers: tuple[tuple[str, float], ...]) -> None:
+        """The server's list of speakers changed (identity, level 0..1), loudest first."""
+        if speakers != self.speakers:
+            self.speakers = speakers
+            self._emit(SpeakersChanged(self, speakers))
+
     def track(self, sid: str) -> LocalTrack | None:
         for participant in self.participants.values():
             track = participant.tracks.get(sid)
@@ -432,6 +442,8 @@ class LocalRoom:
             link.put_nowait(ParticipantJoined(self, participant))
             for track in participant.tracks.values():
                 link.put_nowait(TrackPublished(self, track))
+        if self.speakers:
+            link.put_nowait(SpeakersChanged(self, self.speakers))
         self._event_links.append(link)
         return link
 

@@ -9,6 +9,11 @@ publish; it asks for no automatic subscription and chooses its tracks with
 `UpdateSubscription`. Pings go out on the server's interval; a server that
 stops answering for its ping timeout, or closes the socket, ends the
 connection, which `recv` reports as `SignalClosed`.
+
+A session whose socket dropped is resumed on a new one: `/rtc` with
+`reconnect=1` and the participant sid, answered with `ReconnectResponse`
+(then the server sends the room's state and an ICE restart offer), or with
+`leave` when the server no longer has the session (`ResumeRefused`).
 """
 
 from __future__ import annotations
@@ -31,12 +36,18 @@ log = logging.getLogger(__name__)
 PROTOCOL_VERSION = 16
 RECORDER_TOKEN_TTL_S = 24 * 3600
 CONNECT_TIMEOUT_S = 10.0
+# livekit-server's defaults, for when it does not say.
+DEFAULT_PING_INTERVAL_S, DEFAULT_PING_TIMEOUT_S = 5.0, 15.0
 # Responses waiting for the reader; the server never sends many at once.
 RESPONSE_QUEUE = 256
 
 
 class SignalError(Exception):
     """The server refused the connection (bad key, unknown room...) or broke the protocol."""
+
+
+class ResumeRefused(SignalError):
+    """The server cannot resume the session (it answered `leave`): join afresh."""
 
 
 class SignalClosed(Exception):
@@ -103,25 +114,39 @@ class SignalClient:
         self.closed_reason = ""
 
     async def connect(
-        self, server_url: str, token: str, *, reconnect: bool = False, sid: str = ""
+        self,
+        server_url: str,
+        token: str,
+        *,
+        reconnect: bool = False,
+        sid: str = "",
+        ping: tuple[float, float] = (DEFAULT_PING_INTERVAL_S, DEFAULT_PING_TIMEOUT_S),
+        timeout: float = CONNECT_TIMEOUT_S,
     ) -> rtc_pb.JoinResponse | rtc_pb.ReconnectResponse:
-        """Open the socket and wait for `join` (or `reconnect` when resuming)."""
+        """Open the socket and wait for `join` (or `reconnect` when resuming session `sid`).
+
+        `ping` is (interval, timeout) where the answer does not say (a
+        ReconnectResponse): the ones the session's JoinResponse gave.
+        """
         url = rtc_url(server_url, token, reconnect=reconnect, sid=sid)
         self._session = aiohttp.ClientSession()
         try:
-            self._ws = await self._session.ws_connect(
-                url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0,
-                autoping=True,
+            self._ws = await asyncio.wait_for(
+                self._session.ws_connect(
+                    url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0,
+                    autoping=True,
+                ),
+                timeout,
             )
         except aiohttp.WSServerHandshakeError as exc:
             await self._session.close()
             raise SignalError(f"LiveKit server refused to join: HTTP {exc.status} {exc.message}") from None
-        except (aiohttp.ClientError, OSError) as exc:
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await self._session.close()
             reason = str(exc).replace(token, "<token>")  # the URL carries it
             raise SignalError(f"cannot reach LiveKit server at {server_url}: {reason}") from None
         try:
-            first = await asyncio.wait_for(self._read_one(), CONNECT_TIMEOUT_S)
+            first = await asyncio.wait_for(self._read_one(), timeout)
         except (TimeoutError, SignalClosed) as exc:
             await self.close()
             raise SignalError(f"LiveKit server sent no join response: {exc}") from None
@@ -131,17 +156,23 @@ class SignalClient:
             interval, timeout = first.join.ping_interval, first.join.ping_timeout
         elif which == "reconnect":
             joined = first.reconnect
-            interval, timeout = 5, 15
+            interval, timeout = ping
         elif which == "leave":
             await self.close()
-            raise SignalError(f"LiveKit server refused to join: {first.leave.reason}")
+            reason = models.DisconnectReason.Name(first.leave.reason)
+            if reconnect:
+                raise ResumeRefused(f"LiveKit server cannot resume the session ({reason})")
+            raise SignalError(f"LiveKit server refused to join: {reason}")
         else:
             await self.close()
             raise SignalError(f"LiveKit server answered the join with {which!r}")
         self._last_pong = time.monotonic()
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="livekit signal reader"),
-            asyncio.create_task(self._ping_loop(interval or 5, timeout or 15), name="livekit ping"),
+            asyncio.create_task(
+                self._ping_loop(interval or DEFAULT_PING_INTERVAL_S, timeout or DEFAULT_PING_TIMEOUT_S),
+                name="livekit ping",
+            ),
         ]
         return joined
 

@@ -31,6 +31,8 @@ from egresskit.stages.layout import (
 )
 from egresskit.stages.media import (
     PLAYOUT_DELAY_S,
+    RosterItem,
+    SpeakersAnnounced,
     TrackEnded,
     TrackFrame,
     TrackInfo,
@@ -141,7 +143,8 @@ class VideoCompositor(Stage):
     participants without video get a placeholder tile and muted
     microphones are marked. Tiles are per participant; a screen share gets
     a tile of its own and turns `grid` into the speaker arrangement with
-    the share large. `speakers` (filled by the mixer) says who is talking.
+    the share large. `speakers` (levels from the mixer, speakers the
+    room's server announces on the roster) says who is talking.
     """
 
     def __init__(
@@ -198,12 +201,16 @@ class VideoCompositor(Stage):
                 with contextlib.suppress(asyncio.CancelledError):
                     await intake
 
-    async def _intake(self, port: InputPort[TrackItem]) -> None:
+    async def _intake(self, port: InputPort[TrackItem | RosterItem]) -> None:
         while (item := await port.recv()) is not EOS:
             self.apply(item)
 
-    def apply(self, item: TrackItem) -> None:
-        """Take one track item into account (in the loop thread, or with no graph at all)."""
+    def apply(self, item: TrackItem | RosterItem) -> None:
+        """Take one item into account (in the loop thread, or with no graph at all)."""
+        if isinstance(item, SpeakersAnnounced):
+            if self.speakers is not None:
+                self.speakers.announce(item.speakers)
+            return
         info = item.track
         if isinstance(item, TrackFrame):
             track = self._videos.get(info.sid)

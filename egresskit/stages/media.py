@@ -65,7 +65,16 @@ class TrackMuteChanged:
     muted: bool
 
 
+@dataclass(frozen=True, slots=True)
+class SpeakersAnnounced:
+    """The room's server says who is speaking: (identity, level 0..1 linear), loudest first."""
+
+    speakers: tuple[tuple[str, float], ...]
+
+
 TrackItem = TrackStarted | TrackEnded | TrackFrame | TrackMuteChanged
+# What a roster port carries: the tracks without frames, and who the server hears speaking.
+RosterItem = TrackStarted | TrackEnded | TrackMuteChanged | SpeakersAnnounced
 
 
 @dataclass(slots=True)

@@ -1,7 +1,9 @@
 """Who is speaking: audio levels in, one steady active speaker out.
 
 The mixer measures every track on each 20 ms tick and reports the levels;
-the compositor asks for the active speaker when it draws a frame. They
+a room whose server detects speakers itself (LiveKit's `speakers_changed`)
+announces them through the compositor; the compositor asks for the active
+speaker when it draws a frame. Both sources meet here, under one rule. They
 share one SpeakerTracker object rather than a link: the compositor only
 ever needs the latest answer, at its own pace, and a link would need a
 drain task and would hand it a backlog of stale levels. The tracker is
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # Levels below this are silence (a quiet talker is around -40 dBFS, the noise floor far below).
@@ -65,6 +67,9 @@ class SpeakerTracker:
         self._lock = threading.Lock()
         self._levels: dict[str, _Level] = {}
         self._active: str | None = None
+        self._announced: dict[str, float] = {}  # identity -> dBFS, as the server last said
+        self._measured = False
+        self.announcements = 0
         self._challenger: str | None = None
         self._challenge_since = 0.0
         self.switches = 0
@@ -77,12 +82,12 @@ class SpeakerTracker:
 
     def speaking(self, identity: str) -> bool:
         with self._lock:
-            level = self._levels.get(identity)
-            return level is not None and level.db > SPEAKING_DB
+            return self._db(identity) > SPEAKING_DB
 
     def observe(self, at: float, levels: Mapping[str, float]) -> None:
         """One tick of RMS levels (0..1) per identity at media time `at` (seconds)."""
         with self._lock:
+            self._measured = True
             for identity, rms in levels.items():
                 self._smooth(identity, rms_db(rms), at)
             for identity in self._levels:
@@ -90,10 +95,23 @@ class SpeakerTracker:
                     self._smooth(identity, SILENCE_DB, at)
             self._decide(at)
 
+    def announce(self, speakers: Iterable[tuple[str, float]]) -> None:
+        """The server's current speakers, (identity, level 0..1 linear like RMS); replaces the last."""
+        with self._lock:
+            self._announced = {identity: rms_db(level) for identity, level in speakers}
+            self.announcements += 1
+            if self._measured or not self._announced:
+                return
+            loudest = max(self._announced, key=self._announced.__getitem__)
+            if loudest != self._active:
+                self._active = loudest
+                self.switches += 1
+
     def forget(self, identity: str) -> None:
         """A participant left: its level goes, and so does the floor if it held it."""
         with self._lock:
             self._levels.pop(identity, None)
+            self._announced.pop(identity, None)
             if self._active == identity:
                 self._active = None
             if self._challenger == identity:
@@ -106,8 +124,14 @@ class SpeakerTracker:
         level.db += (db - level.db) * (1 - math.exp(-dt / tau)) if dt else 0.0
         level.at = at
 
+    def _db(self, identity: str) -> float:
+        level = self._levels.get(identity)
+        measured = level.db if level is not None else SILENCE_DB
+        return max(measured, self._announced.get(identity, SILENCE_DB))
+
     def _decide(self, at: float) -> None:
-        speaking = {i: lv.db for i, lv in self._levels.items() if lv.db > SPEAKING_DB}
+        heard = {i: self._db(i) for i in self._levels.keys() | self._announced.keys()}
+        speaking = {i: db for i, db in heard.items() if db > SPEAKING_DB}
         if not speaking:
             self._challenger = None
             return

@@ -14,12 +14,20 @@ from egresskit.pipeline import EOS, Link, LinkPolicy, Stage
 from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
+    SpeakersChanged,
     TrackMuted,
     TrackPublished,
     TrackUnpublished,
 )
 from egresskit.rooms.local import LocalRoom, LocalTrack
-from egresskit.stages.media import TrackEnded, TrackFrame, TrackInfo, TrackMuteChanged, TrackStarted
+from egresskit.stages.media import (
+    SpeakersAnnounced,
+    TrackEnded,
+    TrackFrame,
+    TrackInfo,
+    TrackMuteChanged,
+    TrackStarted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +80,8 @@ class RoomSubscriber(Stage):
 
     Output `roster` carries TrackStarted / TrackMuteChanged / TrackEnded,
     without frames, for every track the filter admits, audio and video,
-    subscribed or not: who is in the room and whose microphone is muted.
+    subscribed or not: who is in the room and whose microphone is muted;
+    and SpeakersAnnounced when the room's server says who is speaking.
 
     `participants` chooses whose tracks count at all; `choose` changes it
     while running: the tracks of someone left out end at once (the layout
@@ -167,6 +176,10 @@ class RoomSubscriber(Stage):
                 await self._port(track).send(TrackMuteChanged(track_info(track), event.muted))
             if track.sid in self._announced:
                 await self.roster.send(TrackMuteChanged(track_info(track), event.muted))
+        elif isinstance(event, SpeakersChanged):
+            # someone left out of the recording never takes the floor
+            heard = tuple(s for s in event.speakers if self.participants.admits(s[0]))
+            await self.roster.send(SpeakersAnnounced(heard))
         elif isinstance(event, ParticipantJoined):
             self.post("participant_joined", identity=event.participant.identity)
         elif isinstance(event, ParticipantLeft):
