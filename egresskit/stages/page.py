@@ -1,0 +1,251 @@
+"""PageSource: a web page's picture and sound, on the graph clock, as raw frames.
+
+The page runs in a `PageBrowser` (Chromium on Xvfb with a PulseAudio
+sink). The picture is grabbed with PyAV's x11grab on a thread of its own
+and snapped onto a constant frame-rate grid of the graph clock: frame n is
+the newest picture grabbed nearest to t0 + n/fps, a grid slot that no grab
+reached repeats the previous picture and extra grabs are dropped, so the
+output is constant frame rate and as long as wall time. The sound is the
+sink's monitor, read with `parec`: a null sink renders on its own clock and
+catches up after a stall, so its samples are counted, never padded. Both feed the same encoders as a
+composite's compositor and mixer.
+
+Recording starts when the page has loaded, or with `await_start_signal`
+when it logs START_RECORDING. END_RECORDING posts `source_closed` (the
+egress ends COMPLETE); a page that fails to load, crashes, never signals
+or whose browser exits posts `source_failed` with the reason, and the
+stage ends its streams, so what was recorded is finalized and plays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from fractions import Fraction
+
+import av
+import numpy as np
+
+from egresskit.pipeline import Stage
+from egresskit.web.audio import BYTES_PER_SAMPLE, SAMPLE_RATE
+from egresskit.web.browser import PageBrowser, PageFailed
+
+log = logging.getLogger(__name__)
+
+AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
+START_SIGNAL_TIMEOUT_S = 30.0
+
+
+class PageSource(Stage):
+    """Outputs `video` (yuv420p frames, pts n in 1/fps) and `audio` (s16 stereo 48 kHz)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        width: int = 1280,
+        height: int = 720,
+        fps: int = 30,
+        video: bool = True,
+        audio: bool = True,
+        await_start_signal: bool = False,
+        start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(name)
+        if not (video or audio):
+            raise ValueError("a page source records video, audio or both")
+        self.url = url
+        self.width = width
+        self.height = height
+        self.fps = fps
+        self.want_video = video
+        self.want_audio = audio
+        self.await_start_signal = await_start_signal
+        self.start_timeout_s = start_timeout_s
+        self.video = self.add_output("video")
+        self.audio = self.add_output("audio")
+        self.browser = PageBrowser(url, width, height, audio=audio)
+        self.frames_out = 0
+        self.frames_repeated = 0
+        self.frames_dropped = 0
+        self.audio_samples = 0
+        self.first_frame_s: float | None = None  # from run() to the first frame, seconds
+        self._halt = threading.Event()
+
+    async def run(self) -> None:
+        began = time.monotonic()
+        try:
+            await self.browser.open()
+            if self.await_start_signal:
+                await self._await_start()
+        except PageFailed as exc:
+            self.post("source_failed", error=f"web page {self.url}: {exc}")
+            return
+        if self.stopping.is_set():
+            return
+        # the grid starts on the graph clock's next frame boundary
+        t0 = math.ceil(self.clock.now() * self.fps) / self.fps
+        self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
+        loop = asyncio.get_running_loop()
+        captures = []
+        if self.want_video:
+            captures.append(loop.run_in_executor(None, self._grab, loop, t0, began))
+        if self.want_audio:
+            captures.append(asyncio.ensure_future(self._record_audio()))
+        try:
+            reason = await self._until_end()
+        finally:
+            self._halt.set()
+            results = await asyncio.gather(*captures, return_exceptions=True)
+        if reason == "end":
+            self.post("source_closed", reason="the page logged END_RECORDING")
+        elif reason == "failed":
+            self.post("source_failed", error=f"web page {self.url}: {self.browser.error}")
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
+                raise result
+
+    async def _await_start(self) -> None:
+        browser = self.browser
+        waiters = [
+            asyncio.ensure_future(e.wait())
+            for e in (browser.start_signal, browser.failed, self.stopping)
+        ]
+        try:
+            await asyncio.wait(
+                waiters, timeout=self.start_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        if browser.failed.is_set():
+            raise PageFailed(browser.error)
+        if not (browser.start_signal.is_set() or self.stopping.is_set()):
+            raise PageFailed(f"no START_RECORDING from the page within {self.start_timeout_s:g} s")
+
+    async def _until_end(self) -> str:
+        """Wait for the egress to stop, the page to end recording or the browser to fail."""
+        browser = self.browser
+        events = {"stop": self.stopping, "end": browser.end_signal, "failed": browser.failed}
+        waiters = {asyncio.ensure_future(e.wait()): name for name, e in events.items()}
+        try:
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waiters:
+                waiter.cancel()
+        names = {waiters[w] for w in done}
+        return next(n for n in ("failed", "end", "stop") if n in names)
+
+    # --- picture: a worker thread -------------------------------------------------------
+
+    def _grab(self, loop: asyncio.AbstractEventLoop, t0: float, began: float) -> None:
+        assert self.browser.display is not None
+        container = av.open(
+            self.browser.display.name,
+            format="x11grab",
+            options={
+                "framerate": str(self.fps),
+                "video_size": f"{self.width}x{self.height}",
+                "draw_mouse": "0",
+            },
+        )
+        time_base = Fraction(1, self.fps)
+        previous: av.VideoFrame | None = None
+        n = 0  # the next grid slot to fill
+        try:
+            for grabbed in container.decode(video=0):
+                if self._halt.is_set():
+                    break
+                slot = round((self.clock.now() - t0) * self.fps)
+                if slot < n:
+                    self.frames_dropped += 1
+                    continue
+                picture = grabbed.reformat(format="yuv420p")
+                if previous is None:
+                    self.first_frame_s = time.monotonic() - began
+                    previous = picture
+                while n < slot:  # slots no grab reached show the previous picture
+                    self._send(loop, _copy(previous), n, time_base)
+                    self.frames_repeated += 1
+                    n += 1
+                self._send(loop, picture, n, time_base)
+                previous = picture
+                n += 1
+        finally:
+            container.close()
+
+    def _send(
+        self, loop: asyncio.AbstractEventLoop, frame: av.VideoFrame, n: int, time_base: Fraction
+    ) -> None:
+        frame.pts = n
+        frame.time_base = time_base
+        sent = asyncio.run_coroutine_threadsafe(self.video.send(frame), loop)
+        while True:  # a full link holds the grab back (the encoder is behind)
+            try:
+                sent.result(timeout=0.5)
+                break
+            except TimeoutError:
+                if self._halt.is_set():
+                    sent.cancel()
+                    return
+        self.frames_out = n + 1
+
+    # --- sound -------------------------------------------------------------------------
+
+    async def _record_audio(self) -> None:
+        sink = self.browser.sink
+        assert sink is not None
+        parec = await sink.record()
+        assert parec.stdout is not None
+        time_base = Fraction(1, SAMPLE_RATE)
+        chunk = AUDIO_CHUNK_SAMPLES * BYTES_PER_SAMPLE
+        position = 0  # samples sent
+        halt = asyncio.ensure_future(self.stopping.wait())
+        try:
+            while not self._halt.is_set():
+                read = asyncio.ensure_future(parec.stdout.readexactly(chunk))
+                done, _ = await asyncio.wait({read, halt}, return_when=asyncio.FIRST_COMPLETED)
+                if read not in done:
+                    read.cancel()
+                    break
+                try:
+                    data = read.result()
+                except asyncio.IncompleteReadError:
+                    break
+                await self._send_audio(np.frombuffer(data, np.int16), position, time_base)
+                position += AUDIO_CHUNK_SAMPLES
+                self.audio_samples = position
+        finally:
+            halt.cancel()
+            with contextlib.suppress(ProcessLookupError):
+                parec.kill()
+            await parec.wait()
+
+    async def _send_audio(self, samples: np.ndarray, position: int, time_base: Fraction) -> None:
+        frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s16", layout="stereo")
+        frame.sample_rate = SAMPLE_RATE
+        frame.pts = position
+        frame.time_base = time_base
+        await self.audio.send(frame)
+
+    async def cleanup(self) -> None:
+        self._halt.set()
+        await self.browser.close()
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "frames_out": self.frames_out,
+            "frames_repeated": self.frames_repeated,
+            "frames_dropped": self.frames_dropped,
+            "audio_samples": self.audio_samples,
+        }
+
+
+def _copy(frame: av.VideoFrame) -> av.VideoFrame:
+    """A new frame with the same picture (a repeat needs its own pts)."""
+    return av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")

@@ -1,0 +1,127 @@
+"""Test pages for web egress, served by the test on 127.0.0.1, and readers of what they draw.
+
+`/counter` draws its animation frame count as 12 black-or-white blocks
+(bit 11 on the left) in the top row of the page and plays a 440 Hz tone;
+`read_counter` reads the number back from a decoded frame. `/signal`
+shows the marker colour (red) until it logs START_RECORDING after
+`?after=` seconds and paints green, then logs END_RECORDING `?end=`
+seconds later (never, without it). `/colour?c=RRGGBB` is one flat colour.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import numpy as np
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+BITS = 12
+BLOCK = 40  # pixels per bit
+
+COUNTER_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><style>
+html, body { margin: 0; background: #404040; overflow: hidden; }
+canvas { display: block; }
+</style></head><body><canvas id="bits" width="%(width)d" height="%(block)d"></canvas>
+<script>
+const g = document.getElementById("bits").getContext("2d");
+let frame = 0;
+function draw() {
+  frame += 1;
+  for (let bit = 0; bit < %(bits)d; bit++) {
+    g.fillStyle = (frame >> (%(bits)d - 1 - bit)) & 1 ? "#fff" : "#000";
+    g.fillRect(bit * %(block)d, 0, %(block)d, %(block)d);
+  }
+  requestAnimationFrame(draw);
+}
+requestAnimationFrame(draw);
+const audio = new AudioContext();
+const tone = audio.createOscillator();
+tone.frequency.value = 440;
+const gain = audio.createGain();
+gain.gain.value = 0.3;
+tone.connect(gain).connect(audio.destination);
+tone.start();
+</script></body></html>
+""" % {"width": BITS * BLOCK, "block": BLOCK, "bits": BITS}
+
+SIGNAL_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><style>html, body { margin: 0; height: 100%%; }</style></head>
+<body style="background: #ff0000"><script>
+const q = new URLSearchParams(location.search);
+const after = Number(q.get("after") || 2) * 1000;
+setTimeout(() => {
+  document.body.style.background = "#00ff00";
+  // logged once the green page has been painted: two animation frames later
+  requestAnimationFrame(() => requestAnimationFrame(() => {
+    console.log("START_RECORDING");
+    if (q.get("end")) setTimeout(() => console.log("END_RECORDING"), Number(q.get("end")) * 1000);
+  }));
+}, after);
+</script></body></html>
+"""
+
+COLOUR_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"></head><body style="margin: 0; height: 100vh"><script>
+document.body.style.background = "#" + new URLSearchParams(location.search).get("c");
+</script></body></html>
+"""
+
+
+def read_counter(rgb: np.ndarray) -> int:
+    """The counter drawn in a frame's top row (rgb array, height x width x 3)."""
+    row = rgb[BLOCK // 2, : BITS * BLOCK].mean(axis=-1)
+    value = 0
+    for bit in range(BITS):
+        value = value * 2 + (1 if row[bit * BLOCK + BLOCK // 2] > 128 else 0)
+    return value
+
+
+def _page(body: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/html")
+
+    return handler
+
+
+async def _missing(request: web.Request) -> web.Response:
+    return web.Response(status=404, text="no such page")
+
+
+@asynccontextmanager
+async def page_server() -> AsyncIterator[TestServer]:
+    """The test pages on a free port of 127.0.0.1."""
+    app = web.Application()
+    app.router.add_get("/counter", _page(COUNTER_PAGE))
+    app.router.add_get("/signal", _page(SIGNAL_PAGE))
+    app.router.add_get("/colour", _page(COLOUR_PAGE))
+    app.router.add_get("/missing", _missing)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def browser_leftovers() -> list[str]:
+    """Xvfb, pulseaudio, parec and chromium processes and web egress directories still there."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        # only what a browser source started: its helpers carry this marker
+        if b"EGRESSKIT_WEB_DIR=" in environ and cmdline and cmdline[0]:
+            found.append(f"{entry.name} {os.path.basename(cmdline[0].decode())}")
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    found += [str(p) for p in tmp.glob("egresskit-web-*")]
+    return found
