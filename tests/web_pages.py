@@ -26,15 +26,19 @@ COUNTER_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><style>
 html, body { margin: 0; background: #404040; overflow: hidden; }
 canvas { display: block; }
-</style></head><body><canvas id="bits" width="%(width)d" height="%(block)d"></canvas>
+</style></head><body><canvas id="bits"></canvas>
 <script>
-const g = document.getElementById("bits").getContext("2d");
+const BITS = /*BITS*/, BLOCK = /*BLOCK*/;
+const canvas = document.getElementById("bits");
+canvas.width = BITS * BLOCK;
+canvas.height = BLOCK;
+const g = canvas.getContext("2d");
 let frame = 0;
 function draw() {
   frame += 1;
-  for (let bit = 0; bit < %(bits)d; bit++) {
-    g.fillStyle = (frame >> (%(bits)d - 1 - bit)) & 1 ? "#fff" : "#000";
-    g.fillRect(bit * %(block)d, 0, %(block)d, %(block)d);
+  for (let bit = 0; bit < BITS; bit++) {
+    g.fillStyle = (frame >> (BITS - 1 - bit)) & 1 ? "#fff" : "#000";
+    g.fillRect(bit * BLOCK, 0, BLOCK, BLOCK);
   }
   requestAnimationFrame(draw);
 }
@@ -47,7 +51,7 @@ gain.gain.value = 0.3;
 tone.connect(gain).connect(audio.destination);
 tone.start();
 </script></body></html>
-""" % {"width": BITS * BLOCK, "block": BLOCK, "bits": BITS}
+""".replace("/*BITS*/", str(BITS)).replace("/*BLOCK*/", str(BLOCK))
 
 SIGNAL_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><style>html, body { margin: 0; height: 100%%; }</style></head>

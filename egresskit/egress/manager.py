@@ -22,6 +22,7 @@ from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
 from egresskit.egress.validation import Caller, EgressSpec, check_caller, validate
 from egresskit.rooms.local import RoomManager
+from egresskit.stages.page import START_SIGNAL_TIMEOUT_S
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
 from egresskit.storage.upload import RetryPolicy
@@ -86,10 +87,16 @@ class EgressManager:
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
         livekit: LiveKitServer | None = None,
+        web_start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
     ) -> None:
-        """With `livekit`, room names name that server's rooms, not the embedded `rooms`."""
+        """With `livekit`, room names name that server's rooms, not the embedded `rooms`.
+
+        `web_start_timeout_s`: how long a web egress with `await_start_signal`
+        waits for its page's START_RECORDING before it fails.
+        """
         self.rooms = rooms
         self.livekit = livekit
+        self.web_start_timeout_s = web_start_timeout_s
         self.output_dir = output_dir.resolve()
         self.default_storage = dict(default_storage or {})
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
@@ -155,15 +162,22 @@ class EgressManager:
             livekit_room = await join_room(self.livekit, spec, egress_id)
             rooms = SingleRoom(livekit_room)
         try:
-            planned = plan(spec, egress_id, rooms, self.output_dir, self.default_storage)
+            planned = plan(
+                spec,
+                egress_id,
+                rooms,
+                self.output_dir,
+                self.default_storage,
+                web_start_timeout_s=self.web_start_timeout_s,
+            )
         except BaseException:
             if livekit_room is not None:
                 await livekit_room.close()
             raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
-            room_id=room_id or planned.room.sid,
-            room_name=planned.room.name,
+            room_id=room_id or (planned.room.sid if planned.room else ""),
+            room_name=planned.room.name if planned.room else spec.room_name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
         getattr(info, _REQUEST_FIELDS[request.DESCRIPTOR.full_name]).CopyFrom(request)

@@ -131,6 +131,9 @@ class EgressSession:
             self._changed("egress_updated")
         if kind in ("room_empty", "source_closed"):
             self.end(SOURCE_CLOSED)
+        elif kind == "source_failed":
+            # the source ended its streams: what was recorded is finalized, the egress FAILED
+            self.end(str(data["error"]), egress_pb.EGRESS_FAILED)
         elif kind == "segment_closed":
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path)

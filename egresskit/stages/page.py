@@ -3,11 +3,13 @@
 The page runs in a `PageBrowser` (Chromium on Xvfb with a PulseAudio
 sink). The picture is grabbed with PyAV's x11grab on a thread of its own
 and snapped onto a constant frame-rate grid of the graph clock: frame n is
-the newest picture grabbed nearest to t0 + n/fps, a grid slot that no grab
+the picture grabbed nearest to t0 + n/fps (t0: the first grab; the sound
+starts there too), a grid slot that no grab
 reached repeats the previous picture and extra grabs are dropped, so the
 output is constant frame rate and as long as wall time. The sound is the
-sink's monitor, read with `parec`: a null sink renders on its own clock and
-catches up after a stall, so its samples are counted, never padded. Both feed the same encoders as a
+sink's monitor, read with `parec`; what PulseAudio dropped while this
+process was starved is filled with silence, so the sound too lasts as long
+as wall time. Both feed the same encoders as a
 composite's compositor and mixer.
 
 Recording starts when the page has loaded, or with `await_start_signal`
@@ -22,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import threading
 import time
 from fractions import Fraction
@@ -31,12 +32,15 @@ import av
 import numpy as np
 
 from egresskit.pipeline import Stage
-from egresskit.web.audio import BYTES_PER_SAMPLE, SAMPLE_RATE
+from egresskit.web.audio import BYTES_PER_SAMPLE, CHANNELS, SAMPLE_RATE
 from egresskit.web.browser import PageBrowser, PageFailed
 
 log = logging.getLogger(__name__)
 
 AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
+# PulseAudio drops what a recording client does not read in time (a starved process): when
+# the sound lags the clock by more than this, the gap is filled with silence.
+AUDIO_MAX_LAG_S = 0.3
 START_SIGNAL_TIMEOUT_S = 30.0
 
 
@@ -74,8 +78,13 @@ class PageSource(Stage):
         self.frames_repeated = 0
         self.frames_dropped = 0
         self.audio_samples = 0
+        self.silence_samples = 0
         self.first_frame_s: float | None = None  # from run() to the first frame, seconds
-        self._halt = threading.Event()
+        self._halt = threading.Event()  # stop grabbing: the recording ends
+        self._abort = threading.Event()  # stop sending too: the graph is being torn down
+        self._stop_at = 0.0  # the media time the recording ended
+        # set at the first picture grabbed: the sound before it is not recorded
+        self._origin = asyncio.Event()
 
     async def run(self) -> None:
         began = time.monotonic()
@@ -88,18 +97,17 @@ class PageSource(Stage):
             return
         if self.stopping.is_set():
             return
-        # the grid starts on the graph clock's next frame boundary
-        t0 = math.ceil(self.clock.now() * self.fps) / self.fps
         self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
         loop = asyncio.get_running_loop()
         captures = []
         if self.want_video:
-            captures.append(loop.run_in_executor(None, self._grab, loop, t0, began))
+            captures.append(loop.run_in_executor(None, self._grab, loop, began))
         if self.want_audio:
             captures.append(asyncio.ensure_future(self._record_audio()))
         try:
             reason = await self._until_end()
         finally:
+            self._stop_at = self.clock.now()
             self._halt.set()
             results = await asyncio.gather(*captures, return_exceptions=True)
         if reason == "end":
@@ -143,7 +151,7 @@ class PageSource(Stage):
 
     # --- picture: a worker thread -------------------------------------------------------
 
-    def _grab(self, loop: asyncio.AbstractEventLoop, t0: float, began: float) -> None:
+    def _grab(self, loop: asyncio.AbstractEventLoop, began: float) -> None:
         assert self.browser.display is not None
         container = av.open(
             self.browser.display.name,
@@ -156,11 +164,15 @@ class PageSource(Stage):
         )
         time_base = Fraction(1, self.fps)
         previous: av.VideoFrame | None = None
+        t0 = 0.0  # the media time of slot 0: the first grab
         n = 0  # the next grid slot to fill
         try:
             for grabbed in container.decode(video=0):
                 if self._halt.is_set():
                     break
+                if previous is None:
+                    t0 = self.clock.now()
+                    loop.call_soon_threadsafe(self._origin.set)
                 slot = round((self.clock.now() - t0) * self.fps)
                 if slot < n:
                     self.frames_dropped += 1
@@ -178,10 +190,18 @@ class PageSource(Stage):
                 n += 1
         finally:
             container.close()
+        # An encoder slower than real time holds the grab back; the slots up to the end
+        # still get a picture, so the recording lasts as long as the page was recorded.
+        while previous is not None and n < round((self._stop_at - t0) * self.fps):
+            if not self._send(loop, _copy(previous), n, time_base):
+                break
+            self.frames_repeated += 1
+            n += 1
 
     def _send(
         self, loop: asyncio.AbstractEventLoop, frame: av.VideoFrame, n: int, time_base: Fraction
-    ) -> None:
+    ) -> bool:
+        """Send frame n (waiting while the link is full); False if the graph is torn down."""
         frame.pts = n
         frame.time_base = time_base
         sent = asyncio.run_coroutine_threadsafe(self.video.send(frame), loop)
@@ -190,10 +210,11 @@ class PageSource(Stage):
                 sent.result(timeout=0.5)
                 break
             except TimeoutError:
-                if self._halt.is_set():
+                if self._abort.is_set():
                     sent.cancel()
-                    return
+                    return False
         self.frames_out = n + 1
+        return True
 
     # --- sound -------------------------------------------------------------------------
 
@@ -205,6 +226,7 @@ class PageSource(Stage):
         time_base = Fraction(1, SAMPLE_RATE)
         chunk = AUDIO_CHUNK_SAMPLES * BYTES_PER_SAMPLE
         position = 0  # samples sent
+        t0: float | None = None  # the media time of the first sample sent
         halt = asyncio.ensure_future(self.stopping.wait())
         try:
             while not self._halt.is_set():
@@ -217,6 +239,18 @@ class PageSource(Stage):
                     data = read.result()
                 except asyncio.IncompleteReadError:
                     break
+                if not self.want_video:
+                    self._origin.set()
+                if not self._origin.is_set():
+                    continue
+                if t0 is None:
+                    t0 = self.clock.now() - AUDIO_CHUNK_SAMPLES / SAMPLE_RATE
+                behind = round((self.clock.now() - t0) * SAMPLE_RATE) - position
+                if behind > AUDIO_MAX_LAG_S * SAMPLE_RATE:
+                    gap = behind - AUDIO_CHUNK_SAMPLES
+                    await self._send_audio(np.zeros(gap * CHANNELS, np.int16), position, time_base)
+                    position += gap
+                    self.silence_samples += gap
                 await self._send_audio(np.frombuffer(data, np.int16), position, time_base)
                 position += AUDIO_CHUNK_SAMPLES
                 self.audio_samples = position
@@ -235,6 +269,7 @@ class PageSource(Stage):
 
     async def cleanup(self) -> None:
         self._halt.set()
+        self._abort.set()
         await self.browser.close()
 
     def stats(self) -> dict[str, int]:
@@ -243,6 +278,7 @@ class PageSource(Stage):
             "frames_repeated": self.frames_repeated,
             "frames_dropped": self.frames_dropped,
             "audio_samples": self.audio_samples,
+            "silence_samples": self.silence_samples,
         }
 
 

@@ -61,7 +61,7 @@ class AudioSink:
             "--format=s16le",
             f"--rate={SAMPLE_RATE}",
             f"--channels={CHANNELS}",
-            "--latency-msec=20",
+            "--latency-msec=100",  # a bigger buffer: fewer drops when this process is starved
             env=self.work.env(),
             stdout=asyncio.subprocess.PIPE,
             log_name="parec",
