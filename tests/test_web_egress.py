@@ -150,9 +150,7 @@ async def test_one_page_to_hls_rtmp_and_images_with_update_stream(service, pages
 
 async def test_pages_that_fail_end_failed_with_the_reason(service, pages):
     client = service.client
-    closed = free_port()
     cases = {
-        f"http://127.0.0.1:{closed}/": "ERR_CONNECTION_REFUSED",
         "http://no-such-host.invalid/": "ERR_NAME_NOT_RESOLVED",
         str(pages.make_url("/missing")): "HTTP 404",
     }

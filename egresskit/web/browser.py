@@ -143,10 +143,12 @@ class PageBrowser:
         session = self._page_session = attached["sessionId"]
         for domain in ("Page", "Runtime", "Network", "Inspector"):
             await devtools.call(f"{domain}.enable", session=session)
+        # known before navigating: the document's response can arrive before navigate's reply
+        tree = await devtools.call("Page.getFrameTree", session=session)
+        self._main_frame = tree["frameTree"]["frame"]["id"]
         navigated = await devtools.call("Page.navigate", {"url": self.url}, session=session)
         if navigated.get("errorText"):
             raise PageFailed(f"the page did not load: {navigated['errorText']}")
-        self._main_frame = navigated.get("frameId", "")
         loaded = asyncio.ensure_future(self._loaded.wait())
         failed = asyncio.ensure_future(self.failed.wait())
         try:
