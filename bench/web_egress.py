@@ -1,0 +1,179 @@
+"""Web egress CPU against the ffmpeg CLI capturing the same display, and time to first frame.
+
+One run, alternating: for each round, a busy page (300 canvas balls, CSS
+animations, a 440 Hz WebAudio tone) is opened in a fresh PageBrowser
+(Chromium + Xvfb + PulseAudio) and recorded for --seconds, once by
+egresskit's web graph (x11grab in-process, parec, one x264 veryfast encode
+to MP4) and once by `ffmpeg -f x11grab ... -f pulse ... -c:v libx264
+-preset veryfast`. CPU is process CPU time (user + system) of everything
+each recording runs: Chromium and its children, Xvfb, PulseAudio, and
+egresskit's own process (its capture, encode and mux threads, measured as
+this process's CPU over the recording) or the ffmpeg process. The browser's
+start is left out of both: only the recording window is counted.
+
+    PYTHONPATH=$PWD python bench/web_egress.py --seconds 20 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+from aiohttp import web
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from egresskit.egress.graphs import FileOutput, web_graph  # noqa: E402
+from egresskit.web.browser import PageBrowser  # noqa: E402
+from egresskit.web.processes import MARKER_ENV  # noqa: E402
+
+BUSY_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><style>
+html, body { margin: 0; background: #123; overflow: hidden; }
+.spin { position: absolute; width: 120px; height: 120px; background: #e83;
+        animation: spin 2s linear infinite; }
+@keyframes spin { from { transform: rotate(0deg); } to { transform: rotate(360deg); } }
+</style></head><body>
+<canvas id="c" width="1280" height="720"></canvas>
+<div class="spin" style="left: 100px; top: 100px"></div>
+<div class="spin" style="left: 1000px; top: 450px"></div>
+<script>
+const g = document.getElementById("c").getContext("2d");
+const balls = Array.from({length: 300}, () => ({
+  x: Math.random() * 1280, y: Math.random() * 720,
+  dx: Math.random() * 6 - 3, dy: Math.random() * 6 - 3,
+  c: `hsl(${Math.random() * 360}, 80%, 60%)`,
+}));
+function draw() {
+  g.fillStyle = "#123"; g.fillRect(0, 0, 1280, 720);
+  for (const b of balls) {
+    b.x = (b.x + b.dx + 1280) % 1280; b.y = (b.y + b.dy + 720) % 720;
+    g.fillStyle = b.c; g.beginPath(); g.arc(b.x, b.y, 12, 0, 6.283); g.fill();
+  }
+  requestAnimationFrame(draw);
+}
+requestAnimationFrame(draw);
+const audio = new AudioContext();
+const tone = audio.createOscillator();
+tone.frequency.value = 440;
+tone.connect(audio.destination);
+tone.start();
+</script></body></html>
+"""
+
+
+def helpers_cpu(work_dir: str) -> float:
+    """CPU seconds of every live process a browser source started (marked in its environment)."""
+    total = 0.0
+    marker = f"{MARKER_ENV}={work_dir}".encode()
+    for proc in psutil.process_iter():
+        try:
+            with open(f"/proc/{proc.pid}/environ", "rb") as env:
+                if marker not in env.read().split(b"\0"):
+                    continue
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+        except (OSError, psutil.Error):
+            continue
+    return total
+
+
+def own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+async def record_egresskit(url: str, seconds: float, out: Path) -> tuple[float, float]:
+    """(CPU seconds per second of recording, seconds from start to the first frame)."""
+    graph, stages = web_graph(url, [FileOutput(out)], name="bench")
+    source = stages.source
+    started = time.monotonic()
+    await graph.start()
+    while source.first_frame_s is None:
+        await asyncio.sleep(0.05)
+        if graph.state.ended:
+            raise RuntimeError(f"web graph ended: {graph.error}")
+    first_frame = time.monotonic() - started
+    work = str(source.browser.work.path)
+    await asyncio.sleep(1.0)  # the page settles, as for ffmpeg below
+    before = helpers_cpu(work) + own_cpu()
+    await asyncio.sleep(seconds)
+    after = helpers_cpu(work) + own_cpu()
+    await graph.stop()
+    return (after - before) / seconds, first_frame
+
+
+async def record_ffmpeg(url: str, seconds: float, out: Path) -> float:
+    browser = PageBrowser(url, 1280, 720)
+    await browser.open()
+    try:
+        assert browser.display is not None and browser.sink is not None
+        env = dict(os.environ, PULSE_SERVER=browser.sink.server)
+        ffmpeg = await asyncio.create_subprocess_exec(
+                "ffmpeg", "-loglevel", "error", "-y",
+                "-f", "x11grab", "-framerate", "30", "-video_size", "1280x720",
+                "-draw_mouse", "0", "-i", browser.display.name,
+                "-f", "pulse", "-i", "egress.monitor",
+                "-c:v", "libx264", "-preset", "veryfast", "-pix_fmt", "yuv420p",
+                "-b:v", "3000k", "-c:a", "aac", "-b:a", "128k", str(out),
+            env=env,
+            stdin=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        proc = psutil.Process(ffmpeg.pid)
+        work = str(browser.work.path) if browser.work else ""
+        await asyncio.sleep(1.0)
+        t = proc.cpu_times()
+        before = helpers_cpu(work) + t.user + t.system
+        await asyncio.sleep(seconds)
+        t = proc.cpu_times()
+        after = helpers_cpu(work) + t.user + t.system
+        await asyncio.wait_for(ffmpeg.communicate(b"q"), 30)
+    finally:
+        await browser.close()
+    return (after - before) / seconds
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    app = web.Application()
+    app.router.add_get("/", lambda r: web.Response(text=BUSY_PAGE, content_type="text/html"))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    url = f"http://127.0.0.1:{port}/"
+    ours, theirs, first_frames = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for round_ in range(args.rounds):
+            cpu, first = await record_egresskit(url, args.seconds, Path(tmp) / f"ek{round_}.mp4")
+            ours.append(cpu)
+            first_frames.append(first)
+            theirs.append(await record_ffmpeg(url, args.seconds, Path(tmp) / f"ff{round_}.mp4"))
+            print(
+                f"round {round_}: egresskit {cpu:.2f} cores, ffmpeg CLI {theirs[-1]:.2f} cores, "
+                f"first frame {first:.2f} s",
+                flush=True,
+            )
+    await runner.cleanup()
+    ours_m, theirs_m = statistics.median(ours), statistics.median(theirs)
+    print(
+        f"median total CPU: egresskit {ours_m:.2f} cores, ffmpeg CLI {theirs_m:.2f} cores, "
+        f"ratio {ours_m / theirs_m:.2f} (target <= 1.0); "
+        f"time to first frame median {statistics.median(first_frames):.2f} s; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
