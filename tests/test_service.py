@@ -310,9 +310,13 @@ BAD_REQUESTS = [
         "not_found",
     ),
     (
-        "web egress",
-        "StartWebEgress",
-        {"url": "https://example.com", "file_outputs": [{"filepath": "a.mp4"}]},
+        "custom template",
+        "StartRoomCompositeEgress",
+        {
+            "room_name": "r",
+            "custom_base_url": "https://example.com/t",
+            "file_outputs": [{"filepath": "a.mp4"}],
+        },
         "application/json",
         "POST",
         501,

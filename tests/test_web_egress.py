@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -333,3 +335,46 @@ async def test_serve_without_a_browser_answers_unavailable(tmp_path):
     finally:
         await client.aclose()
         await stop(proc)
+
+
+async def test_a_killed_service_leaves_nothing_once_restarted(tmp_path, pages):
+    """SIGKILL mid-recording: the helpers die with the service; the next start clears the rest."""
+    # short: Chromium's and PulseAudio's sockets live there (a socket path has <= 107 bytes)
+    short = Path(tempfile.mkdtemp(prefix="ek-", dir="/tmp"))
+    port = free_port()
+    env = child_env(
+        EGRESSKIT_API_KEY=API_KEY,
+        EGRESSKIT_API_SECRET=API_SECRET,
+        EGRESSKIT_EGRESS_NETWORK="{allow: [127.0.0.0/8]}",
+        TMPDIR=str(short),  # the service's web egress directories go here
+    )
+    args = ("serve", "--bind", "127.0.0.1", "--port", str(port), "--output-dir", str(tmp_path))
+    proc = await start(*args, env=env)
+    client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+    try:
+        await wait_healthy(proc, port)
+        info = await client.egress.start_web_egress(
+            web_request(
+                str(pages.make_url("/counter")),
+                file_outputs=[egress_pb.EncodedFileOutput(filepath="killed.mp4")],
+            )
+        )
+        active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
+        assert active.status == egress_pb.EGRESS_ACTIVE, active.error
+        assert list(short.glob("egresskit-web-*"))
+        proc.kill()
+        await proc.wait()
+        for _ in range(50):
+            if not [p for p in browser_leftovers() if not p.startswith("/")]:
+                break
+            await asyncio.sleep(0.2)
+        assert not [p for p in browser_leftovers() if not p.startswith("/")]
+        assert list(short.glob("egresskit-web-*")), "nothing left for the watchdog to find"
+        proc = await start(*args, env=env)
+        await wait_healthy(proc, port)
+        assert not list(short.glob("egresskit-web-*"))
+    finally:
+        await client.aclose()
+        await stop(proc)
+        shutil.rmtree(short, ignore_errors=True)
+    await no_leftovers()

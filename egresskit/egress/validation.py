@@ -271,6 +271,10 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
             check_destination(url, "stream.urls", caller.network)
     if spec.websocket_url:
         check_destination(spec.websocket_url, "websocket_url", caller.network)
+    if spec.web_url:
+        # the page's first address only: what the page itself loads is Chromium's business
+        web_field = "web.url" if isinstance(spec.request, egress_pb.StartEgressRequest) else "url"
+        check_destination(spec.web_url, web_field, caller.network)
     stored = [("file", spec.file), ("segments", spec.segments)]
     stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
     for field, target in stored:

@@ -130,6 +130,9 @@ class PageBrowser:
         try:
             await self._load()
         except DevToolsError as exc:
+            # a browser that exited says why in its log: give its watcher a moment to read it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.failed.wait(), 2.0)
             raise PageFailed(self.error or f"the browser stopped answering: {exc}") from None
 
     async def _load(self) -> None:

@@ -10,8 +10,10 @@ reads when it connects. No other local user can open the display.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import secrets
+import shutil
 import struct
 import tempfile
 import threading
@@ -62,7 +64,9 @@ class _Authority:
 
     def _write(self) -> None:
         if self._path is None:
-            self._path = Path(tempfile.mkdtemp(prefix="egresskit-xauth-")) / "Xauthority"
+            directory = tempfile.mkdtemp(prefix="egresskit-xauth-")
+            atexit.register(shutil.rmtree, directory, True)
+            self._path = Path(directory) / "Xauthority"
             os.environ["XAUTHORITY"] = str(self._path)  # read by libxcb on each connect
         staged = self._path.with_suffix(".new")
         fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
