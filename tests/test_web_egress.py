@@ -22,7 +22,7 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream
-from service_fixtures import API_KEY, API_SECRET, service_config, wait_status
+from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
 from test_cli import child_env, free_port, start, stop, wait_healthy
 from web_pages import browser_leftovers, page_server, read_counter
 
@@ -244,6 +244,52 @@ async def test_two_pages_at_once_each_on_its_own_display(service, pages):
         assert [s["codec_type"] for s in ffprobe(path)["streams"]] == ["video"]
         seen = region_color(frame_at(path, 1.0), 100, 100, 1180, 620)
         assert all(abs(a - b) < 40 for a, b in zip(seen, expected, strict=True)), (name, seen)
+
+
+# --- custom templates ------------------------------------------------------------------------
+
+
+async def test_custom_template_of_an_embedded_room_records_both_publishers(service, pages):
+    """A page on /sdk/template.js plays two WHIP publishers over WHEP; both are recorded."""
+    client = service.client
+    base = str(service.make_url("")).rstrip("/")
+    publishers = [
+        await join(base, "tpl", "alice", (220, 30, 30), 440.0),
+        await join(base, "tpl", "bob", (30, 30, 220), 660.0),
+    ]
+    try:
+        info = await client.egress.start_room_composite_egress(
+            egress_pb.RoomCompositeEgressRequest(
+                room_name="tpl",
+                layout="grid",
+                custom_base_url=str(pages.make_url("/template")),
+                # small: the publishers' VP8 encoders share this process and its two cores
+                advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=15),
+                file_outputs=[egress_pb.EncodedFileOutput(filepath="{room_name}.mp4")],
+            )
+        )
+        active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
+        assert active.status == egress_pb.EGRESS_ACTIVE, active.error
+        await asyncio.sleep(3)
+        await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(client, info.egress_id, DONE)
+        assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    finally:
+        for publisher in publishers:
+            await publisher.close()
+    await no_leftovers()
+    path = service.output_dir / "tpl.mp4"
+    picture = frame_at(path, 1.0)
+    assert picture.shape[:2] == (360, 640)
+    left = region_color(picture, 20, 50, 300, 150)
+    right = region_color(picture, 340, 50, 620, 150)
+    assert left[0] > 150 and left[2] < 90, left
+    assert right[2] > 150 and right[0] < 90, right
+    samples, rate = audio_samples(path, 0.5, 2.5)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    bins = rate / len(samples)
+    assert spectrum[round(440 / bins)] > 10 * np.median(spectrum)
+    assert spectrum[round(660 / bins)] > 10 * np.median(spectrum)
 
 
 # --- egresskit serve in its own process -------------------------------------------------------

@@ -76,6 +76,41 @@ document.body.style.background = "#" + new URLSearchParams(location.search).get(
 """
 
 
+# A custom template for an embedded room: every publisher side by side, over egresskit's
+# /sdk/template.js; recording starts once two of them are playing.
+TEMPLATE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><style>
+html, body { margin: 0; height: 100%; background: #000; overflow: hidden; }
+#stage { display: flex; height: 100%; }
+video { flex: 1; min-width: 0; height: 100%; object-fit: fill; }
+</style></head><body><div id="stage"></div>
+<script type="module">
+const server = new URLSearchParams(location.search).get("url");
+const { TemplateRoom, startRecording } = await import(server + "/sdk/template.js");
+const room = new TemplateRoom();
+const playing = new Set();
+let started = false;
+room.onChange((people) => {
+  const stage = document.getElementById("stage");
+  stage.replaceChildren(...people.map((person) => {
+    const video = document.createElement("video");
+    video.autoplay = true;
+    video.srcObject = person.stream;
+    video.addEventListener("playing", () => {
+      playing.add(person.identity);
+      if (!started && playing.size >= 2) {
+        started = true;
+        requestAnimationFrame(() => requestAnimationFrame(startRecording));
+      }
+    });
+    return video;
+  }));
+});
+await room.connect();
+</script></body></html>
+"""
+
+
 def read_counter(rgb: np.ndarray) -> int:
     """The counter drawn in a frame's top row (rgb array, height x width x 3)."""
     row = rgb[BLOCK // 2, : BITS * BLOCK].mean(axis=-1)
@@ -103,6 +138,7 @@ async def page_server() -> AsyncIterator[TestServer]:
     app.router.add_get("/counter", _page(COUNTER_PAGE))
     app.router.add_get("/signal", _page(SIGNAL_PAGE))
     app.router.add_get("/colour", _page(COLOUR_PAGE))
+    app.router.add_get("/template", _page(TEMPLATE_PAGE))
     app.router.add_get("/missing", _missing)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()

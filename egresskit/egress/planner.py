@@ -111,8 +111,8 @@ class Plan:
 
 def _unsupported(spec: EgressSpec) -> str | None:
     """The feature a valid request needs that this build does not offer, if any."""
-    if spec.custom_base_url:
-        return "custom_base_url (layouts are drawn by egresskit, not by a web page)"
+    if spec.custom_base_url and not spec.web_url:
+        return "custom_base_url without the page's address (EgressManager resolves it)"
     if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
         return "websocket stream outputs of composites"
     if spec.segments is not None and spec.segments.fragmented_mp4:
@@ -212,13 +212,15 @@ def plan(
     """
     check_supported(spec)
     when = when or datetime.now(UTC)
-    if spec.kind == "web":
+    if spec.web_url:  # a web page or a custom template: the page is the source
         try:
             check_available()
         except BrowserUnavailable as exc:
             raise SourceUnavailable(str(exc)) from None
+        # a template's room, when embedded, names its files; a LiveKit room is the page's
+        room = rooms.get(spec.room_name) if spec.kind != "web" else None
         return _plan_encoded(
-            spec, egress_id, None, output_root, default_storage, when, web_start_timeout_s
+            spec, egress_id, room, output_root, default_storage, when, web_start_timeout_s
         )
     room = rooms.get(spec.room_name)
     if room is None:
@@ -241,8 +243,8 @@ def _track_sids(spec: EgressSpec) -> tuple[str, str]:
 
 def _identifier(spec: EgressSpec, room: LocalRoom | None) -> tuple[str, naming.NameFields]:
     """The default file name stem and the template values of a request."""
-    if room is None:  # a web page: no room to name files after
-        return "web", naming.NameFields(room_name=spec.room_name, room_id="")
+    if room is None:  # a web page, or a LiveKit room's template: no room object to ask
+        return spec.room_name or "web", naming.NameFields(room_name=spec.room_name, room_id="")
     if spec.participant_identity:
         fields = naming.NameFields(
             room.name, room.sid, publisher_identity=spec.participant_identity
@@ -377,7 +379,7 @@ def _plan_encoded(
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
     try:
-        if room is None:
+        if spec.web_url:
             graph, stages = web_graph(
                 spec.web_url,
                 outputs,

@@ -271,6 +271,8 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
             check_destination(url, "stream.urls", caller.network)
     if spec.websocket_url:
         check_destination(spec.websocket_url, "websocket_url", caller.network)
+    if spec.custom_base_url:
+        check_destination(spec.custom_base_url, "custom_base_url", caller.network)
     if spec.web_url:
         # the page's first address only: what the page itself loads is Chromium's business
         web_field = "web.url" if isinstance(spec.request, egress_pb.StartEgressRequest) else "url"

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
@@ -53,6 +54,7 @@ ROOMS = web.AppKey("rooms", RoomManager)
 MANAGER = web.AppKey("manager", EgressManager)
 WEBHOOKS = web.AppKey("webhooks", WebhookNotifier)
 BROWSER = web.AppKey("browser", dict)
+SDK_DIR = Path(__file__).parent / "sdk"
 
 EGRESS_SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
 # How long SIGTERM waits for running egresses to finish their files.
@@ -127,6 +129,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         on_event=on_event,
         livekit=livekit_server(config),
         web_start_timeout_s=config.web_start_timeout_s,
+        template_key=(config.api_key, config.api_secret),
     )
     auto_egress = AutoEgress(manager, parse_room_egress(config.auto_egress))
     if auto_egress.enabled:
@@ -153,6 +156,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     else:
         app.router.add_post(f"/twirp/{ROOM_SERVICE.full_name}/{{method}}", room_service_elsewhere)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/sdk/template.js", template_sdk)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(
         "/whip",
@@ -226,6 +230,14 @@ async def healthz(request: web.Request) -> web.Response:
             "cpu_budget": round(admission.budget, 3),
             "cpu_available": round(admission.available, 3),
         }
+    )
+
+
+async def template_sdk(request: web.Request) -> web.FileResponse:
+    """The ES module custom template pages of embedded rooms import (any origin may)."""
+    return web.FileResponse(
+        SDK_DIR / "template.js",
+        headers={"Content-Type": "text/javascript", "Access-Control-Allow-Origin": "*"},
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.encoding import InvalidRequest
@@ -25,6 +26,19 @@ def twirp_error(exc: Exception) -> TwirpError:
     return TwirpError(refusal_code(exc), str(exc))
 
 
+def service_url(request: web.Request) -> str:
+    """This service's address as the connection that carried `request` reached it.
+
+    The local end of the connection, not the Host header: a page in this
+    machine's Chromium can reach that address whatever name the caller used.
+    """
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return ""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 class EgressApi:
     """One coroutine per RPC of livekit.Egress; refusals become Twirp errors."""
 
@@ -37,7 +51,9 @@ class EgressApi:
     async def _start(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
-            return await self.manager.start(request, caller)
+            return await self.manager.start(
+                request, caller, service_url=service_url(context.http_request)
+            )
         except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 

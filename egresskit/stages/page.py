@@ -258,6 +258,9 @@ class PageSource(Stage):
             halt.cancel()
             with contextlib.suppress(ProcessLookupError):
                 parec.kill()
+            # what is left unread keeps the pipe open (its reader paused): read it to the end
+            with contextlib.suppress(OSError, TimeoutError):
+                await asyncio.wait_for(parec.stdout.read(), 5.0)
             await parec.wait()
 
     async def _send_audio(self, samples: np.ndarray, position: int, time_base: Fraction) -> None:

@@ -46,7 +46,9 @@ CHROMIUM_FLAGS = (
     "--disable-extensions",
     "--disable-sync",
     "--disable-translate",
-    "--disable-features=Translate,MediaRouter,DialMediaRouteProvider",
+    # WebRtcHideLocalIpsWithMdns: a template page's WHEP offer names its real loopback
+    # address, not an mDNS name egresskit's ICE cannot resolve
+    "--disable-features=Translate,MediaRouter,DialMediaRouteProvider,WebRtcHideLocalIpsWithMdns",
     # nothing covers the window, but with no window manager Chromium may think so and
     # throttle the page's animation frames
     "--disable-backgrounding-occluded-windows",
