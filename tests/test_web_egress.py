@@ -24,7 +24,7 @@ from livekit.protocol import egress as egress_pb
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream
 from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
 from test_cli import child_env, free_port, start, stop, wait_healthy
-from web_pages import browser_leftovers, page_server, read_counter
+from web_pages import EGRESS_SDK, LIVEKIT_CLIENT, browser_leftovers, page_server, read_counter
 
 from egresskit.service.app import create_app
 from egresskit.web import missing_packages
@@ -290,6 +290,62 @@ async def test_custom_template_of_an_embedded_room_records_both_publishers(servi
     bins = rate / len(samples)
     assert spectrum[round(440 / bins)] > 10 * np.median(spectrum)
     assert spectrum[round(660 / bins)] > 10 * np.median(spectrum)
+
+
+async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, pages):
+    """An @livekit/egress-sdk page records two SDK publishers of a livekit-server's room."""
+    from livekit_publishers import SdkPublisher
+    from livekit_server import LiveKitServer
+    from livekit_server import unavailable_reason as livekit_unavailable
+
+    if livekit_unavailable() or not LIVEKIT_CLIENT.exists() or not EGRESS_SDK.exists():
+        pytest.skip("needs livekit-server and tests/node (scripts/install-test-deps.sh)")
+    port = free_port()
+    with LiveKitServer() as livekit:
+        proc = await start(
+            "serve", "--bind", "127.0.0.1", "--port", str(port), "--output-dir", str(tmp_path),
+            "--livekit-url", livekit.url, "--livekit-api-key", livekit.api_key,
+            env=child_env(
+                EGRESSKIT_API_KEY=API_KEY,
+                EGRESSKIT_API_SECRET=API_SECRET,
+                EGRESSKIT_LIVEKIT_API_SECRET=livekit.api_secret,
+                EGRESSKIT_EGRESS_NETWORK="{allow: [127.0.0.0/8]}",
+            ),
+        )  # fmt: skip
+        client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+        publishers = []
+        try:
+            await wait_healthy(proc, port)
+            people = (("alice", (220, 30, 30), 440.0), ("bob", (30, 30, 220), 660.0))
+            for identity, colour, tone in people:
+                publishers.append(
+                    await SdkPublisher(livekit, "lk-tpl", identity, color=colour, tone=tone).start()
+                )
+            info = await client.egress.start_room_composite_egress(
+                egress_pb.RoomCompositeEgressRequest(
+                    room_name="lk-tpl",
+                    custom_base_url=str(pages.make_url("/livekit-template")),
+                    advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=15),
+                    file_outputs=[egress_pb.EncodedFileOutput(filepath="{room_name}.mp4")],
+                )
+            )
+            active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
+            assert active.status == egress_pb.EGRESS_ACTIVE, active.error
+            await asyncio.sleep(3)
+            await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+            final = await wait_status(client, info.egress_id, DONE)
+            assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+        finally:
+            for publisher in publishers:
+                await publisher.stop()
+            await client.aclose()
+            await stop(proc)
+    await no_leftovers()
+    picture = frame_at(tmp_path / "lk-tpl.mp4", 1.0)
+    left = region_color(picture, 20, 50, 300, 150)
+    right = region_color(picture, 340, 50, 620, 150)
+    assert left[0] > 150 and left[2] < 90, left
+    assert right[2] > 150 and right[0] < 90, right
 
 
 # --- egresskit serve in its own process -------------------------------------------------------

@@ -111,6 +111,60 @@ await room.connect();
 """
 
 
+# The same with LiveKit's own libraries, for a LiveKit room: livekit-client and
+# @livekit/egress-sdk from tests/node, served by the page server (no CDN).
+LIVEKIT_TEMPLATE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><style>
+html, body { margin: 0; height: 100%; background: #000; overflow: hidden; }
+#stage { display: flex; height: 100%; }
+video { flex: 1; min-width: 0; height: 100%; object-fit: fill; }
+</style></head><body><div id="stage"></div>
+<script type="module">
+import { Room, RoomEvent, Track } from "/lib/livekit-client.esm.mjs";
+import EgressHelper from "/lib/egress-sdk.mjs";
+const room = new Room({ adaptiveStream: false });
+const stage = document.getElementById("stage");
+const playing = new Set();
+let started = false;
+room.on(RoomEvent.TrackSubscribed, (track, publication, participant) => {
+  const element = track.attach();
+  if (track.kind !== Track.Kind.Video) {
+    document.body.appendChild(element);
+    return;
+  }
+  element.dataset.identity = participant.identity;
+  element.addEventListener("playing", () => {
+    playing.add(participant.identity);
+    if (!started && playing.size >= 2) {
+      started = true;
+      requestAnimationFrame(() => requestAnimationFrame(() => EgressHelper.startRecording()));
+    }
+  });
+  stage.appendChild(element);
+  const videos = [...stage.children].sort((a, b) => a.dataset.identity < b.dataset.identity ? -1 : 1);
+  stage.replaceChildren(...videos);
+});
+EgressHelper.setRoom(room);
+await room.connect(EgressHelper.getLiveKitURL(), EgressHelper.getAccessToken());
+</script></body></html>
+"""
+NODE_MODULES = Path(__file__).with_name("node") / "node_modules"
+LIVEKIT_CLIENT = NODE_MODULES / "livekit-client/dist/livekit-client.esm.mjs"
+EGRESS_SDK = NODE_MODULES / "@livekit/egress-sdk/dist/index.js"
+
+
+def egress_sdk_module() -> str:
+    """@livekit/egress-sdk as an ES module: its CommonJS build, given livekit-client to require."""
+    return (
+        'import * as livekitClient from "/lib/livekit-client.esm.mjs";\n'
+        "const module = { exports: {} };\nconst exports = module.exports;\n"
+        'const require = (name) => { if (name === "livekit-client") return livekitClient; '
+        'throw new Error("cannot require " + name); };\n'
+        + EGRESS_SDK.read_text()
+        + "\nexport default module.exports.default;\n"
+    )
+
+
 def read_counter(rgb: np.ndarray) -> int:
     """The counter drawn in a frame's top row (rgb array, height x width x 3)."""
     row = rgb[BLOCK // 2, : BITS * BLOCK].mean(axis=-1)
@@ -123,6 +177,13 @@ def read_counter(rgb: np.ndarray) -> int:
 def _page(body: str):
     async def handler(request: web.Request) -> web.Response:
         return web.Response(text=body, content_type="text/html")
+
+    return handler
+
+
+def _script(body: str):
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(text=body, content_type="text/javascript")
 
     return handler
 
@@ -140,6 +201,10 @@ async def page_server() -> AsyncIterator[TestServer]:
     app.router.add_get("/colour", _page(COLOUR_PAGE))
     app.router.add_get("/template", _page(TEMPLATE_PAGE))
     app.router.add_get("/missing", _missing)
+    if LIVEKIT_CLIENT.exists() and EGRESS_SDK.exists():
+        app.router.add_get("/livekit-template", _page(LIVEKIT_TEMPLATE_PAGE))
+        app.router.add_get("/lib/livekit-client.esm.mjs", _script(LIVEKIT_CLIENT.read_text()))
+        app.router.add_get("/lib/egress-sdk.mjs", _script(egress_sdk_module()))
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:

@@ -1,7 +1,7 @@
 """Custom templates: the page a room composite with `custom_base_url` records, and its address.
 
 As LiveKit does, the page is opened at
-`{custom_base_url}?url=<server>&template=<layout>&token=<token>`. For a
+`{custom_base_url}?url=<server>&layout=<layout>&template=<layout>&token=<token>`. For a
 LiveKit room, `url` is that server and the token a hidden recorder's, so a
 page built on `@livekit/egress-sdk` joins the room itself. For an embedded
 room, `url` is egresskit's own address: the page plays the room's
@@ -20,7 +20,9 @@ def template_page_url(base: str, server_url: str, layout: str, token: str) -> st
     """The page's address: `base` with url, template and token added to its own query."""
     parts = urlsplit(base)
     query = parse_qsl(parts.query, keep_blank_values=True)
-    query += [("url", server_url), ("template", layout or "grid"), ("token", token)]
+    layout = layout or "grid"
+    # `layout` is what @livekit/egress-sdk's getLayout() reads; `template` names it too
+    query += [("url", server_url), ("layout", layout), ("template", layout), ("token", token)]
     return urlunsplit(parts._replace(query=urlencode(query)))
 
 
