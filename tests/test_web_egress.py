@@ -249,6 +249,18 @@ async def test_two_pages_at_once_each_on_its_own_display(service, pages):
 # --- custom templates ------------------------------------------------------------------------
 
 
+def assert_template_recording(path: Path, duration: float) -> None:
+    """Alice (red) left and Bob (blue) right at first; after UpdateLayout "speaker", Alice alone."""
+    picture = frame_at(path, 1.0)
+    assert picture.shape[:2] == (360, 640)
+    left = region_color(picture, 20, 50, 300, 150)
+    right = region_color(picture, 340, 50, 620, 150)
+    assert left[0] > 150 and left[2] < 90, left
+    assert right[2] > 150 and right[0] < 90, right
+    right = region_color(frame_at(path, duration - 0.3), 340, 50, 620, 150)
+    assert right[0] > 150 and right[2] < 90, f"UpdateLayout did not reach the page: {right}"
+
+
 async def test_custom_template_of_an_embedded_room_records_both_publishers(service, pages):
     """A page on /sdk/template.js plays two WHIP publishers over WHEP; both are recorded."""
     client = service.client
@@ -271,20 +283,20 @@ async def test_custom_template_of_an_embedded_room_records_both_publishers(servi
         active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
         assert active.status == egress_pb.EGRESS_ACTIVE, active.error
         await asyncio.sleep(3)
+        await client.egress.update_layout(
+            egress_pb.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker")
+        )
+        await asyncio.sleep(2)
         await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
         final = await wait_status(client, info.egress_id, DONE)
         assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+        assert final.room_composite.layout == "speaker"
     finally:
         for publisher in publishers:
             await publisher.close()
     await no_leftovers()
     path = service.output_dir / "tpl.mp4"
-    picture = frame_at(path, 1.0)
-    assert picture.shape[:2] == (360, 640)
-    left = region_color(picture, 20, 50, 300, 150)
-    right = region_color(picture, 340, 50, 620, 150)
-    assert left[0] > 150 and left[2] < 90, left
-    assert right[2] > 150 and right[0] < 90, right
+    assert_template_recording(path, float(stream(ffprobe(path), "video")["duration"]))
     samples, rate = audio_samples(path, 0.5, 2.5)
     spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
     bins = rate / len(samples)
@@ -332,6 +344,10 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
             active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
             assert active.status == egress_pb.EGRESS_ACTIVE, active.error
             await asyncio.sleep(3)
+            await client.egress.update_layout(
+                egress_pb.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker")
+            )
+            await asyncio.sleep(2)
             await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
             final = await wait_status(client, info.egress_id, DONE)
             assert final.status == egress_pb.EGRESS_COMPLETE, final.error
@@ -341,11 +357,8 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
             await client.aclose()
             await stop(proc)
     await no_leftovers()
-    picture = frame_at(tmp_path / "lk-tpl.mp4", 1.0)
-    left = region_color(picture, 20, 50, 300, 150)
-    right = region_color(picture, 340, 50, 620, 150)
-    assert left[0] > 150 and left[2] < 90, left
-    assert right[2] > 150 and right[0] < 90, right
+    path = tmp_path / "lk-tpl.mp4"
+    assert_template_recording(path, float(stream(ffprobe(path), "video")["duration"]))
 
 
 # --- egresskit serve in its own process -------------------------------------------------------

@@ -77,17 +77,21 @@ document.body.style.background = "#" + new URLSearchParams(location.search).get(
 
 
 # A custom template for an embedded room: every publisher side by side, over egresskit's
-# /sdk/template.js; recording starts once two of them are playing.
+# /sdk/template.js; recording starts once two of them are playing; layout "speaker" (from
+# UpdateLayout) shows the first alone.
 TEMPLATE_PAGE = """<!doctype html>
 <html><head><meta charset="utf-8"><style>
 html, body { margin: 0; height: 100%; background: #000; overflow: hidden; }
 #stage { display: flex; height: 100%; }
 video { flex: 1; min-width: 0; height: 100%; object-fit: fill; }
+body[data-layout="speaker"] video:not(:first-child) { display: none; }
 </style></head><body><div id="stage"></div>
 <script type="module">
 const server = new URLSearchParams(location.search).get("url");
-const { TemplateRoom, startRecording } = await import(server + "/sdk/template.js");
+const { TemplateRoom, startRecording, onLayoutChanged } = await import(server + "/sdk/template.js");
 const room = new TemplateRoom();
+// "speaker" shows the first publisher alone
+onLayoutChanged((layout) => { document.body.dataset.layout = layout; });
 const playing = new Set();
 let started = false;
 room.onChange((people) => {
@@ -118,6 +122,7 @@ LIVEKIT_TEMPLATE_PAGE = """<!doctype html>
 html, body { margin: 0; height: 100%; background: #000; overflow: hidden; }
 #stage { display: flex; height: 100%; }
 video { flex: 1; min-width: 0; height: 100%; object-fit: fill; }
+body[data-layout="speaker"] video:not(:first-child) { display: none; }
 </style></head><body><div id="stage"></div>
 <script type="module">
 import { Room, RoomEvent, Track } from "/lib/livekit-client.esm.mjs";
@@ -144,6 +149,7 @@ room.on(RoomEvent.TrackSubscribed, (track, publication, participant) => {
   const videos = [...stage.children].sort((a, b) => a.dataset.identity < b.dataset.identity ? -1 : 1);
   stage.replaceChildren(...videos);
 });
+EgressHelper.onLayoutChanged((layout) => { document.body.dataset.layout = layout; });
 EgressHelper.setRoom(room);
 await room.connect(EgressHelper.getLiveKitURL(), EgressHelper.getAccessToken());
 </script></body></html>

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,9 @@ from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_roo
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
 from egresskit.egress.templates import template_page_url, template_token
-from egresskit.egress.validation import Caller, EgressSpec, check_caller, validate
+from egresskit.egress.validation import Caller, EgressSpec, check_caller, check_layout, validate
 from egresskit.rooms.local import RoomManager
+from egresskit.rooms.signal import SignalError, set_participant_metadata
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
@@ -293,12 +295,38 @@ class EgressManager:
         return session.public_info()
 
     def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:
+        """Switch a composite's layout; a custom template takes any name (InvalidRequest)."""
+        known = self._sessions.get(egress_id)
+        template = (
+            isinstance(known, EgressSession) and known.plan.page is not None and known.kind != "web"
+        )
+        if not template:  # a bad name is refused before whether the egress runs is checked
+            check_layout(layout)
         session = self._running(egress_id)
         try:
             session.update_layout(layout)
         except ValueError as exc:
             raise EgressEnded(f"egress {egress_id}: {exc}") from None
+        if template and self.livekit is not None:
+            # @livekit/egress-sdk follows its recorder's metadata, as LiveKit's egress sets it
+            self._in_background(self._recorder_layout(session.info.room_name, egress_id, layout))
         return session.public_info()
+
+    async def _recorder_layout(self, room: str, identity: str, layout: str) -> None:
+        assert self.livekit is not None
+        server = self.livekit
+        try:
+            await set_participant_metadata(
+                server.url, server.api_key, server.api_secret, room, identity,
+                json.dumps({"layout": layout}),
+            )  # fmt: skip
+        except SignalError as exc:
+            log.warning("egress %s: the template page did not get its layout: %s", identity, exc)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
 
     async def update_stream(
         self, egress_id: str, add: list[str], remove: list[str]

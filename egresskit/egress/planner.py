@@ -20,6 +20,7 @@ from egresskit.egress.graphs import (
     Output,
     SegmentsOutput,
     StreamOutput,
+    WebStages,
     composite_graph,
     stage_encodings,
     web_graph,
@@ -39,7 +40,7 @@ from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
-from egresskit.stages.page import START_SIGNAL_TIMEOUT_S
+from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
@@ -107,6 +108,7 @@ class Plan:
     images: list[PlannedDirectory] = field(default_factory=list)
     stream: StreamSink | None = None
     track: TrackDescription | None = None
+    page: PageSource | None = None  # a web egress or custom template: the page's browser
 
 
 def _unsupported(spec: EgressSpec) -> str | None:
@@ -438,4 +440,5 @@ def _plan_encoded(
         segments=segments,
         images=images,
         stream=stages.streams[0] if stages.streams else None,
+        page=stages.source if isinstance(stages, WebStages) else None,
     )

@@ -228,11 +228,15 @@ class EgressSession:
         self._changed("egress_updated")
 
     def update_layout(self, layout: str) -> None:
-        """Switch the compositor's layout at its next frame."""
-        if self.plan.compositor is None:
+        """Switch the compositor's layout at its next frame, or tell a template page its layout."""
+        if self.plan.page is not None and self.kind != "web":  # a custom template
+            self.plan.page.set_layout(layout)
+        elif self.plan.compositor is None:
             raise ValueError("this egress has no video to lay out")
-        self.plan.compositor.set_layout(layout or "grid")
-        self.info.room_composite.layout = layout
+        else:
+            self.plan.compositor.set_layout(layout or "grid")
+        if self.info.HasField("room_composite"):  # not a StartEgress request's oneof
+            self.info.room_composite.layout = layout
         self._changed("egress_updated")
 
     async def update_stream(self, add: Sequence[str], remove: Sequence[str]) -> None:

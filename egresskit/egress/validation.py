@@ -309,7 +309,10 @@ def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) 
 
 def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
-    check_layout(req.layout, "layout")
+    if req.custom_base_url:  # the page draws the layout: any name it knows
+        _check_web_url(req.custom_base_url, "custom_base_url")
+    else:
+        check_layout(req.layout, "layout")
     _check_audio_video_flags(req.audio_only, req.video_only)
     if req.audio_mixing not in egress_pb.AudioMixing.values():
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
@@ -420,7 +423,10 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
     if source == "template":
         template = req.template
         _require(req.room_name, "room_name")
-        check_layout(template.layout, "template.layout")
+        if template.custom_base_url:
+            _check_web_url(template.custom_base_url, "template.custom_base_url")
+        else:
+            check_layout(template.layout, "template.layout")
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
         spec = EgressSpec(
             kind="room_composite",

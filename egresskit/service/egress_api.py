@@ -13,7 +13,7 @@ from egresskit.egress.errors import (
 )
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.refusals import refusal_code
-from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
+from egresskit.egress.validation import Caller, check_destination, stream_protocol
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
@@ -93,7 +93,6 @@ class EgressApi:
         try:
             if not request.egress_id:
                 raise InvalidRequest("egress_id", "is required")
-            check_layout(request.layout)
             return self.manager.update_layout(request.egress_id, request.layout)
         except (EgressError, InvalidRequest) as exc:
             raise twirp_error(exc) from None

@@ -42,6 +42,7 @@ AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
 # the sound lags the clock by more than this, the gap is filled with silence.
 AUDIO_MAX_LAG_S = 0.3
 START_SIGNAL_TIMEOUT_S = 30.0
+LAYOUT_EVENT = "egresskit:layout"  # UpdateLayout, dispatched on the page's window
 
 
 class PageSource(Stage):
@@ -85,6 +86,7 @@ class PageSource(Stage):
         self._stop_at = 0.0  # the media time the recording ended
         # set at the first picture grabbed: the sound before it is not recorded
         self._origin = asyncio.Event()
+        self._layout_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         began = time.monotonic()
@@ -269,6 +271,17 @@ class PageSource(Stage):
         frame.pts = position
         frame.time_base = time_base
         await self.audio.send(frame)
+
+    def set_layout(self, layout: str) -> None:
+        """Tell the page its new layout: the `egresskit:layout` event (/sdk/template.js)."""
+        task = asyncio.ensure_future(self.browser.dispatch(LAYOUT_EVENT, layout))
+        self._layout_tasks.add(task)
+        task.add_done_callback(self._layout_done)
+
+    def _layout_done(self, task: asyncio.Task[None]) -> None:
+        self._layout_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("%s: the page did not take its new layout: %s", self.name, task.exception())
 
     async def cleanup(self) -> None:
         self._halt.set()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from typing import Any
 
@@ -177,6 +178,18 @@ class PageBrowser:
                     return str(target["targetId"])
             await asyncio.sleep(0.1)
         raise PageFailed("Chromium opened no page")
+
+    async def dispatch(self, event: str, detail: Any) -> None:
+        """Dispatch a CustomEvent named `event` with `detail` (JSON) on the page's window."""
+        if self._devtools is None or not self._page_session:
+            raise PageFailed("the page is not open")
+        script = f"window.dispatchEvent(new CustomEvent({json.dumps(event)}, {{detail: {json.dumps(detail)}}}))"
+        try:
+            await self._devtools.call(
+                "Runtime.evaluate", {"expression": script}, session=self._page_session
+            )
+        except DevToolsError as exc:
+            raise PageFailed(str(exc)) from None
 
     def _fail(self, reason: str) -> None:
         if not self.failed.is_set():

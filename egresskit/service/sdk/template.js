@@ -1,7 +1,7 @@
 // egresskit's custom template SDK, for pages that render an embedded egresskit room.
 //
-// egresskit opens a custom template at `{custom_base_url}?url=...&template=...&token=...`:
-// `url` is egresskit's own address, `template` the requested layout, `token` a subscribe
+// egresskit opens a custom template at `{custom_base_url}?url=...&layout=...&token=...`:
+// `url` is egresskit's own address, `layout` the requested layout, `token` a subscribe
 // token for the room. This module lists the room's publishers, plays each one over WHEP
 // (the browser gets the publisher's own encoded media, nothing is re-encoded) and logs the
 // two console lines egresskit records by: START_RECORDING and END_RECORDING.
@@ -16,7 +16,20 @@ const params = new URLSearchParams(location.search);
 
 export const serverUrl = (params.get("url") || "").replace(/\/+$/, "");
 export const token = params.get("token") || "";
-export const layout = params.get("template") || "grid";
+/** The layout asked for: the start request's, then each UpdateLayout's. */
+export let layout = params.get("layout") || params.get("template") || "grid";
+const layoutListeners = [];
+
+// egresskit dispatches this event on UpdateLayout
+window.addEventListener("egresskit:layout", (event) => {
+  layout = event.detail;
+  for (const listener of layoutListeners) listener(layout);
+});
+
+/** `listener(layout)` on every UpdateLayout of the egress. */
+export function onLayoutChanged(listener) {
+  layoutListeners.push(listener);
+}
 
 function claims(jwt) {
   const part = (jwt.split(".")[1] || "").replace(/-/g, "+").replace(/_/g, "/");
