@@ -220,19 +220,20 @@ async def page_server() -> AsyncIterator[TestServer]:
 
 
 def browser_leftovers() -> list[str]:
-    """Xvfb, pulseaudio, parec and chromium processes and web egress directories still there."""
+    """Processes a browser source started, and web egress directories, still there."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            cmdline = (entry / "cmdline").read_bytes()
             environ = (entry / "environ").read_bytes()
         except OSError:
             continue
-        # only what a browser source started: its helpers carry this marker
-        if b"EGRESSKIT_WEB_DIR=" in environ and cmdline and cmdline[0]:
-            found.append(f"{entry.name} {os.path.basename(cmdline[0].decode())}")
+        # its helpers carry this marker; Chromium's children name the directory instead
+        if cmdline and (b"EGRESSKIT_WEB_DIR=" in environ or b"/egresskit-web-" in cmdline):
+            program = os.path.basename(cmdline.split(b"\0")[0].decode())
+            found.append(f"{entry.name} {program}")
     tmp = Path(os.environ.get("TMPDIR", "/tmp"))
     found += [str(p) for p in tmp.glob("egresskit-web-*")]
     return found

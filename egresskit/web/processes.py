@@ -24,8 +24,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WORK_DIR_PREFIX = "egresskit-web-"
-# Set in every helper's environment: the watchdog kills a group only if its leader carries it,
-# so a process group id reused by an unrelated program is never touched.
+# Set in every helper's environment: the watchdog kills only processes that carry it (or name
+# their directory), so a process group id reused by an unrelated program is never touched.
 MARKER_ENV = "EGRESSKIT_WEB_DIR"
 # The executables a browser source runs, and the Debian package that installs each.
 PACKAGES = {"Xvfb": "xvfb", "pulseaudio": "pulseaudio", "parec": "pulseaudio-utils"}
@@ -175,17 +175,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _group_members(pgid: int, marker: str) -> list[int]:
-    """Pids of group `pgid` that carry `marker` in their environment."""
+def owned_by(work_dir: str, pgid: int | None = None) -> list[int]:
+    """Pids of the helpers started for `work_dir` (in process group `pgid`, if given).
+
+    A helper carries MARKER_ENV in its environment, except Chromium's own
+    children, which rewrite theirs (their process titles take its place);
+    those name the directory in their command line instead.
+    """
+    marker = f"{MARKER_ENV}={work_dir}".encode()
     members = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp
-                continue
-            if f"{MARKER_ENV}={marker}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+            if pgid is not None:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[2]) != pgid:  # fields after the name: state, ppid, pgrp
+                    continue
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            if marker in environ or work_dir.encode() in (entry / "cmdline").read_bytes():
                 members.append(int(entry.name))
         except (OSError, IndexError, ValueError):
             continue
@@ -208,7 +216,7 @@ def reap_orphans(root: Path | None = None) -> int:
         except (OSError, ValueError):
             groups = []
         for pgid in groups:
-            for pid in _group_members(pgid, str(path)):
+            for pid in owned_by(str(path), pgid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(pid, signal.SIGKILL)
         shutil.rmtree(path, ignore_errors=True)
