@@ -34,6 +34,9 @@ RAW_AUDIO_QUEUE = 25
 PACKET_QUEUE = 120
 # Composited frames waiting for a snapshot: only the newest matters.
 SNAPSHOT_QUEUE = 2
+# A page's grabbed pictures waiting for the encoder: half a second, so a short stall of the
+# encoder does not hold back the grab (which would then repeat pictures on the frame grid).
+PAGE_VIDEO_QUEUE = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,7 +314,7 @@ def web_graph(
     video_encoder = audio_encoder = None
     if video is not None:
         video_encoder = graph.add(VideoEncoder(video))
-        graph.link(source.video, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
+        graph.link(source.video, video_encoder.input, maxsize=PAGE_VIDEO_QUEUE)
         encoders.append(video_encoder)
     if audio is not None:
         audio_encoder = graph.add(AudioEncoder(audio))

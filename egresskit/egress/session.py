@@ -159,8 +159,9 @@ class EgressSession:
 
     @staticmethod
     def _is_first_media(message: BusMessage) -> bool:
-        """Media reached an output: a file, a segment, an image or a stream destination."""
-        if message.kind in ("first_media", "segment_closed", "image_written"):
+        """Media reached an output (a file, a segment, an image or a stream destination),
+        or a web page's recording began: its first picture is on the frame grid."""
+        if message.kind in ("first_media", "segment_closed", "image_written", "recording_started"):
             return True
         state = message.data.get("state")
         return message.kind == "stream_state" and bool(state and state.started_at_ns)

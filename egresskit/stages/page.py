@@ -99,13 +99,12 @@ class PageSource(Stage):
             return
         if self.stopping.is_set():
             return
-        self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
         loop = asyncio.get_running_loop()
         captures = []
         if self.want_video:
             captures.append(loop.run_in_executor(None, self._grab, loop, began))
         if self.want_audio:
-            captures.append(asyncio.ensure_future(self._record_audio()))
+            captures.append(asyncio.ensure_future(self._record_audio(began)))
         try:
             reason = await self._until_end()
         finally:
@@ -174,7 +173,7 @@ class PageSource(Stage):
                     break
                 if previous is None:
                     t0 = self.clock.now()
-                    loop.call_soon_threadsafe(self._origin.set)
+                    loop.call_soon_threadsafe(self._begin, began)
                 slot = round((self.clock.now() - t0) * self.fps)
                 if slot < n:
                     self.frames_dropped += 1
@@ -220,7 +219,12 @@ class PageSource(Stage):
 
     # --- sound -------------------------------------------------------------------------
 
-    async def _record_audio(self) -> None:
+    def _begin(self, began: float) -> None:
+        """The recording's first moment (in the loop thread): the egress is ACTIVE from here."""
+        self._origin.set()
+        self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
+
+    async def _record_audio(self, began: float) -> None:
         sink = self.browser.sink
         assert sink is not None
         parec = await sink.record()
@@ -241,8 +245,8 @@ class PageSource(Stage):
                     data = read.result()
                 except asyncio.IncompleteReadError:
                     break
-                if not self.want_video:
-                    self._origin.set()
+                if not self.want_video and not self._origin.is_set():
+                    self._begin(began)
                 if not self._origin.is_set():
                     continue
                 if t0 is None:
