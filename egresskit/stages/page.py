@@ -2,15 +2,15 @@
 
 The page runs in a `PageBrowser` (Chromium on Xvfb with a PulseAudio
 sink). The picture is grabbed with PyAV's x11grab on a thread of its own
-and snapped onto a constant frame-rate grid of the graph clock: frame n is
-the picture grabbed nearest to t0 + n/fps (t0: the first grab; the sound
-starts there too), a grid slot that no grab
-reached repeats the previous picture and extra grabs are dropped, so the
-output is constant frame rate and as long as wall time. The sound is the
-sink's monitor, read with `parec`; what PulseAudio dropped while this
-process was starved is filled with silence, so the sound too lasts as long
-as wall time. Both feed the same encoders as a
-composite's compositor and mixer.
+and placed on a constant frame-rate grid of the graph clock from t0, the
+first grab (the sound starts there too): each grab takes the next slot if
+that is within GRAB_SLACK_FRAMES of its own time; slots no grab reached
+repeat the previous picture and grabs too early for a slot are dropped. So
+the output is constant frame rate and as long as wall time. The grab thread
+also converts each picture to yuv420p, beside the encoder's thread. The sound is the sink's monitor, read with `parec`; what
+PulseAudio dropped while this process was starved is filled with silence,
+so the sound too lasts as long as wall time. Both feed the same encoders as
+a composite's compositor and mixer.
 
 Recording starts when the page has loaded, or with `await_start_signal`
 when it logs START_RECORDING. END_RECORDING posts `source_closed` (the
@@ -37,6 +37,8 @@ from egresskit.web.browser import PageBrowser, PageFailed
 
 log = logging.getLogger(__name__)
 
+# How far (frame periods) a grab may be placed from its own time on the frame grid.
+GRAB_SLACK_FRAMES = 1
 AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
 # PulseAudio drops what a recording client does not read in time (a starved process): when
 # the sound lags the clock by more than this, the gap is filled with silence.
@@ -174,10 +176,15 @@ class PageSource(Stage):
                 if previous is None:
                     t0 = self.clock.now()
                     loop.call_soon_threadsafe(self._begin, began)
-                slot = round((self.clock.now() - t0) * self.fps)
-                if slot < n:
+                # The slot this grab's time falls on; a grab may take a slot up to
+                # GRAB_SLACK_FRAMES early or late, so a late grab followed by a quick one
+                # (the thread was descheduled) fills two slots instead of a repeat and a drop.
+                wall = round((self.clock.now() - t0) * self.fps)
+                if wall < n - GRAB_SLACK_FRAMES:
                     self.frames_dropped += 1
                     continue
+                slot = max(n, wall - GRAB_SLACK_FRAMES)
+                # converted here, not on the encoder's thread: two threads share the work
                 picture = grabbed.reformat(format="yuv420p")
                 if previous is None:
                     self.first_frame_s = time.monotonic() - began
@@ -304,4 +311,7 @@ class PageSource(Stage):
 
 def _copy(frame: av.VideoFrame) -> av.VideoFrame:
     """A new frame with the same picture (a repeat needs its own pts)."""
-    return av.VideoFrame.from_ndarray(frame.to_ndarray(), format="yuv420p")
+    copy = av.VideoFrame(frame.width, frame.height, frame.format.name)
+    for source, target in zip(frame.planes, copy.planes, strict=True):
+        target.update(source)
+    return copy
