@@ -7,10 +7,11 @@ first grab (the sound starts there too): each grab takes the next slot if
 that is within GRAB_SLACK_FRAMES of its own time; slots no grab reached
 repeat the previous picture and grabs too early for a slot are dropped. So
 the output is constant frame rate and as long as wall time. The grab thread
-also converts each picture to yuv420p, beside the encoder's thread. The sound is the sink's monitor, read with `parec`; what
-PulseAudio dropped while this process was starved is filled with silence,
-so the sound too lasts as long as wall time. Both feed the same encoders as
-a composite's compositor and mixer.
+also converts each picture to yuv420p, beside the encoder's thread. The
+sound is the sink's monitor, read with `parec`; what PulseAudio dropped
+while this process was starved is filled with silence, so the sound too
+lasts as long as wall time. Both feed the same encoders as a composite's
+compositor and mixer.
 
 Recording starts when the page has loaded, or with `await_start_signal`
 when it logs START_RECORDING. END_RECORDING posts `source_closed` (the
