@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
+import os
 from typing import Any
 
 from egresskit.web.audio import AudioSink
 from egresskit.web.devtools import DevTools, DevToolsError
 from egresskit.web.display import Display
 from egresskit.web.processes import WorkDir, chromium_path, missing_packages
-
-log = logging.getLogger(__name__)
 
 START_RECORDING = "START_RECORDING"
 END_RECORDING = "END_RECORDING"
@@ -103,6 +101,19 @@ class PageBrowser:
 
     async def open(self) -> None:
         check_available()
+        try:
+            await self._start()
+        except (RuntimeError, OSError) as exc:  # a helper that would not start
+            raise PageFailed(f"the browser could not start: {exc}") from None
+        try:
+            await self._load()
+        except DevToolsError as exc:
+            # a browser that exited says why in its log: give its watcher a moment to read it
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.failed.wait(), 2.0)
+            raise PageFailed(self.error or f"the browser stopped answering: {exc}") from None
+
+    async def _start(self) -> None:
         chromium = chromium_path()
         assert chromium is not None
         self.work = work = WorkDir()
@@ -116,7 +127,7 @@ class PageBrowser:
             extra.update(PULSE_SERVER=self.sink.server, PULSE_SINK="egress")
         else:
             flags.append("--mute-audio")
-        if _running_as_root():
+        if os.geteuid() == 0:
             flags.append("--no-sandbox")  # Chromium refuses to start as root with its sandbox
         self._devtools = DevTools(self._on_event)
         self._chromium = await work.spawn(
@@ -130,13 +141,6 @@ class PageBrowser:
         )
         await self._devtools.connect()
         self._watch = asyncio.create_task(self._watch_browser(self._chromium))
-        try:
-            await self._load()
-        except DevToolsError as exc:
-            # a browser that exited says why in its log: give its watcher a moment to read it
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.failed.wait(), 2.0)
-            raise PageFailed(self.error or f"the browser stopped answering: {exc}") from None
 
     async def _load(self) -> None:
         devtools = self._devtools
@@ -239,9 +243,3 @@ class PageBrowser:
         if self.work is not None:
             await self.work.close()
             self.work = None
-
-
-def _running_as_root() -> bool:
-    import os
-
-    return os.geteuid() == 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import logging
 import os
 import shutil
@@ -101,8 +102,6 @@ class WorkDir:
         def prepare() -> None:
             _die_with_parent()
             if pipe_fds is not None:
-                import fcntl
-
                 read = fcntl.fcntl(pipe_fds[0], fcntl.F_DUPFD, 10)
                 write = fcntl.fcntl(pipe_fds[1], fcntl.F_DUPFD, 10)
                 os.dup2(read, 3)
