@@ -152,6 +152,28 @@ async def test_one_page_to_hls_rtmp_and_images_with_update_stream(service, pages
     assert [r.status for r in final.stream_results] == [egress_pb.StreamInfo.FINISHED] * 2
 
 
+async def test_start_egress_web_source_records_the_sound_only(service, pages):
+    """StartEgress with a `web` source, audio_only: the page's tone and no picture."""
+    client = service.client
+    info = await client.egress.start_egress(
+        egress_pb.StartEgressRequest(
+            web=egress_pb.WebSource(url=str(pages.make_url("/counter")), audio_only=True),
+            outputs=[egress_pb.Output(file=egress_pb.FileOutput(filepath="tone.ogg"))],
+        )
+    )
+    await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+    await asyncio.sleep(3)
+    await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+    final = await wait_status(client, info.egress_id, DONE)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    await no_leftovers()
+    path = service.output_dir / "tone.ogg"
+    assert [s["codec_type"] for s in ffprobe(path)["streams"]] == ["audio"]
+    samples, rate = audio_samples(path, 0.5, 2.5)
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    assert abs(np.argmax(spectrum) * rate / len(samples) - 440) < 3
+
+
 async def test_pages_that_fail_end_failed_with_the_reason(service, pages):
     client = service.client
     cases = {
