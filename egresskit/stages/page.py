@@ -105,7 +105,7 @@ class PageSource(Stage):
         loop = asyncio.get_running_loop()
         captures = []
         if self.want_video:
-            captures.append(loop.run_in_executor(None, self._grab, loop, began))
+            captures.append(self._grab_thread(loop, began))
         if self.want_audio:
             captures.append(asyncio.ensure_future(self._record_audio(began)))
         try:
@@ -154,6 +154,31 @@ class PageSource(Stage):
         return next(n for n in ("failed", "end", "stop") if n in names)
 
     # --- picture: a worker thread -------------------------------------------------------
+
+    def _grab_thread(self, loop: asyncio.AbstractEventLoop, began: float) -> asyncio.Future[None]:
+        """Run `_grab` on a thread of its own: it lasts the whole recording, so it must not
+        hold one of the loop's default executor threads, which short jobs share."""
+        done: asyncio.Future[None] = loop.create_future()
+
+        def settle(error: BaseException | None) -> None:
+            if done.done():
+                return
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+        def target() -> None:
+            error: BaseException | None = None
+            try:
+                self._grab(loop, began)
+            except BaseException as exc:  # reported to the stage, which raises it
+                error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is already closed
+                loop.call_soon_threadsafe(settle, error)
+
+        threading.Thread(target=target, name=f"{self.name} grab", daemon=True).start()
+        return done
 
     def _grab(self, loop: asyncio.AbstractEventLoop, began: float) -> None:
         assert self.browser.display is not None
