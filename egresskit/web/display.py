@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from egresskit.web.processes import WorkDir
+from egresskit.web.processes import AUTHORITY_DIR_PREFIX, WorkDir
 
 # The screen is a margin larger than the page: a Chromium window exactly the size of its
 # screen gets a viewport one pixel short each way (1279x719 for 1280x720), one smaller
@@ -64,7 +64,8 @@ class _Authority:
 
     def _write(self) -> None:
         if self._path is None:
-            directory = tempfile.mkdtemp(prefix="egresskit-xauth-")
+            directory = tempfile.mkdtemp(prefix=AUTHORITY_DIR_PREFIX)
+            Path(directory, "owner").write_text(str(os.getpid()))  # for reap_orphans
             atexit.register(shutil.rmtree, directory, True)
             self._path = Path(directory) / "Xauthority"
             os.environ["XAUTHORITY"] = str(self._path)  # read by libxcb on each connect

@@ -25,6 +25,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 WORK_DIR_PREFIX = "egresskit-web-"
+AUTHORITY_DIR_PREFIX = "egresskit-xauth-"  # a service's X authority file (display.py)
 # Set in every helper's environment: the watchdog kills only processes that carry it (or name
 # their directory), so a process group id reused by an unrelated program is never touched.
 MARKER_ENV = "EGRESSKIT_WEB_DIR"
@@ -164,7 +165,17 @@ def _signal_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
+def _owner(path: Path) -> int:
+    """The pid of the service that made a directory (0: unknown)."""
+    try:
+        return int((path / "owner").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -203,12 +214,11 @@ def reap_orphans(root: Path | None = None) -> int:
     """End the helpers of web egresses whose service is gone; returns directories removed."""
     root = root or Path(tempfile.gettempdir())
     removed = 0
+    for path in root.glob(AUTHORITY_DIR_PREFIX + "*"):
+        if not _alive(_owner(path)):
+            shutil.rmtree(path, ignore_errors=True)
     for path in root.glob(WORK_DIR_PREFIX + "*"):
-        try:
-            owner = int((path / "owner").read_text())
-        except (OSError, ValueError):
-            owner = 0
-        if owner and _alive(owner):  # this service's own, or another running service's
+        if _alive(_owner(path)):  # this service's own, or another running service's
             continue
         try:
             groups = [int(line) for line in (path / "groups").read_text().split()]
