@@ -5,7 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export DEBIAN_FRONTEND=noninteractive
-apt_packages=(ffmpeg chromium nginx libnginx-mod-rtmp srt-tools redis-server jq)
+# chromium, xvfb and pulseaudio: web egress and custom templates only (egresskit/web/)
+apt_packages=(ffmpeg chromium xvfb pulseaudio nginx libnginx-mod-rtmp srt-tools redis-server jq)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

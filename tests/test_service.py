@@ -310,13 +310,17 @@ BAD_REQUESTS = [
         "not_found",
     ),
     (
-        "web egress",
-        "StartWebEgress",
-        {"url": "https://example.com", "file_outputs": [{"filepath": "a.mp4"}]},
+        "custom template of an unknown room",
+        "StartRoomCompositeEgress",
+        {
+            "room_name": "nobody-here",
+            "custom_base_url": "https://example.com/t",
+            "file_outputs": [{"filepath": "a.mp4"}],
+        },
         "application/json",
         "POST",
-        501,
-        "unimplemented",
+        404,
+        "not_found",
     ),
     (
         "bad layout",

@@ -401,15 +401,15 @@ async def test_every_request_kind_through_livekit_server(livekit, lkapi, workers
         ),
     }
     # refusals first: the three egresses below fill this worker's default CPU budget
-    with pytest.raises(api.TwirpError) as web_refused:
-        await lkapi.egress.start_web_egress(
-            api.WebEgressRequest(
-                url="http://127.0.0.1:1/",
-                file_outputs=[api.EncodedFileOutput(filepath="web.mp4")],
+    with pytest.raises(api.TwirpError) as refused:
+        await lkapi.egress.start_room_composite_egress(
+            api.RoomCompositeEgressRequest(
+                room_name="kinds",
+                stream_outputs=[api.StreamOutput(urls=["wss://example.com/pcm"])],
             )
         )
-    assert web_refused.value.code == "unimplemented"
-    assert "web egress" in web_refused.value.message
+    assert refused.value.code == "unimplemented"
+    assert "websocket" in refused.value.message
     with pytest.raises(api.TwirpError) as missing:
         await lkapi.egress.start_track_egress(
             api.TrackEgressRequest(

@@ -42,7 +42,10 @@ class CpuCosts:
     room_composite_cpu_cost: float = 0.7
     # Mixing and AAC/Opus encoding only: 0.06 core measured (4 at once, 2 publishers).
     audio_room_composite_cpu_cost: float = 0.1
-    # Web egress is not implemented (refused as unimplemented); priced like a composite.
+    # A page in its own Chromium on Xvfb (web egress, custom templates): egresskit's capture and
+    # encode took 0.27-0.46 core at 720p30 (bench/web_egress.py, on a loaded machine); the
+    # page's Chromium + Xvfb + PulseAudio add 0.1 (a still page) to 0.8 (300 canvas balls),
+    # which only the page decides. Raise it for busy pages.
     web_cpu_cost: float = 0.7
     # One participant's camera and microphone, composited to 720p30: 0.26 core measured
     # with a synthetic 640x480 source; real cameras cost x264 more, hence 0.4.
@@ -73,10 +76,10 @@ class CpuCosts:
 
     def of(self, spec: EgressSpec) -> float:
         """The nominal cost of a validated request."""
+        if spec.kind == "web" or spec.custom_base_url:  # a browser records the page
+            return self.web_cpu_cost
         if spec.kind == "room_composite":
             return self.room_composite_cpu_cost if spec.video else self.audio_room_composite_cpu_cost
-        if spec.kind == "web":
-            return self.web_cpu_cost
         if spec.kind == "track":
             return self.track_cpu_cost
         if spec.kind == "participant" or (spec.kind == "media" and spec.participant_identity):

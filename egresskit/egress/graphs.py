@@ -12,13 +12,14 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress import naming
 from egresskit.egress.encoding import EncodingSettings
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import Graph, LinkPolicy
+from egresskit.pipeline import Graph, LinkPolicy, OutputPort
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
+from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.speaker import SpeakerTracker
 from egresskit.stages.stream import RetryPolicy, StreamSink
@@ -38,6 +39,9 @@ RAW_AUDIO_QUEUE = 25
 PACKET_QUEUE = 120
 # Composited frames waiting for a snapshot: only the newest matters.
 SNAPSHOT_QUEUE = 2
+# A page's grabbed pictures waiting for the encoder: half a second, so a short stall of the
+# encoder does not hold back the grab (which would then repeat pictures on the frame grid).
+PAGE_VIDEO_QUEUE = 15
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +180,16 @@ def snapshotter(output: ImageOutput) -> ImageSnapshotter:
     )
 
 
+def _keyframes_for_segments(
+    video: VideoEncoding | None, outputs: list[Output]
+) -> VideoEncoding | None:
+    """HLS segments start on key frames: one key frame per segment."""
+    segments = [o for o in outputs if isinstance(o, SegmentsOutput)]
+    if video is not None and segments:
+        return dataclasses.replace(video, keyframe_interval_s=segments[0].segment_duration)
+    return video
+
+
 def composite_graph(
     room: LocalRoom,
     outputs: list[Output],
@@ -204,10 +218,7 @@ def composite_graph(
     """
     if video is None and audio is None:
         raise ValueError("a composite needs video, audio or both")
-    segments = [o for o in outputs if isinstance(o, SegmentsOutput)]
-    if video is not None and segments:
-        # HLS segments start on key frames: one key frame per segment
-        video = dataclasses.replace(video, keyframe_interval_s=segments[0].segment_duration)
+    video = _keyframes_for_segments(video, outputs)
     if video is None and any(isinstance(o, ImageOutput) for o in outputs):
         raise ValueError("image outputs need video")
     graph = Graph(name)
@@ -240,12 +251,24 @@ def composite_graph(
         graph.link(mixer.output, audio_encoder.input, maxsize=RAW_AUDIO_QUEUE)
         encoders.append(audio_encoder)
     stages = CompositeStages(subscriber, compositor, mixer, video_encoder, audio_encoder, [])
+    _attach_outputs(graph, stages, encoders, compositor.output if compositor else None, outputs)
+    return graph, stages
+
+
+def _attach_outputs(
+    graph: Graph,
+    stages: CompositeStages | WebStages,
+    encoders: list,
+    raw_video: OutputPort | None,
+    outputs: list[Output],
+) -> None:
+    """Every output from the one encode; images take the raw pictures through a leaky link."""
     for output in outputs:
         if isinstance(output, ImageOutput):
-            assert compositor is not None
+            assert raw_video is not None
             images = graph.add(snapshotter(output))
             graph.link(
-                compositor.output,
+                raw_video,
                 images.input,
                 maxsize=SNAPSHOT_QUEUE,
                 policy=LinkPolicy.DROP_OLDEST,
@@ -266,4 +289,66 @@ def composite_graph(
             stages.streams.append(sink)
         for encoder in encoders:
             graph.link(encoder.output, sink.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
+
+
+@dataclass
+class WebStages:
+    """The stages of a web page's graph, kept so the caller can watch and steer them."""
+
+    source: PageSource
+    video_encoder: VideoEncoder | None
+    audio_encoder: AudioEncoder | None
+    muxers: list[FileMuxer] = field(default_factory=list)
+    segmenters: list[HlsSegmenter] = field(default_factory=list)
+    streams: list[StreamSink] = field(default_factory=list)
+    snapshotters: list[ImageSnapshotter] = field(default_factory=list)
+    compositor: None = None  # a page lays itself out: UpdateLayout has nothing to switch
+
+
+def web_graph(
+    url: str,
+    outputs: list[Output],
+    *,
+    video: VideoEncoding | None = VideoEncoding(),
+    audio: AudioEncoding | None = AudioEncoding(),
+    await_start_signal: bool = False,
+    start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
+    name: str = "web",
+) -> tuple[Graph, WebStages]:
+    """A web page (Chromium on Xvfb) -> one encode each of picture and sound -> every output.
+
+    The page is shown at the video encoding's size; `video=None` records
+    its sound only, `audio=None` its picture only.
+    """
+    if video is None and audio is None:
+        raise ValueError("a web egress needs video, audio or both")
+    video = _keyframes_for_segments(video, outputs)
+    if video is None and any(isinstance(o, ImageOutput) for o in outputs):
+        raise ValueError("image outputs need video")
+    graph = Graph(name)
+    width, height, fps = (video.width, video.height, video.fps) if video else (1280, 720, 30)
+    source = graph.add(
+        PageSource(
+            url,
+            width=width,
+            height=height,
+            fps=fps,
+            video=video is not None,
+            audio=audio is not None,
+            await_start_signal=await_start_signal,
+            start_timeout_s=start_timeout_s,
+        )
+    )
+    encoders: list = []
+    video_encoder = audio_encoder = None
+    if video is not None:
+        video_encoder = graph.add(VideoEncoder(video))
+        graph.link(source.video, video_encoder.input, maxsize=PAGE_VIDEO_QUEUE)
+        encoders.append(video_encoder)
+    if audio is not None:
+        audio_encoder = graph.add(AudioEncoder(audio))
+        graph.link(source.audio, audio_encoder.input, maxsize=RAW_AUDIO_QUEUE)
+        encoders.append(audio_encoder)
+    stages = WebStages(source, video_encoder, audio_encoder)
+    _attach_outputs(graph, stages, encoders, source.video if video else None, outputs)
     return graph, stages

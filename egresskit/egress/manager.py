@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import logging
 import secrets
 import string
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,12 +18,21 @@ from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.admission import Admission
-from egresskit.egress.errors import EgressEnded, EgressNotFound, NoCapacity, NotSupported
+from egresskit.egress.errors import (
+    EgressEnded,
+    EgressNotFound,
+    NoCapacity,
+    NotSupported,
+    RoomNotFound,
+)
 from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
-from egresskit.egress.validation import Caller, EgressSpec, check_caller, validate
+from egresskit.egress.templates import template_page_url, template_token
+from egresskit.egress.validation import Caller, EgressSpec, check_caller, check_layout, validate
 from egresskit.rooms.local import RoomManager
+from egresskit.rooms.signal import SignalError, set_participant_metadata
+from egresskit.stages.page import START_SIGNAL_TIMEOUT_S
 from egresskit.storage.base import Storage
 from egresskit.storage.registry import storage_from_spec
 from egresskit.storage.upload import RetryPolicy
@@ -86,10 +97,20 @@ class EgressManager:
         retry: RetryPolicy | None = None,
         on_event: EventSink | None = None,
         livekit: LiveKitServer | None = None,
+        web_start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
+        template_key: tuple[str, str] | None = None,
     ) -> None:
-        """With `livekit`, room names name that server's rooms, not the embedded `rooms`."""
+        """With `livekit`, room names name that server's rooms, not the embedded `rooms`.
+
+        `web_start_timeout_s`: how long a web egress with `await_start_signal`
+        (and a custom template) waits for its page's START_RECORDING before it
+        fails. `template_key` (API key, secret) signs the tokens custom
+        template pages of embedded rooms subscribe with.
+        """
         self.rooms = rooms
         self.livekit = livekit
+        self.web_start_timeout_s = web_start_timeout_s
+        self.template_key = template_key
         self.output_dir = output_dir.resolve()
         self.default_storage = dict(default_storage or {})
         self._backup: Storage | None = storage_from_spec(backup_storage) if backup_storage else None
@@ -116,6 +137,7 @@ class EgressManager:
         egress_id: str = "",
         room_id: str = "",
         estimated_cpu: float = 0.0,
+        service_url: str = "",
     ) -> egress_pb.EgressInfo:
         """Validate, admit, plan and start; returns the STARTING EgressInfo (redacted).
 
@@ -126,6 +148,8 @@ class EgressManager:
         psrpc dispatch) named the egress already; otherwise egresskit names it.
         `estimated_cpu` (cores), when given, replaces the nominal cost of the
         request's kind in admission (a worker's StartEgress request carries one).
+        `service_url` is where this service answers (custom template pages of
+        embedded rooms reach it there).
         """
         if not self._accepting:
             raise NoCapacity("the service is shutting down")
@@ -140,6 +164,8 @@ class EgressManager:
         cost = estimated_cpu if estimated_cpu > 0 else self.admission.costs.of(spec)
         self.admission.admit(egress_id, spec.kind, cost)
         try:
+            if spec.custom_base_url:
+                spec = self._template_page(spec, egress_id, service_url)
             return await self._start(egress_id, room_id, spec, request)
         except BaseException:
             self.admission.release(egress_id)
@@ -151,19 +177,26 @@ class EgressManager:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         livekit_room = None
         rooms: RoomManager | SingleRoom = self.rooms
-        if self.livekit is not None and spec.kind != "web":
+        if self.livekit is not None and not spec.web_url:  # a page joins a room itself
             livekit_room = await join_room(self.livekit, spec, egress_id)
             rooms = SingleRoom(livekit_room)
         try:
-            planned = plan(spec, egress_id, rooms, self.output_dir, self.default_storage)
+            planned = plan(
+                spec,
+                egress_id,
+                rooms,
+                self.output_dir,
+                self.default_storage,
+                web_start_timeout_s=self.web_start_timeout_s,
+            )
         except BaseException:
             if livekit_room is not None:
                 await livekit_room.close()
             raise
         info = egress_pb.EgressInfo(
             egress_id=egress_id,
-            room_id=room_id or planned.room.sid,
-            room_name=planned.room.name,
+            room_id=room_id or (planned.room.sid if planned.room else ""),
+            room_name=planned.room.name if planned.room else spec.room_name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
         # spec.request: LiveKit's own request, also when egresskit's extension carried it
@@ -195,6 +228,22 @@ class EgressManager:
             follower.add_done_callback(self._followers.discard)
             session.set_details("; ".join(livekit_room.warnings))
         return session.public_info()
+
+    def _template_page(self, spec: EgressSpec, egress_id: str, service_url: str) -> EgressSpec:
+        """A custom template request becomes the recording of its page, from its start signal."""
+        if self.livekit is not None:
+            server = self.livekit.url
+            key, secret = self.livekit.api_key, self.livekit.api_secret
+        else:
+            if self.rooms.get(spec.room_name) is None:
+                raise RoomNotFound(spec.room_name)
+            if not service_url or self.template_key is None:
+                raise NotSupported("custom templates outside the Egress API (no service address)")
+            server = service_url
+            key, secret = self.template_key
+        token = template_token(key, secret, spec.room_name, egress_id)
+        page = template_page_url(spec.custom_base_url, server, spec.layout, token)
+        return dataclasses.replace(spec, web_url=page, await_start_signal=True)
 
     def _event(self, event: str, session: EgressSession) -> None:
         if event == "egress_started":
@@ -283,12 +332,38 @@ class EgressManager:
         return session.public_info()
 
     def update_layout(self, egress_id: str, layout: str) -> egress_pb.EgressInfo:
+        """Switch a composite's layout; a custom template takes any name (InvalidRequest)."""
+        known = self._sessions.get(egress_id)
+        template = (
+            isinstance(known, EgressSession) and known.plan.page is not None and known.kind != "web"
+        )
+        if not template:  # a bad name is refused before whether the egress runs is checked
+            check_layout(layout)
         session = self._running(egress_id)
         try:
             session.update_layout(layout)
         except ValueError as exc:
             raise EgressEnded(f"egress {egress_id}: {exc}") from None
+        if template and self.livekit is not None:
+            # @livekit/egress-sdk follows its recorder's metadata, as LiveKit's egress sets it
+            self._in_background(self._recorder_layout(session.info.room_name, egress_id, layout))
         return session.public_info()
+
+    async def _recorder_layout(self, room: str, identity: str, layout: str) -> None:
+        assert self.livekit is not None
+        server = self.livekit
+        try:
+            await set_participant_metadata(
+                server.url, server.api_key, server.api_secret, room, identity,
+                json.dumps({"layout": layout}),
+            )  # fmt: skip
+        except SignalError as exc:
+            log.warning("egress %s: the template page did not get its layout: %s", identity, exc)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._followers.add(task)
+        task.add_done_callback(self._followers.discard)
 
     async def update_stream(
         self, egress_id: str, add: list[str], remove: list[str]

@@ -13,15 +13,17 @@ from google.protobuf.message import Message
 
 from egresskit.egress import naming
 from egresskit.egress.encoding import InvalidRequest
-from egresskit.egress.errors import NotSupported, RoomNotFound, TrackNotFound
+from egresskit.egress.errors import NotSupported, RoomNotFound, SourceUnavailable, TrackNotFound
 from egresskit.egress.graphs import (
     FileOutput,
     ImageOutput,
     Output,
     SegmentsOutput,
     StreamOutput,
+    WebStages,
     composite_graph,
     stage_encodings,
+    web_graph,
 )
 from egresskit.egress.manifest import manifest_name
 from egresskit.egress.track_graphs import (
@@ -38,12 +40,14 @@ from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
+from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
 from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
+from egresskit.web import BrowserUnavailable, check_available
 
 CONTENT_TYPES = {
     ".mp4": "video/mp4",
@@ -98,7 +102,7 @@ class PlannedDirectory:
 @dataclass
 class Plan:
     graph: Graph
-    room: LocalRoom
+    room: LocalRoom | None  # None for a web page
     compositor: VideoCompositor | None = None
     files: list[PlannedFile] = field(default_factory=list)
     segments: list[PlannedDirectory] = field(default_factory=list)
@@ -107,16 +111,13 @@ class Plan:
     track: TrackDescription | None = None
     # the room composite's subscriber, which chooses who is recorded (UpdateParticipants)
     subscriber: RoomSubscriber | None = None
+    page: PageSource | None = None  # a web egress or custom template: the page's browser
 
 
 def _unsupported(spec: EgressSpec) -> str | None:
     """The feature a valid request needs that this build does not offer, if any."""
-    if spec.kind == "web":
-        return "web egress (recording a web page needs a browser, which egresskit does not run)"
-    if spec.custom_base_url:
-        return "custom_base_url (layouts are drawn by egresskit, not by a web page)"
-    if spec.await_start_signal:
-        return "await_start_signal"
+    if spec.custom_base_url and not spec.web_url:
+        return "custom_base_url without the page's address (EgressManager resolves it)"
     if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
         return "websocket stream outputs of composites"
     if spec.segments is not None and spec.segments.fragmented_mp4 and not spec.video:
@@ -204,19 +205,32 @@ def plan(
     output_root: Path,
     default_storage: dict[str, Any] | None = None,
     when: datetime | None = None,
+    web_start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
 ) -> Plan:
     """Resolve rooms, tracks, names and storage, and build the graph (nothing runs yet).
 
     Raises RoomNotFound, TrackNotFound, NotSupported, InvalidRequest (a
-    path outside the output root or too long for its filesystem among them)
-    or StorageNotInstalled for the service to turn into Twirp errors.
+    path outside the output root or too long for its filesystem among them),
+    SourceUnavailable (a web egress on a machine without a browser) or
+    StorageNotInstalled for the service to turn into Twirp errors.
+    `web_start_timeout_s` bounds a web egress's wait for START_RECORDING.
     """
     check_supported(spec)
     spec = with_extensions(spec)
+    when = when or datetime.now(UTC)
+    if spec.web_url:  # a web page or a custom template: the page is the source
+        try:
+            check_available()
+        except BrowserUnavailable as exc:
+            raise SourceUnavailable(str(exc)) from None
+        # a template's room, when embedded, names its files; a LiveKit room is the page's
+        room = rooms.get(spec.room_name) if spec.kind != "web" else None
+        return _plan_encoded(
+            spec, egress_id, room, output_root, default_storage, when, web_start_timeout_s
+        )
     room = rooms.get(spec.room_name)
     if room is None:
         raise RoomNotFound(spec.room_name)
-    when = when or datetime.now(UTC)
     try:
         if spec.kind == "track":
             return _plan_track(spec, egress_id, room, output_root, default_storage, when)
@@ -233,8 +247,10 @@ def _track_sids(spec: EgressSpec) -> tuple[str, str]:
     return audio, spec.video_track_id
 
 
-def _identifier(spec: EgressSpec, room: LocalRoom) -> tuple[str, naming.NameFields]:
+def _identifier(spec: EgressSpec, room: LocalRoom | None) -> tuple[str, naming.NameFields]:
     """The default file name stem and the template values of a request."""
+    if room is None:  # a web page, or a LiveKit room's template: no room object to ask
+        return spec.room_name or "web", naming.NameFields(room_name=spec.room_name, room_id="")
     if spec.participant_identity:
         fields = naming.NameFields(
             room.name, room.sid, publisher_identity=spec.participant_identity
@@ -299,16 +315,15 @@ def _plan_track(
 def _plan_encoded(
     spec: EgressSpec,
     egress_id: str,
-    room: LocalRoom,
+    room: LocalRoom | None,
     output_root: Path,
     default_storage: dict[str, Any] | None,
     when: datetime,
+    web_start_timeout_s: float = START_SIGNAL_TIMEOUT_S,
 ) -> Plan:
-    """Composites, participant and track composite egress: one encode, every output."""
+    """Composites, participant, track composite and web egress: one encode, every output."""
     identifier, fields = _identifier(spec, room)
-    namer = _Namer(
-        output_root, identifier, fields, when, default_storage, egress_id, spec.network
-    )
+    namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec.network)
     outputs: list[Output] = []
     files: list[PlannedFile] = []
     # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
@@ -375,7 +390,17 @@ def _plan_encoded(
     assert spec.encoding is not None
     video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
     try:
-        if spec.participant_identity:
+        if spec.web_url:
+            graph, stages = web_graph(
+                spec.web_url,
+                outputs,
+                video=video,
+                audio=audio,
+                await_start_signal=spec.await_start_signal,
+                start_timeout_s=web_start_timeout_s,
+                name=egress_id,
+            )
+        elif spec.participant_identity:
             graph, stages = participant_graph(
                 room,
                 spec.participant_identity,
@@ -398,9 +423,7 @@ def _plan_encoded(
                 audio=audio,
                 layout=spec.layout or "grid",
                 audio_mixing=spec.audio_mixing,
-                participants=ParticipantChoice.of(
-                    spec.include_identities, spec.exclude_identities
-                ),
+                participants=ParticipantChoice.of(spec.include_identities, spec.exclude_identities),
                 name=egress_id,
             )
     except ValueError as exc:
@@ -427,5 +450,8 @@ def _plan_encoded(
         segments=segments,
         images=images,
         stream=stages.streams[0] if stages.streams else None,
-        subscriber=stages.subscriber if spec.kind == "room_composite" else None,
+        subscriber=stages.subscriber
+        if spec.kind == "room_composite" and not isinstance(stages, WebStages)
+        else None,
+        page=stages.source if isinstance(stages, WebStages) else None,
     )

@@ -137,6 +137,9 @@ class EgressSession:
             self._changed("egress_updated")
         if kind in ("room_empty", "source_closed"):
             self.end(SOURCE_CLOSED)
+        elif kind == "source_failed":
+            # the source ended its streams: what was recorded is finalized, the egress FAILED
+            self.end(str(data["error"]), egress_pb.EGRESS_FAILED)
         elif kind in ("segment_closed", "segment_init"):  # fMP4's init goes as a segment
             path = Path(data["path"])
             directory = self._directory(self.plan.segments, path)
@@ -167,8 +170,9 @@ class EgressSession:
 
     @staticmethod
     def _is_first_media(message: BusMessage) -> bool:
-        """Media reached an output: a file, a segment, an image or a stream destination."""
-        if message.kind in ("first_media", "segment_closed", "image_written"):
+        """Media reached an output (a file, a segment, an image or a stream destination),
+        or a web page's recording began: its first picture is on the frame grid."""
+        if message.kind in ("first_media", "segment_closed", "image_written", "recording_started"):
             return True
         state = message.data.get("state")
         return message.kind == "stream_state" and bool(state and state.started_at_ns)
@@ -290,11 +294,15 @@ class EgressSession:
         self.end(DISCARDED, egress_pb.EGRESS_ABORTED)
 
     def update_layout(self, layout: str) -> None:
-        """Switch the compositor's layout at its next frame."""
-        if self.plan.compositor is None:
+        """Switch the compositor's layout at its next frame, or tell a template page its layout."""
+        if self.plan.page is not None and self.kind != "web":  # a custom template
+            self.plan.page.set_layout(layout)
+        elif self.plan.compositor is None:
             raise ValueError("this egress has no video to lay out")
-        self.plan.compositor.set_layout(layout or "grid")
-        self.info.room_composite.layout = layout
+        else:
+            self.plan.compositor.set_layout(layout or "grid")
+        if self.info.HasField("room_composite"):  # not a StartEgress request's oneof
+            self.info.room_composite.layout = layout
         self._changed("egress_updated")
 
     async def update_stream(self, add: Sequence[str], remove: Sequence[str]) -> None:

@@ -286,6 +286,12 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
             check_destination(url, "stream.urls", caller.network)
     if spec.websocket_url:
         check_destination(spec.websocket_url, "websocket_url", caller.network)
+    if spec.custom_base_url:
+        check_destination(spec.custom_base_url, "custom_base_url", caller.network)
+    if spec.web_url:
+        # the page's first address only: what the page itself loads is Chromium's business
+        web_field = "web.url" if isinstance(spec.request, egress_pb.StartEgressRequest) else "url"
+        check_destination(spec.web_url, web_field, caller.network)
     stored = [("file", spec.file), ("segments", spec.segments)]
     stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
     for field, target in stored:
@@ -318,7 +324,10 @@ def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) 
 
 def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
-    check_layout(req.layout, "layout")
+    if req.custom_base_url:  # the page draws the layout: any name it knows
+        _check_web_url(req.custom_base_url, "custom_base_url")
+    else:
+        check_layout(req.layout, "layout")
     _check_audio_video_flags(req.audio_only, req.video_only)
     if req.audio_mixing not in egress_pb.AudioMixing.values():
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
@@ -461,7 +470,10 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
     if source == "template":
         template = req.template
         _require(req.room_name, "room_name")
-        check_layout(template.layout, "template.layout")
+        if template.custom_base_url:
+            _check_web_url(template.custom_base_url, "template.custom_base_url")
+        else:
+            check_layout(template.layout, "template.layout")
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
         spec = EgressSpec(
             kind="room_composite",

@@ -267,3 +267,24 @@ class SignalClient:
         self.closed_reason = reason
         with contextlib.suppress(asyncio.QueueFull):
             self._responses.put_nowait(SignalClosed(reason))
+
+
+async def set_participant_metadata(
+    server_url: str, api_key: str, api_secret: str, room: str, identity: str, metadata: str
+) -> None:
+    """RoomService.UpdateParticipant on a LiveKit server (Twirp, JSON); raises SignalError."""
+    parts = urlsplit(server_url)
+    scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+    url = f"{scheme}://{parts.netloc}/twirp/livekit.RoomService/UpdateParticipant"
+    token = create_token(api_key, api_secret, video={"roomAdmin": True, "room": room}, ttl=60)
+    body = {"room": room, "identity": identity, "metadata": metadata}
+    try:
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+            http.post(url, json=body, headers={"Authorization": f"Bearer {token}"}) as response,
+        ):
+            if response.status != 200:
+                text = await response.text()
+                raise SignalError(f"UpdateParticipant answered {response.status}: {text}")
+    except aiohttp.ClientError as exc:
+        raise SignalError(f"UpdateParticipant failed: {exc}") from None

@@ -182,6 +182,7 @@ def whep_app(
     app = web.Application(middlewares=[cors_headers])
     app.cleanup_ctx.append(endpoint.lifetime)
     app.router.add_route("POST", "/{room}", endpoint.play, name="whep-endpoint")
+    app.router.add_route("GET", "/{room}", endpoint.publishers)
     app.router.add_route("OPTIONS", "/{room}", preflight)
     app.router.add_route("DELETE", "/{room}/{resource}", endpoint.delete, name="whep-resource")
     app.router.add_route("OPTIONS", "/{room}/{resource}", preflight)
@@ -286,6 +287,36 @@ class WhepEndpoint:
                 "Location": f"{prefix}/{quote(room_name, safe='')}/{resource}",
                 "ETag": f'"{secrets.token_hex(8)}"',
             },
+        )
+
+    async def publishers(self, request: web.Request) -> web.Response:
+        """GET: who a viewer may pick with `?participant=`, and their tracks (JSON).
+
+        Not part of WHEP: a page showing a whole room (a custom template)
+        needs the room's publishers, with the same token it plays them with.
+        """
+        room_name = request.match_info["room"]
+        self._authorize(request, room_name)
+        room = self._rooms.get(room_name)
+        if room is None:
+            raise web.HTTPNotFound(text=f"no room {room_name!r}")
+        return web.json_response(
+            [
+                {
+                    "identity": person.identity,
+                    "name": person.name,
+                    "tracks": [
+                        {
+                            "sid": track.sid,
+                            "kind": KINDS[track.kind],
+                            "source": models.TrackSource.Name(track.source).lower(),
+                        }
+                        for track in person.tracks.values()
+                        if track.kind in KINDS
+                    ],
+                }
+                for person in room.participants.values()
+            ]
         )
 
     async def delete(self, request: web.Request) -> web.Response:

@@ -7,6 +7,7 @@ import ipaddress
 import logging
 import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from aiohttp import web
 from livekit.protocol import egress as egress_pb
@@ -45,6 +46,7 @@ from egresskit.service.twirp import TwirpError, TwirpService
 from egresskit.service.webhooks import WebhookNotifier
 from egresskit.storage.s3 import shared_session
 from egresskit.storage.upload import RetryPolicy
+from egresskit.web import missing_packages, reap_orphans
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +54,8 @@ CONFIG = web.AppKey("config", ServiceConfig)
 ROOMS = web.AppKey("rooms", RoomManager)
 MANAGER = web.AppKey("manager", EgressManager)
 WEBHOOKS = web.AppKey("webhooks", WebhookNotifier)
+BROWSER = web.AppKey("browser", dict)
+SDK_DIR = Path(__file__).parent / "sdk"
 
 EGRESS_SERVICE = egress_pb.DESCRIPTOR.services_by_name["Egress"]
 # How long SIGTERM waits for running egresses to finish their files.
@@ -125,6 +129,8 @@ def create_app(config: ServiceConfig) -> web.Application:
         ),
         on_event=on_event,
         livekit=livekit_server(config),
+        web_start_timeout_s=config.web_start_timeout_s,
+        template_key=(config.api_key, config.api_secret),
     )
     auto_egress = AutoEgress(manager, parse_room_egress(config.auto_egress))
     if auto_egress.enabled:
@@ -133,6 +139,8 @@ def create_app(config: ServiceConfig) -> web.Application:
     app[ROOMS] = rooms
     app[MANAGER] = manager
     app[WEBHOOKS] = webhooks
+    missing = missing_packages()
+    app[BROWSER] = {"available": not missing, "missing_packages": missing}
 
     max_ttl = config.max_token_ttl_s
     egress_api = EgressApi(manager, network)
@@ -155,6 +163,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     else:
         app.router.add_post(f"/twirp/{ROOM_SERVICE.full_name}/{{method}}", room_service_elsewhere)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/sdk/template.js", template_sdk)
     app.router.add_get("/metrics", metrics)
     app.add_subapp(
         "/whip",
@@ -178,9 +187,7 @@ def create_app(config: ServiceConfig) -> web.Application:
         console = Console(config, rooms, manager)
         observers.append(console.on_room_event)
         console.add_routes(app)
-        app.add_subapp(
-            "/files", files_app(config.output_dir, config.keys, max_token_ttl_s=max_ttl)
-        )
+        app.add_subapp("/files", files_app(config.output_dir, config.keys, max_token_ttl_s=max_ttl))
     app.cleanup_ctx.append(_lifetime)
     app.on_shutdown.append(_drain)
     return app
@@ -196,6 +203,8 @@ async def room_service_elsewhere(request: web.Request) -> web.Response:
 
 
 async def _lifetime(app: web.Application) -> AsyncIterator[None]:
+    # a service killed while recording web pages leaves their browsers behind: end them
+    await asyncio.to_thread(reap_orphans)
     app[WEBHOOKS].start()
     # Parse botocore's S3 model now, in a thread, not during the first upload: that
     # parse holds the GIL for a few hundred ms and would stall every running egress.
@@ -220,12 +229,22 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response(
         {
             "status": "ok",
+            # web egress and custom templates: whether Chromium, Xvfb and PulseAudio are here
+            "browser": request.app[BROWSER],
             "active_egress": len(admission),
             "load": round(os.getloadavg()[0] / admission.cores, 3),
             "cpus": admission.cores,
             "cpu_budget": round(admission.budget, 3),
             "cpu_available": round(admission.available, 3),
         }
+    )
+
+
+async def template_sdk(request: web.Request) -> web.FileResponse:
+    """The ES module custom template pages of embedded rooms import (any origin may)."""
+    return web.FileResponse(
+        SDK_DIR / "template.js",
+        headers={"Content-Type": "text/javascript", "Access-Control-Allow-Origin": "*"},
     )
 
 

@@ -58,6 +58,8 @@ class ServiceConfig:
     max_token_ttl_s: float = 0.0
     # An embedded room empty this long, with no egress waiting on it, is dropped.
     empty_room_timeout_s: float = 300.0
+    # A web egress with await_start_signal fails if its page logs no START_RECORDING by then.
+    web_start_timeout_s: float = 30.0
     # A RoomEgress in YAML form: embedded rooms record their tracks / participants.
     auto_egress: Mapping[str, Any] = field(default_factory=dict, repr=False)
     dev: bool = False
@@ -152,10 +154,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 def _livekit_section(path: Path, section: Any) -> dict[str, Any]:
     """YAML `livekit: {url, api_key, api_secret}` as the flat livekit_* settings."""
     if not isinstance(section, Mapping):
-        raise ConfigError(f"config file {path}: livekit must be a mapping of url, api_key, api_secret")
+        raise ConfigError(
+            f"config file {path}: livekit must be a mapping of url, api_key, api_secret"
+        )
     unknown = sorted(set(section) - {"url", "api_key", "api_secret"})
     if unknown:
-        raise ConfigError(f"config file {path}: unknown livekit setting(s) {', '.join(map(str, unknown))}")
+        raise ConfigError(
+            f"config file {path}: unknown livekit setting(s) {', '.join(map(str, unknown))}"
+        )
     return {f"livekit_{name}": value for name, value in section.items()}
 
 
@@ -244,6 +250,11 @@ def _coerce(name: str, value: Any) -> Any:
             if attempts < 1:
                 raise ValueError("must be at least 1")
             return attempts
+        if name == "web_start_timeout_s":
+            seconds = float(value)
+            if not seconds > 0:
+                raise ValueError("must be a positive number of seconds")
+            return seconds
         if name in ("max_token_ttl_s", "empty_room_timeout_s"):
             seconds = float(value)
             if not seconds >= 0:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.encoding import InvalidRequest
@@ -12,7 +13,7 @@ from egresskit.egress.errors import (
 )
 from egresskit.egress.manager import EgressManager
 from egresskit.egress.refusals import refusal_code
-from egresskit.egress.validation import Caller, check_destination, check_layout, stream_protocol
+from egresskit.egress.validation import Caller, check_destination, stream_protocol
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.service.listings import EncodedListings
 from egresskit.service.twirp import Encoded, TwirpContext, TwirpError
@@ -24,6 +25,19 @@ log = logging.getLogger(__name__)
 def twirp_error(exc: Exception) -> TwirpError:
     """The Twirp error a refusal from the egress layer becomes."""
     return TwirpError(refusal_code(exc), str(exc))
+
+
+def service_url(request: web.Request) -> str:
+    """This service's address as the connection that carried `request` reached it.
+
+    The local end of the connection, not the Host header: a page in this
+    machine's Chromium can reach that address whatever name the caller used.
+    """
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname:
+        return ""
+    host, port = sockname[0], sockname[1]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class EgressApi:
@@ -39,7 +53,9 @@ class EgressApi:
         """Start any kind of request (egresskit.Egress's extension too) under the caller rules."""
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:
-            return await self.manager.start(request, caller)
+            return await self.manager.start(
+                request, caller, service_url=service_url(context.http_request)
+            )
         except (EgressError, InvalidRequest, StorageNotInstalled) as exc:
             raise twirp_error(exc) from None
 
@@ -79,7 +95,6 @@ class EgressApi:
         try:
             if not request.egress_id:
                 raise InvalidRequest("egress_id", "is required")
-            check_layout(request.layout)
             return self.manager.update_layout(request.egress_id, request.layout)
         except (EgressError, InvalidRequest) as exc:
             raise twirp_error(exc) from None

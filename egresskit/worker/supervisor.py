@@ -20,6 +20,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from egresskit.web import reap_orphans
 from egresskit.worker.config import WorkerConfig
 from egresskit.worker.process import WorkerProcess
 from egresskit.worker.status import ProcessStatus, serve_status
@@ -45,6 +46,8 @@ async def run_process(config: WorkerConfig, cores: float, status_fd: int | None 
         with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     stop = _stop_event()
+    # the browsers of web egresses of a worker that was killed: ended before taking work
+    await asyncio.to_thread(reap_orphans)
     worker = WorkerProcess(config, cores)
     await worker.start()
     status_server = None
