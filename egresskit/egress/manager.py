@@ -220,6 +220,9 @@ class EgressManager:
 
     # --- steering ---------------------------------------------------------------------------
 
+    def __contains__(self, egress_id: str) -> bool:
+        return egress_id in self._sessions
+
     def get(self, egress_id: str) -> EgressSession | EndedEgress:
         session = self._sessions.get(egress_id)
         if session is None:

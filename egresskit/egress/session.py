@@ -220,7 +220,12 @@ class EgressSession:
         self._stopping = asyncio.create_task(self.plan.graph.stop())
 
     def set_details(self, details: str) -> None:
-        """What the caller should know about a running egress (tracks left out, and why)."""
+        """What the caller should know about a running egress (tracks left out, and why).
+
+        Unchanged details are no update: each one is a round trip to livekit-server
+        that a worker's next report (ACTIVE, on the start path) would wait for."""
+        if details == self.info.details:
+            return
         self.info.details = details
         self._changed("egress_updated")
 
