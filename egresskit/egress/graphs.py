@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,7 +47,8 @@ class SegmentsOutput:
 
     The prefix's directory holds segments and playlists; `playlist` defaults
     to `{prefix}.m3u8`; `live_playlist`, if given, is the sliding window of 5.
-    The video key frame interval is set to `segment_duration`.
+    Segments start on key frames: the video encoding's key frame interval
+    should divide `segment_duration` (requests get one per segment from validation).
     """
 
     prefix: str | os.PathLike[str]
@@ -180,10 +180,6 @@ def composite_graph(
     """
     if video is None and audio is None:
         raise ValueError("a composite needs video, audio or both")
-    segments = [o for o in outputs if isinstance(o, SegmentsOutput)]
-    if video is not None and segments:
-        # HLS segments start on key frames: one key frame per segment
-        video = dataclasses.replace(video, keyframe_interval_s=segments[0].segment_duration)
     if video is None and any(isinstance(o, ImageOutput) for o in outputs):
         raise ValueError("image outputs need video")
     graph = Graph(name)

@@ -23,6 +23,11 @@ SINGLE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 AUDIO_CODECS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 
 
+def gop_frames(keyframe_interval_s: float, fps: int) -> int:
+    """Frames from one key frame to the next: the one home of the GOP length."""
+    return max(1, round(keyframe_interval_s * fps))
+
+
 @dataclass(frozen=True, slots=True)
 class VideoEncoding:
     codec: str = "h264"  # "h264" or "vp8"
@@ -135,7 +140,7 @@ class VideoEncoder(_Encoder):
             raise ValueError(f"unsupported video codec {encoding.codec!r}")
         self.encoding = encoding
         self.time_base = Fraction(1, encoding.fps)
-        self.gop = max(1, round(encoding.keyframe_interval_s * encoding.fps))
+        self.gop = gop_frames(encoding.keyframe_interval_s, encoding.fps)
         self._keyframe_wanted = False
         self.context = self._open()
 
