@@ -166,11 +166,18 @@ class EgressSession:
     def _directory(
         directories: Sequence[PlannedDirectory], path: Path, *, any_name: bool = False
     ) -> PlannedDirectory | None:
+        """The output that wrote `path`: in its directory, the longest name prefix `path`
+        starts with (`cam_hi_00000.jpeg` is `shots/cam_hi`'s, not `shots/cam`'s)."""
+        found, found_stem = None, ""
         for directory in directories:
             stem = Path(directory.prefix).name
-            if path.parent == directory.local_dir and (any_name or path.name.startswith(stem)):
+            if path.parent != directory.local_dir:
+                continue
+            if any_name:
                 return directory
-        return None
+            if path.name.startswith(stem) and (found is None or len(stem) > len(found_stem)):
+                found, found_stem = directory, stem
+        return found
 
     def _stream_results(self, states: Sequence[StreamState]) -> None:
         del self.info.stream_results[:]
@@ -420,7 +427,7 @@ class EgressSession:
 
     def _image_results(self) -> None:
         for directory in self.plan.images:
-            taken = [(p, t) for p, t in self._images if self._directory([directory], p)]
+            taken = [(p, t) for p, t in self._images if self._directory(self.plan.images, p) is directory]
             self.info.image_results.add(
                 filename_prefix=directory.prefix,
                 image_count=len(taken),
