@@ -204,7 +204,7 @@ class EgressSession:
         states = sink.states
         if not states or any(s.status is StreamStatus.ACTIVE for s in states):
             return
-        if all(s.status is StreamStatus.FAILED for s in states):
+        if sink.all_failed:
             self._end_error = STREAMS_FAILED
             self.end(STREAMS_FAILED, egress_pb.EGRESS_FAILED)
         else:

@@ -478,11 +478,8 @@ class StreamSink(Stage):
         return self._writers[url].state
 
     @property
-    def active_urls(self) -> list[str]:
-        return [u for u, w in self._writers.items() if w.state.status is StreamStatus.ACTIVE]
-
-    @property
     def all_failed(self) -> bool:
+        """Every URL streamed to has failed (a stream-only egress then fails)."""
         states = self.states
         return bool(states) and all(s.status is StreamStatus.FAILED for s in states)
 
