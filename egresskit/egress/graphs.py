@@ -20,7 +20,7 @@ from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.speaker import SpeakerTracker
-from egresskit.stages.stream import RetryPolicy, StreamSink
+from egresskit.stages.stream import ReconnectPolicy, StreamSink
 from egresskit.stages.subscriber import RoomSubscriber, TrackFilter
 
 # Control items and the newest frame per track: the compositor consumes them at once.
@@ -63,7 +63,7 @@ class StreamOutput:
     """Live streams: `rtmp://`, `rtmps://` (FLV) and `srt://` (MPEG-TS) URLs, more added later."""
 
     urls: tuple[str, ...] = ()
-    retry: RetryPolicy = RetryPolicy()
+    retry: ReconnectPolicy = ReconnectPolicy()
     network: NetworkPolicy | None = None  # a caller's URLs: where they may connect
 
 
