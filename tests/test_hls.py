@@ -52,9 +52,22 @@ def first_video_packet_is_key(path: Path) -> bool:
 def key_frame_times(path: Path) -> list[float]:
     """Presentation times (s) of the video key frames, from the file's first packet on."""
     result = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "packet=pts_time,flags", "-of", "json", str(path)],
-        capture_output=True, text=True, timeout=30, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,flags",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
     )
     packets = json.loads(result.stdout)["packets"]
     start = float(packets[0]["pts_time"])
@@ -196,7 +209,9 @@ async def test_an_advanced_key_frame_interval_is_kept_with_longer_segments(rooms
         advanced=egress_pb.EncodingOptions(
             width=320, height=180, framerate=15, video_bitrate=300, key_frame_interval=2
         ),
-        segment_outputs=[egress_pb.SegmentedFileOutput(filename_prefix="gop/rec", segment_duration=6)],
+        segment_outputs=[
+            egress_pb.SegmentedFileOutput(filename_prefix="gop/rec", segment_duration=6)
+        ],
     )
     planned = plan(validate(request), "EG_gop", rooms, tmp_path)
     await planned.graph.start()

@@ -103,7 +103,9 @@ async def test_an_image_prefix_is_not_credited_with_a_longer_ones_images(rooms, 
     assert final.status == egress_pb.EGRESS_COMPLETE, final.error
     counts = {r.filename_prefix: r.image_count for r in final.image_results}
     on_disk = {
-        prefix: len([p for p in (tmp_path / "shots").iterdir() if re.fullmatch(rf"{stem}_\d+\.jpeg", p.name)])
+        prefix: sum(
+            1 for p in (tmp_path / "shots").iterdir() if re.fullmatch(rf"{stem}_\d+\.jpeg", p.name)
+        )
         for prefix, stem in (("shots/cam", "cam"), ("shots/cam_hi", "cam_hi"))
     }
     assert counts == on_disk and min(on_disk.values()) >= 2, (counts, on_disk)

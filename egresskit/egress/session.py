@@ -427,7 +427,9 @@ class EgressSession:
 
     def _image_results(self) -> None:
         for directory in self.plan.images:
-            taken = [(p, t) for p, t in self._images if self._directory(self.plan.images, p) is directory]
+            taken = [
+                (p, t) for p, t in self._images if self._directory(self.plan.images, p) is directory
+            ]
             self.info.image_results.add(
                 filename_prefix=directory.prefix,
                 image_count=len(taken),
