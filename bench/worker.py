@@ -5,7 +5,9 @@ start     StartRoomCompositeEgress through livekit-server (livekit-api client,
           until livekit-server's ListEgress shows ACTIVE, `--runs` times; in
           the same run, the same request to `egresskit serve --livekit-url`
           (no psrpc, the same egress layer) as the reference. Two SDK
-          publishers are in the room. Printed: median and p90 of each, and
+          publishers are in the room. Printed: median and p90 of each, the
+          worker's median per phase (request -> graph start -> first media
+          -> ACTIVE seen, from the EgressInfo's own stamps), and
           the ratio worker / serve. Target: worker median and p90 <= 1 s.
 capacity  N concurrent 1280x720@30 grid composites of one four-publisher
           room (640x360@30 SDK publishers), one `egresskit worker` on
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -69,17 +72,31 @@ def quantiles(values: list[float]) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
 
 
-async def time_to_active(client: api.LiveKitAPI, runs: int, name: str) -> list[float]:
+# Where a start's time goes, from the egress's own stamps (one machine, one wall clock):
+# until the egress's graph starts (claim, room join and subscription, plan), until its
+# first packet is written (ACTIVE's updated_at), until the client sees ACTIVE.
+PHASES = ("request -> graph start", "graph start -> first media", "first media -> seen ACTIVE")
+
+
+async def time_to_active(
+    client: api.LiveKitAPI, runs: int, name: str, phases: list[tuple[float, ...]] | None = None
+) -> list[float]:
     times = []
     for run in range(runs):
         request = api.RoomCompositeEgressRequest(
             room_name=ROOM, layout="grid",
             file_outputs=[api.EncodedFileOutput(filepath=f"{name}-{run}.mp4")],
         )
-        began = time.perf_counter()
+        began, began_ns = time.perf_counter(), time.time_ns()
         info = await client.egress.start_room_composite_egress(request)
-        await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE], timeout=30)
+        # asked every 10 ms: a longer poll period would add up to itself to each figure
+        active = await wait_status(
+            client, info.egress_id, [egress_pb.EGRESS_ACTIVE], 30, interval=0.01
+        )
         times.append(time.perf_counter() - began)
+        if phases is not None:
+            stamps = (began_ns, active.started_at, active.updated_at, time.time_ns())
+            phases.append(tuple((b - a) / 1e9 for a, b in itertools.pairwise(stamps)))
         await client.egress.stop_egress(api.StopEgressRequest(egress_id=info.egress_id))
         final = await wait_status(client, info.egress_id, ENDED, timeout=60)
         if final.status != egress_pb.EGRESS_COMPLETE:
@@ -121,7 +138,8 @@ async def start(args: argparse.Namespace, livekit, redis, directory: Path) -> No
     try:
         await time_to_active(lk, 1, "warmup-worker")
         await time_to_active(direct, 1, "warmup-serve")
-        through_worker = await time_to_active(lk, args.runs, "worker")
+        phases: list[tuple[float, ...]] = []
+        through_worker = await time_to_active(lk, args.runs, "worker", phases)
         through_serve = await time_to_active(direct, args.runs, "serve")
     finally:
         await lk.aclose()
@@ -135,6 +153,9 @@ async def start(args: argparse.Namespace, livekit, redis, directory: Path) -> No
     s_median, s_p90 = quantiles(through_serve)
     print(f"StartRoomCompositeEgress -> ACTIVE, {args.runs} runs each")
     print(f"  via livekit-server + worker: median {w_median * 1000:.0f} ms, p90 {w_p90 * 1000:.0f} ms")
+    for index, phase in enumerate(PHASES):
+        median = statistics.median(p[index] for p in phases)
+        print(f"    {phase}: median {median * 1000:.0f} ms")
     print(f"  egresskit serve (reference): median {s_median * 1000:.0f} ms, p90 {s_p90 * 1000:.0f} ms")
     print(f"  ratio worker / serve: median {w_median / s_median:.2f}, p90 {w_p90 / s_p90:.2f}")
     ok = w_median <= TARGET_S and w_p90 <= TARGET_S

@@ -18,7 +18,9 @@ from publishers import SineAudioTrack, SyntheticVideoTrack
 
 from egresskit import GraphState, composite_graph
 from egresskit.egress.graphs import SegmentsOutput, segmenter
-from egresskit.stages.encoder import AudioEncoder
+from egresskit.egress.planner import plan
+from egresskit.egress.validation import validate
+from egresskit.stages.encoder import AudioEncoder, VideoEncoding
 from egresskit.storage.paths import PathEscapesRoot
 
 
@@ -47,6 +49,31 @@ def first_video_packet_is_key(path: Path) -> bool:
     return bool(packets) and packets[0]["flags"].startswith("K")
 
 
+def key_frame_times(path: Path) -> list[float]:
+    """Presentation times (s) of the video key frames, from the file's first packet on."""
+    result = subprocess.run(
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pts_time,flags",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    packets = json.loads(result.stdout)["packets"]
+    start = float(packets[0]["pts_time"])
+    return [float(p["pts_time"]) - start for p in packets if p["flags"].startswith("K")]
+
+
 def playlist_entries(path: Path) -> list[tuple[float, str]]:
     """(EXTINF duration, URI) of every segment a playlist lists."""
     lines = path.read_text().splitlines()
@@ -58,7 +85,9 @@ def playlist_entries(path: Path) -> list[tuple[float, str]]:
 
 
 async def record(room, outputs, seconds: float, name: str):
-    graph, stages = composite_graph(room, outputs, name=name)
+    # one key frame per segment, as validation chooses for requests
+    video = VideoEncoding(keyframe_interval_s=outputs[0].segment_duration)
+    graph, stages = composite_graph(room, outputs, video=video, name=name)
     closed_while_running: list[str] = []
     graph.bus.subscribe(
         lambda m: (
@@ -154,7 +183,11 @@ async def test_a_segment_name_planted_as_a_symlink_is_not_written_through(rooms,
     outside.mkdir()
     os.symlink(outside / "stolen.ts", out / "rec_00001.ts")
     graph, stages = composite_graph(
-        room, [SegmentsOutput(out / "rec", segment_duration=1)], audio=None, name="planted"
+        room,
+        [SegmentsOutput(out / "rec", segment_duration=1)],
+        video=VideoEncoding(keyframe_interval_s=1),
+        audio=None,
+        name="planted",
     )
     await graph.start()
     try:
@@ -164,3 +197,25 @@ async def test_a_segment_name_planted_as_a_symlink_is_not_written_through(rooms,
     assert "outside" in str(graph.error)
     assert not list(outside.iterdir())
     assert first_video_packet_is_key(out / "rec_00000.ts")
+
+
+async def test_an_advanced_key_frame_interval_is_kept_with_longer_segments(rooms, tmp_path):
+    """2 s key frames asked with 6 s segments: the segment holds a 2 s GOP, not a 6 s one."""
+    room = rooms.get_or_create("gop")
+    await room.publish(SyntheticVideoTrack((40, 200, 60), 320, 180, 15), identity="alice")
+    request = egress_pb.RoomCompositeEgressRequest(
+        room_name="gop",
+        video_only=True,
+        advanced=egress_pb.EncodingOptions(
+            width=320, height=180, framerate=15, video_bitrate=300, key_frame_interval=2
+        ),
+        segment_outputs=[
+            egress_pb.SegmentedFileOutput(filename_prefix="gop/rec", segment_duration=6)
+        ],
+    )
+    planned = plan(validate(request), "EG_gop", rooms, tmp_path)
+    await planned.graph.start()
+    await asyncio.sleep(4.6)
+    assert await planned.graph.stop() is GraphState.COMPLETE, planned.graph.error
+    keys = key_frame_times(tmp_path / "gop" / "rec_00000.ts")
+    assert len(keys) == 3 and all(abs(k - 2.0 * i) < 0.1 for i, k in enumerate(keys)), keys

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import re
+
 import numpy as np
 import pytest
 from livekit.protocol import egress as egress_pb
@@ -11,6 +15,7 @@ from publishers import SyntheticVideoTrack, colors_close
 
 from egresskit import FileOutput, GraphState, composite_graph
 from egresskit.egress.graphs import ImageOutput
+from egresskit.egress.manager import EgressManager
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 # 320x180 images of the 1280x720 composite: regions inside the tiles, scaled by 1/4
@@ -72,3 +77,39 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
     with Image.open(tmp_path / "latest.jpeg") as jpeg:
         assert jpeg.size == (1280, 720)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["archive.mp4", "latest.jpeg", "thumbs"]
+
+
+async def test_an_image_prefix_is_not_credited_with_a_longer_ones_images(rooms, tmp_path):
+    """`shots/cam` and `shots/cam_hi` share a directory: each counts only its own JPEGs."""
+    room = rooms.get_or_create("two-prefixes")
+    await room.publish(SyntheticVideoTrack(RED, 320, 180, 15), identity="alice")
+    manager = EgressManager(rooms, tmp_path)
+    info = await manager.start(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name="two-prefixes",
+            video_only=True,
+            advanced=egress_pb.EncodingOptions(width=320, height=180, framerate=15),
+            image_outputs=[
+                egress_pb.ImageOutput(filename_prefix="shots/cam", capture_interval=1),
+                egress_pb.ImageOutput(filename_prefix="shots/cam_hi", capture_interval=1),
+            ],
+        )
+    )
+    session = manager.get(info.egress_id)
+    await asyncio.sleep(2.5)
+    manager.stop(info.egress_id)
+    await session.wait()
+    final = manager.get(info.egress_id).info
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    counts = {r.filename_prefix: r.image_count for r in final.image_results}
+    on_disk = {
+        prefix: sum(
+            1 for p in (tmp_path / "shots").iterdir() if re.fullmatch(rf"{stem}_\d+\.jpeg", p.name)
+        )
+        for prefix, stem in (("shots/cam", "cam"), ("shots/cam_hi", "cam_hi"))
+    }
+    assert counts == on_disk and min(on_disk.values()) >= 2, (counts, on_disk)
+    manifest = json.loads((tmp_path / "shots" / f"{info.egress_id}.json").read_text())
+    assert sorted(i["filename"] for i in manifest["images"]) == sorted(
+        f"shots/{p.name}" for p in (tmp_path / "shots").glob("*.jpeg")
+    ), manifest

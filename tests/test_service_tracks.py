@@ -88,6 +88,7 @@ async def test_unknown_track_is_not_found(service):
                 )
             )
         assert refused.value.code == "not_found"
+        assert refused.value.message == "track 'TR_nosuchtrack' is not published in room 'tracks'"
     finally:
         await publisher.close()
 

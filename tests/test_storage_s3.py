@@ -10,7 +10,7 @@ from pathlib import Path
 from livekit.protocol import egress
 from storage_servers import ForwardProxy
 
-from egresskit.storage import open_storage, storage_for_output
+from egresskit.storage import storage_for_output
 from egresskit.storage.s3 import MiB, S3Storage
 
 
@@ -109,20 +109,6 @@ async def test_upload_through_authenticating_proxy_uses_path_style(
     ]
     assert proxy.credentials()[0] == ("proxyuser", "pr0xy-pass")
     assert await download_sha256(moto_server, s3_bucket, "via/proxy.mp4") == digest
-
-
-async def test_upload_stream_spools_and_uploads(moto_server, s3_bucket):
-    parts = [os.urandom(100_000) for _ in range(5)]
-
-    async def chunks():
-        for part in parts:
-            yield part
-
-    async with open_storage("s3", s3_upload(moto_server, s3_bucket)) as storage:
-        await storage.upload_stream(chunks(), "live/index.m3u8", "application/x-mpegURL")
-    assert await download_sha256(moto_server, s3_bucket, "live/index.m3u8") == (
-        hashlib.sha256(b"".join(parts)).hexdigest()
-    )
 
 
 def test_location_follows_addressing_style():

@@ -16,7 +16,7 @@ from rtmp_server import free_port
 
 from egresskit import FileOutput, GraphState, VideoEncoding, composite_graph
 from egresskit.egress.graphs import StreamOutput
-from egresskit.stages.stream import RetryPolicy, StreamStatus
+from egresskit.stages.stream import ReconnectPolicy, StreamStatus
 
 # Streams start at a key frame: one a second keeps a new URL's start prompt.
 STREAM_VIDEO = VideoEncoding(keyframe_interval_s=1.0)
@@ -100,7 +100,7 @@ async def test_dead_rtmp_server_fails_its_stream_but_not_the_file(
     room = await publish_room(rooms, "doomed-live")
     url = rtmp_server.url(KEY_A)
     mp4 = tmp_path / "archive.mp4"
-    retry = RetryPolicy(delays=(0.2, 0.4, 0.8))
+    retry = ReconnectPolicy(delays=(0.2, 0.4, 0.8))
     graph, stages = composite_graph(
         room, [FileOutput(mp4), StreamOutput((url,), retry=retry)], video=STREAM_VIDEO
     )

@@ -220,7 +220,7 @@ def test_start_egress_template_with_request_and_output_storage():
         preset=egress_pb.H264_1080P_30,
     )
     spec = validate(request)
-    assert (spec.kind, spec.layout, spec.request) == ("room_composite", "speaker", request)
+    assert (spec.kind, spec.layout) == ("room_composite", "speaker")
     assert spec.file.storage == S3  # request-level default
     assert spec.images[0].storage == egress_pb.GCPUpload(bucket="g")  # per-output override
     assert (spec.encoding.width, spec.encoding.audio_codec) == (1920, "aac")

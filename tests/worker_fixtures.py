@@ -113,8 +113,11 @@ class WebhookLog:
         ]
 
 
-async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, statuses, timeout: float = 30.0):
-    """livekit-server's own record of the egress, once it has one of `statuses`."""
+async def wait_status(
+    lkapi: api.LiveKitAPI, egress_id: str, statuses, timeout: float = 30.0, interval: float = 0.05
+):
+    """livekit-server's own record of the egress, once it has one of `statuses`
+    (asked every `interval` seconds)."""
     deadline = time.monotonic() + timeout
     while True:
         items = (await lkapi.egress.list_egress(api.ListEgressRequest(egress_id=egress_id))).items
@@ -123,4 +126,4 @@ async def wait_status(lkapi: api.LiveKitAPI, egress_id: str, statuses, timeout: 
         if time.monotonic() > deadline:
             status = egress_pb.EgressStatus.Name(items[0].status) if items else "missing"
             raise AssertionError(f"{egress_id} is still {status}")
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(interval)

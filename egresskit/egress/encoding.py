@@ -15,6 +15,8 @@ from typing import Literal
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
+from egresskit.stages.encoder import gop_frames
+
 # vp9 and av1 come only from egresskit's extension request (LiveKit's VideoCodec has neither)
 VideoCodecName = Literal["h264", "vp8", "vp9", "av1"]
 H264Profile = Literal["baseline", "main", "high"]
@@ -77,7 +79,7 @@ class EncodingSettings:
     @property
     def gop_frames(self) -> int:
         """Frames between key frames."""
-        return max(1, round(self.key_frame_interval_s * self.framerate))
+        return gop_frames(self.key_frame_interval_s, self.framerate)
 
 
 _PRESETS: dict[int, tuple[int, int, int, int]] = {

@@ -19,8 +19,7 @@ class RoomNotFound(EgressError):
 
 
 class TrackNotFound(EgressError):
-    def __init__(self, track_id: str) -> None:
-        super().__init__(f"track {track_id!r} does not exist")
+    """The room has no such track or participant; the message says which, in which room."""
 
 
 class EgressEnded(EgressError):

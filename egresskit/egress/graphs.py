@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.speaker import SpeakerTracker
-from egresskit.stages.stream import RetryPolicy, StreamSink
+from egresskit.stages.stream import ReconnectPolicy, StreamSink
 from egresskit.stages.subscriber import (
     EVERYONE,
     ParticipantChoice,
@@ -63,7 +62,8 @@ class SegmentsOutput:
 
     The prefix's directory holds segments and playlists; `playlist` defaults
     to `{prefix}.m3u8`; `live_playlist`, if given, is the sliding window of 5.
-    The video key frame interval is set to `segment_duration`.
+    Segments start on key frames: the video encoding's key frame interval
+    should divide `segment_duration` (requests get one per segment from validation).
     """
 
     prefix: str | os.PathLike[str]
@@ -81,7 +81,7 @@ class StreamOutput:
     """Live streams: `rtmp://`, `rtmps://` (FLV) and `srt://` (MPEG-TS) URLs, more added later."""
 
     urls: tuple[str, ...] = ()
-    retry: RetryPolicy = RetryPolicy()
+    retry: ReconnectPolicy = ReconnectPolicy()
     network: NetworkPolicy | None = None  # a caller's URLs: where they may connect
 
 
@@ -180,16 +180,6 @@ def snapshotter(output: ImageOutput) -> ImageSnapshotter:
     )
 
 
-def _keyframes_for_segments(
-    video: VideoEncoding | None, outputs: list[Output]
-) -> VideoEncoding | None:
-    """HLS segments start on key frames: one key frame per segment."""
-    segments = [o for o in outputs if isinstance(o, SegmentsOutput)]
-    if video is not None and segments:
-        return dataclasses.replace(video, keyframe_interval_s=segments[0].segment_duration)
-    return video
-
-
 def composite_graph(
     room: LocalRoom,
     outputs: list[Output],
@@ -218,7 +208,6 @@ def composite_graph(
     """
     if video is None and audio is None:
         raise ValueError("a composite needs video, audio or both")
-    video = _keyframes_for_segments(video, outputs)
     if video is None and any(isinstance(o, ImageOutput) for o in outputs):
         raise ValueError("image outputs need video")
     graph = Graph(name)
@@ -322,7 +311,6 @@ def web_graph(
     """
     if video is None and audio is None:
         raise ValueError("a web egress needs video, audio or both")
-    video = _keyframes_for_segments(video, outputs)
     if video is None and any(isinstance(o, ImageOutput) for o in outputs):
         raise ValueError("image outputs need video")
     graph = Graph(name)

@@ -30,6 +30,7 @@ from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
 from egresskit.egress.templates import template_page_url, template_token
 from egresskit.egress.validation import Caller, EgressSpec, check_caller, check_layout, validate
+from egresskit.protos import egress_pb2 as extension_pb
 from egresskit.rooms.local import RoomManager
 from egresskit.rooms.signal import SignalError, set_participant_metadata
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S
@@ -199,8 +200,9 @@ class EgressManager:
             room_name=planned.room.name if planned.room else spec.room_name,
             source_type=egress_pb.EGRESS_SOURCE_TYPE_SDK,
         )
-        # spec.request: LiveKit's own request, also when egresskit's extension carried it
-        getattr(info, _REQUEST_FIELDS[spec.request.DESCRIPTOR.full_name]).CopyFrom(spec.request)
+        if isinstance(request, extension_pb.RoomCompositeEgressRequest):
+            request = request.request  # EgressInfo carries LiveKit's own request
+        getattr(info, _REQUEST_FIELDS[request.DESCRIPTOR.full_name]).CopyFrom(request)
         session = EgressSession(
             info,
             planned,
@@ -269,6 +271,9 @@ class EgressManager:
             )
 
     # --- steering ---------------------------------------------------------------------------
+
+    def __contains__(self, egress_id: str) -> bool:
+        return egress_id in self._sessions
 
     def get(self, egress_id: str) -> EgressSession | EndedEgress:
         session = self._sessions.get(egress_id)

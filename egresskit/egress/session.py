@@ -181,11 +181,18 @@ class EgressSession:
     def _directory(
         directories: Sequence[PlannedDirectory], path: Path, *, any_name: bool = False
     ) -> PlannedDirectory | None:
+        """The output that wrote `path`: in its directory, the longest name prefix `path`
+        starts with (`cam_hi_00000.jpeg` is `shots/cam_hi`'s, not `shots/cam`'s)."""
+        found, found_stem = None, ""
         for directory in directories:
             stem = Path(directory.prefix).name
-            if path.parent == directory.local_dir and (any_name or path.name.startswith(stem)):
+            if path.parent != directory.local_dir:
+                continue
+            if any_name:
                 return directory
-        return None
+            if path.name.startswith(stem) and (found is None or len(stem) > len(found_stem)):
+                found, found_stem = directory, stem
+        return found
 
     def _stream_results(self, states: Sequence[StreamState]) -> None:
         del self.info.stream_results[:]
@@ -212,7 +219,7 @@ class EgressSession:
         states = sink.states
         if not states or any(s.status is StreamStatus.ACTIVE for s in states):
             return
-        if all(s.status is StreamStatus.FAILED for s in states):
+        if sink.all_failed:
             self._end_error = STREAMS_FAILED
             self.end(STREAMS_FAILED, egress_pb.EGRESS_FAILED)
         else:
@@ -235,7 +242,12 @@ class EgressSession:
         self._stopping = asyncio.create_task(self.plan.graph.stop())
 
     def set_details(self, details: str) -> None:
-        """What the caller should know about a running egress (tracks left out, and why)."""
+        """What the caller should know about a running egress (tracks left out, and why).
+
+        Unchanged details are no update: each one is a round trip to livekit-server
+        that a worker's next report (ACTIVE, on the start path) would wait for."""
+        if details == self._warnings:
+            return
         self._warnings = details
         self._show_details()
         self._changed("egress_updated")
@@ -529,7 +541,9 @@ class EgressSession:
 
     def _image_results(self) -> None:
         for directory in self.plan.images:
-            taken = [(p, t) for p, t in self._images if self._directory([directory], p)]
+            taken = [
+                (p, t) for p, t in self._images if self._directory(self.plan.images, p) is directory
+            ]
             self.info.image_results.add(
                 filename_prefix=directory.prefix,
                 image_count=len(taken),

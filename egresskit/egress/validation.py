@@ -162,7 +162,6 @@ class EgressSpec:
     """A valid egress request, independent of the wire message it came in."""
 
     kind: EgressKind
-    request: Message
     room_name: str = ""
     audio: bool = True
     video: bool = True
@@ -290,8 +289,7 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
         check_destination(spec.custom_base_url, "custom_base_url", caller.network)
     if spec.web_url:
         # the page's first address only: what the page itself loads is Chromium's business
-        web_field = "web.url" if isinstance(spec.request, egress_pb.StartEgressRequest) else "url"
-        check_destination(spec.web_url, web_field, caller.network)
+        check_destination(spec.web_url, "url", caller.network)
     stored = [("file", spec.file), ("segments", spec.segments)]
     stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
     for field, target in stored:
@@ -335,7 +333,6 @@ def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     return _encoded(
         EgressSpec(
             kind="room_composite",
-            request=req,
             room_name=req.room_name,
             audio=not req.video_only,
             video=not req.audio_only,
@@ -389,7 +386,6 @@ def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:
     return _encoded(
         EgressSpec(
             kind="track_composite",
-            request=req,
             room_name=req.room_name,
             audio=bool(req.audio_track_id),
             video=bool(req.video_track_id),
@@ -409,7 +405,6 @@ def _participant(req: egress_pb.ParticipantEgressRequest) -> EgressSpec:
     return _encoded(
         EgressSpec(
             kind="participant",
-            request=req,
             room_name=req.room_name,
             participant_identity=req.identity,
             screen_share=req.screen_share,
@@ -427,7 +422,6 @@ def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
     return _encoded(
         EgressSpec(
             kind="web",
-            request=req,
             audio=not req.video_only,
             video=not req.audio_only,
             web_url=req.url,
@@ -445,7 +439,6 @@ def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     _require(req.track_id, "track_id")
     spec = EgressSpec(
         kind="track",
-        request=req,
         room_name=req.room_name,
         track_id=req.track_id,
         encoding=None,
@@ -477,7 +470,6 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
         spec = EgressSpec(
             kind="room_composite",
-            request=req,
             room_name=req.room_name,
             audio=not template.video_only,
             video=not template.audio_only,
@@ -491,7 +483,6 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         _check_audio_video_flags(web.audio_only, web.video_only, "web.")
         spec = EgressSpec(
             kind="web",
-            request=req,
             room_name=req.room_name,
             audio=not web.video_only,
             video=not web.audio_only,
@@ -564,7 +555,6 @@ def _media_spec(
         raise InvalidRequest("media", "select a video track, audio tracks or both")
     return EgressSpec(
         kind="media",
-        request=req,
         room_name=req.room_name,
         audio=audio,
         video=video is not None,

@@ -1,4 +1,4 @@
-"""The graph's bus: state changes, errors and stats, seen by whoever runs it."""
+"""The graph's bus: state changes, errors and stage events, seen by whoever runs it."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 class BusMessage:
     """One thing a stage or the graph reports: `kind` says what, `data` says the rest."""
 
-    kind: str  # "state", "error", "stats", or a stage-specific name such as "first_media"
+    kind: str  # "state", "error", or a stage-specific name such as "first_media"
     source: str
     data: dict[str, Any] = field(default_factory=dict)
 

@@ -211,15 +211,16 @@ async def _lifetime(app: web.Application) -> AsyncIterator[None]:
     warm_up = asyncio.create_task(asyncio.to_thread(shared_session))
     yield
     await asyncio.gather(warm_up, return_exceptions=True)
-    await app[MANAGER].shutdown(DRAIN_TIMEOUT_S)
-    # Rooms first: closing them posts participant_left / track_unpublished, which the
-    # notifier still delivers (bounded by its drain timeout) instead of dropping with a warning.
+    # The egresses have drained already (_drain, on shutdown). Rooms next: closing them
+    # posts participant_left / track_unpublished, which the notifier still delivers
+    # (bounded by its drain timeout) instead of dropping with a warning.
     await app[ROOMS].close()
     await app[WEBHOOKS].close()
 
 
 async def _drain(app: web.Application) -> None:
-    """SIGTERM: refuse new egresses and let running ones finish their files."""
+    """SIGTERM: refuse new egresses and let running ones finish their files, at once
+    (on shutdown, before aiohttp waits for open connections to finish)."""
     await app[MANAGER].shutdown(DRAIN_TIMEOUT_S)
 
 

@@ -33,6 +33,11 @@ SINGLE_THREAD_PIXEL_RATE = 1280 * 720 * 30
 AUDIO_CODECS = {"aac": "aac", "opus": "libopus", "mp3": "libmp3lame"}
 
 
+def gop_frames(keyframe_interval_s: float, fps: int) -> int:
+    """Frames from one key frame to the next: the one home of the GOP length."""
+    return max(1, round(keyframe_interval_s * fps))
+
+
 @dataclass(frozen=True, slots=True)
 class VideoEncoding:
     codec: str = "h264"  # "h264", "vp8", "vp9" or "av1"
@@ -145,7 +150,7 @@ class VideoEncoder(_Encoder):
             raise ValueError(f"unsupported video codec {encoding.codec!r}")
         self.encoding = encoding
         self.time_base = Fraction(1, encoding.fps)
-        self.gop = max(1, round(encoding.keyframe_interval_s * encoding.fps))
+        self.gop = gop_frames(encoding.keyframe_interval_s, encoding.fps)
         self._keyframe_wanted = False
         self._resumes_seen = 0
         self.context = self._open()

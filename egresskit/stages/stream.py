@@ -61,8 +61,9 @@ class StreamStatus(enum.Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
-    """Waits before each reconnection attempt; once they are used up the URL is FAILED."""
+class ReconnectPolicy:
+    """Waits before each reconnection of a stream URL; once they are used up the URL is FAILED
+    (uploads retry by `egresskit.storage.RetryPolicy`)."""
 
     delays: tuple[float, ...] = (0.5, 1.0, 2.0)
 
@@ -156,7 +157,7 @@ class _UrlWriter:
         self,
         url: str,
         encoders: Sequence[_Encoder],
-        retry: RetryPolicy,
+        retry: ReconnectPolicy,
         queue_packets: int,
         notify: Callable[[StreamState], None],
         network: NetworkPolicy | None = None,
@@ -420,7 +421,7 @@ class StreamSink(Stage):
         encoders: Sequence[_Encoder],
         urls: Sequence[str] = (),
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: ReconnectPolicy = ReconnectPolicy(),
         queue_packets: int = URL_QUEUE_PACKETS,
         close_timeout: float = 5.0,
         network: NetworkPolicy | None = None,
@@ -478,11 +479,8 @@ class StreamSink(Stage):
         return self._writers[url].state
 
     @property
-    def active_urls(self) -> list[str]:
-        return [u for u, w in self._writers.items() if w.state.status is StreamStatus.ACTIVE]
-
-    @property
     def all_failed(self) -> bool:
+        """Every URL streamed to has failed (a stream-only egress then fails)."""
         states = self.states
         return bool(states) and all(s.status is StreamStatus.FAILED for s in states)
 

@@ -10,12 +10,9 @@ constructing one validates a request without touching the network.
 from __future__ import annotations
 
 import abc
-import asyncio
 import ipaddress
-import os
 import re
-import tempfile
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -147,18 +144,6 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def upload_file(self, path: Path, key: str, content_type: str) -> str:
         """Upload ``path`` to ``key`` and return the final location (a URL or absolute path)."""
-
-    async def upload_stream(self, chunks: AsyncIterator[bytes], key: str, content_type: str) -> str:
-        """Upload a byte stream. The default spools to a temp file, then uploads that file."""
-        fd, name = tempfile.mkstemp(prefix="egresskit-spool-")
-        spool = Path(name)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                async for chunk in chunks:
-                    await asyncio.to_thread(f.write, chunk)
-            return await self.upload_file(spool, key, content_type)
-        finally:
-            await asyncio.to_thread(spool.unlink, missing_ok=True)
 
     async def delete(self, key: str) -> None:
         """Remove the object at ``key``; none there is no error (StopEgress with discard).

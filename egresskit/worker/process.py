@@ -27,7 +27,7 @@ from egresskit.egress.errors import (
     EgressError,
 )
 from egresskit.egress.livekit_rooms import LiveKitServer
-from egresskit.egress.manager import EgressManager, EndedEgress
+from egresskit.egress.manager import EgressManager, EndedEgress, new_egress_id
 from egresskit.egress.refusals import REFUSALS, refusal_code
 from egresskit.egress.session import EgressSession
 from egresskit.egress.validation import Caller, stream_protocol, validate
@@ -192,20 +192,34 @@ class WorkerProcess:
         if self.draining:
             raise PsrpcError(ErrorCode.UNAVAILABLE, "this egress worker is shutting down")
         inner = inner_request(request)
+        assert self.server is not None
+        egress_id = request.egress_id or new_egress_id()
+        # StopEgress and UpdateStream route here from the start: subscribing to their
+        # channels (Redis round trips) runs while the room is joined, not after it.
+        routing = None
+        if egress_id not in self.manager:  # a known id is refused by manager.start
+            routing = asyncio.create_task(
+                self.server.add_egress(egress_id, self._stop, self._update_stream)
+            )
         try:
             info = await self.manager.start(
                 inner,
                 # whoever asked livekit-server is a caller like any of the API's
                 Caller(self.config.api_key, self.config.network_policy),
-                egress_id=request.egress_id,
+                egress_id=egress_id,
                 room_id=request.room_id,
                 estimated_cpu=request.estimated_cpu,
             )
-        except REFUSALS as exc:
-            raise psrpc_error(exc) from None
+        except BaseException as exc:
+            if routing is not None:
+                await asyncio.wait([routing])
+                await _bounded(self.server.remove_egress(egress_id), "unrouting a failed egress")
+            if isinstance(exc, REFUSALS):
+                raise psrpc_error(exc) from None
+            raise
+        if routing is not None:
+            await routing
         session = self.manager.get(info.egress_id)
-        assert self.server is not None
-        await self.server.add_egress(info.egress_id, self._stop, self._update_stream)
         watcher = asyncio.create_task(self._watch(session))
         self._watchers.add(watcher)
         watcher.add_done_callback(self._watchers.discard)
