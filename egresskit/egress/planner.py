@@ -38,9 +38,9 @@ from egresskit.pipeline import Graph
 from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
+from egresskit.stages.participants import ParticipantChoice, ParticipantGate
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
-from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
 from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
@@ -105,8 +105,8 @@ class Plan:
     images: list[PlannedDirectory] = field(default_factory=list)
     stream: StreamSink | None = None
     track: TrackDescription | None = None
-    # the room composite's subscriber, which chooses who is recorded (UpdateParticipants)
-    subscriber: RoomSubscriber | None = None
+    # the room composite's choice of who is recorded (UpdateParticipants changes it)
+    participants: ParticipantGate | None = None
 
 
 def _unsupported(spec: EgressSpec) -> str | None:
@@ -421,5 +421,5 @@ def _plan_encoded(
         segments=segments,
         images=images,
         stream=stages.streams[0] if stages.streams else None,
-        subscriber=stages.subscriber if spec.kind == "room_composite" else None,
+        participants=stages.participants if spec.kind == "room_composite" else None,
     )
