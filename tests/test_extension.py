@@ -401,16 +401,23 @@ async def test_excluded_participant_is_neither_drawn_nor_heard_until_included(
         await clock.sleep_until(2.5)
         called_at = clock.now()
         await client.update_participants(UpdateParticipantsRequest(egress_id=info.egress_id))
-        await clock.sleep_until(called_at + 2.0)
+        await clock.sleep_until(called_at + 1.5)
+        left_at = clock.now()
+        await client.update_participants(
+            UpdateParticipantsRequest(egress_id=info.egress_id, exclude_identities=["bob"])
+        )
+        await clock.sleep_until(left_at + 1.5)
         await client.stop_egress(StopEgressRequest(egress_id=info.egress_id))
         final = await wait_for_status(manager, info.egress_id, FINAL)
         assert final.status == egress_pb.EGRESS_COMPLETE, final.error
 
     # The recording shows the room PLAYOUT_DELAY_S after it happened (everyone's sound and
-    # pictures, in step): the call's place in it is where the others' media of that instant
-    # is. Before it, nothing of bob, not even what he said just before the call (excluded
-    # media is never buffered into the mix); from it, his colour and his tone within 200 ms.
+    # pictures, in step): a call's place in it is where the others' media of that instant
+    # is. Before the first, nothing of bob, not even what he said just before the call
+    # (excluded media is never buffered into the mix); from it, his colour and his tone
+    # within 200 ms; from the second, nothing of bob again within 200 ms.
     placed = called_at + PLAYOUT_DELAY_S
+    gone = left_at + PLAYOUT_DELAY_S
     frame = 1 / SMALL.framerate  # a picture shows the source frame nearest its instant
     path = tmp_path / "choose.mp4"
     bob = await asyncio.to_thread(colour_series, path, PEOPLE["bob"][0])
@@ -419,6 +426,8 @@ async def test_excluded_participant_is_neither_drawn_nor_heard_until_included(
     assert any(share > 0.05 for t, share in alice if 1.0 < t < placed)
     shown = [t for t, share in bob if t >= placed - frame and share > 0.05]
     assert shown and shown[0] - placed <= 0.2, f"bob drawn at {shown[:1]}, placed {placed:.3f}"
+    assert all(share > 0.05 for t, share in bob if shown[0] <= t < gone - frame), "bob hidden"
+    assert all(share < 0.01 for t, share in bob if t > gone + 0.2), "bob drawn once left out"
 
     tones = {
         who: await asyncio.to_thread(tone_series, path, tone) for who, (_, tone) in PEOPLE.items()
@@ -432,3 +441,5 @@ async def test_excluded_participant_is_neither_drawn_nor_heard_until_included(
     assert heard and heard[0] - placed <= 0.2, f"bob heard at {heard[:1]}, placed {placed:.3f}"
     steady = [a for t, a in tones["bob"] if heard[0] + 0.1 < t < heard[0] + 1.1]
     assert np.mean(steady) > 0.5 * level, steady  # and on
+    after = [(t, a) for t, a in tones["bob"] if t > gone + 0.2 and a > 0.25 * level]
+    assert not after, f"bob heard once left out: {after[:5]}, gone {gone:.3f}"
