@@ -300,7 +300,8 @@ class VideoCompositor(Stage):
         that when they are let in again no picture from before returns.
         """
         due = media_time - PLAYOUT_DELAY_S + 0.5 / self.fps
-        # the capture instant of `due` (no pause can fall within the last playout delay)
+        # The capture instant of `due`. Right after a resume it is later by the pause: a
+        # tile may then follow a change that early, but frames are still gated as captured.
         self._shown_at = time.monotonic() - (self.clock.now() - due)
         for track in self._videos.values():
             pending = track.pending
