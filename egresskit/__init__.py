@@ -19,7 +19,8 @@ from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
-from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
+from egresskit.stages.participants import ParticipantChoice, ParticipantGate
+from egresskit.stages.subscriber import RoomSubscriber
 from egresskit.tokens import create_token
 
 __all__ = [
@@ -39,6 +40,7 @@ __all__ = [
     "LocalRoom",
     "Mp4Muxer",
     "ParticipantChoice",
+    "ParticipantGate",
     "RoomManager",
     "RoomSubscriber",
     "SegmentsOutput",

@@ -39,6 +39,7 @@ from service_fixtures import (
 )
 from storage_servers import ForwardProxy, MotoServer, free_port, unique_name, wait_for_port
 
+from egresskit.client import EgressClient, RoomCompositeEgressRequest, StopEgressRequest
 from egresskit.service.app import ROOMS, create_app
 from egresskit.service.config import load_config
 from egresskit.tokens import create_token
@@ -128,16 +129,21 @@ class Target:
 
     output: dict
     url: str  # the location prefix: objects are at f"{url}/{key}"
-    list_and_get: Callable[[str], Awaitable[tuple[list[str], bytes]]]
-    fetch: Callable[[str], Awaitable[bytes]] | None = None
+    names: Callable[[], Awaitable[list[str]]]
+    get: Callable[[str], Awaitable[bytes]]
+
+    async def list_and_get(self, key: str) -> tuple[list[str], bytes]:
+        return await self.names(), await self.get(key)
 
 
 def s3_target(moto_server, bucket) -> Target:
     client = moto_server.boto3_client()
 
-    async def list_and_get(key: str) -> tuple[list[str], bytes]:
-        listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
-        return [o["Key"] for o in listed], client.get_object(Bucket=bucket, Key=key)["Body"].read()
+    async def names() -> list[str]:
+        return [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+
+    async def get(key: str) -> bytes:
+        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
 
     upload = egress_pb.S3Upload(
         access_key="testing",
@@ -147,7 +153,7 @@ def s3_target(moto_server, bucket) -> Target:
         bucket=bucket,
         force_path_style=True,
     )
-    return Target({"s3": upload}, f"{moto_server.url}/{bucket}", list_and_get)
+    return Target({"s3": upload}, f"{moto_server.url}/{bucket}", names, get)
 
 
 # A service-account key file in the shape Google issues; the emulator never checks it.
@@ -166,26 +172,32 @@ GCP_CREDENTIALS = json.dumps(
 def gcp_target(emulator, bucket) -> Target:
     from gcloud.aio.storage import Storage as GcsClient
 
-    async def list_and_get(key: str) -> tuple[list[str], bytes]:
+    async def names() -> list[str]:
         async with GcsClient(api_root=emulator.url) as client:
-            listed = await client.list_objects(bucket)
-            return [o["name"] for o in listed.get("items", [])], await client.download(bucket, key)
+            return [o["name"] for o in (await client.list_objects(bucket)).get("items", [])]
+
+    async def get(key: str) -> bytes:
+        async with GcsClient(api_root=emulator.url) as client:
+            return await client.download(bucket, key)
 
     upload = egress_pb.GCPUpload(bucket=bucket, credentials=GCP_CREDENTIALS)
-    return Target({"gcp": upload}, f"{emulator.url}/{bucket}", list_and_get)
+    return Target({"gcp": upload}, f"{emulator.url}/{bucket}", names, get)
 
 
 def azure_target(azurite, container) -> Target:
-    async def list_and_get(key: str) -> tuple[list[str], bytes]:
+    async def names() -> list[str]:
         with azurite.service_client() as service:
-            box = service.get_container_client(container)
-            names = [b.name for b in box.list_blobs()]
-            return names, box.get_blob_client(key).download_blob().readall()
+            return [b.name for b in service.get_container_client(container).list_blobs()]
+
+    async def get(key: str) -> bytes:
+        with azurite.service_client() as service:
+            blob = service.get_container_client(container).get_blob_client(key)
+            return blob.download_blob().readall()
 
     upload = egress_pb.AzureBlobUpload(
         account_name=azurite.ACCOUNT, account_key=azurite.KEY, container_name=container
     )
-    return Target({"azure": upload}, f"{azurite.account_url}/{container}", list_and_get)
+    return Target({"azure": upload}, f"{azurite.account_url}/{container}", names, get)
 
 
 def alioss_target(oss_target, bucket) -> Target:
@@ -197,7 +209,7 @@ def alioss_target(oss_target, bucket) -> Target:
         endpoint=oss_target.url,
         bucket=bucket,
     )
-    return Target({"aliOSS": upload}, target.url, target.list_and_get)
+    return Target({"aliOSS": upload}, target.url, target.names, target.get)
 
 
 @pytest.fixture(params=["s3", "gcp", "azure", "alioss"])
@@ -234,6 +246,36 @@ async def test_room_composite_recorded_straight_to_backend(start_service, target
     assert_points_at(info, json.loads(manifest), f"{target.url}/{KEY}")
     # Uploaded recordings do not stay behind on the service's disk.
     assert not (service.output_dir / KEY).exists()
+
+
+async def test_discard_deletes_segments_already_uploaded_to_backend(start_service, target):
+    """StopEgress with discard (egresskit.client): what was uploaded while recording is gone."""
+    service = await start_service()
+    segments = egress_pb.SegmentedFileOutput(
+        filename_prefix="hls/discarded",
+        playlist_name="discarded.m3u8",
+        segment_duration=1,
+        **target.output,
+    )
+    async with EgressClient(service.base, API_KEY, API_SECRET) as client:
+        info = await client.start_room_composite_egress(
+            RoomCompositeEgressRequest(
+                request=egress_pb.RoomCompositeEgressRequest(
+                    room_name=ROOM, segment_outputs=[segments], advanced=ENCODING
+                )
+            )
+        )
+        for _ in range(200):
+            uploaded = await target.names()
+            if any(name.endswith(".ts") for name in uploaded):
+                break
+            await asyncio.sleep(0.1)
+        assert any(name.endswith(".ts") for name in uploaded), "no segment uploaded in 20 s"
+        await client.stop_egress(StopEgressRequest(egress_id=info.egress_id, discard=True))
+    final = await wait_status(service.lkapi, info.egress_id, DONE, timeout=60)
+    assert final.status == egress_pb.EGRESS_ABORTED, final.error
+    assert final.details == "discarded" and not final.error
+    assert await target.names() == []
 
 
 # --- S3 request options ------------------------------------------------------------------

@@ -19,15 +19,11 @@ from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
 from egresskit.stages.mixer import AudioMixer
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
+from egresskit.stages.participants import EVERYONE, ParticipantChoice, ParticipantGate
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.speaker import SpeakerTracker
 from egresskit.stages.stream import ReconnectPolicy, StreamSink
-from egresskit.stages.subscriber import (
-    EVERYONE,
-    ParticipantChoice,
-    RoomSubscriber,
-    TrackFilter,
-)
+from egresskit.stages.subscriber import RoomSubscriber, TrackFilter
 
 # Control items and the newest frame per track: the compositor consumes them at once.
 TRACK_ITEMS_QUEUE = 64
@@ -109,6 +105,8 @@ class CompositeStages:
     video_encoder: VideoEncoder | None
     audio_encoder: AudioEncoder | None
     muxers: list[FileMuxer]
+    # who is drawn and heard; `participants.choose` changes it while the graph runs
+    participants: ParticipantGate = field(default_factory=ParticipantGate)
     segmenters: list[HlsSegmenter] = field(default_factory=list)
     streams: list[StreamSink] = field(default_factory=list)
     snapshotters: list[ImageSnapshotter] = field(default_factory=list)
@@ -200,7 +198,7 @@ def composite_graph(
     through a shared SpeakerTracker.
 
     `participants` chooses who is drawn and heard (everyone by default);
-    `stages.subscriber.choose` changes it while the graph runs.
+    `stages.participants.choose` changes it while the graph runs.
 
     `video=None` records audio only, `audio=None` video only. Every output
     gets its own bounded link from the one encode; images take raw
@@ -217,16 +215,23 @@ def composite_graph(
             video=video is not None,
             audio=audio is not None,
             track_filter=track_filter,
-            participants=participants,
         )
     )
+    gate = ParticipantGate(participants)
     encoders = []
     compositor = mixer = video_encoder = audio_encoder = None
     # levels come from the mixer and from the room's server, if it announces speakers
     speakers = SpeakerTracker() if video is not None else None
     if video is not None:
         compositor = graph.add(
-            VideoCompositor(video.width, video.height, video.fps, layout=layout, speakers=speakers)
+            VideoCompositor(
+                video.width,
+                video.height,
+                video.fps,
+                layout=layout,
+                speakers=speakers,
+                participants=gate,
+            )
         )
         video_encoder = graph.add(VideoEncoder(video))
         graph.link(subscriber.video, compositor.input, maxsize=TRACK_ITEMS_QUEUE)
@@ -234,12 +239,14 @@ def composite_graph(
         graph.link(compositor.output, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
         encoders.append(video_encoder)
     if audio is not None:
-        mixer = graph.add(AudioMixer(mixing=audio_mixing, speakers=speakers))
+        mixer = graph.add(AudioMixer(mixing=audio_mixing, speakers=speakers, participants=gate))
         audio_encoder = graph.add(AudioEncoder(audio))
         graph.link(subscriber.audio, mixer.input, maxsize=TRACK_ITEMS_QUEUE)
         graph.link(mixer.output, audio_encoder.input, maxsize=RAW_AUDIO_QUEUE)
         encoders.append(audio_encoder)
-    stages = CompositeStages(subscriber, compositor, mixer, video_encoder, audio_encoder, [])
+    stages = CompositeStages(
+        subscriber, compositor, mixer, video_encoder, audio_encoder, [], participants=gate
+    )
     _attach_outputs(graph, stages, encoders, compositor.output if compositor else None, outputs)
     return graph, stages
 

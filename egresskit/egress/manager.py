@@ -325,13 +325,13 @@ class EgressManager:
             raise NotSupported(str(exc)) from None
         return session.public_info()
 
-    async def update_participants(
+    def update_participants(
         self, egress_id: str, include: list[str], exclude: list[str]
     ) -> egress_pb.EgressInfo:
         """Choose who a running room composite draws and mixes (lists checked by the caller)."""
         session = self._running(egress_id)
         try:
-            await session.choose_participants(include, exclude)
+            session.choose_participants(include, exclude)
         except ValueError as exc:
             raise EgressEnded(f"egress {egress_id}: {exc}") from None
         return session.public_info()

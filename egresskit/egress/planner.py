@@ -41,9 +41,9 @@ from egresskit.rooms.local import LocalRoom, RoomManager
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
+from egresskit.stages.participants import ParticipantChoice, ParticipantGate
 from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
-from egresskit.stages.subscriber import ParticipantChoice, RoomSubscriber
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
 from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
@@ -109,8 +109,8 @@ class Plan:
     images: list[PlannedDirectory] = field(default_factory=list)
     stream: StreamSink | None = None
     track: TrackDescription | None = None
-    # the room composite's subscriber, which chooses who is recorded (UpdateParticipants)
-    subscriber: RoomSubscriber | None = None
+    # the room composite's choice of who is recorded (UpdateParticipants changes it)
+    participants: ParticipantGate | None = None
     page: PageSource | None = None  # a web egress or custom template: the page's browser
 
 
@@ -450,7 +450,7 @@ def _plan_encoded(
         segments=segments,
         images=images,
         stream=stages.streams[0] if stages.streams else None,
-        subscriber=stages.subscriber
+        participants=stages.participants
         if spec.kind == "room_composite" and not isinstance(stages, WebStages)
         else None,
         page=stages.source if isinstance(stages, WebStages) else None,

@@ -25,8 +25,8 @@ from egresskit.egress.manifest import (
 from egresskit.egress.planner import Plan, PlannedDirectory, PlannedFile
 from egresskit.egress.redact import redact
 from egresskit.pipeline import BusMessage, GraphError, GraphState, memory
+from egresskit.stages.participants import ParticipantChoice
 from egresskit.stages.stream import StreamState, StreamStatus
-from egresskit.stages.subscriber import ParticipantChoice
 from egresskit.storage.base import Storage
 from egresskit.storage.upload import RetryPolicy, UploadFailed, upload_with_retry
 
@@ -290,12 +290,12 @@ class EgressSession:
         if self.plan.graph.state is not GraphState.RUNNING:
             raise EgressEnded(f"egress {self.egress_id} is ending")
 
-    async def choose_participants(self, include: Sequence[str], exclude: Sequence[str]) -> None:
-        """Record only `include` (empty: everyone) and never `exclude`, from the next frame."""
-        subscriber = self.plan.subscriber
-        if subscriber is None:
+    def choose_participants(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        """Record only `include` (empty: everyone) and never `exclude`, from media of this instant."""
+        participants = self.plan.participants
+        if participants is None:
             raise ValueError("only a room composite chooses its participants")
-        await subscriber.choose(ParticipantChoice.of(include, exclude))
+        participants.choose(ParticipantChoice.of(include, exclude))
         self._changed("egress_updated")
 
     def discard(self) -> None:

@@ -71,8 +71,6 @@ class ExtensionApi:
             include, exclude = check_identities(
                 request.include_identities, request.exclude_identities
             )
-            return await self.manager.update_participants(
-                request.egress_id, list(include), list(exclude)
-            )
+            return self.manager.update_participants(request.egress_id, list(include), list(exclude))
         except (EgressError, InvalidRequest) as exc:
             raise twirp_error(exc) from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -40,6 +41,7 @@ from egresskit.stages.media import (
     TrackMuteChanged,
     TrackStarted,
 )
+from egresskit.stages.participants import ParticipantGate
 from egresskit.stages.speaker import SpeakerTracker
 
 # Timed frames a track may hold until they are due: more than PLAYOUT_DELAY_S
@@ -145,6 +147,9 @@ class VideoCompositor(Stage):
     a tile of its own and turns `grid` into the speaker arrangement with
     the share large. `speakers` (levels from the mixer, speakers the
     room's server announces on the roster) says who is talking.
+    `participants` says who is drawn: a participant's frames captured while
+    left out are dropped, and their tile comes and goes when the media of
+    the instant they were chosen or left out is played (ParticipantGate).
     """
 
     def __init__(
@@ -155,6 +160,7 @@ class VideoCompositor(Stage):
         *,
         layout: str = "grid",
         speakers: SpeakerTracker | None = None,
+        participants: ParticipantGate | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -165,6 +171,9 @@ class VideoCompositor(Stage):
         self.fps = fps
         self.time_base = Fraction(1, fps)
         self.speakers = speakers
+        self.participants = participants or ParticipantGate()
+        # the capture instant of the media on show (None: now, with no graph clock)
+        self._shown_at: float | None = None
         self.input = self.add_input("input")
         self.roster = self.add_input("roster")
         self.output = self.add_output("output")
@@ -208,14 +217,17 @@ class VideoCompositor(Stage):
     def apply(self, item: TrackItem | RosterItem) -> None:
         """Take one item into account (in the loop thread, or with no graph at all)."""
         if isinstance(item, SpeakersAnnounced):
-            if self.speakers is not None:
-                self.speakers.announce(item.speakers)
+            if self.speakers is not None:  # someone left out never takes the floor
+                heard = tuple(s for s in item.speakers if self.participants.admits(s[0]))
+                self.speakers.announce(heard)
             return
         info = item.track
         if isinstance(item, TrackFrame):
             track = self._videos.get(info.sid)
             if track is None:
                 return
+            if not self.participants.admits(info.participant_identity, item.time):
+                return  # captured while its participant was left out: never shown
             if item.time is None or self.graph is None:
                 track.frame = item.frame
                 track.version += 1
@@ -291,11 +303,21 @@ class VideoCompositor(Stage):
 
         Nearest, not newest before: half a frame period of slack halves the
         worst error of showing a source on this frame grid. A track with
-        nothing on show yet shows its first frame at once.
+        nothing on show yet shows its first frame at once. A track whose
+        participant was left out at the instant on show shows nothing, so
+        that when they are let in again no picture from before returns.
         """
         due = media_time - PLAYOUT_DELAY_S + 0.5 / self.fps
+        # The capture instant of `due`. Right after a resume it is later by the pause: a
+        # tile may then follow a change that early, but frames are still gated as captured.
+        self._shown_at = time.monotonic() - (self.clock.now() - due)
         for track in self._videos.values():
             pending = track.pending
+            if not self.participants.admits(track.info.participant_identity, self._shown_at):
+                track.frame = track.scaled = None
+                while pending and pending[0][0] <= due:
+                    pending.popleft()
+                continue
             if not pending:
                 continue
             if track.frame is None:
@@ -307,10 +329,19 @@ class VideoCompositor(Stage):
 
     def _scene(self) -> _Scene:
         layout = self.layout
-        people = sorted(self._participants.values(), key=lambda p: p.order)
+        chosen = self.participants.admits
+        people = sorted(
+            (p for p in self._participants.values() if chosen(p.identity, self._shown_at)),
+            key=lambda p: p.order,
+        )
         views = [self._participant_view(p) for p in people]
         shares = sorted(
-            (t for t in self._videos.values() if t.info.source == TrackSource.SCREEN_SHARE),
+            (
+                t
+                for t in self._videos.values()
+                if t.info.source == TrackSource.SCREEN_SHARE
+                and chosen(t.info.participant_identity, self._shown_at)
+            ),
             key=lambda t: -t.order,
         )
         arrangement = layout.arrangement

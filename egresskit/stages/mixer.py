@@ -22,6 +22,7 @@ from egresskit.stages.media import (
     TrackMuteChanged,
     TrackStarted,
 )
+from egresskit.stages.participants import ParticipantGate
 from egresskit.stages.speaker import SpeakerTracker
 
 SAMPLE_RATE = 48_000
@@ -165,6 +166,8 @@ class AudioMixer(Stage):
     and everyone else on the right; DUAL_CHANNEL_ALTERNATE puts each new
     track on the other channel than the one before. With `speakers`, the
     level of every participant is reported on each tick (active speaker).
+    `participants` says who is heard: sound captured while its participant
+    was left out is dropped at once, so it is never mixed (ParticipantGate).
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class AudioMixer(Stage):
         *,
         mixing: int = AudioMixing.DEFAULT_MIXING,
         speakers: SpeakerTracker | None = None,
+        participants: ParticipantGate | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -179,6 +183,7 @@ class AudioMixer(Stage):
             raise ValueError(f"unknown audio mixing {mixing!r}")
         self.mixing = mixing
         self.speakers = speakers
+        self.participants = participants or ParticipantGate()
         self._next_channel = LEFT
         self.input = self.add_input("input")
         self.output = self.add_output("output")
@@ -204,7 +209,11 @@ class AudioMixer(Stage):
                 return
             if isinstance(item, TrackFrame):
                 buffer = self._tracks.get(item.track.sid)
-                if buffer is not None and not self._paused_at(item.time):
+                if (
+                    buffer is not None
+                    and not self._paused_at(item.time)
+                    and self.participants.admits(item.track.participant_identity, item.time)
+                ):
                     # resampling 20 ms of audio takes microseconds: fine on the loop
                     buffer.push(item.frame, self._position(item.time, buffer))
             elif isinstance(item, TrackStarted):

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable
 
 from livekit.protocol import models
 
@@ -32,24 +31,6 @@ from egresskit.stages.media import (
 log = logging.getLogger(__name__)
 
 TrackFilter = Callable[[LocalTrack], bool]
-
-@dataclass(frozen=True, slots=True)
-class ParticipantChoice:
-    """Who a composite records: only `include` (empty: everyone), never anyone in `exclude`."""
-
-    include: frozenset[str] = frozenset()
-    exclude: frozenset[str] = frozenset()
-
-    @classmethod
-    def of(cls, include: Iterable[str] = (), exclude: Iterable[str] = ()) -> ParticipantChoice:
-        return cls(frozenset(include), frozenset(exclude))
-
-    def admits(self, identity: str) -> bool:
-        return identity not in self.exclude and (not self.include or identity in self.include)
-
-
-EVERYONE = ParticipantChoice()
-
 
 # Raw video is live: a subscriber keeps only the newest frames of each track.
 VIDEO_TRACK_QUEUE = 2
@@ -83,10 +64,10 @@ class RoomSubscriber(Stage):
     subscribed or not: who is in the room and whose microphone is muted;
     and SpeakersAnnounced when the room's server says who is speaking.
 
-    `participants` chooses whose tracks count at all; `choose` changes it
-    while running: the tracks of someone left out end at once (the layout
-    reflows, the mixer drops their sound), and someone let in starts as if
-    they had just published.
+    Who of them a composite draws and hears is not decided here: its
+    compositor and mixer ask a ParticipantGate per frame, so the tracks of
+    someone left out stay subscribed and someone let in is recorded from
+    the instant they are chosen, with no subscription to wait for.
     """
 
     def __init__(
@@ -96,7 +77,6 @@ class RoomSubscriber(Stage):
         video: bool = True,
         audio: bool = True,
         track_filter: TrackFilter | None = None,
-        participants: ParticipantChoice = EVERYONE,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
@@ -104,9 +84,6 @@ class RoomSubscriber(Stage):
         self.want_video = video
         self.want_audio = audio
         self.track_filter = track_filter
-        self.participants = participants
-        # room events and `choose` change the subscriptions one at a time
-        self._changing = asyncio.Lock()
         self.video = self.add_output("video")
         self.audio = self.add_output("audio")
         self.roster = self.add_output("roster")
@@ -115,35 +92,12 @@ class RoomSubscriber(Stage):
         self._subscriptions: dict[str, tuple[LocalTrack, Link]] = {}
         self._events: Link | None = None
 
-    def _admitted(self, track: LocalTrack) -> bool:
-        """Whether the track counts at all (it is on the roster)."""
-        if not self.participants.admits(track.participant.identity):
-            return False
-        return self.track_filter is None or self.track_filter(track)
-
     def _wanted(self, track: LocalTrack) -> bool:
         if track.kind == models.TrackType.VIDEO and not self.want_video:
             return False
         if track.kind == models.TrackType.AUDIO and not self.want_audio:
             return False
-        return self._admitted(track)
-
-    async def choose(self, participants: ParticipantChoice) -> None:
-        """Record these participants from now on (see the class docstring)."""
-        async with self._changing:
-            self.participants = participants
-            if self._events is None:
-                return  # not running: `run` starts from the room's state with this choice
-            for sid, (track, _) in list(self._subscriptions.items()):
-                if not self._wanted(track):
-                    await self._end_track(sid)
-            for track in list(self._announced.values()):
-                if not self._admitted(track):
-                    await self._retire(track)
-            for track in self.room.tracks():
-                await self._announce(track)
-                if self._wanted(track):
-                    await self._start_track(track)
+        return self.track_filter is None or self.track_filter(track)
 
     def _port(self, track: LocalTrack):
         return self.video if track.kind == models.TrackType.VIDEO else self.audio
@@ -152,8 +106,7 @@ class RoomSubscriber(Stage):
         self._events = self.room.subscribe_events()
         try:
             while (event := await self.next_unless_stopping(self._events)) is not EOS:
-                async with self._changing:
-                    await self._handle(event)
+                await self._handle(event)
             for sid in list(self._subscriptions):
                 await self._end_track(sid)
             for track in list(self._announced.values()):
@@ -177,9 +130,7 @@ class RoomSubscriber(Stage):
             if track.sid in self._announced:
                 await self.roster.send(TrackMuteChanged(track_info(track), event.muted))
         elif isinstance(event, SpeakersChanged):
-            # someone left out of the recording never takes the floor
-            heard = tuple(s for s in event.speakers if self.participants.admits(s[0]))
-            await self.roster.send(SpeakersAnnounced(heard))
+            await self.roster.send(SpeakersAnnounced(event.speakers))
         elif isinstance(event, ParticipantJoined):
             self.post("participant_joined", identity=event.participant.identity)
         elif isinstance(event, ParticipantLeft):
@@ -190,7 +141,7 @@ class RoomSubscriber(Stage):
     async def _announce(self, track: LocalTrack) -> None:
         if track.sid in self._announced:
             return
-        if not self._admitted(track):
+        if self.track_filter is not None and not self.track_filter(track):
             return
         self._announced[track.sid] = track
         info = track_info(track)

@@ -104,12 +104,16 @@ class AliOSSStorage(Storage):
             self._client = oss_aio.AsyncClient(cfg)
         return self._client
 
-    async def upload_file(self, path: Path, key: str, content_type: str) -> str:
+    async def _checked_client(self) -> oss_aio.AsyncClient:
+        """The client, once a request's endpoint is known to resolve where requests may go."""
         if self.network is not None and self.endpoint:
-            # A request's endpoint: the SDK resolves it itself, so check its addresses first.
+            # The SDK resolves the endpoint itself, so its addresses are checked first.
             parts = urlsplit(self.endpoint if "://" in self.endpoint else f"//{self.endpoint}")
             await self.network.resolve_async(parts.hostname or "", parts.port or 443)
-        client = self._oss()
+        return self._oss()
+
+    async def upload_file(self, path: Path, key: str, content_type: str) -> str:
+        client = await self._checked_client()
         size = (await asyncio.to_thread(os.stat, path)).st_size
         if size > MAX_PUT:
             raise ValueError(f"alioss single PUT is limited to 5 GiB; {path} has {size} bytes")
@@ -120,6 +124,11 @@ class AliOSSStorage(Storage):
             )
         )
         return self.location(key)
+
+    async def delete(self, key: str) -> None:
+        """DeleteObject; OSS answers 204 for a key that is not there, so that is no error."""
+        client = await self._checked_client()
+        await client.delete_object(oss.DeleteObjectRequest(bucket=self.bucket, key=key))
 
     async def close(self) -> None:
         client, self._client = self._client, None

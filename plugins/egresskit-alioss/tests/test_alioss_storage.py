@@ -51,3 +51,18 @@ async def test_alioss_request_puts_object(oss_target, bucket, tmp_path):
     assert names == ["rooms/room.mp4"]
     assert obj["ContentType"] == "video/mp4"
     assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
+
+
+async def test_delete_removes_the_object_and_a_missing_one_is_no_error(
+    oss_target, bucket, tmp_path
+):
+    (tmp_path / "seg.ts").write_bytes(os.urandom(10_000))
+    storage = AliOSSStorage(bucket, "LTAIexampleKey", "oss-secret-value", endpoint=oss_target.url)
+    async with storage:
+        for key in ("live/seg_0.ts", "live/seg_1.ts"):
+            await storage.upload_file(tmp_path / "seg.ts", key, "video/mp2t")
+        await storage.delete("live/seg_0.ts")
+        await storage.delete("live/seg_0.ts")  # discarding twice, or what never landed
+    client = oss_target.boto3_client()
+    names = [o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert names == ["live/seg_1.ts"]

@@ -8,11 +8,13 @@ Config keys: ``account_name``, ``account_key``, ``container_name``, and egresski
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any, Self
 
+from azure.core.exceptions import ResourceNotFoundError
 from azure.storage.blob import ContentSettings
 from azure.storage.blob.aio import BlobServiceClient
 from google.protobuf.message import Message
@@ -99,6 +101,11 @@ class AzureBlobStorage(Storage):
             max_concurrency=self.max_concurrency,
         )
         return blob.url
+
+    async def delete(self, key: str) -> None:
+        blob = self._service().get_blob_client(self.container_name, key)
+        with contextlib.suppress(ResourceNotFoundError):  # already gone is what was asked
+            await blob.delete_blob()
 
     async def close(self) -> None:
         client, self._client = self._client, None

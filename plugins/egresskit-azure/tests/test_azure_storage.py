@@ -65,3 +65,18 @@ async def test_wrong_account_key_fails_without_showing_it(azurite, container, tm
             )
     assert "upload to azure failed after 2 attempts" in str(info.value)
     assert wrong_key not in str(info.value) and wrong_key not in caplog.text
+
+
+async def test_delete_removes_the_blob_and_a_missing_one_is_no_error(azurite, container, tmp_path):
+    (tmp_path / "seg.ts").write_bytes(os.urandom(10_000))
+    storage = AzureBlobStorage(azurite.ACCOUNT, azurite.KEY, container, azurite.account_url)
+    async with storage:
+        for key in ("live/seg_0.ts", "live/seg_1.ts"):
+            await storage.upload_file(tmp_path / "seg.ts", key, "video/mp2t")
+        await storage.delete("live/seg_0.ts")
+        await storage.delete("live/seg_0.ts")  # discarding twice, or what never landed
+    async with BlobServiceClient(
+        azurite.account_url, credential=azurite_credential(azurite)
+    ) as svc:
+        names = [b.name async for b in svc.get_container_client(container).list_blobs()]
+    assert names == ["live/seg_1.ts"]

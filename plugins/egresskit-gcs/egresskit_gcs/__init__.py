@@ -123,6 +123,13 @@ class GCSStorage(Storage):
         )
         return self.location(key)
 
+    async def delete(self, key: str) -> None:
+        try:
+            await self._open().delete(self.bucket, key, timeout=self.timeout)
+        except aiohttp.ClientResponseError as exc:
+            if exc.status != 404:  # already gone is what was asked
+                raise
+
     async def close(self) -> None:
         client, session = self._client, self._session
         self._client = self._session = None

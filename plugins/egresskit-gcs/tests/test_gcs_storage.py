@@ -66,3 +66,17 @@ def test_credentials_never_shown():
     storage = GCSStorage.from_config(egress.GCPUpload(bucket="b", credentials=creds))
     assert "pk-abcdef" not in repr(storage) and "kid-123456" not in repr(storage)
     assert {"pk-abcdef", "kid-123456"} <= set(storage.secret_values())
+
+
+async def test_delete_removes_the_object_and_a_missing_one_is_no_error(
+    gcs_emulator, bucket, tmp_path
+):
+    (tmp_path / "seg.ts").write_bytes(os.urandom(10_000))
+    async with open_storage("gcp", {"bucket": bucket, "endpoint": gcs_emulator.url}) as storage:
+        for key in ("live/seg_0.ts", "live/seg_1.ts"):
+            await storage.upload_file(tmp_path / "seg.ts", key, "video/mp2t")
+        await storage.delete("live/seg_0.ts")
+        await storage.delete("live/seg_0.ts")  # discarding twice, or what never landed
+    async with GcsClient(api_root=gcs_emulator.url) as client:
+        listed = await client.list_objects(bucket)
+    assert [item["name"] for item in listed.get("items", [])] == ["live/seg_1.ts"]
