@@ -165,7 +165,7 @@ async def test_expired_request_is_dropped_and_a_live_one_claimed(buses):
     request.sent_at = now_ns()
     request.expiry = request.sent_at + 5_000_000_000
     await driver.publish("EgressInternal|StartEgress|REQ", request)
-    claim = (await drain(claims))[0]
+    claim = await asyncio.wait_for(claims.get(), 5)  # the first claim, however busy the host
     assert (claim.request_id, claim.server_id, claim.affinity) == (
         request.request_id, worker.rpc.id, 0.5
     )
