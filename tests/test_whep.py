@@ -193,3 +193,51 @@ async def test_h264_passes_through(server, encoder_ssrcs):
             assert answered_ssrcs(pc) and not answered_ssrcs(pc) & set(encoder_ssrcs)
         finally:
             await pc.close()
+
+
+async def test_lost_packets_are_resent_and_key_frame_requests_reach_the_publisher(server):
+    """A viewer's NACK brings the packet back (as RTX); its PLI asks the publisher for a key frame."""
+    base = server.make_url("/")
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
+    async with await whip_publish(base, ROOM, token, [SyntheticVideoTrack(GREEN)]) as publishing:
+        publisher_sender = publishing.pc.getSenders()[0]
+        requests = []
+        send_keyframe = publisher_sender._send_keyframe
+        publisher_sender._send_keyframe = lambda: (requests.append(1), send_keyframe())
+
+        pc, tracks, _ = await whep_view(base, f"/whep/{ROOM}", viewer_token(), kinds=("video",))
+        transceiver = pc.getTransceivers()[0]
+        dtls = transceiver.receiver.transport
+        handle_rtp = dtls._handle_rtp_data
+        dropped: set[int] = set()
+        arrived = {"media": 0, "rtx": 0}
+
+        async def lossy(data: bytes, arrival_time_ms: int) -> None:
+            """Lose the first copy of every 10th media packet on the way to the viewer."""
+            sequence = int.from_bytes(data[2:4], "big")
+            kind = "rtx" if data[1] & 0x7F == rtx_payload_type else "media"
+            if kind == "media" and sequence % 10 == 0 and sequence not in dropped:
+                dropped.add(sequence)
+                return
+            arrived[kind] += 1
+            await handle_rtp(data, arrival_time_ms)
+
+        dtls._handle_rtp_data = lossy
+        codecs = {c.mimeType.lower(): c.payloadType for c in transceiver._codecs}
+        rtx_payload_type = codecs["video/rtx"]
+        try:
+            video = await frames(tracks["video"], 60)
+            assert len(video) == 60 and colors_close(frame_color(video[-1]), GREEN)
+            assert dropped and arrived["rtx"] >= len(dropped) // 2
+
+            await asyncio.sleep(1.2)  # past the publisher's key frame request throttle
+            before = len(requests)
+            group = next(x for x in pc.remoteDescription.sdp.splitlines() if "ssrc-group:FID" in x)
+            await transceiver.receiver._send_rtcp_pli(int(group.split()[1]))  # the media SSRC
+            for _ in range(50):
+                if len(requests) > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(requests) > before
+        finally:
+            await pc.close()
