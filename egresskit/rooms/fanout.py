@@ -31,6 +31,8 @@ public `RtpPacket`, `HeaderExtensionsMap`, `wrap_rtx` and RTCP packet classes:
   so aiortc's own RTP and RTCP tasks for that sender never start (and its
   `stop()` has nothing to stop);
 - `RTCRtpSender._ssrc` and `_rtx_ssrc`, the SSRCs its SDP announced;
+- aiortc's packetizers `Vp8Encoder._packetize` and
+  `H264Encoder._split_bitstream` / `_packetize` (no codec is created);
 - `RTCDtlsTransport._register_rtp_sender` / `_unregister_rtp_sender`
   (RTCP routing by SSRC: any object with `_ssrc` and a coroutine
   `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending);
