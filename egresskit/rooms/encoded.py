@@ -87,6 +87,9 @@ MAX_BUFFERED = 512
 _WRAP = 1 << 32
 # Shortest interval between two REMB feedbacks to a sender (libwebrtc's too).
 REMB_INTERVAL_MS = 200
+# abs-send-time (RFC 5450 style 6.18 fixed point seconds, 24 bits): 5 ms, aiortc's group length
+BURST_UNITS = 5 * (1 << 18) // 1000
+_ABS_SEND_TIME_WRAP = 1 << 24
 # Until the first frame says which codec arrives, the usual clock rate of each kind.
 DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
 
@@ -217,32 +220,40 @@ class _GroupedBitrateEstimate:
     a REMB whenever the estimate says so, which while it reads overuse
     (as a busy event loop's late reads do) is every packet: measured with
     10 WHEP viewers, estimating and sending REMB took 40% of the receive
-    path. Packets with the same abs-send-time form one group in its
-    inter-arrival filter anyway, so they are handed over as one (sizes
-    summed, the last arrival): the estimate is the same, from a call per
-    burst instead of per packet. REMB goes out at most every
-    REMB_INTERVAL_MS, as libwebrtc's receivers do.
+    path. Its inter-arrival filter puts packets sent within 5 ms of a
+    group's first into that group anyway (a frame's packets, as a sender
+    sends them together), so they are handed over as one: sizes summed,
+    the last send time and arrival. The estimate works on the same groups
+    (their starts known to within one burst) from a call per burst instead
+    of per packet. REMB goes out at most every REMB_INTERVAL_MS, as
+    libwebrtc's receivers do.
     """
 
     def __init__(self, estimator: Any) -> None:
         self._estimator = estimator
-        self._pending: list[int] | None = None  # abs_send_time, arrival ms, size, ssrc
+        # first and last abs_send_time, last arrival (ms), size, ssrc of the burst so far
+        self._pending: list[int] | None = None
         self._last_sent_ms = -REMB_INTERVAL_MS
 
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
     ) -> tuple[int, list[int]] | None:
         pending = self._pending
-        if pending is not None and pending[0] == abs_send_time and pending[3] == ssrc:
-            pending[1] = arrival_time_ms
-            pending[2] += payload_size
+        if (
+            pending is not None
+            and pending[4] == ssrc
+            and (abs_send_time - pending[0]) % _ABS_SEND_TIME_WRAP < BURST_UNITS
+        ):
+            pending[1] = abs_send_time
+            pending[2] = arrival_time_ms
+            pending[3] += payload_size
             return None
-        self._pending = [abs_send_time, arrival_time_ms, payload_size, ssrc]
+        self._pending = [abs_send_time, abs_send_time, arrival_time_ms, payload_size, ssrc]
         if pending is None:
             return None
         remb = self._estimator.add(
-            arrival_time_ms=pending[1], abs_send_time=pending[0], payload_size=pending[2],
-            ssrc=pending[3],
+            arrival_time_ms=pending[2], abs_send_time=pending[1], payload_size=pending[3],
+            ssrc=pending[4],
         )  # fmt: skip
         if remb is None or arrival_time_ms - self._last_sent_ms < REMB_INTERVAL_MS:
             return None
