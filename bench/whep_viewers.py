@@ -13,6 +13,13 @@ and the script prints the viewers' share (viewers minus reference) in
 cores, against the issue's budget of 0.05 core for 10 viewers, and the
 ratio to the reference (what receiving the one track costs).
 
+A figure counts only when every viewer received every frame the publisher
+sent during the measurement: the headline says how many were lost (gaps in
+the RTP timestamps a viewer received), and a run with drops exits with
+status 1. It also says how many frames were late: sent during the count but
+not yet received when it ended, because the viewers' process lagged (on a
+busy machine it does; its own CPU is printed on stderr).
+
 Run: python bench/whep_viewers.py [--viewers 10] [--seconds 20]
 """
 
@@ -20,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -42,6 +50,8 @@ from egresskit.tokens import create_token  # noqa: E402
 
 ROOM = "bench"
 BUDGET_CORES = 0.05  # for 10 viewers of one 720p track (issue 18)
+BOUNDARY_FRAMES = 2
+FRAME_TICKS = 90_000 // 30  # RTP timestamp step between frames of the 30 fps source
 
 
 def free_port() -> int:
@@ -51,11 +61,16 @@ def free_port() -> int:
 
 
 async def viewers_child(base: str, count: int) -> None:
-    """Open `count` WHEP viewers; print "ready" once each got frames; run until SIGTERM."""
+    """Open `count` WHEP viewers; print "ready" once each got frames; run until SIGTERM.
+
+    SIGUSR1 starts the count; SIGTERM prints, per viewer, the frames received
+    since then and those missing between them (gaps in their RTP timestamps).
+    """
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
     from egresskit.pipeline.link import EOS
     from egresskit.rooms.encoded import EncodedReceiver
+    from egresskit.rooms.udp import enlarge_receive_buffers
 
     token = create_token(
         DEV_API_KEY,
@@ -63,14 +78,20 @@ async def viewers_child(base: str, count: int) -> None:
         identity="bench-viewer",
         video={"roomJoin": True, "room": ROOM, "canSubscribe": True},
     )
-    counts = [0] * count
+    counts, missing = [0] * count, [0] * count
     got_frames = [asyncio.Event() for _ in range(count)]
     pcs, taps = [], []
+    start, stop = asyncio.Event(), asyncio.Event()
 
     async def consume(index: int, link) -> None:
-        while await link.get() is not EOS:
-            counts[index] += 1
+        previous = None
+        while (frame := await link.get()) is not EOS:
             got_frames[index].set()
+            if start.is_set() and not stop.is_set():
+                counts[index] += 1
+                if previous is not None:
+                    missing[index] += max(0, round((frame.timestamp - previous) / FRAME_TICKS) - 1)
+            previous = frame.timestamp
 
     async with aiohttp.ClientSession() as http:
         for index in range(count):
@@ -88,13 +109,25 @@ async def viewers_child(base: str, count: int) -> None:
                 if response.status != 201:
                     raise SystemExit(f"WHEP answered {response.status}: {answer}")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            # as the service does for WHIP: a key frame (about 100 packets) arrives at once
+            enlarge_receive_buffers(pc)
             pcs.append(pc)
     await asyncio.wait_for(asyncio.gather(*(e.wait() for e in got_frames)), 60)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGUSR1, start.set)
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
     print("ready", flush=True)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await start.wait()
+    process = psutil.Process()
+    cpu0, wall0 = service_cpu(process), loop.time()
     await stop.wait()
-    print(f"frames {sum(counts)} min {min(counts)}", flush=True)
+    cores = (service_cpu(process) - cpu0) / (loop.time() - wall0)
+    print(json.dumps({"received": counts, "missing": missing}), flush=True)
+    lost = 0
+    for pc in pcs:
+        for stats in (await pc.getStats()).values():
+            lost += getattr(stats, "packetsLost", 0) if stats.type == "inbound-rtp" else 0
+    print(f"viewer process {cores:.2f} core, {lost} RTP packets lost", file=sys.stderr, flush=True)
     for pc in pcs:
         await pc.close()
 
@@ -153,9 +186,12 @@ async def run(viewers: int, seconds: float) -> None:
         if line.strip() != b"ready":
             raise SystemExit(f"viewers did not start: {line!r}")
         await asyncio.sleep(2)
+        viewer_proc.send_signal(signal.SIGUSR1)
+        sent0 = track.sent
         with_viewers = await measure(process, seconds)
+        sent = track.sent - sent0
         viewer_proc.send_signal(signal.SIGTERM)
-        summary = (await asyncio.wait_for(viewer_proc.stdout.readline(), 30)).decode().strip()
+        counted = json.loads(await asyncio.wait_for(viewer_proc.stdout.readline(), 30))
         await publisher.close()
     finally:
         for proc in (viewer_proc, service):
@@ -166,11 +202,26 @@ async def run(viewers: int, seconds: float) -> None:
                 except TimeoutError:
                     proc.kill()
     added = with_viewers - reference
+    received, lost = counted["received"], sum(counted["missing"])
+    # still on their way when the count ended (a frame at either end may fall either side)
+    late = sum(
+        max(0, sent - n - m - BOUNDARY_FRAMES)
+        for n, m in zip(received, counted["missing"], strict=True)
+    )
+    drops = (
+        f"drops: {lost} of {sent * viewers} frames lost ({sent} sent to each viewer); "
+        f"{late} late (received after the count ended)"
+    )
+    verdict = "" if not lost else " (does not count: the run had drops)"
+    print(f"HEADLINE{verdict} {added:.3f} core added by {viewers} viewers; {drops}")
+    print(f"frames received per viewer  {' '.join(map(str, received))}")
     print(f"service, publisher only     {reference:.3f} core (reference)")
-    print(f"service, {viewers:2d} WHEP viewers    {with_viewers:.3f} core ({summary})")
+    print(f"service, {viewers:2d} WHEP viewers    {with_viewers:.3f} core")
     print(f"added by {viewers} viewers        {added:.3f} core, {added / viewers:.4f} per viewer")
     print(f"ratio to budget ({BUDGET_CORES} core) {added / BUDGET_CORES:.2f}")
     print(f"ratio to reference          {with_viewers / reference:.2f}")
+    if lost:
+        raise SystemExit(1)
 
 
 def main() -> None:

@@ -25,7 +25,7 @@ from publishers import (
 from yarl import URL
 
 from egresskit.rooms import RoomManager, whip_app
-from egresskit.rooms.whep import EncodedTrack, whep_app
+from egresskit.rooms.whep import whep_app
 from egresskit.tokens import create_token
 
 ROOM = "watch"
@@ -51,19 +51,27 @@ async def server(aiohttp_server, rooms: RoomManager, whip_keys):
 
 
 @pytest.fixture
-def whep_encoders(monkeypatch):
-    """Codecs of the encoders aiortc builds for WHEP senders (publishers' senders build theirs)."""
-    built: list[str] = []
+def encoder_ssrcs(monkeypatch):
+    """SSRCs of the aiortc senders that built an encoder (the publishers' senders do)."""
+    built: list[int] = []
     real = aiortc.rtcrtpsender.get_encoder
 
     def spy(codec):
-        sender = sys._getframe(1).f_locals.get("self")
-        if isinstance(getattr(sender, "track", None), EncodedTrack):
-            built.append(codec.mimeType)
+        built.append(sys._getframe(1).f_locals["self"]._ssrc)
         return real(codec)
 
     monkeypatch.setattr(aiortc.rtcrtpsender, "get_encoder", spy)
     return built
+
+
+def answered_ssrcs(pc: RTCPeerConnection) -> set[int]:
+    """The SSRCs the WHEP answer announced for what the service sends."""
+    sdp = pc.remoteDescription.sdp
+    return {
+        int(line.split()[0].split(":")[1])
+        for line in sdp.splitlines()
+        if line.startswith("a=ssrc:")
+    }
 
 
 async def whep_view(base: URL, path: str, token: str, kinds=("video", "audio")):
@@ -106,7 +114,7 @@ async def frames(track, count: int, timeout: float = 20.0) -> list:
 
 
 async def test_viewer_receives_publishers_tracks_without_encoding(
-    server, rooms: RoomManager, whep_encoders
+    server, rooms: RoomManager, encoder_ssrcs
 ):
     base = server.make_url("/")
     first = await whip_publish(
@@ -128,6 +136,7 @@ async def test_viewer_receives_publishers_tracks_without_encoding(
             assert colors_close(frame_color(video[-1]), GREEN)
             audio = await frames(tracks["audio"], 50)
             assert abs(tone_frequency(audio[-25:]) - 660) < 20
+            sent = answered_ssrcs(pc)
         finally:
             await pc.close()
 
@@ -144,7 +153,7 @@ async def test_viewer_receives_publishers_tracks_without_encoding(
             await pc.close()
 
         room = rooms.get(ROOM)
-        assert whep_encoders == []
+        assert len(encoder_ssrcs) == 3 and not sent & set(encoder_ssrcs)
         # Nothing was decoded on the service side either: passthrough only.
         assert all(t.encoded.decoder is None for t in room.tracks())
 
@@ -167,7 +176,7 @@ async def test_refusals(server, rooms: RoomManager):
             assert r.headers["Access-Control-Allow-Origin"] == "*"
 
 
-async def test_h264_passes_through(server, whep_encoders):
+async def test_h264_passes_through(server, encoder_ssrcs):
     base = server.make_url("/")
     token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
     publishing = await whip_publish(
@@ -181,6 +190,54 @@ async def test_h264_passes_through(server, whep_encoders):
             answered = [line for line in pc.remoteDescription.sdp.splitlines() if "rtpmap" in line]
             assert any("H264/90000" in line for line in answered)
             assert not any("VP8" in line for line in answered)
+            assert answered_ssrcs(pc) and not answered_ssrcs(pc) & set(encoder_ssrcs)
         finally:
             await pc.close()
-    assert whep_encoders == []
+
+
+async def test_lost_packets_are_resent_and_key_frame_requests_reach_the_publisher(server):
+    """A viewer's NACK brings the packet back (as RTX); its PLI asks the publisher for a key frame."""
+    base = server.make_url("/")
+    token = make_publisher_token(WHIP_API_KEY, WHIP_API_SECRET, ROOM, "alice")
+    async with await whip_publish(base, ROOM, token, [SyntheticVideoTrack(GREEN)]) as publishing:
+        publisher_sender = publishing.pc.getSenders()[0]
+        requests = []
+        send_keyframe = publisher_sender._send_keyframe
+        publisher_sender._send_keyframe = lambda: (requests.append(1), send_keyframe())
+
+        pc, tracks, _ = await whep_view(base, f"/whep/{ROOM}", viewer_token(), kinds=("video",))
+        transceiver = pc.getTransceivers()[0]
+        dtls = transceiver.receiver.transport
+        handle_rtp = dtls._handle_rtp_data
+        dropped: set[int] = set()
+        arrived = {"media": 0, "rtx": 0}
+
+        async def lossy(data: bytes, arrival_time_ms: int) -> None:
+            """Lose the first copy of every 10th media packet on the way to the viewer."""
+            sequence = int.from_bytes(data[2:4], "big")
+            kind = "rtx" if data[1] & 0x7F == rtx_payload_type else "media"
+            if kind == "media" and sequence % 10 == 0 and sequence not in dropped:
+                dropped.add(sequence)
+                return
+            arrived[kind] += 1
+            await handle_rtp(data, arrival_time_ms)
+
+        dtls._handle_rtp_data = lossy
+        codecs = {c.mimeType.lower(): c.payloadType for c in transceiver._codecs}
+        rtx_payload_type = codecs["video/rtx"]
+        try:
+            video = await frames(tracks["video"], 60)
+            assert len(video) == 60 and colors_close(frame_color(video[-1]), GREEN)
+            assert dropped and arrived["rtx"] >= len(dropped) // 2
+
+            await asyncio.sleep(1.2)  # past the publisher's key frame request throttle
+            before = len(requests)
+            group = next(x for x in pc.remoteDescription.sdp.splitlines() if "ssrc-group:FID" in x)
+            await transceiver.receiver._send_rtcp_pli(int(group.split()[1]))  # the media SSRC
+            for _ in range(50):
+                if len(requests) > before:
+                    break
+                await asyncio.sleep(0.1)
+            assert len(requests) > before
+        finally:
+            await pc.close()

@@ -10,6 +10,7 @@ import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
 from livekit.protocol import models
 from publishers import (
     WHIP_API_KEY,
@@ -439,9 +440,7 @@ async def test_offer_with_too_many_media_sections(whip_server: TestServer, rooms
     offer = await real_offer()
     head, _, section = offer.partition("m=")
     mid = next(line for line in section.splitlines() if line.startswith("a=mid:"))
-    sections = "".join(
-        "m=" + section.replace(mid, f"a=mid:{i}") for i in range(500)
-    )
+    sections = "".join("m=" + section.replace(mid, f"a=mid:{i}") for i in range(500))
     status, text, _ = await post_offer(
         whip_server, f"/whip/{ROOM}", head + sections, bearer(token_for("greedy"))
     )
@@ -495,3 +494,30 @@ async def test_publisher_known_only_from_its_checks_connects(
         await assert_delivers_color(track, BLUE)
     finally:
         await pc.close()
+
+
+async def test_publisher_gets_bandwidth_feedback_a_few_times_a_second(whip_server: TestServer):
+    """REMB reaches a video publisher (grouped by encoded._GroupedBitrateEstimate), never
+    more often than every 200 ms (encoded.REMB_INTERVAL_MS)."""
+    video = small_video(RED)
+    session = await whip_publish(whip_server.make_url("/"), ROOM, token_for("alice"), [video])
+    try:
+        sender = session.pc.getSenders()[0]
+        handle_rtcp = sender._handle_rtcp_packet
+        rembs: list[float] = []
+
+        async def spy(packet) -> None:
+            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+                rembs.append(asyncio.get_running_loop().time())
+            await handle_rtcp(packet)
+
+        sender._handle_rtcp_packet = spy
+        for _ in range(100):
+            if len(rembs) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(2)
+        assert len(rembs) >= 3
+        assert min(b - a for a, b in zip(rembs, rembs[1:], strict=False)) >= 0.19
+    finally:
+        await session.close()

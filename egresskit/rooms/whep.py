@@ -7,18 +7,12 @@ microphone; `?participant=<identity>` picks another publisher,
 `?track=<sid>` (repeatable) picks tracks. `DELETE {room}/{secret}` ends the
 session. The viewer is not a room participant (it publishes nothing).
 
-Passthrough: each sent track is `EncodedTrack`, which yields the
-`EncodedFrame`s the publisher sent (through `EncodedReceiver`, the same tap
-as track egress). aiortc's `RTCRtpSender` encodes av frames but hands any
-other object to its encoder's `pack`; `install_packetizer` puts a
-`Packetizer` in place of that encoder before the sender first asks for one,
-so no codec is ever created, and routes the viewer's key frame requests
-(PLI/FIR) to the publisher. It touches these aiortc 1.16 internals:
-`RTCRtpSender._RTCRtpSender__encoder` (name-mangled; the sender creates an
-encoder only while it is None), `RTCRtpSender._send_keyframe` (called on
-PLI/FIR), and the packetizers `Vp8Encoder._packetize` and
-`H264Encoder._split_bitstream` / `_packetize`. tests/test_whep.py checks
-that no encoder is built.
+Passthrough: the `EncodedFrame`s the publisher sent (through
+`EncodedReceiver`, the same tap as track egress) are packetized once per
+track and sent to every viewer of it by `egresskit.rooms.fanout`; aiortc's
+senders only negotiate, so no codec is ever created (tests/test_whep.py
+checks that no encoder is built). A viewer's key frame request (PLI/FIR)
+goes to the publisher.
 """
 
 from __future__ import annotations
@@ -30,20 +24,10 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from urllib.parse import quote
 
 from aiohttp import web
-from aiortc import (
-    MediaStreamTrack,
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCRtpTransceiver,
-)
-from aiortc.codecs.h264 import H264Encoder
-from aiortc.codecs.vpx import Vp8Encoder
-from aiortc.mediastreams import MediaStreamError
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCRtpTransceiver
 from livekit.protocol import models
 
-from egresskit.pipeline.link import EOS, Link
-from egresskit.rooms.encoded import EncodedFrame
+from egresskit.rooms.fanout import TrackFanout, ViewerStream
 from egresskit.rooms.ice import gathering_on, host_address_override
 from egresskit.rooms.local import LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.whip import (
@@ -63,68 +47,9 @@ KINDS = {models.TrackType.VIDEO: "video", models.TrackType.AUDIO: "audio"}
 DEFAULT_SOURCES = (models.TrackSource.CAMERA, models.TrackSource.MICROPHONE)
 
 
-class Packetizer:
-    """Stands in for aiortc's encoder in a sender: RTP payloads of already encoded frames."""
-
-    def __init__(self, mime_type: str) -> None:
-        self.mime_type = mime_type.lower()
-        if self.mime_type not in ("video/vp8", "video/h264", "audio/opus"):
-            raise ValueError(f"cannot send {mime_type} without transcoding")
-        self._picture_id = secrets.randbelow(1 << 15)
-        self.frames = 0
-
-    def pack(self, frame: EncodedFrame) -> tuple[list[bytes], int]:
-        """The frame's RTP payloads and timestamp (in the codec's clock, as received)."""
-        self.frames += 1
-        if self.mime_type == "video/vp8":
-            payloads = Vp8Encoder._packetize(frame.data, self._picture_id)
-            self._picture_id = (self._picture_id + 1) % (1 << 15)
-        elif self.mime_type == "video/h264":
-            payloads = H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
-        else:
-            payloads = [frame.data]
-        return payloads, frame.timestamp
-
-    def encode(self, frame: object, force_keyframe: bool = False) -> tuple[list[bytes], int]:
-        raise TypeError("a WHEP sender passes encoded frames through; it has no encoder")
-
-
-class EncodedTrack(MediaStreamTrack):
-    """A room track's encoded frames as a MediaStreamTrack, for a passthrough sender."""
-
-    def __init__(self, source: LocalTrack) -> None:
-        super().__init__()
-        self.kind = KINDS[source.kind]
-        self.source = source
-        self._link: Link = source.subscribe_encoded()
-
-    async def recv(self) -> EncodedFrame:  # type: ignore[override]
-        if self.readyState != "live":
-            raise MediaStreamError
-        frame = await self._link.get()
-        if frame is EOS:
-            self.stop()
-            raise MediaStreamError
-        return frame
-
-    def request_keyframe(self) -> None:
-        if self.source.encoded is not None:
-            self.source.encoded.request_keyframe()
-
-    def stop(self) -> None:
-        self.source.unsubscribe_encoded(self._link)
-        super().stop()
-
-
-def install_packetizer(sender: RTCRtpSender, track: EncodedTrack) -> Packetizer:
-    """Make `sender` packetize `track`'s frames as they are, never encoding (see module doc)."""
-    packetizer = Packetizer(track.source.mime_type)
-    sender._RTCRtpSender__encoder = packetizer  # type: ignore[attr-defined]
-    sender._send_keyframe = track.request_keyframe  # type: ignore[method-assign]
-    return packetizer
-
-
-def choose_tracks(room: LocalRoom, participant: str | None, track_sids: Sequence[str]) -> list[LocalTrack]:
+def choose_tracks(
+    room: LocalRoom, participant: str | None, track_sids: Sequence[str]
+) -> list[LocalTrack]:
     """The tracks a viewer asked for (see the module docstring); only WebRTC tracks qualify."""
     if track_sids:
         chosen = []
@@ -137,9 +62,7 @@ def choose_tracks(room: LocalRoom, participant: str | None, track_sids: Sequence
         if participant is not None:
             publisher = room.participants.get(participant)
             if publisher is None:
-                raise web.HTTPNotFound(
-                    text=f"no participant {participant!r} in room {room.name!r}"
-                )
+                raise web.HTTPNotFound(text=f"no participant {participant!r} in room {room.name!r}")
             publishers = [publisher]
         else:
             publishers = [p for p in room.participants.values() if p.tracks]
@@ -190,17 +113,16 @@ def whep_app(
 
 
 class WhepSession:
-    """One viewer's peer connection and what it sends."""
+    """One viewer's peer connection and its streams of the room's tracks."""
 
-    def __init__(self, room: str, pc: RTCPeerConnection, tracks: list[EncodedTrack]) -> None:
+    def __init__(self, room: str, pc: RTCPeerConnection) -> None:
         self.room = room
         self.pc = pc
-        self.tracks = tracks
-        self.packetizers: list[Packetizer] = []
+        self.streams: list[ViewerStream] = []
 
     async def close(self) -> None:
-        for track in self.tracks:
-            track.stop()
+        for stream in self.streams:
+            stream.close()
         await self.pc.close()
 
 
@@ -221,6 +143,7 @@ class WhepEndpoint:
         self._connect_timeout_s = connect_timeout_s
         self._max_token_ttl_s = max_token_ttl_s
         self.sessions: dict[str, WhepSession] = {}
+        self._fanouts: dict[str, TrackFanout] = {}  # by track sid, while someone watches
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def lifetime(self, app: web.Application) -> AsyncIterator[None]:
@@ -232,6 +155,22 @@ class WhepEndpoint:
                 yield
         sessions, self.sessions = list(self.sessions.values()), {}
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)
+        await self._close_idle_fanouts()
+
+    def _fanout(self, track: LocalTrack) -> TrackFanout:
+        fanout = self._fanouts.get(track.sid)
+        if fanout is None or fanout.ended:
+            fanout = self._fanouts[track.sid] = TrackFanout(track)
+        return fanout
+
+    async def _close_session(self, session: WhepSession) -> None:
+        await session.close()
+        await self._close_idle_fanouts()
+
+    async def _close_idle_fanouts(self) -> None:
+        idle = [sid for sid, fanout in self._fanouts.items() if fanout.idle]
+        for sid in idle:
+            await self._fanouts.pop(sid).close()
 
     async def play(self, request: web.Request) -> web.Response:
         room_name = request.match_info["room"]
@@ -252,14 +191,14 @@ class WhepEndpoint:
         if not sources:
             raise web.HTTPBadRequest(text="the SDP offer receives none of the chosen tracks' kinds")
 
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        session = WhepSession(room_name, pc, [EncodedTrack(t) for t in sources])
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))  # host candidates only
+        session = WhepSession(room_name, pc)
         answered = False
         try:
-            for track in session.tracks:
-                transceiver = pc.addTransceiver(track, direction="sendonly")
-                prefer_codec(transceiver, track.source.mime_type)
-                session.packetizers.append(install_packetizer(transceiver.sender, track))
+            for track in sources:
+                transceiver = pc.addTransceiver(KINDS[track.kind], direction="sendonly")
+                prefer_codec(transceiver, track.mime_type)
+                session.streams.append(self._fanout(track).stream(transceiver.sender))
             try:
                 with gathering_on(self._ice_addresses):
                     answer = await asyncio.wait_for(negotiate(pc, offer), NEGOTIATION_TIMEOUT_S)
@@ -269,12 +208,12 @@ class WhepEndpoint:
                 log.info("rejected a WHEP offer for room %r: %s", room_name, exc)
                 raise web.HTTPBadRequest(
                     text=f"cannot use this SDP offer (the viewer must accept "
-                    f"{', '.join(t.source.mime_type for t in session.tracks)}): {exc}"
+                    f"{', '.join(t.mime_type for t in sources)}): {exc}"
                 ) from None
             answered = True
         finally:
             if not answered:
-                await session.close()
+                await self._close_session(session)
         resource = secrets.token_urlsafe(24)
         self.sessions[resource] = session
         self._watch(session, resource)
@@ -325,7 +264,7 @@ class WhepEndpoint:
         if session is None or session.room != request.match_info["room"]:
             raise web.HTTPNotFound(text="no such WHEP session")
         del self.sessions[request.match_info["resource"]]
-        await session.close()
+        await self._close_session(session)
         return web.Response(status=200, text="session ended")
 
     def _watch(self, session: WhepSession, resource: str) -> None:
@@ -334,7 +273,7 @@ class WhepEndpoint:
 
         async def end() -> None:
             if self.sessions.pop(resource, None) is not None:
-                await session.close()
+                await self._close_session(session)
 
         async def give_up_unless_connected() -> None:
             try:

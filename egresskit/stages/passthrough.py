@@ -7,6 +7,7 @@ Ogg, VP8 into WebM, H.264 into MP4. Nothing is decoded or encoded.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from fractions import Fraction
 
@@ -31,6 +32,8 @@ OPUS_RATE = 48_000
 # arrived: by then the track's timeline (the smallest delay seen) has settled, also for
 # a track published just before its egress started (estimates 10-60 ms late at first).
 SETTLE_S = 5.0
+# Packets arriving within this long go to the writer thread together.
+WRITE_BATCH_S = 0.2
 
 
 def passthrough_supported(mime_type: str) -> bool:
@@ -238,19 +241,39 @@ class PassthroughFileWriter(FileWriter):
             return super().first_media_at_ns
         return self.clock.wall_ns(self.source.first_capture_s + self._presented_after_s)
 
-    def _write(self, packet: av.Packet) -> None:
+    def _write(self, packets: list[av.Packet]) -> None:
         assert self._container is not None
-        packet.stream = self._stream
-        self._container.mux(packet)
+        for packet in packets:
+            packet.stream = self._stream
+            self._container.mux(packet)
 
     async def run(self) -> None:
+        """Write packets in batches of up to WRITE_BATCH_S of arrivals (the first at once).
+
+        A hand-over to the worker thread costs the event loop about as much
+        as muxing the packet there, so each hand-over carries a batch; a
+        fragmented MP4 is written a fragment (1 s) at a time anyway.
+        """
+        loop = asyncio.get_running_loop()
+        batch: list[av.Packet] = []
+        since = 0.0
         while (item := await self.input.recv()) is not EOS:
-            packet = item.packet
-            if self._container is None:
-                await self.offload(self._open, packet)
-            await self.offload(self._write, packet)
-            self._written(float(packet.pts * packet.time_base))
+            if not batch:
+                since = loop.time()
+            batch.append(item.packet)
+            if self._container is None or loop.time() - since >= WRITE_BATCH_S:
+                await self._write_batch(batch)
+                batch = []
+        if batch:
+            await self._write_batch(batch)
         await self._finish()
+
+    async def _write_batch(self, packets: list[av.Packet]) -> None:
+        if self._container is None:
+            await self.offload(self._open, packets[0])
+        await self.offload(self._write, packets)
+        for packet in packets:
+            self._written(float(packet.pts * packet.time_base))
 
 
 def picture_size(codec: str, keyframe: bytes) -> tuple[int, int]:
