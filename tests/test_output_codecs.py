@@ -157,3 +157,35 @@ async def test_faststart_puts_the_index_first_after_a_clean_stop(tmp_path):
         created = info["format"]["tags"]["creation_time"]
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", created)
         assert not created.endswith(".000000Z"), created  # not the whole seconds of mvhd
+
+
+async def test_fmp4_hls_marks_the_resume_point_with_a_discontinuity(tmp_path):
+    """A paused fMP4 HLS egress (what VP9/AV1 segments use) cuts at the resume, as MPEG-TS does."""
+    rooms = RoomManager()
+    rooms.get_or_create("codecs")
+    request = egress_pb.RoomCompositeEgressRequest(
+        room_name="codecs",
+        segment_outputs=[
+            egress_pb.SegmentedFileOutput(
+                filename_prefix="hls/paused",
+                segment_duration=4,
+                protocol=egress_pb.HLS_FMP4_PROTOCOL,
+            )
+        ],
+        advanced=egress_pb.EncodingOptions(width=320, height=180, framerate=30),
+    )
+    planned = plan(validate(request), "EG_p", rooms, tmp_path)
+    await planned.graph.start()
+    await asyncio.sleep(1.0)
+    assert planned.graph.pause()
+    await asyncio.sleep(1.0)
+    assert planned.graph.resume()
+    await asyncio.sleep(1.0)
+    assert await planned.graph.stop() is GraphState.COMPLETE, planned.graph.error
+    lines = (tmp_path / "hls" / "paused.m3u8").read_text().splitlines()
+    names = [line for line in lines if line and not line.startswith("#")]
+    # two segments (a 4 s one cut short at the resume, then the rest), the second marked
+    assert len(names) == 2, lines
+    assert lines.count("#EXT-X-DISCONTINUITY") == 1, lines
+    assert lines[lines.index("#EXT-X-DISCONTINUITY") + 2] == names[1], lines
+    assert decode_errors(tmp_path / "hls" / "paused.m3u8") == ""

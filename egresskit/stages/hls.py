@@ -432,8 +432,9 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         self._splitter = FragmentSplitter()
         self._muxer: OutputContainer | None = None
         self._file: BinaryIO | None = None
-        # video key frames muxed whose fragment is not stored yet: (starts a segment, time)
-        self._keyframes: deque[tuple[bool, float]] = deque()
+        # video key frames muxed whose fragment is not stored yet:
+        # (starts a segment, first after a resume, time)
+        self._keyframes: deque[tuple[bool, bool, float]] = deque()
         self._last_cut_s: float | None = None
 
     async def run(self) -> None:
@@ -448,12 +449,14 @@ class Fmp4HlsSegmenter(HlsSegmenter):
                     continue  # the output starts on a video key frame
                 await self.offload(self._open_muxer)
             if keyframe:
-                cut = self._last_cut_s is None or (
-                    seconds >= self._last_cut_s + self.segment_duration - self._tolerance
+                resumed = self._is_resume_cut(item, seconds)
+                cut = resumed or (
+                    self._last_cut_s is None
+                    or seconds >= self._last_cut_s + self.segment_duration - self._tolerance
                 )
                 if cut:
                     self._last_cut_s = seconds
-                self._keyframes.append((cut, seconds))
+                self._keyframes.append((cut, resumed, seconds))
             await self.offload(self._write, item)
             duration = float((item.packet.duration or 0) * (item.packet.time_base or 0))
             self._end_s = max(self._end_s, seconds + duration)
@@ -488,11 +491,12 @@ class Fmp4HlsSegmenter(HlsSegmenter):
             self.init = self._init_path
             self.post("segment_init", path=str(self._init_path))
         for fragment in self._splitter.take():
-            starts_segment, start_s = self._keyframes.popleft()
+            starts_segment, resumed, start_s = self._keyframes.popleft()
             if starts_segment:
                 if self._current is not None:
                     await self._close_segment(start_s, ended=False)
                 await self._open_segment(start_s)
+                self._discontinuity = resumed
             await self.offload(self._append, fragment)
 
     def _open_container(self, path: Path) -> None:
