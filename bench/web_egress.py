@@ -92,8 +92,9 @@ def own_cpu() -> float:
     return times.user + times.system
 
 
-async def record_egresskit(url: str, seconds: float, out: Path) -> tuple[float, float, float]:
-    """(total cores, cores of egresskit's own process, seconds from start to the first frame)."""
+async def record_egresskit(url: str, seconds: float, out: Path) -> tuple[float, float, float, int]:
+    """(total cores, cores of egresskit's own process, seconds from start to the first frame,
+    frame slots of the measured window filled by a repeat or a dropped grab)."""
     graph, stages = web_graph(url, [FileOutput(out)], name="bench")
     source = stages.source
     started = time.monotonic()
@@ -106,10 +107,12 @@ async def record_egresskit(url: str, seconds: float, out: Path) -> tuple[float, 
     work = str(source.browser.work.path)
     await asyncio.sleep(1.0)  # the page settles, as for ffmpeg below
     helpers, own = helpers_cpu(work), own_cpu()
+    missed = source.frames_repeated + source.frames_dropped
     await asyncio.sleep(seconds)
     helpers, own = helpers_cpu(work) - helpers, own_cpu() - own
+    missed = source.frames_repeated + source.frames_dropped - missed
     await graph.stop()
-    return (helpers + own) / seconds, own / seconds, first_frame
+    return (helpers + own) / seconds, own / seconds, first_frame, missed
 
 
 async def record_ffmpeg(url: str, seconds: float, out: Path) -> tuple[float, float]:
@@ -204,27 +207,32 @@ async def main() -> None:
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}/"
     ours, theirs, ours_capture, theirs_capture, first_frames = [], [], [], [], []
+    missed_frames = []
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            total, capture, first = await record_egresskit(
+            total, capture, first, missed = await record_egresskit(
                 url, args.seconds, Path(tmp) / f"ek{round_}.mp4"
             )
             ours.append(total)
             ours_capture.append(capture)
             first_frames.append(first)
+            missed_frames.append(missed)
             total, capture = await record_ffmpeg(url, args.seconds, Path(tmp) / f"ff{round_}.mp4")
             theirs.append(total)
             theirs_capture.append(capture)
             print(
                 f"round {round_}: total egresskit {ours[-1]:.2f} / ffmpeg CLI {theirs[-1]:.2f} "
                 f"cores; capture+encode process {ours_capture[-1]:.2f} / {theirs_capture[-1]:.2f}; "
-                f"first frame {first:.2f} s; load {os.getloadavg()[0]:.1f}",
+                f"first frame {first:.2f} s; egresskit grabs repeated or dropped {missed} of "
+                f"{round(args.seconds * 30)} frames; load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     ours_x264, cli_x264 = await encoders_on_the_same_frames(url)
     await runner.cleanup()
     median = statistics.median
     print(
+        f"HEADLINE drops: {sum(missed_frames)} of {round(args.rounds * args.seconds * 30)} "
+        f"frame slots repeated or dropped by egresskit's grab; "
         f"median total CPU (Chromium + Xvfb + pulse + capture): egresskit {median(ours):.2f}, "
         f"ffmpeg CLI {median(theirs):.2f} cores, ratio {median(ours) / median(theirs):.2f} "
         f"(target <= 1.0); capture+encode process alone: {median(ours_capture):.2f} vs "
