@@ -54,6 +54,29 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def run_nginx(prefix: Path, config: Path, port: int, what: str) -> subprocess.Popen[bytes]:
+    """A private nginx (prefix `prefix`, its own config) once it listens on `port`."""
+    process = subprocess.Popen(
+        [NGINX, "-p", str(prefix), "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        if process.poll() is not None:
+            log = (prefix / "error.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{what} exited with {process.returncode}: {log}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return process
+        except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait(10)
+                raise RuntimeError(f"{what} did not listen within 10 s") from None
+            time.sleep(0.05)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -86,24 +109,8 @@ class RtmpServer:
         config.write_text(
             CONFIG.format(module=RTMP_MODULE, dir=self.dir, port=self.port, records=self.records)
         )
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            if self.process.poll() is not None:
-                log = (self.dir / "error.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"nginx exited with {self.process.returncode}: {log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError("nginx-rtmp did not listen within 10 s") from None
-                time.sleep(0.05)
+        self.process = run_nginx(self.dir, config, self.port, "nginx-rtmp")
+        return self
 
     def kill(self) -> None:
         """Die at once, like a crashed server: open connections are reset."""

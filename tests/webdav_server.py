@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
-from rtmp_server import NGINX, free_port
+from rtmp_server import NGINX, free_port, run_nginx
 
 CONFIG = """\
 daemon off;
@@ -75,24 +73,8 @@ class WebDavServer:
                 dir=self.dir, port=self.port, root=self.root, authorization=self.authorization
             )
         )
-        self.process = subprocess.Popen(
-            [NGINX, "-p", str(self.dir), "-c", str(config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            if self.process.poll() is not None:
-                log = (self.dir / "error.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"nginx exited with {self.process.returncode}: {log}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return self
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.close()
-                    raise RuntimeError("nginx did not listen within 10 s") from None
-                time.sleep(0.05)
+        self.process = run_nginx(self.dir, config, self.port, "nginx (WebDAV)")
+        return self
 
     def close(self) -> None:
         if self.process is not None and self.process.poll() is None:
