@@ -6,6 +6,9 @@ Same router, auth (`roomRecord`), wire rules and refusal codes as
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.encoding import InvalidRequest
@@ -18,9 +21,15 @@ from egresskit.service.twirp import TwirpContext
 EXTENSION_SERVICE = extension_pb.DESCRIPTOR.services_by_name["Egress"]
 
 
-def _require_id(egress_id: str) -> None:
-    if not egress_id:
-        raise InvalidRequest("egress_id", "is required")
+@contextmanager
+def _for_egress(egress_id: str) -> Iterator[None]:
+    """A call on one egress: its id is required, and refusals become Twirp errors."""
+    try:
+        if not egress_id:
+            raise InvalidRequest("egress_id", "is required")
+        yield
+    except (EgressError, InvalidRequest) as exc:
+        raise twirp_error(exc) from None
 
 
 class ExtensionApi:
@@ -39,38 +48,26 @@ class ExtensionApi:
     async def PauseEgress(
         self, request: extension_pb.PauseEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        try:
-            _require_id(request.egress_id)
+        with _for_egress(request.egress_id):
             return self.manager.pause(request.egress_id)
-        except (EgressError, InvalidRequest) as exc:
-            raise twirp_error(exc) from None
 
     async def ResumeEgress(
         self, request: extension_pb.ResumeEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        try:
-            _require_id(request.egress_id)
+        with _for_egress(request.egress_id):
             return self.manager.resume(request.egress_id)
-        except (EgressError, InvalidRequest) as exc:
-            raise twirp_error(exc) from None
 
     async def StopEgress(
         self, request: extension_pb.StopEgressRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        try:
-            _require_id(request.egress_id)
+        with _for_egress(request.egress_id):
             return self.manager.stop(request.egress_id, discard=request.discard)
-        except (EgressError, InvalidRequest) as exc:
-            raise twirp_error(exc) from None
 
     async def UpdateParticipants(
         self, request: extension_pb.UpdateParticipantsRequest, context: TwirpContext
     ) -> egress_pb.EgressInfo:
-        try:
-            _require_id(request.egress_id)
+        with _for_egress(request.egress_id):
             include, exclude = check_identities(
                 request.include_identities, request.exclude_identities
             )
             return self.manager.update_participants(request.egress_id, list(include), list(exclude))
-        except (EgressError, InvalidRequest) as exc:
-            raise twirp_error(exc) from None
