@@ -4,4 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 ruff check egresskit plugins tests examples bench
+# settings in pyproject.toml [tool.mypy]
+mypy egresskit plugins/egresskit-alioss/egresskit_alioss plugins/egresskit-azure/egresskit_azure \
+  plugins/egresskit-gcs/egresskit_gcs
 python3 -m pytest -q -p no:cacheprovider tests plugins "$@"
