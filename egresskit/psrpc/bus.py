@@ -29,8 +29,11 @@ from egresskit.psrpc.protos.internal_pb2 import ClaimRequest, ClaimResponse, Req
 
 log = logging.getLogger(__name__)
 
+# psrpc's four messages, the only ones its envelopes carry
+Envelope = Request | Response | ClaimRequest | ClaimResponse
+
 TYPE_URL_PREFIX = "type.googleapis.com/"
-ENVELOPE_TYPES: dict[str, type[Message]] = {
+ENVELOPE_TYPES: dict[str, type[Envelope]] = {
     TYPE_URL_PREFIX + cls.DESCRIPTOR.full_name: cls
     for cls in (Request, Response, ClaimRequest, ClaimResponse)
 }
@@ -56,7 +59,7 @@ def encode(message: Message) -> bytes:
     ).SerializeToString()
 
 
-def decode(payload: bytes) -> Request | Response | ClaimRequest | ClaimResponse:
+def decode(payload: bytes) -> Envelope:
     """The message inside a psrpc envelope; EnvelopeError for anything else."""
     envelope = any_pb2.Any()
     try:
@@ -180,7 +183,7 @@ class Subscription:
             self._payloads.get_nowait()
         self._payloads.put_nowait(None)
 
-    async def get(self) -> Request | Response | ClaimRequest | ClaimResponse | None:
+    async def get(self) -> Envelope | None:
         """The next message (None once closed); malformed payloads are skipped."""
         while True:
             payload = await self._payloads.get()
@@ -198,10 +201,10 @@ class Subscription:
             except EnvelopeError as exc:
                 log.warning("psrpc: %s: %s", self.channel, exc)
 
-    def __aiter__(self) -> AsyncIterator[Request | Response | ClaimRequest | ClaimResponse]:
+    def __aiter__(self) -> AsyncIterator[Envelope]:
         return self._iterate()
 
-    async def _iterate(self) -> AsyncIterator[Request | Response | ClaimRequest | ClaimResponse]:
+    async def _iterate(self) -> AsyncIterator[Envelope]:
         while (message := await self.get()) is not None:
             yield message
 

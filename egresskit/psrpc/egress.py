@@ -19,7 +19,16 @@ from livekit.protocol import egress as lk
 
 from egresskit.psrpc.bus import Bus
 from egresskit.psrpc.protos import rpc_egress_pb2, rpc_io_pb2
-from egresskit.psrpc.rpc import ErrorCode, Method, PsrpcError, RPCClient, RPCServer, Selection
+from egresskit.psrpc.rpc import (
+    ErrorCode,
+    Method,
+    PsrpcError,
+    Req,
+    Resp,
+    RPCClient,
+    RPCServer,
+    Selection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +48,7 @@ UPDATE_STREAM = Method(
 )
 
 
-def _io(name: str, request: type, response: type) -> Method:
+def _io(name: str, request: type[Req], response: type[Resp]) -> Method[Req, Resp]:
     return Method("IOInfo", name, request, response, claim=True, queue=True)
 
 
@@ -87,7 +96,9 @@ class EgressServer:
     ) -> None:
         """Take StartEgress requests (claims scored by `affinity`) and answer ListActiveEgress."""
 
-        async def list_handler(_: rpc_egress_pb2.ListActiveEgressRequest):
+        async def list_handler(
+            _: rpc_egress_pb2.ListActiveEgressRequest,
+        ) -> rpc_egress_pb2.ListActiveEgressResponse:
             return rpc_egress_pb2.ListActiveEgressResponse(egress_ids=list_active())
 
         await self.rpc.register(START_EGRESS, start, self.topic, affinity)

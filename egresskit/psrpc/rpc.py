@@ -15,6 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any, Generic, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 from redis.exceptions import RedisError
@@ -33,6 +34,10 @@ from egresskit.psrpc.bus import (
 from egresskit.psrpc.protos.internal_pb2 import ClaimRequest, ClaimResponse, Request, Response
 
 log = logging.getLogger(__name__)
+
+# a method's request and response messages
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
 
 
 class ErrorCode(StrEnum):
@@ -75,13 +80,13 @@ class PsrpcError(Exception):
 
 
 @dataclass(frozen=True)
-class Method:
+class Method(Generic[Req, Resp]):
     """One psrpc method: its service, name, message types and routing flags."""
 
     service: str
     name: str
-    request: type[Message]
-    response: type[Message]
+    request: type[Req]
+    response: type[Resp]
     affinity: bool = False
     multi: bool = False
     claim: bool = False
@@ -105,15 +110,15 @@ class Selection:
     short_circuit_s: float = 0.0
 
 
-def default_selection(method: Method) -> Selection:
+def default_selection(method: Method[Any, Any]) -> Selection:
     """psrpc's defaults: affinity methods wait for the best claim (200 ms after the
     first, 1 s at most); the others take the first claim."""
     if method.affinity:
         return Selection(affinity_timeout_s=1.0, short_circuit_s=0.2)
     return Selection(accept_first=True)
 
-Handler = Callable[[Message], Awaitable[Message]]
-Affinity = Callable[[Message], float]
+Handler = Callable[[Req], Awaitable[Resp]]
+Affinity = Callable[[Req], float]
 
 
 def error_response_fields(exc: BaseException) -> tuple[str, str]:
@@ -129,11 +134,11 @@ def error_response_fields(exc: BaseException) -> tuple[str, str]:
 
 
 @dataclass
-class _Registration:
-    method: Method
+class _Registration(Generic[Req, Resp]):
+    method: Method[Req, Resp]
     topic: tuple[str, ...]
-    handler: Handler
-    affinity: Affinity | None
+    handler: Handler[Req, Resp]
+    affinity: Affinity[Req] | None
     requests: Subscription
     claims: Subscription | None
     pending: dict[str, asyncio.Future[ClaimResponse]] = field(default_factory=dict)
@@ -152,14 +157,15 @@ class RPCServer:
     def __init__(self, bus: Bus, server_id: str | None = None) -> None:
         self.bus = bus
         self.id = server_id or new_id("SRV_")
-        self._registrations: dict[tuple[str, str, tuple[str, ...]], _Registration] = {}
+        # each entry serves its own method's messages
+        self._registrations: dict[tuple[str, str, tuple[str, ...]], _Registration[Any, Any]] = {}
 
     async def register(
         self,
-        method: Method,
-        handler: Handler,
+        method: Method[Req, Resp],
+        handler: Handler[Req, Resp],
         topic: Sequence[str] = (),
-        affinity: Affinity | None = None,
+        affinity: Affinity[Req] | None = None,
     ) -> None:
         key = (method.service, method.name, tuple(topic))
         if key in self._registrations:
@@ -178,7 +184,7 @@ class RPCServer:
             reg.loops.append(asyncio.create_task(self._route_claims(reg)))
         self._registrations[key] = reg
 
-    async def deregister(self, method: Method, topic: Sequence[str] = ()) -> None:
+    async def deregister(self, method: Method[Any, Any], topic: Sequence[str] = ()) -> None:
         reg = self._registrations.pop((method.service, method.name, tuple(topic)), None)
         if reg is not None:
             await self._close(reg)
@@ -188,7 +194,7 @@ class RPCServer:
         regs, self._registrations = list(self._registrations.values()), {}
         await asyncio.gather(*(self._close(reg) for reg in regs))
 
-    async def _close(self, reg: _Registration) -> None:
+    async def _close(self, reg: _Registration[Any, Any]) -> None:
         await reg.requests.close()
         if reg.tasks:
             await asyncio.gather(*reg.tasks, return_exceptions=True)
@@ -198,7 +204,7 @@ class RPCServer:
             loop.cancel()
         await asyncio.gather(*reg.loops, return_exceptions=True)
 
-    async def _serve(self, reg: _Registration) -> None:
+    async def _serve(self, reg: _Registration[Any, Any]) -> None:
         async for request in reg.requests:
             if not isinstance(request, Request) or expired(request):
                 continue
@@ -206,14 +212,16 @@ class RPCServer:
             reg.tasks.add(task)
             task.add_done_callback(reg.tasks.discard)
 
-    async def _route_claims(self, reg: _Registration) -> None:
+    async def _route_claims(self, reg: _Registration[Any, Any]) -> None:
         assert reg.claims is not None
         async for claim in reg.claims:
-            waiter = reg.pending.get(claim.request_id) if isinstance(claim, ClaimResponse) else None
+            if not isinstance(claim, ClaimResponse):
+                continue
+            waiter = reg.pending.get(claim.request_id)
             if waiter is not None and not waiter.done():
                 waiter.set_result(claim)
 
-    async def _handle_logged(self, reg: _Registration, request: Request) -> None:
+    async def _handle_logged(self, reg: _Registration[Any, Any], request: Request) -> None:
         try:
             await self._handle(reg, request)
         except Exception:  # an affinity function or Redis failed: the client times out
@@ -222,7 +230,7 @@ class RPCServer:
                 reg.method.service, reg.method.name, request.request_id,
             )
 
-    async def _handle(self, reg: _Registration, request: Request) -> None:
+    async def _handle(self, reg: _Registration[Req, Resp], request: Request) -> None:
         method = reg.method
         body = method.request()
         try:
@@ -245,7 +253,7 @@ class RPCServer:
             return
         await self._respond(method, request, response=response)
 
-    async def _claim(self, reg: _Registration, request: Request, body: Message) -> bool:
+    async def _claim(self, reg: _Registration[Req, Resp], request: Request, body: Req) -> bool:
         affinity = 1.0
         if reg.affinity is not None:
             affinity = reg.affinity(body)
@@ -270,7 +278,7 @@ class RPCServer:
 
     async def _respond(
         self,
-        method: Method,
+        method: Method[Any, Any],
         request: Request,
         response: Message | None = None,
         error: tuple[str, str] | None = None,
@@ -341,12 +349,12 @@ class RPCClient:
 
     async def call(
         self,
-        method: Method,
-        request: Message,
+        method: Method[Req, Resp],
+        request: Req,
         topic: Sequence[str] = (),
         timeout_s: float = 3.0,
         selection: Selection | None = None,
-    ) -> Message:
+    ) -> Resp:
         """The method's response; PsrpcError for an error response or no answer in time."""
         if method.service != self.service:
             raise ValueError(f"{method.service}.{method.name} is not a {self.service} method")
