@@ -151,7 +151,8 @@ class NetworkPolicy:
         """Blocking: `getaddrinfo` for `host`, refused if any address it gives is denied."""
         infos = socket.getaddrinfo(host, port, type=socktype)
         for info in infos:
-            self.check_address(info[4][0], host)
+            # an int here (a non-IP family) is no address, so it is refused
+            self.check_address(str(info[4][0]), host)
         return infos
 
     async def resolve_async(self, host: str, port: int) -> None:

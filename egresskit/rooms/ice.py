@@ -28,15 +28,23 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
+from typing import Protocol
 
 import aioice.ice
 import ifaddr
 
+
+class _HostAddresses(Protocol):
+    """The shape of `aioice.ice.get_host_addresses` (which aioice calls by keyword)."""
+
+    def __call__(self, use_ipv4: bool, use_ipv6: bool) -> list[str]: ...
+
+
 _restricted: ContextVar[tuple[str, ...] | None] = ContextVar("ice_host_addresses", default=None)
 # aioice's own function while the wrapper is installed, and how many services use it.
-_aioice_host_addresses: Callable[[bool, bool], list[str]] | None = None
+_aioice_host_addresses: _HostAddresses | None = None
 _users = 0
 
 
@@ -64,7 +72,7 @@ def host_address_override() -> Iterator[None]:
         yield
     finally:
         _users -= 1
-        if _users == 0:
+        if _users == 0 and _aioice_host_addresses is not None:
             aioice.ice.get_host_addresses = _aioice_host_addresses
             _aioice_host_addresses = None
 

@@ -153,10 +153,11 @@ class SignalClient:
         which = first.WhichOneof("message")
         if which == "join":
             joined: rtc_pb.JoinResponse | rtc_pb.ReconnectResponse = first.join
-            interval, timeout = first.join.ping_interval, first.join.ping_timeout
+            ping_interval: float = first.join.ping_interval
+            ping_timeout: float = first.join.ping_timeout
         elif which == "reconnect":
             joined = first.reconnect
-            interval, timeout = ping
+            ping_interval, ping_timeout = ping
         elif which == "leave":
             await self.close()
             reason = models.DisconnectReason.Name(first.leave.reason)
@@ -170,7 +171,9 @@ class SignalClient:
         self._tasks = [
             asyncio.create_task(self._read_loop(), name="livekit signal reader"),
             asyncio.create_task(
-                self._ping_loop(interval or DEFAULT_PING_INTERVAL_S, timeout or DEFAULT_PING_TIMEOUT_S),
+                self._ping_loop(
+                    ping_interval or DEFAULT_PING_INTERVAL_S, ping_timeout or DEFAULT_PING_TIMEOUT_S
+                ),
                 name="livekit ping",
             ),
         ]
