@@ -21,9 +21,9 @@ import asyncio
 import logging
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from fractions import Fraction
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import av
 
@@ -33,7 +33,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 # FFmpeg decoder names by RTP mime type (lower case).
-DECODER_NAMES = {"video/vp8": "libvpx", "video/h264": "h264", "audio/opus": "libopus"}
+DECODER_NAMES: dict[str, Literal["libvpx", "h264", "libopus"]] = {
+    "video/vp8": "libvpx",
+    "video/h264": "h264",
+    "audio/opus": "libopus",
+}
 
 
 # An Opus encoder's output lags its input by its lookahead: the first decoded samples
@@ -44,25 +48,27 @@ DECODER_NAMES = {"video/vp8": "libvpx", "video/h264": "h264", "audio/opus": "lib
 # Measured: a flash and a beep sent together by aiortc decoded 6.4 ms apart without
 # this, -0.4 ms with it.
 OPUS_ENCODER_DELAY = 312
-# Receives decoded frames, in the event loop.
-FramesCallback = Callable[[list[av.AudioFrame | av.VideoFrame]], None]
+# What one encoded frame decodes to (often nothing yet), and who receives that in the loop.
+DecodedFrames = Sequence[av.AudioFrame | av.VideoFrame]
+FramesCallback = Callable[[DecodedFrames], None]
 
 
 class UnsupportedCodec(Exception):
     """A frame arrived in a codec egresskit cannot decode."""
 
 
-def open_decoder(mime_type: str) -> av.CodecContext:
+def open_decoder(mime_type: str) -> av.AudioCodecContext | av.VideoCodecContext:
     """A decoding context for frames of `mime_type`; Opus comes out as 48 kHz stereo s16."""
     name = DECODER_NAMES.get(mime_type.lower())
     if name is None:
         raise UnsupportedCodec(f"cannot decode {mime_type}")
-    context = av.CodecContext.create(name, "r")
     if name == "libopus":
-        context.format = "s16"
-        context.layout = "stereo"
-        context.sample_rate = 48_000
-    return context
+        opus = av.CodecContext.create(name, "r")
+        opus.format = "s16"
+        opus.layout = "stereo"
+        opus.sample_rate = 48_000
+        return opus
+    return av.CodecContext.create(name, "r")
 
 
 class TrackDecoder:
@@ -88,7 +94,7 @@ class TrackDecoder:
         self._loop = asyncio.get_running_loop()
         self._on_frames = on_frames
         self._on_error = on_error
-        self._context: av.CodecContext | None = None
+        self._context: av.AudioCodecContext | av.VideoCodecContext | None = None
         self._mime_type = ""
         self.name = f"decode {kind}"
         # SimpleQueue: a C queue, much cheaper per item than queue.Queue's Condition.
@@ -116,19 +122,21 @@ class TrackDecoder:
         if self._queue is not None:
             self._queue.put(None)
 
-    def _decode(self, frame: EncodedFrame) -> list[av.AudioFrame | av.VideoFrame] | None:
+    def _decode(self, frame: EncodedFrame) -> DecodedFrames | None:
         """The frames decoded from `frame` (often none yet), or None if it cannot be decoded."""
         try:
-            if frame.mime_type != self._mime_type:
-                self._context, self._mime_type = open_decoder(frame.mime_type), frame.mime_type
+            context = self._context
+            if context is None or frame.mime_type != self._mime_type:
+                context = self._context = open_decoder(frame.mime_type)
+                self._mime_type = frame.mime_type
             packet = av.Packet(frame.data)
             packet.pts = frame.timestamp
             packet.time_base = Fraction(1, frame.clock_rate)
-            frames = self._context.decode(packet)
+            frames = context.decode(packet)
         except (av.FFmpegError, UnsupportedCodec) as exc:
             log.debug("%s: frame not decoded: %s", self.name, exc)
             return None
-        if self._context.name == "libopus":
+        if context.name == "libopus":
             for decoded in frames:
                 if decoded.pts is not None:
                     decoded.pts -= OPUS_ENCODER_DELAY

@@ -57,14 +57,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import av
 from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RTP_HISTORY_SIZE, RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
-from egresskit.rooms.decoder import FramesCallback, TrackDecoder
+from egresskit.rooms.decoder import DecodedFrames, FramesCallback, TrackDecoder
 from egresskit.rooms.timeline import SenderClock, TrackTimeline
 
 log = logging.getLogger(__name__)
@@ -311,6 +310,7 @@ class _VideoFrames:
 
     def _take(self) -> JitterFrame | None:
         """The head frame if it is complete, removed from the buffer."""
+        assert self._next is not None  # `add` sets it before taking
         packets = self._packets
         head = packets.get(self._next)
         if head is None:
@@ -501,6 +501,6 @@ class EncodedReceiver:
             )
         return self._decoder
 
-    def _decoded(self, frames: list[av.AudioFrame | av.VideoFrame]) -> None:
+    def _decoded(self, frames: DecodedFrames) -> None:
         if self.on_decoded is not None and self._decoding:
             self.on_decoded(frames)

@@ -28,9 +28,11 @@ from typing import Protocol
 import av
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
+from av.frame import Frame
 from livekit.protocol import models
 
 from egresskit.pipeline.link import Link, LinkPolicy
+from egresskit.rooms.decoder import DecodedFrames
 from egresskit.rooms.encoded import ENCODED_QUEUE, EncodedReceiver
 from egresskit.rooms.events import (
     ParticipantJoined,
@@ -128,7 +130,7 @@ class LocalTrack:
             self._subscribers.remove(link)
         self._update_decoding()
 
-    def frame_time(self, frame: av.AudioFrame | av.VideoFrame) -> float | None:
+    def frame_time(self, frame: Frame | av.Packet) -> float | None:
         """When a frame of this track was captured, on `time.monotonic()`; None if unknown.
 
         WebRTC frames are timed by their sender (`egresskit.rooms.timeline`);
@@ -144,7 +146,7 @@ class LocalTrack:
         pts, arrival = self._anchor
         return arrival + float(frame.pts * frame.time_base) - pts
 
-    def _anchor_time(self, frame: av.AudioFrame | av.VideoFrame) -> None:
+    def _anchor_time(self, frame: Frame | av.Packet) -> None:
         """Time in-process frames from their pts, re-anchored when pts and arrival part by 1 s."""
         if frame.pts is None or frame.time_base is None:
             return
@@ -208,7 +210,7 @@ class LocalTrack:
         await self._close_subscribers()
         on_end(self)
 
-    def _fan_out(self, frames: list[av.AudioFrame | av.VideoFrame]) -> None:
+    def _fan_out(self, frames: DecodedFrames) -> None:
         """Decoded frames of a WebRTC track, to every subscriber without waiting."""
         for frame in frames:
             for link in self._subscribers:
