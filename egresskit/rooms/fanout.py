@@ -62,6 +62,7 @@ from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
     RTCP_RTPFB_NACK,
+    AnyRtcpPacket,
     HeaderExtensionsMap,
     RtcpByePacket,
     RtcpPsfbPacket,
@@ -145,6 +146,7 @@ class ViewerStream:
         if self.started or self._fanout.ended:
             return
         codec = parameters.codecs[0]
+        assert codec.payloadType is not None  # negotiated codecs have their payload type
         self._payload_type = codec.payloadType
         for other in parameters.codecs:
             if is_rtx(other) and other.parameters.get("apt") == codec.payloadType:
@@ -236,12 +238,12 @@ class ViewerStream:
             self._send_rtcp(RtcpByePacket(sources=[self._ssrc]))
         self.close()
 
-    def _send_rtcp(self, *packets: object) -> None:
+    def _send_rtcp(self, *packets: AnyRtcpPacket) -> None:
         datagrams = self._datagrams()
         if datagrams is not None:
             datagrams.send([self._dtls._tx_srtp.protect_rtcp(b"".join(map(bytes, packets)))])
 
-    async def _handle_rtcp_packet(self, packet: object) -> None:
+    async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         """The viewer's RTCP for this stream, as aiortc routes it."""
         if isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
             for sequence in packet.lost:

@@ -45,6 +45,7 @@ import itertools
 import json
 import logging
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 import aioice
 import aioice.ice
@@ -112,7 +113,7 @@ class _SignalledTrack(MediaStreamTrack):
         self.kind = kind
         self._ended = asyncio.Event()
 
-    async def recv(self):
+    async def recv(self) -> NoReturn:
         await self._ended.wait()
         raise MediaStreamError
 
@@ -447,7 +448,7 @@ class LiveKitRoom(LocalRoom):
 
     # --- roster -------------------------------------------------------------------------------
 
-    async def _update_participants(self, participants) -> None:
+    async def _update_participants(self, participants: Iterable[models.ParticipantInfo]) -> None:
         to_subscribe: dict[str, list[str]] = {}
         for info in sorted(participants, key=lambda p: p.joined_at_ms or p.joined_at * 1000):
             if info.identity == self.identity:
@@ -637,7 +638,7 @@ class LiveKitRoom(LocalRoom):
         for transceiver in pc.getTransceivers():
             mid = transceiver.mid
             media = media_by_mid.get(mid) if mid is not None else None
-            if media is None:
+            if mid is None or media is None:
                 continue
             sid = ""
             if media.direction in ("sendonly", "sendrecv"):
@@ -686,7 +687,7 @@ class LiveKitRoom(LocalRoom):
         parameters.encodings = [
             RTCRtpDecodingParameters(ssrc=ssrc, payloadType=c.payloadType)
             for c in transceiver._codecs
-            if c.name.lower() != "rtx"
+            if c.name.lower() != "rtx" and c.payloadType is not None
         ]
         receiver.transport._register_rtp_receiver(receiver, parameters)
         if rtx is not None:

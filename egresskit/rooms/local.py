@@ -86,7 +86,7 @@ class LocalTrack:
         media: MediaStreamTrack,
         participant: LocalParticipant,
         *,
-        source: int,
+        source: models.TrackSource,
         name: str,
         mime_type: str,
         release: Callable[[], Awaitable[None]] | None,
@@ -94,7 +94,7 @@ class LocalTrack:
         sid: str | None = None,
     ) -> None:
         self.sid = sid or new_sid("TR_")
-        self.kind: int = TRACK_TYPES[media.kind]
+        self.kind = TRACK_TYPES[media.kind]
         self.source = source
         self.name = name
         self.mime_type = mime_type
@@ -264,7 +264,7 @@ class LocalParticipant:
         *,
         name: str,
         metadata: str,
-        kind: int,
+        kind: models.ParticipantInfo.Kind,
         connection: Closable | None,
         sid: str | None = None,
     ) -> None:
@@ -316,7 +316,7 @@ class LocalRoom:
         *,
         name: str = "",
         metadata: str = "",
-        kind: int = models.ParticipantInfo.Kind.STANDARD,
+        kind: models.ParticipantInfo.Kind = models.ParticipantInfo.Kind.STANDARD,
         connection: Closable | None = None,
         sid: str | None = None,
     ) -> LocalParticipant:
@@ -344,7 +344,7 @@ class LocalRoom:
         track: MediaStreamTrack,
         *,
         identity: str,
-        source: int | None = None,
+        source: models.TrackSource | None = None,
         name: str = "",
         mime_type: str | None = None,
         release: Callable[[], Awaitable[None]] | None = None,

@@ -217,7 +217,9 @@ class WhepEndpoint:
         resource = secrets.token_urlsafe(24)
         self.sessions[resource] = session
         self._watch(session, resource)
-        prefix = request.match_info.route.resource.canonical.removesuffix("/{room}")
+        route = request.match_info.route.resource
+        assert route is not None  # the request was routed here
+        prefix = route.canonical.removesuffix("/{room}")
         return web.Response(
             status=201,
             body=answer.encode(),

@@ -22,10 +22,12 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import cast
 from urllib.parse import quote
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as sdp_parser
 from livekit.protocol import models
@@ -105,7 +107,7 @@ async def ice_override(app: web.Application) -> AsyncIterator[None]:
 
 
 @web.middleware
-async def cors_headers(request: web.Request, handler) -> web.StreamResponse:
+async def cors_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Put the CORS headers on every answer, errors included."""
     try:
         response = await handler(request)
@@ -191,7 +193,9 @@ class WhipEndpoint:
         self._sessions[resource] = participant
         self._watch(participant, pc, resource)
         # The room is one path segment, whatever it contains ("/", ".."): percent-encoded.
-        prefix = request.match_info.route.resource.canonical.removesuffix("/{room}")
+        route = request.match_info.route.resource
+        assert route is not None  # the request was routed here
+        prefix = route.canonical.removesuffix("/{room}")
         location = f"{prefix}/{quote(room_name, safe='')}/{resource}"
         return web.Response(
             status=201,
@@ -339,8 +343,8 @@ async def negotiate(pc: RTCPeerConnection, offer: str) -> str:
 
 
 def track_sources(
-    offer: sdp_parser.SessionDescription, query: Mapping[str, int] | None
-) -> dict[str, int]:
+    offer: sdp_parser.SessionDescription, query: Mapping[str, models.TrackSource] | None
+) -> dict[str, models.TrackSource]:
     """The source of each published media section, by mid (see the module docstring)."""
     sources = {}
     for media in offer.media:
@@ -356,7 +360,7 @@ def track_sources(
     return sources
 
 
-def check_sources(claims: Claims, sources: Iterable[int]) -> None:
+def check_sources(claims: Claims, sources: Iterable[models.TrackSource]) -> None:
     """403 unless the token's `canPublishSources` (when not empty) lists every source."""
     allowed = claims.grant("canPublishSources")
     if not allowed:
@@ -375,27 +379,27 @@ async def publish_tracks(
     participant: LocalParticipant,
     pc: RTCPeerConnection,
     answer: str,
-    sources: Mapping[str, int],
+    sources: Mapping[str, models.TrackSource],
 ) -> None:
     answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
     sender = SenderClock()  # one publisher: its tracks share one clock
     enlarge_receive_buffers(pc)
     for transceiver in pc.getTransceivers():
-        track = transceiver.receiver.track
-        if track is None or transceiver.mid not in sources:
+        track, mid = transceiver.receiver.track, transceiver.mid
+        if track is None or mid is None or mid not in sources:
             continue
         await room.publish(
             track,
             identity=participant.identity,
-            source=sources[transceiver.mid],
-            mime_type=negotiated_mime_type(answered.get(transceiver.mid)),
+            source=sources[mid],
+            mime_type=negotiated_mime_type(answered.get(mid)),
             release=receiver_stopper(transceiver),
             # encoded frames for track egress; decoding only while someone wants frames
             encoded=EncodedReceiver(transceiver.receiver, sender),
         )
 
 
-def receiver_stopper(transceiver: RTCRtpTransceiver):
+def receiver_stopper(transceiver: RTCRtpTransceiver) -> Callable[[], Awaitable[None]]:
     async def stop_receiver() -> None:
         await transceiver.receiver.stop()
 
@@ -416,10 +420,11 @@ def negotiated_mime_type(media: sdp_parser.MediaDescription | None) -> str | Non
     return None
 
 
-def participant_kind(kind: str) -> int:
+def participant_kind(kind: str) -> models.ParticipantInfo.Kind:
     """The token's `kind` claim (e.g. "agent") as a participant kind; standard if unknown."""
     try:
-        return models.ParticipantInfo.Kind.Value(kind.upper())
+        # protoc's stubs say Value() gives an int; it is one of Kind's values
+        return cast(models.ParticipantInfo.Kind, models.ParticipantInfo.Kind.Value(kind.upper()))
     except ValueError:
         return models.ParticipantInfo.Kind.STANDARD
 
