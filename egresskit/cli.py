@@ -22,6 +22,7 @@ from egresskit.cli_client import add_client_commands, run_client_command
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import EgressEnded, EgressError
 from egresskit.egress.manager import EgressManager
+from egresskit.egress.session import EgressSession
 from egresskit.pipeline import memory
 from egresskit.service.app import HEADER_TIMEOUT_S, MANAGER, ROOMS, create_app
 from egresskit.service.config import ConfigError, ServiceConfig, load_config
@@ -153,6 +154,35 @@ def _stop(manager: EgressManager, egress_id: str) -> None:
         manager.stop(egress_id)
 
 
+async def _follow(manager: EgressManager, session: EgressSession, duration: float) -> None:
+    """Show the recording's progress until it ends; stop it after `duration` s (if > 0)."""
+    egress_id = session.info.egress_id
+    try:
+        started = time.monotonic()
+        stop_at = started + duration if duration > 0 else None
+        while not session.done.is_set():
+            elapsed = time.monotonic() - started
+            if stop_at is not None and time.monotonic() >= stop_at:
+                stop_at = None
+                _stop(manager, egress_id)
+            muxer = session.plan.files[0].writer
+            compositor = session.plan.compositor
+            fps = compositor.frames_out / elapsed if compositor is not None and elapsed > 0 else 0.0
+            status = egress_pb.EgressStatus.Name(session.info.status).removeprefix("EGRESS_")
+            print(
+                f"\r{status:<8} {elapsed:7.1f} s  {muxer.size / 1e6:8.2f} MB  {fps:5.1f} fps",
+                end="",
+                flush=True,
+            )
+            try:
+                await asyncio.wait_for(session.done.wait(), 0.5)
+            except TimeoutError:
+                pass
+    except asyncio.CancelledError:
+        _stop(manager, egress_id)
+        await session.wait()
+
+
 async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
     app = create_app(config)
     runner = web.AppRunner(app, shutdown_timeout=60, keepalive_timeout=HEADER_TIMEOUT_S)
@@ -182,29 +212,8 @@ async def record(config: ServiceConfig, args: argparse.Namespace) -> int:
         return 2
     session = manager.get(info.egress_id)
     try:
-        started = time.monotonic()
-        stop_at = started + args.duration if args.duration > 0 else None
-        while not session.done.is_set():
-            elapsed = time.monotonic() - started
-            if stop_at is not None and time.monotonic() >= stop_at:
-                stop_at = None
-                _stop(manager, info.egress_id)
-            muxer = session.plan.files[0].writer
-            compositor = session.plan.compositor
-            fps = compositor.frames_out / elapsed if compositor is not None and elapsed > 0 else 0.0
-            status = egress_pb.EgressStatus.Name(session.info.status).removeprefix("EGRESS_")
-            print(
-                f"\r{status:<8} {elapsed:7.1f} s  {muxer.size / 1e6:8.2f} MB  {fps:5.1f} fps",
-                end="",
-                flush=True,
-            )
-            try:
-                await asyncio.wait_for(session.done.wait(), 0.5)
-            except TimeoutError:
-                pass
-    except asyncio.CancelledError:
-        _stop(manager, info.egress_id)
-        await session.wait()
+        if isinstance(session, EgressSession):  # not ended already (failed as it started)
+            await _follow(manager, session, args.duration)
     finally:
         await runner.cleanup()
     print()

@@ -195,10 +195,12 @@ def create_app(config: ServiceConfig) -> web.Application:
 
 async def room_service_elsewhere(request: web.Request) -> web.Response:
     """With a LiveKit server configured, its rooms and its RoomService are the server's own."""
+    livekit = request.app[MANAGER].livekit
+    assert livekit is not None  # routed here only with a LiveKit server
     return TwirpError(
         "unimplemented",
         "RoomService is served by the LiveKit server this egresskit records "
-        f"({request.app[MANAGER].livekit.url}), not by egresskit",
+        f"({livekit.url}), not by egresskit",
     ).to_response()
 
 

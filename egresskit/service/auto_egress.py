@@ -51,38 +51,42 @@ class AutoEgress:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _request(self, event: RoomEvent):
+    def _request(
+        self, event: RoomEvent
+    ) -> egress_pb.TrackEgressRequest | egress_pb.ParticipantEgressRequest | None:
         rules = self.room_egress
         if isinstance(event, TrackPublished) and rules.HasField("tracks"):
             track = event.track
             if not track.has_encoded_media:
                 return None  # an in-process track: nothing to pass through
-            auto = rules.tracks
+            track_rule = rules.tracks
             output = egress_pb.DirectFileOutput(
-                filepath=auto.filepath, disable_manifest=auto.disable_manifest
+                filepath=track_rule.filepath, disable_manifest=track_rule.disable_manifest
             )
             for field in ("s3", "gcp", "azure", "aliOSS"):
-                if auto.HasField(field):
-                    getattr(output, field).CopyFrom(getattr(auto, field))
+                if track_rule.HasField(field):
+                    getattr(output, field).CopyFrom(getattr(track_rule, field))
             return egress_pb.TrackEgressRequest(
                 room_name=event.room.name, track_id=track.sid, file=output
             )
         if isinstance(event, ParticipantJoined) and rules.HasField("participant"):
-            auto = rules.participant
+            participant_rule = rules.participant
             request = egress_pb.ParticipantEgressRequest(
                 room_name=event.room.name,
                 identity=event.participant.identity,
-                file_outputs=auto.file_outputs,
-                segment_outputs=auto.segment_outputs,
+                file_outputs=participant_rule.file_outputs,
+                segment_outputs=participant_rule.segment_outputs,
             )
-            if auto.HasField("advanced"):
-                request.advanced.CopyFrom(auto.advanced)
+            if participant_rule.HasField("advanced"):
+                request.advanced.CopyFrom(participant_rule.advanced)
             else:
-                request.preset = auto.preset
+                request.preset = participant_rule.preset
             return request
         return None
 
-    async def _start(self, request) -> None:
+    async def _start(
+        self, request: egress_pb.TrackEgressRequest | egress_pb.ParticipantEgressRequest
+    ) -> None:
         try:
             info = await self.manager.start(request)
         except Exception as exc:  # a rule that cannot run must not disturb the room

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
+from google.protobuf.message import Message
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.encoding import InvalidRequest
@@ -49,7 +50,9 @@ class EgressApi:
         self.network = network
         self._listings = EncodedListings()
 
-    async def start_as_caller(self, request, context: TwirpContext) -> egress_pb.EgressInfo:
+    async def start_as_caller(
+        self, request: Message, context: TwirpContext
+    ) -> egress_pb.EgressInfo:
         """Start any kind of request (egresskit.Egress's extension too) under the caller rules."""
         caller = Caller(api_key=context.auth.api_key, network=self.network)
         try:

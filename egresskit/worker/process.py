@@ -177,7 +177,7 @@ class WorkerProcess:
         an invalid request is claimed, so that its start answers why it is invalid."""
         try:
             spec = validate(inner_request(request))
-        except (PsrpcError, *REFUSALS):
+        except (PsrpcError,) + REFUSALS:
             return True
         cost = request.estimated_cpu or self.admission.costs.of(spec)
         return len(self.admission) == 0 or cost <= self.admission.available + 1e-9
