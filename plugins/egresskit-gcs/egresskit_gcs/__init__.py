@@ -101,7 +101,9 @@ class GCSStorage(Storage):
             )
             self._client = GcsClient(
                 service_file=io.StringIO(self.credentials) if self.credentials else None,
-                session=self._session,
+                # gcloud-aio types `session` from its requests build (gcloud-rest), which
+                # mypy picks as it cannot evaluate BUILD_GCLOUD_REST; aio takes aiohttp's
+                session=self._session,  # type: ignore[arg-type]
                 api_root=self.endpoint or None,
             )
         return self._client
