@@ -4,7 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 ruff check egresskit plugins tests examples bench
-# settings in pyproject.toml [tool.mypy]
-mypy egresskit plugins/egresskit-alioss/egresskit_alioss plugins/egresskit-azure/egresskit_azure \
-  plugins/egresskit-gcs/egresskit_gcs
+# egresskit and each plugin's package; settings in pyproject.toml [tool.mypy]
+mypy egresskit plugins/egresskit-*/egresskit_*
 python3 -m pytest -q -p no:cacheprovider tests plugins "$@"
