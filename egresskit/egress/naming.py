@@ -18,8 +18,13 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from livekit.protocol import egress as egress_pb
+from livekit.protocol import models
+
+if TYPE_CHECKING:
+    from egresskit.rooms.local import LocalRoom, LocalTrack
 
 TIME_FORMAT = "%Y-%m-%dT%H%M%S"  # Go layout 2006-01-02T150405
 
@@ -166,3 +171,41 @@ def image_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
 def _safe_value(value: str) -> str:
     cleaned = _UNSAFE_IN_VALUE.sub("_", value)
     return "_" if cleaned in (".", "..") else cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class TrackDescription:
+    """What results, manifests and file names say about a recorded track."""
+
+    track_id: str
+    track_kind: str  # "audio" | "video"
+    track_source: str  # "camera", "microphone", "screen_share", "screen_share_audio", "unknown"
+    publisher_identity: str
+    mime_type: str
+
+    @classmethod
+    def of(cls, track: LocalTrack) -> TrackDescription:
+        """The description of a published track."""
+        return cls(
+            track_id=track.sid,
+            track_kind="video" if track.kind == models.TrackType.VIDEO else "audio",
+            track_source=models.TrackSource.Name(track.source).lower(),
+            publisher_identity=track.participant.identity,
+            mime_type=track.mime_type,
+        )
+
+    @property
+    def extension(self) -> str:
+        """The file extension a passthrough recording of this track gets."""
+        return track_extension(self.mime_type)
+
+    def name_fields(self, room: LocalRoom) -> NameFields:
+        """Template values naming this track's recordings in `room`."""
+        return NameFields(
+            room_name=room.name,
+            room_id=room.sid,
+            publisher_identity=self.publisher_identity,
+            track_id=self.track_id,
+            track_type=self.track_kind,
+            track_source=self.track_source,
+        )

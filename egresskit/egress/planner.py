@@ -26,9 +26,9 @@ from egresskit.egress.graphs import (
     web_graph,
 )
 from egresskit.egress.manifest import manifest_name
+from egresskit.egress.naming import TrackDescription
 from egresskit.egress.track_graphs import (
     SourceNotFound,
-    TrackDescription,
     participant_graph,
     track_composite_graph,
     track_graph,
