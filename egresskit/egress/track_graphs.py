@@ -162,8 +162,8 @@ def track_composite_graph(
     video_sid: str,
     outputs: list,
     *,
-    video: VideoEncoding = VideoEncoding(),
-    audio: AudioEncoding = AudioEncoding(),
+    video: VideoEncoding | None = VideoEncoding(),
+    audio: AudioEncoding | None = AudioEncoding(),
     name: str = "track-composite",
 ) -> tuple[Graph, CompositeStages]:
     """One audio and one video track (either id may be empty), composited and encoded.

@@ -20,7 +20,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
@@ -34,17 +34,28 @@ from egresskit.egress.encoding import (
     VideoCodecName,
     audio_codec_of,
 )
+from egresskit.egress.naming import ImageSuffix, SegmentSuffix
+from egresskit.egress.spec import (
+    EgressSpec,
+    FileTarget,
+    FileType,
+    ImagesTarget,
+    MediaSource,
+    ParticipantSource,
+    RoomCompositeSource,
+    SegmentsTarget,
+    Storage,
+    StreamProtocol,
+    StreamTarget,
+    TrackCompositeSource,
+    TrackSource,
+    WebSource,
+)
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
 from egresskit.protos import egress_pb2 as extension_pb
+from egresskit.stages.mixer import Mixing
 from egresskit.stages.stream import SRT_LOCAL_OPTIONS
 from egresskit.storage.registry import MissingCredentials, check_request_upload
-
-Storage = (
-    egress_pb.S3Upload | egress_pb.GCPUpload | egress_pb.AzureBlobUpload | egress_pb.AliOSSUpload
-)
-EgressKind = Literal["room_composite", "track_composite", "participant", "track", "web", "media"]
-FileType = Literal["mp4", "ogg", "mp3", ""]
-StreamProtocol = Literal["rtmp", "srt", "websocket"]
 
 DEFAULT_SEGMENT_DURATION_S = 4
 MAX_IDENTITIES = 1000
@@ -72,6 +83,21 @@ _PROTOCOLS: dict[int, StreamProtocol] = {
     egress_pb.RTMP: "rtmp",
     egress_pb.SRT: "srt",
     egress_pb.WEBSOCKET: "websocket",
+}
+# LiveKit's enum values, as the Python API names them.
+_MIXINGS: dict[int, Mixing] = {
+    egress_pb.DEFAULT_MIXING: Mixing.DEFAULT,
+    egress_pb.DUAL_CHANNEL_AGENT: Mixing.DUAL_CHANNEL_AGENT,
+    egress_pb.DUAL_CHANNEL_ALTERNATE: Mixing.DUAL_CHANNEL_ALTERNATE,
+}
+_SEGMENT_SUFFIXES: dict[int, SegmentSuffix] = {
+    egress_pb.INDEX: SegmentSuffix.INDEX,
+    egress_pb.TIMESTAMP: SegmentSuffix.TIMESTAMP,
+}
+_IMAGE_SUFFIXES: dict[int, ImageSuffix] = {
+    egress_pb.IMAGE_SUFFIX_INDEX: ImageSuffix.INDEX,
+    egress_pb.IMAGE_SUFFIX_TIMESTAMP: ImageSuffix.TIMESTAMP,
+    egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE: ImageSuffix.NONE_OVERWRITE,
 }
 _FILE_TYPES: dict[int, FileType] = {
     egress_pb.MP4: "mp4",
@@ -107,91 +133,6 @@ _LABELS = {
     "rtmp": "RTMP",
     "srt": "SRT",
 }
-
-
-@dataclass(frozen=True)
-class FileTarget:
-    """One file output; `file_type` is empty for track egress (the track's codec decides)."""
-
-    filepath: str
-    file_type: FileType
-    disable_manifest: bool
-    storage: Storage | None
-    field: str  # where the request names it, for errors about its path
-
-
-@dataclass(frozen=True)
-class SegmentsTarget:
-    """One HLS output."""
-
-    filename_prefix: str
-    playlist_name: str
-    live_playlist_name: str
-    segment_duration_s: int
-    suffix: int  # egress_pb.SegmentedFileSuffix
-    fragmented_mp4: bool
-    disable_manifest: bool
-    storage: Storage | None
-    field: str
-
-
-@dataclass(frozen=True)
-class StreamTarget:
-    """One stream output: every URL speaks the same protocol."""
-
-    protocol: StreamProtocol
-    urls: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ImagesTarget:
-    """One snapshot output; width/height 0 keep the source size."""
-
-    capture_interval_s: int
-    width: int
-    height: int
-    filename_prefix: str
-    suffix: int  # egress_pb.ImageFileSuffix
-    disable_manifest: bool
-    storage: Storage | None
-    field: str
-
-
-@dataclass(frozen=True)
-class EgressSpec:
-    """A valid egress request, independent of the wire message it came in."""
-
-    kind: EgressKind
-    room_name: str = ""
-    audio: bool = True
-    video: bool = True
-    encoding: EncodingSettings | None = None
-    file: FileTarget | None = None
-    stream: StreamTarget | None = None
-    segments: SegmentsTarget | None = None
-    images: tuple[ImagesTarget, ...] = ()
-    websocket_url: str = ""
-    webhooks: tuple[models_pb.WebhookConfig, ...] = ()
-    layout: str = ""
-    # egresskit extension: who a room composite draws and mixes (empty include: everyone)
-    include_identities: tuple[str, ...] = ()
-    exclude_identities: tuple[str, ...] = ()
-    custom_base_url: str = ""
-    audio_mixing: int = egress_pb.DEFAULT_MIXING
-    web_url: str = ""
-    await_start_signal: bool = False
-    participant_identity: str = ""
-    screen_share: bool = False
-    audio_track_id: str = ""
-    video_track_id: str = ""
-    track_id: str = ""
-    audio_config: egress_pb.AudioConfig | None = None
-    video_codec: str = ""  # egresskit extension: "" or "h264", "vp9", "av1"
-    faststart: bool = False  # egresskit extension: MP4 moov before mdat after a clean stop
-    # Set by `check_caller` for a caller's request: where its destinations may be (None: the
-    # operator's own request), and the API key that signs its webhooks.
-    network: NetworkPolicy | None = None
-    caller_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -283,18 +224,20 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
     if spec.stream is not None:
         for url in spec.stream.urls:
             check_destination(url, "stream.urls", caller.network)
-    if spec.websocket_url:
-        check_destination(spec.websocket_url, "websocket_url", caller.network)
-    if spec.custom_base_url:
-        check_destination(spec.custom_base_url, "custom_base_url", caller.network)
-    if spec.web_url:
+    source = spec.source
+    if isinstance(source, TrackSource) and source.websocket_url:
+        check_destination(source.websocket_url, "websocket_url", caller.network)
+    if isinstance(source, RoomCompositeSource) and source.custom_base_url:
+        check_destination(source.custom_base_url, "custom_base_url", caller.network)
+    if isinstance(source, WebSource):
         # the page's first address only: what the page itself loads is Chromium's business
-        check_destination(spec.web_url, "url", caller.network)
-    stored = [("file", spec.file), ("segments", spec.segments)]
-    stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
-    for field, target in stored:
-        if target is not None and target.storage is not None:
-            _check_caller_storage(target.storage, field, caller.network)
+        check_destination(source.url, "url", caller.network)
+    stored: list[tuple[str, Storage | None]] = [("storage", spec.request_storage)]
+    stored += [(t.field, t.storage) for t in (spec.file, spec.segments) if t is not None]
+    stored += [(t.field, t.storage) for t in spec.images]
+    for field, storage in stored:
+        if storage is not None:
+            _check_caller_storage(storage, field, caller.network)
     return dataclasses.replace(spec, network=caller.network, caller_key=caller.api_key)
 
 
@@ -327,18 +270,20 @@ def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     else:
         check_layout(req.layout, "layout")
     _check_audio_video_flags(req.audio_only, req.video_only)
-    if req.audio_mixing not in egress_pb.AudioMixing.values():
+    if req.audio_mixing not in _MIXINGS:
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
     outputs = _legacy_outputs(req)
+    source = RoomCompositeSource(
+        req.room_name,
+        layout=req.layout,
+        audio_mixing=_MIXINGS[req.audio_mixing],
+        custom_base_url=req.custom_base_url,
+    )
     return _encoded(
         EgressSpec(
-            kind="room_composite",
-            room_name=req.room_name,
+            source,
             audio=not req.video_only,
             video=not req.audio_only,
-            layout=req.layout,
-            custom_base_url=req.custom_base_url,
-            audio_mixing=req.audio_mixing,
             webhooks=_webhooks(req.webhooks),
         ),
         outputs,
@@ -353,12 +298,12 @@ def _extension_room_composite(req: extension_pb.RoomCompositeEgressRequest) -> E
         raise InvalidRequest("request", "is required: LiveKit's RoomCompositeEgressRequest")
     spec = _room_composite(req.request)  # video_codec and faststart: checked by with_extensions
     include, exclude = check_identities(req.include_identities, req.exclude_identities)
+    assert isinstance(spec.source, RoomCompositeSource)
+    source = dataclasses.replace(
+        spec.source, include_identities=include, exclude_identities=exclude
+    )
     return dataclasses.replace(
-        spec,
-        include_identities=include,
-        exclude_identities=exclude,
-        faststart=req.faststart,
-        video_codec=req.video_codec,
+        spec, source=source, faststart=req.faststart, video_codec=req.video_codec
     )
 
 
@@ -385,12 +330,9 @@ def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:
         raise InvalidRequest("audio_track_id", "set audio_track_id, video_track_id or both")
     return _encoded(
         EgressSpec(
-            kind="track_composite",
-            room_name=req.room_name,
+            TrackCompositeSource(req.room_name, req.audio_track_id, req.video_track_id),
             audio=bool(req.audio_track_id),
             video=bool(req.video_track_id),
-            audio_track_id=req.audio_track_id,
-            video_track_id=req.video_track_id,
             webhooks=_webhooks(req.webhooks),
         ),
         _legacy_outputs(req),
@@ -404,10 +346,7 @@ def _participant(req: egress_pb.ParticipantEgressRequest) -> EgressSpec:
     _require(req.identity, "identity")
     return _encoded(
         EgressSpec(
-            kind="participant",
-            room_name=req.room_name,
-            participant_identity=req.identity,
-            screen_share=req.screen_share,
+            ParticipantSource(req.room_name, req.identity, screen_share=req.screen_share),
             webhooks=_webhooks(req.webhooks),
         ),
         _legacy_outputs(req),
@@ -421,11 +360,9 @@ def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
     _check_audio_video_flags(req.audio_only, req.video_only)
     return _encoded(
         EgressSpec(
-            kind="web",
+            WebSource(req.url, await_start_signal=req.await_start_signal),
             audio=not req.video_only,
             video=not req.audio_only,
-            web_url=req.url,
-            await_start_signal=req.await_start_signal,
             webhooks=_webhooks(req.webhooks),
         ),
         _legacy_outputs(req),
@@ -437,18 +374,14 @@ def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
 def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     _require(req.track_id, "track_id")
-    spec = EgressSpec(
-        kind="track",
-        room_name=req.room_name,
-        track_id=req.track_id,
-        encoding=None,
-        webhooks=_webhooks(req.webhooks),
-    )
+    source = TrackSource(req.room_name, req.track_id)
+    spec = EgressSpec(source, encoding=None, webhooks=_webhooks(req.webhooks))
     output = req.WhichOneof("output")
     if output == "websocket_url":
         if stream_protocol(req.websocket_url, "websocket_url") != "websocket":
             raise InvalidRequest("websocket_url", "must start with ws:// or wss://")
-        return dataclasses.replace(spec, websocket_url=req.websocket_url)
+        source = dataclasses.replace(source, websocket_url=req.websocket_url)
+        return dataclasses.replace(spec, source=source)
     if output == "file":
         storage = _storage_of(req.file, "file")
         return dataclasses.replace(
@@ -468,13 +401,13 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         else:
             check_layout(template.layout, "template.layout")
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
+        source = RoomCompositeSource(
+            req.room_name, layout=template.layout, custom_base_url=template.custom_base_url
+        )
         spec = EgressSpec(
-            kind="room_composite",
-            room_name=req.room_name,
+            source,
             audio=not template.video_only,
             video=not template.audio_only,
-            layout=template.layout,
-            custom_base_url=template.custom_base_url,
             webhooks=webhooks,
         )
     elif source == "web":
@@ -482,12 +415,9 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         _check_web_url(web.url, "web.url")
         _check_audio_video_flags(web.audio_only, web.video_only, "web.")
         spec = EgressSpec(
-            kind="web",
-            room_name=req.room_name,
+            WebSource(web.url, web.await_start_signal, req.room_name),
             audio=not web.video_only,
             video=not web.audio_only,
-            web_url=web.url,
-            await_start_signal=web.await_start_signal,
             webhooks=webhooks,
         )
     elif source == "media":
@@ -496,14 +426,11 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
     else:
         raise InvalidRequest("source", "set template, web or media")
     outputs = _Outputs()
-    default_storage = _provider(req.storage, "storage") if req.HasField("storage") else None
+    if req.HasField("storage"):
+        spec = dataclasses.replace(spec, request_storage=_provider(req.storage, "storage"))
     for index, output in enumerate(req.outputs):
         field = f"outputs[{index}]"
-        storage = (
-            _provider(output.storage, f"{field}.storage")
-            if output.HasField("storage")
-            else default_storage
-        )
+        storage = _provider(output.storage, f"{field}.storage")
         config = output.WhichOneof("config")
         if config == "file":
             outputs.files.append((f"{field}.file", output.file, storage))
@@ -522,17 +449,19 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
 
 def _passthrough(spec: EgressSpec, outputs: _Outputs) -> EgressSpec:
     """A media source recorded without transcoding: one track to one file, like track egress."""
-    routes = spec.audio_config.routes if spec.audio_config is not None else ()
-    tracks = [t for t in (spec.video_track_id, *(r.track_id for r in routes)) if t]
-    if spec.kind != "media" or len(tracks) != 1 or spec.participant_identity:
+    source = spec.source
+    if not isinstance(source, MediaSource):
+        raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
+    routes = source.audio_config.routes if source.audio_config is not None else ()
+    tracks = [t for t in (source.video_track_id, *(r.track_id for r in routes)) if t]
+    if len(tracks) != 1 or source.participant_identity:
         raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
     if outputs.streams or outputs.segments or outputs.images or len(outputs.files) != 1:
         raise InvalidRequest("outputs", "PASSTHROUGH writes exactly one file output")
     field, message, storage = outputs.files[0]
     return dataclasses.replace(
         spec,
-        kind="track",
-        track_id=tracks[0],
+        source=TrackSource(source.room_name, tracks[0]),
         file=FileTarget(message.filepath, "", message.disable_manifest, storage, field),
     )
 
@@ -553,17 +482,14 @@ def _media_spec(
             )
     if video is None and not audio:
         raise InvalidRequest("media", "select a video track, audio tracks or both")
-    return EgressSpec(
-        kind="media",
-        room_name=req.room_name,
-        audio=audio,
-        video=video is not None,
+    source = MediaSource(
+        req.room_name,
         video_track_id=media.video_track_id,
         participant_identity=media.participant_video.identity,
         screen_share=media.participant_video.prefer_screen_share,
         audio_config=media.audio if audio else None,
-        webhooks=webhooks,
     )
+    return EgressSpec(source, audio=audio, video=video is not None, webhooks=webhooks)
 
 
 def _legacy_outputs(req: Message) -> _Outputs:
@@ -740,7 +666,7 @@ def _stream_target(field: str, message: egress_pb.StreamOutput) -> StreamTarget:
 def _segments_target(
     field: str, message: egress_pb.SegmentedFileOutput, storage: Storage | None
 ) -> SegmentsTarget:
-    if message.filename_suffix not in egress_pb.SegmentedFileSuffix.values():
+    if message.filename_suffix not in _SEGMENT_SUFFIXES:
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.protocol not in egress_pb.SegmentedFileProtocol.values():
         raise InvalidRequest(f"{field}.protocol", "unknown protocol")
@@ -754,7 +680,7 @@ def _segments_target(
         playlist_name=message.playlist_name,
         live_playlist_name=message.live_playlist_name,
         segment_duration_s=message.segment_duration or DEFAULT_SEGMENT_DURATION_S,
-        suffix=message.filename_suffix,
+        suffix=_SEGMENT_SUFFIXES[message.filename_suffix],
         fragmented_mp4=message.protocol == egress_pb.HLS_FMP4_PROTOCOL,
         disable_manifest=message.disable_manifest,
         storage=storage,
@@ -771,7 +697,7 @@ def _images_target(
             raise InvalidRequest(
                 f"{field}.{name}", f"{value} must be 0 (source size) or between 16 and 4096"
             )
-    if message.filename_suffix not in egress_pb.ImageFileSuffix.values():
+    if message.filename_suffix not in _IMAGE_SUFFIXES:
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.image_codec not in (models_pb.IC_DEFAULT, models_pb.IC_JPEG):
         raise InvalidRequest(f"{field}.image_codec", "only JPEG images are supported")
@@ -780,7 +706,7 @@ def _images_target(
         width=message.width,
         height=message.height,
         filename_prefix=message.filename_prefix,
-        suffix=message.filename_suffix,
+        suffix=_IMAGE_SUFFIXES[message.filename_suffix],
         disable_manifest=message.disable_manifest,
         storage=storage,
         field=field,
