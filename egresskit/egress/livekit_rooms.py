@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models
@@ -105,8 +106,9 @@ async def follow_room(session: EgressSession, room: LiveKitRoom) -> None:
     try:
         seen = 0
         while not finished.done():
+            waiting: set[asyncio.Future[Any]] = {finished, room.ended}
             done, _ = await asyncio.wait(
-                {finished, room.ended}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
             )
             if len(room.warnings) != seen:
                 seen = len(room.warnings)

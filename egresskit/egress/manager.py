@@ -49,6 +49,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _REQUEST_FIELDS = {
     f.message_type.full_name: f.name
     for f in egress_pb.EgressInfo.DESCRIPTOR.oneofs_by_name["request"].fields
+    if f.message_type is not None
 }
 
 EventSink = Callable[[str, EgressSession], None]

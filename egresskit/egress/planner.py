@@ -7,7 +7,7 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
@@ -50,7 +50,7 @@ from egresskit.egress.track_graphs import (
 from egresskit.egress.validation import with_extensions
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
-from egresskit.rooms.local import LocalRoom, RoomManager
+from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
@@ -210,10 +210,16 @@ class _Namer:
         return relative, self.confine(relative, f"{field}.filename_prefix")
 
 
+class Rooms(Protocol):
+    """Where the planner finds a request's room: a RoomManager, or the one room joined for it."""
+
+    def get(self, name: str) -> LocalRoom | None: ...
+
+
 def plan(
     spec: EgressSpec,
     egress_id: str,
-    rooms: RoomManager,
+    rooms: Rooms,
     output_root: Path,
     default_storage: dict[str, Any] | None = None,
     when: datetime | None = None,

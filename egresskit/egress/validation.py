@@ -143,11 +143,22 @@ class Caller:
     network: NetworkPolicy
 
 
+# The request messages that carry outputs and encoding options, and their file outputs.
+EncodedRequest = (
+    egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest
+    | egress_pb.StartEgressRequest
+)
+FileMessage = egress_pb.EncodedFileOutput | egress_pb.FileOutput
+
+
 @dataclass
 class _Outputs:
     """Outputs gathered from a request before their codecs are checked."""
 
-    files: list[tuple[str, Message, Storage | None]] = dataclasses.field(default_factory=list)
+    files: list[tuple[str, FileMessage, Storage | None]] = dataclasses.field(default_factory=list)
     streams: list[tuple[str, egress_pb.StreamOutput]] = dataclasses.field(default_factory=list)
     segments: list[tuple[str, egress_pb.SegmentedFileOutput, Storage | None]] = dataclasses.field(
         default_factory=list
@@ -257,9 +268,9 @@ def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) 
         check_request_upload(storage)
     except MissingCredentials as exc:
         raise InvalidRequest(field, str(exc)) from None
-    if "endpoint" in storage.DESCRIPTOR.fields_by_name and storage.endpoint:
+    if isinstance(storage, egress_pb.S3Upload | egress_pb.AliOSSUpload) and storage.endpoint:
         check_destination(storage.endpoint, f"{field}.endpoint", network)
-    if "proxy" in storage.DESCRIPTOR.fields_by_name and storage.proxy.url:
+    if isinstance(storage, egress_pb.S3Upload | egress_pb.GCPUpload) and storage.proxy.url:
         check_destination(storage.proxy.url, f"{field}.proxy.url", network)
 
 
@@ -492,16 +503,23 @@ def _media_spec(
     return EgressSpec(source, audio=audio, video=video is not None, webhooks=webhooks)
 
 
-def _legacy_outputs(req: Message) -> _Outputs:
+def _legacy_outputs(
+    req: egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest,
+) -> _Outputs:
     """Outputs of the older requests: the deprecated single `file`/`stream`/`segments` plus lists."""
     outputs = _Outputs()
-    single = req.WhichOneof("output") if "output" in req.DESCRIPTOR.oneofs_by_name else None
-    if single == "file":
-        outputs.files.append(("file", req.file, _storage_of(req.file, "file")))
-    elif single == "stream":
-        outputs.streams.append(("stream", req.stream))
-    elif single == "segments":
-        outputs.segments.append(("segments", req.segments, _storage_of(req.segments, "segments")))
+    if not isinstance(req, egress_pb.ParticipantEgressRequest):  # it has the lists only
+        single = req.WhichOneof("output")
+        if single == "file":
+            outputs.files.append(("file", req.file, _storage_of(req.file, "file")))
+        elif single == "stream":
+            outputs.streams.append(("stream", req.stream))
+        elif single == "segments":
+            storage = _storage_of(req.segments, "segments")
+            outputs.segments.append(("segments", req.segments, storage))
     for index, file in enumerate(req.file_outputs):
         field = f"file_outputs[{index}]"
         outputs.files.append((field, file, _storage_of(file, field)))
@@ -516,7 +534,9 @@ def _legacy_outputs(req: Message) -> _Outputs:
     return outputs
 
 
-def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: str) -> EgressSpec:
+def _encoded(
+    spec: EgressSpec, outputs: _Outputs, req: EncodedRequest, encoding_oneof: str
+) -> EgressSpec:
     """Check the outputs of an encoding egress against each other and resolve the encoding."""
     for kind, items in (
         ("file", outputs.files),
@@ -593,7 +613,9 @@ def with_extensions(spec: EgressSpec) -> EgressSpec:
     encoding = dataclasses.replace(
         spec.encoding, video_codec=cast(VideoCodecName, spec.video_codec)
     )
-    containers = [("file", spec.file.file_type)] if spec.file is not None else []
+    containers: list[tuple[str, str]] = []
+    if spec.file is not None:
+        containers.append(("file", spec.file.file_type))
     if spec.segments is not None:
         containers.append(("segments", _segments_container(spec.segments)))
     if spec.stream is not None and spec.stream.protocol != "websocket":
@@ -608,7 +630,7 @@ def _segments_container(target: SegmentsTarget) -> str:
 
 
 def _file_type(
-    message: Message,
+    message: FileMessage,
     field: str,
     video: bool,
     explicit_codec: AudioCodecName | None,
