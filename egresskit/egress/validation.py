@@ -53,8 +53,8 @@ from egresskit.egress.spec import (
 )
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
 from egresskit.protos import egress_pb2 as extension_pb
+from egresskit.stages import srt
 from egresskit.stages.mixer import Mixing
-from egresskit.stages.stream import SRT_LOCAL_OPTIONS
 from egresskit.storage.registry import MissingCredentials, check_request_upload
 
 DEFAULT_SEGMENT_DURATION_S = 4
@@ -211,7 +211,7 @@ def _check_srt_options(query: str, field: str) -> None:
     options = dict(parse_qsl(query, keep_blank_values=True))
     if options.get("mode", "").lower() not in _SRT_CALLER_MODES:
         raise InvalidRequest(field, "SRT URLs must use caller mode: egress connects out")
-    local = sorted(SRT_LOCAL_OPTIONS - {"mode"} & options.keys())
+    local = sorted(srt.LOCAL_OPTIONS - {"mode"} & options.keys())
     if local:
         raise InvalidRequest(field, f"SRT option(s) {', '.join(local)} are not allowed")
     if "passphrase" in options and not 10 <= len(options["passphrase"]) <= 79:

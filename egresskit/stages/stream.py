@@ -43,8 +43,6 @@ FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
 # About three seconds of packets (video at 30 fps plus AAC frames) per URL.
 URL_QUEUE_PACKETS = 256
 CONNECT_TIMEOUT_S = 5.0
-# SRT URL options that would make the sender bind or listen here; egress only calls out.
-SRT_LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
 # What callers see when a destination fails, whatever the cause: a refused
 # connection and an open port that speaks something else must look the same,
 # or stream URLs become a port scanner. The details go to the service log.
