@@ -283,23 +283,20 @@ def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     _check_audio_video_flags(req.audio_only, req.video_only)
     if req.audio_mixing not in _MIXINGS:
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
-    outputs = _legacy_outputs(req)
     source = RoomCompositeSource(
         req.room_name,
         layout=req.layout,
         audio_mixing=_MIXINGS[req.audio_mixing],
         custom_base_url=req.custom_base_url,
     )
-    return _encoded(
+    return _legacy(
         EgressSpec(
             source,
             audio=not req.video_only,
             video=not req.audio_only,
             webhooks=_webhooks(req.webhooks),
         ),
-        outputs,
         req,
-        "options",
     )
 
 
@@ -339,46 +336,40 @@ def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     if not req.audio_track_id and not req.video_track_id:
         raise InvalidRequest("audio_track_id", "set audio_track_id, video_track_id or both")
-    return _encoded(
+    return _legacy(
         EgressSpec(
             TrackCompositeSource(req.room_name, req.audio_track_id, req.video_track_id),
             audio=bool(req.audio_track_id),
             video=bool(req.video_track_id),
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
 def _participant(req: egress_pb.ParticipantEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     _require(req.identity, "identity")
-    return _encoded(
+    return _legacy(
         EgressSpec(
             ParticipantSource(req.room_name, req.identity, screen_share=req.screen_share),
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
 def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
     _check_web_url(req.url, "url")
     _check_audio_video_flags(req.audio_only, req.video_only)
-    return _encoded(
+    return _legacy(
         EgressSpec(
             WebSource(req.url, await_start_signal=req.await_start_signal),
             audio=not req.video_only,
             video=not req.audio_only,
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
@@ -501,6 +492,17 @@ def _media_spec(
         audio_config=media.audio if audio else None,
     )
     return EgressSpec(source, audio=audio, video=video is not None, webhooks=webhooks)
+
+
+def _legacy(
+    spec: EgressSpec,
+    req: egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest,
+) -> EgressSpec:
+    """An older request's spec with its outputs and `options` encoding checked."""
+    return _encoded(spec, _legacy_outputs(req), req, "options")
 
 
 def _legacy_outputs(
