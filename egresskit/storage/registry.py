@@ -199,16 +199,8 @@ def open_storage(name: str, cfg: Mapping[str, Any] | Message) -> Storage:
     return default_registry.open(name, cfg)
 
 
-def storage_from_upload(upload: Message) -> Storage:
-    return default_registry.from_upload(upload)
-
-
 def check_request_upload(upload: Message) -> None:
     default_registry.check_request_upload(upload)
-
-
-def storage_from_request(upload: Message, network: NetworkPolicy) -> Storage:
-    return default_registry.from_request_upload(upload, network)
 
 
 def storage_from_spec(spec: Mapping[str, Any]) -> Storage:
