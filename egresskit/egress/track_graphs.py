@@ -21,6 +21,7 @@ from livekit.protocol import models
 
 from egresskit.egress.graphs import (
     PACKET_QUEUE,
+    RAW_AUDIO_QUEUE,
     TRACK_ITEMS_QUEUE,
     CompositeStages,
     composite_graph,
@@ -39,9 +40,6 @@ from egresskit.stages.passthrough import (
 from egresskit.stages.source_watch import SourceWatch
 from egresskit.stages.subscriber import RoomSubscriber
 from egresskit.stages.websocket import WebsocketAudioSink
-
-# Mixed 20 ms frames waiting for the websocket: half a second.
-PCM_QUEUE = 25
 
 CAMERA_SOURCES = frozenset({models.TrackSource.CAMERA, models.TrackSource.MICROPHONE})
 SCREEN_SOURCES = frozenset({models.TrackSource.SCREEN_SHARE, models.TrackSource.SCREEN_SHARE_AUDIO})
@@ -121,7 +119,7 @@ def track_websocket_graph(
     watch = graph.add(SourceWatch(room, track_sids=[track_sid]))
     graph.link(subscriber.audio, mixer.input, maxsize=TRACK_ITEMS_QUEUE)
     graph.link(subscriber.audio, sink.events, maxsize=TRACK_ITEMS_QUEUE)
-    graph.link(mixer.output, sink.input, maxsize=PCM_QUEUE)
+    graph.link(mixer.output, sink.input, maxsize=RAW_AUDIO_QUEUE)
     stages = WebsocketStages(subscriber, mixer, sink, watch, TrackDescription.of(track))
     return graph, stages
 
