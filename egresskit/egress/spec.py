@@ -21,7 +21,8 @@ from egresskit.egress.naming import ImageSuffix, SegmentSuffix
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.stages.mixer import Mixing
 
-Storage = (
+# The upload messages a request may name, carried as they came.
+Upload = (
     egress_pb.S3Upload | egress_pb.GCPUpload | egress_pb.AzureBlobUpload | egress_pb.AliOSSUpload
 )
 EgressKind = Literal["room_composite", "track_composite", "participant", "track", "web", "media"]
@@ -36,7 +37,7 @@ class FileTarget:
     filepath: str
     file_type: FileType
     disable_manifest: bool
-    storage: Storage | None  # the output's own upload; see EgressSpec.request_storage
+    storage: Upload | None  # the output's own upload; see EgressSpec.request_storage
     field: str  # where the request names it, for errors about its path
 
 
@@ -51,7 +52,7 @@ class SegmentsTarget:
     suffix: SegmentSuffix
     fragmented_mp4: bool
     disable_manifest: bool
-    storage: Storage | None
+    storage: Upload | None
     field: str
 
 
@@ -73,7 +74,7 @@ class ImagesTarget:
     filename_prefix: str
     suffix: ImageSuffix
     disable_manifest: bool
-    storage: Storage | None
+    storage: Upload | None
     field: str
 
 
@@ -174,7 +175,7 @@ class EgressSpec:
     segments: SegmentsTarget | None = None
     images: tuple[ImagesTarget, ...] = ()
     # StartEgress's `storage`: where outputs without their own upload go
-    request_storage: Storage | None = None
+    request_storage: Upload | None = None
     webhooks: tuple[models_pb.WebhookConfig, ...] = ()
     video_codec: str = ""  # egresskit extension: "" or "h264", "vp9", "av1"
     faststart: bool = False  # egresskit extension: MP4 moov before mdat after a clean stop

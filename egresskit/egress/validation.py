@@ -44,11 +44,11 @@ from egresskit.egress.spec import (
     ParticipantSource,
     RoomCompositeSource,
     SegmentsTarget,
-    Storage,
     StreamProtocol,
     StreamTarget,
     TrackCompositeSource,
     TrackSource,
+    Upload,
     WebSource,
 )
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
@@ -158,12 +158,12 @@ FileMessage = egress_pb.EncodedFileOutput | egress_pb.FileOutput
 class _Outputs:
     """Outputs gathered from a request before their codecs are checked."""
 
-    files: list[tuple[str, FileMessage, Storage | None]] = dataclasses.field(default_factory=list)
+    files: list[tuple[str, FileMessage, Upload | None]] = dataclasses.field(default_factory=list)
     streams: list[tuple[str, egress_pb.StreamOutput]] = dataclasses.field(default_factory=list)
-    segments: list[tuple[str, egress_pb.SegmentedFileOutput, Storage | None]] = dataclasses.field(
+    segments: list[tuple[str, egress_pb.SegmentedFileOutput, Upload | None]] = dataclasses.field(
         default_factory=list
     )
-    images: list[tuple[str, egress_pb.ImageOutput, Storage | None]] = dataclasses.field(
+    images: list[tuple[str, egress_pb.ImageOutput, Upload | None]] = dataclasses.field(
         default_factory=list
     )
 
@@ -243,7 +243,7 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
     if isinstance(source, WebSource):
         # the page's first address only: what the page itself loads is Chromium's business
         check_destination(source.url, "url", caller.network)
-    stored: list[tuple[str, Storage | None]] = [("storage", spec.request_storage)]
+    stored: list[tuple[str, Upload | None]] = [("storage", spec.request_storage)]
     stored += [(t.field, t.storage) for t in (spec.file, spec.segments) if t is not None]
     stored += [(t.field, t.storage) for t in spec.images]
     for field, storage in stored:
@@ -262,7 +262,7 @@ def check_destination(url: str, field: str, network: NetworkPolicy) -> None:
         raise InvalidRequest(field, "not a valid URL") from None
 
 
-def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) -> None:
+def _check_caller_storage(storage: Upload, field: str, network: NetworkPolicy) -> None:
     field = f"{field}.{_STORAGE_FIELDS[storage.DESCRIPTOR.name]}"
     try:
         check_request_upload(storage)
@@ -688,7 +688,7 @@ def _stream_target(field: str, message: egress_pb.StreamOutput) -> StreamTarget:
 
 
 def _segments_target(
-    field: str, message: egress_pb.SegmentedFileOutput, storage: Storage | None
+    field: str, message: egress_pb.SegmentedFileOutput, storage: Upload | None
 ) -> SegmentsTarget:
     if message.filename_suffix not in _SEGMENT_SUFFIXES:
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
@@ -713,7 +713,7 @@ def _segments_target(
 
 
 def _images_target(
-    field: str, message: egress_pb.ImageOutput, storage: Storage | None
+    field: str, message: egress_pb.ImageOutput, storage: Upload | None
 ) -> ImagesTarget:
     for name in ("width", "height"):
         value = getattr(message, name)
@@ -737,7 +737,7 @@ def _images_target(
     )
 
 
-def _storage_of(message: Message, field: str) -> Storage | None:
+def _storage_of(message: Message, field: str) -> Upload | None:
     """The upload target of an output message with an `output` oneof (s3/gcp/azure/aliOSS)."""
     which = message.WhichOneof("output")
     if which is None:
@@ -747,7 +747,7 @@ def _storage_of(message: Message, field: str) -> Storage | None:
     return storage
 
 
-def _provider(config: egress_pb.StorageConfig, field: str) -> Storage | None:
+def _provider(config: egress_pb.StorageConfig, field: str) -> Upload | None:
     which = config.WhichOneof("provider")
     if which is None:
         return None
@@ -756,7 +756,7 @@ def _provider(config: egress_pb.StorageConfig, field: str) -> Storage | None:
     return storage
 
 
-def _check_storage(storage: Storage, field: str) -> None:
+def _check_storage(storage: Upload, field: str) -> None:
     if isinstance(storage, egress_pb.AzureBlobUpload):
         _require(storage.account_name, f"{field}.account_name")
         _require(storage.container_name, f"{field}.container_name")
