@@ -82,7 +82,12 @@ def mask_url(url: str, *, every_query_value: bool = False) -> str:
         if sep and head and key:
             path = f"{head}/{mask_value(key)}"
     masked_query = [
-        (name, mask_value(value) if value and (every_query_value or SECRET_QUERY.search(name)) else value)
+        (
+            name,
+            mask_value(value)
+            if value and (every_query_value or SECRET_QUERY.search(name))
+            else value,
+        )
         for name, value in query
     ]
     # Re-encode the query only when a value changed, so other URLs keep their exact form.

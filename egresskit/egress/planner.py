@@ -138,7 +138,11 @@ def _unsupported(spec: EgressSpec) -> str | None:
         return "audio-only fragmented MP4 segments"
     if isinstance(source, MediaSource) and source.audio_config is not None:
         routes = source.audio_config.routes
-        if source.audio_config.capture_all or len(routes) > 1 or any(not r.track_id for r in routes):
+        if (
+            source.audio_config.capture_all
+            or len(routes) > 1
+            or any(not r.track_id for r in routes)
+        ):
             return "media audio routes other than one track id"
     return None
 
@@ -252,7 +256,9 @@ def plan(
         raise RoomNotFound(spec.room_name)
     try:
         if isinstance(spec.source, TrackSource):
-            return _plan_track(spec, spec.source, egress_id, room, output_root, default_storage, when)
+            return _plan_track(
+                spec, spec.source, egress_id, room, output_root, default_storage, when
+            )
         return _plan_encoded(spec, egress_id, room, output_root, default_storage, when)
     except SourceNotFound as exc:
         raise TrackNotFound(str(exc)) from None
@@ -453,9 +459,7 @@ def _encoded_graph(
             audio=audio,
             layout=source.layout or "grid",
             audio_mixing=source.audio_mixing,
-            participants=ParticipantChoice.of(
-                source.include_identities, source.exclude_identities
-            ),
+            participants=ParticipantChoice.of(source.include_identities, source.exclude_identities),
             name=egress_id,
         )
     except ValueError as exc:
