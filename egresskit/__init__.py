@@ -12,12 +12,13 @@ from egresskit.egress.graphs import (
     StreamOutput,
     composite_graph,
 )
+from egresskit.egress.naming import ImageSuffix, SegmentSuffix
 from egresskit.egress.track_graphs import participant_graph, track_composite_graph, track_graph
 from egresskit.pipeline import EOS, Graph, GraphState, Link, LinkPolicy, Stage
 from egresskit.rooms import LiveKitRoom, LocalRoom, RoomManager, whip_app
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
-from egresskit.stages.mixer import AudioMixer
+from egresskit.stages.mixer import AudioMixer, Mixing
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.participants import ParticipantChoice, ParticipantGate
 from egresskit.stages.subscriber import RoomSubscriber
@@ -35,14 +36,17 @@ __all__ = [
     "Graph",
     "GraphState",
     "ImageOutput",
+    "ImageSuffix",
     "Link",
     "LinkPolicy",
     "LocalRoom",
+    "Mixing",
     "Mp4Muxer",
     "ParticipantChoice",
     "ParticipantGate",
     "RoomManager",
     "RoomSubscriber",
+    "SegmentSuffix",
     "SegmentsOutput",
     "Stage",
     "StreamOutput",

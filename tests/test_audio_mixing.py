@@ -7,12 +7,11 @@ import asyncio
 import av
 import numpy as np
 import pytest
-from livekit.protocol.egress import AudioMixing
 from livekit.protocol.models import ParticipantInfo
 from media_checks import tone_strengths
 from publishers import SineAudioTrack
 
-from egresskit import AudioMixer, FileOutput, GraphState, composite_graph
+from egresskit import AudioMixer, FileOutput, GraphState, Mixing, composite_graph
 
 AGENT_TONE, HUMAN_TONE, GUEST_TONE = 440.0, 1000.0, 2500.0
 TONES = [AGENT_TONE, HUMAN_TONE, GUEST_TONE]
@@ -62,9 +61,9 @@ async def test_mixing_modes_place_tracks_on_their_channels(rooms, tmp_path):
     await room.publish(SineAudioTrack(HUMAN_TONE), identity="human")
     await room.publish(SineAudioTrack(GUEST_TONE), identity="guest")
     modes = {
-        "default": AudioMixing.DEFAULT_MIXING,
-        "agent": AudioMixing.DUAL_CHANNEL_AGENT,
-        "alternate": AudioMixing.DUAL_CHANNEL_ALTERNATE,
+        "default": Mixing.DEFAULT,
+        "agent": Mixing.DUAL_CHANNEL_AGENT,
+        "alternate": "dual_channel_alternate",  # the enum's string works too
     }
     graphs = {}
     for name, mixing in modes.items():

@@ -7,6 +7,7 @@ from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
 from egresskit.egress.encoding import EncodingSettings, InvalidRequest, audio_codec_of
+from egresskit.stages.encoder import gop_frames
 
 
 def test_defaults():
@@ -22,7 +23,8 @@ def test_defaults():
         "main",
         3000,
     )
-    assert settings.key_frame_interval_s == 4.0 and settings.gop_frames == 120
+    assert settings.key_frame_interval_s == 4.0
+    assert gop_frames(settings.key_frame_interval_s, settings.framerate) == 120
     assert (settings.audio_codec, settings.audio_bitrate_kbps, settings.audio_frequency) == (
         "opus",
         128,
@@ -76,7 +78,8 @@ def test_advanced_options_override_only_what_they_set():
     settings = EncodingSettings.from_request(None, options)
     assert (settings.width, settings.height, settings.framerate) == (640, 360, 15)
     assert (settings.h264_profile, settings.video_bitrate_kbps) == ("high", 800)
-    assert settings.key_frame_interval_s == 2.5 and settings.gop_frames == 38
+    assert settings.key_frame_interval_s == 2.5
+    assert gop_frames(settings.key_frame_interval_s, settings.framerate) == 38
     assert (settings.audio_codec, settings.audio_bitrate_kbps, settings.audio_frequency) == (
         "mp3",
         96,

@@ -16,7 +16,7 @@ from livekit.protocol import egress as egress_pb
 from media_checks import ffprobe, stream
 from publishers import SineAudioTrack, SyntheticVideoTrack
 
-from egresskit import GraphState, composite_graph
+from egresskit import GraphState, SegmentSuffix, composite_graph
 from egresskit.egress.graphs import SegmentsOutput, segmenter
 from egresskit.egress.planner import plan
 from egresskit.egress.validation import validate
@@ -113,7 +113,7 @@ async def test_hls_segments_and_playlists(rooms, tmp_path):
         playlist="index.m3u8",
         live_playlist="live.m3u8",
         segment_duration=2,
-        suffix=egress_pb.TIMESTAMP,
+        suffix=SegmentSuffix.TIMESTAMP,
     )
     # both recordings run at once, from the same room
     (four_hls, four_early), (two_hls, two_early) = await asyncio.gather(

@@ -13,7 +13,7 @@ from media_checks import frame_at, region_color
 from PIL import Image
 from publishers import SyntheticVideoTrack, colors_close
 
-from egresskit import FileOutput, GraphState, composite_graph
+from egresskit import FileOutput, GraphState, ImageSuffix, composite_graph
 from egresskit.egress.graphs import ImageOutput
 from egresskit.egress.manager import EgressManager
 
@@ -36,7 +36,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
         ImageOutput(
             tmp_path / "latest",
             capture_interval=2,
-            suffix=egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE,
+            suffix=ImageSuffix.NONE_OVERWRITE,
         ),
     ]  # the MP4 shows what the composite was at every moment
     graph, stages = composite_graph(room, outputs, audio=None, name="snaps")

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.naming import (
+    ImageSuffix,
     NameFields,
+    SegmentSuffix,
     expand_template,
     file_extension,
     file_path,
@@ -97,8 +98,8 @@ def test_hls_names():
     assert output_prefix("", identifier="studio", fields=FIELDS, when=WHEN) == (
         "studio-2024-03-09T070503"
     )
-    assert segment_name(prefix, egress_pb.INDEX, 7, WHEN) == "live/studio_00007.ts"
-    assert segment_name(prefix, egress_pb.TIMESTAMP, 7, WHEN) == "live/studio_20240309050503045.ts"
+    assert segment_name(prefix, SegmentSuffix.INDEX, 7, WHEN) == "live/studio_00007.ts"
+    assert segment_name(prefix, "timestamp", 7, WHEN) == "live/studio_20240309050503045.ts"
     assert playlist_name(prefix) == "live/studio.m3u8"
     assert playlist_name(prefix, "index") == "index.m3u8"
     assert playlist_name(prefix, "index.m3u8") == "index.m3u8"
@@ -107,12 +108,12 @@ def test_hls_names():
 
 
 def test_image_names():
-    assert image_name("snap", egress_pb.IMAGE_SUFFIX_INDEX, 12, WHEN) == "snap_00012.jpeg"
+    assert image_name("snap", ImageSuffix.INDEX, 12, WHEN) == "snap_00012.jpeg"
     assert (
-        image_name("snap", egress_pb.IMAGE_SUFFIX_TIMESTAMP, 12, WHEN)
+        image_name("snap", ImageSuffix.TIMESTAMP, 12, WHEN)
         == "snap_20240309050503045.jpeg"
     )
-    assert image_name("snap", egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE, 12, WHEN) == "snap.jpeg"
+    assert image_name("snap", "none_overwrite", 12, WHEN) == "snap.jpeg"
 
 
 def test_confine_accepts_paths_inside_the_root(tmp_path):

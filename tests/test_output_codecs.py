@@ -19,7 +19,8 @@ from media_checks import ffprobe, stream
 
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.planner import plan
-from egresskit.egress.validation import EgressSpec, validate
+from egresskit.egress.spec import EgressSpec
+from egresskit.egress.validation import validate
 from egresskit.pipeline import GraphState
 from egresskit.rooms.local import RoomManager
 

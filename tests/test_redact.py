@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
-from egresskit.egress.redact import mask_value, redact, redact_stream_url
+from egresskit.egress.redact import redact
+from egresskit.masking import mask_url, mask_value
 
 SECRETS = [
     "AKIA-access-0001",
@@ -153,15 +154,15 @@ def test_update_stream_and_start_egress_requests():
     ],
 )
 def test_stream_url_masking(url, expected):
-    assert redact_stream_url(url) == expected
+    assert mask_url(url) == expected
 
 
 @given(key=st.text(alphabet=st.characters(categories=["L", "N"]), min_size=1, max_size=40))
 def test_stream_keys_never_appear_whole(key):
     url = f"rtmp://h/app/{key}"
-    masked = redact_stream_url(url)
+    masked = mask_url(url)
     assert masked.startswith("rtmp://h/app/{")
     if len(key) > 4:
         assert key not in masked
-    assert redact_stream_url(masked) == masked
+    assert mask_url(masked) == masked
     assert mask_value(mask_value(key)) == mask_value(key)

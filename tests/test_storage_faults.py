@@ -10,7 +10,8 @@ import pytest
 from livekit.protocol import egress
 from storage_servers import MotoServer, free_port
 
-from egresskit.storage import RetryPolicy, UploadFailed, scrub, upload_with_retry
+from egresskit.masking import scrub
+from egresskit.storage import RetryPolicy, UploadFailed, upload_with_retry
 from egresskit.storage.local import LocalStorage
 from egresskit.storage.s3 import S3Storage
 
@@ -135,4 +136,4 @@ def test_scrub_removes_values_and_credential_shapes():
     out = scrub(text, ["AKIA1234SECRETKEY", "s3cr3t-value"])
     for leaked in ("AKIA1234SECRETKEY", "s3cr3t-value", "abcdef0123456789", "c2lnbmF0dXJl", "MIIE"):
         assert leaked not in out
-    assert out.startswith("denied for <redacted>")
+    assert out.startswith("denied for {...} with secret {...};")

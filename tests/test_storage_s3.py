@@ -133,4 +133,4 @@ def test_repr_and_redacted_hide_every_credential():
     shown = repr(storage) + str(storage.redacted())
     for secret in ("AKIAEXAMPLEKEY123", "very/secret+value", "token-value-xyz", "proxy-pw"):
         assert secret not in shown
-    assert "<redacted>" in shown
+    assert "{secret}" in shown and "{access_key}" in shown

@@ -29,7 +29,8 @@ from publishers import (
     whip_publish,
 )
 
-from egresskit.egress.track_graphs import SourceNotFound, TrackDescription, track_graph
+from egresskit.egress.naming import TrackDescription
+from egresskit.egress.track_graphs import SourceNotFound, track_graph
 from egresskit.pipeline import GraphState
 from egresskit.rooms import LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.encoded import h264_nal_types, is_keyframe

@@ -137,7 +137,7 @@ def test_room_name_is_required():
 
 def test_layouts():
     for layout in ("", "grid", "speaker-light", "single-speaker-dark", "grid-dark"):
-        assert validate(_room(layout=layout, file_outputs=[{}])).layout == layout
+        assert validate(_room(layout=layout, file_outputs=[{}])).source.layout == layout
 
 
 def test_track_composite_audio_or_video():
@@ -155,7 +155,7 @@ def test_track_composite_audio_or_video():
             file=egress_pb.EncodedFileOutput(),
         )
     )
-    assert (spec.audio_track_id, spec.video_track_id, spec.file.file_type) == (
+    assert (spec.source.audio_track_id, spec.source.video_track_id, spec.file.file_type) == (
         "TR_a",
         "TR_v",
         "mp4",
@@ -170,7 +170,7 @@ def test_participant_and_web():
             room_name="r", identity="alice", screen_share=True, file_outputs=[{}]
         )
     )
-    assert (spec.kind, spec.participant_identity, spec.screen_share) == (
+    assert (spec.kind, spec.source.identity, spec.source.screen_share) == (
         "participant",
         "alice",
         True,
@@ -180,7 +180,7 @@ def test_participant_and_web():
         == "identity"
     )
     spec = validate(egress_pb.WebEgressRequest(url="https://example.com/page", file_outputs=[{}]))
-    assert (spec.kind, spec.web_url, spec.room_name) == ("web", "https://example.com/page", "")
+    assert (spec.kind, spec.page.url, spec.room_name) == ("web", "https://example.com/page", "")
     assert (
         _invalid(egress_pb.WebEgressRequest(url="file:///etc/passwd", file_outputs=[{}])).field
         == "url"
@@ -191,7 +191,7 @@ def test_track_egress():
     spec = validate(
         egress_pb.TrackEgressRequest(room_name="r", track_id="TR_1", websocket_url="wss://h/ws")
     )
-    assert (spec.kind, spec.websocket_url, spec.encoding) == ("track", "wss://h/ws", None)
+    assert (spec.kind, spec.source.websocket_url, spec.encoding) == ("track", "wss://h/ws", None)
     spec = validate(
         egress_pb.TrackEgressRequest(
             room_name="r", track_id="TR_1", file=egress_pb.DirectFileOutput(filepath="t/", s3=S3)
@@ -220,8 +220,8 @@ def test_start_egress_template_with_request_and_output_storage():
         preset=egress_pb.H264_1080P_30,
     )
     spec = validate(request)
-    assert (spec.kind, spec.layout) == ("room_composite", "speaker")
-    assert spec.file.storage == S3  # request-level default
+    assert (spec.kind, spec.source.layout) == ("room_composite", "speaker")
+    assert spec.file.storage is None and spec.request_storage == S3  # request-level default
     assert spec.images[0].storage == egress_pb.GCPUpload(bucket="g")  # per-output override
     assert (spec.encoding.width, spec.encoding.audio_codec) == (1920, "aac")
 
@@ -238,13 +238,13 @@ def test_start_egress_media_and_web_sources():
         outputs=[egress_pb.Output(file=egress_pb.FileOutput())],
     )
     spec = validate(media)
-    assert (spec.kind, spec.audio, spec.video, spec.participant_identity) == (
+    assert (spec.kind, spec.audio, spec.video, spec.source.participant_identity) == (
         "media",
         True,
         True,
         "alice",
     )
-    assert spec.audio_config.routes[0].participant_identity == "alice"
+    assert spec.source.audio_config.routes[0].participant_identity == "alice"
     audio_only = egress_pb.StartEgressRequest(
         room_name="r",
         media=egress_pb.MediaSource(audio=egress_pb.AudioConfig(capture_all=True)),

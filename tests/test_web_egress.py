@@ -26,7 +26,7 @@ from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_sta
 from test_cli import child_env, free_port, start, stop, wait_healthy
 from web_pages import EGRESS_SDK, LIVEKIT_CLIENT, browser_leftovers, page_server, read_counter
 
-from egresskit.service.app import create_app
+from egresskit.service.app import ROOMS, create_app
 from egresskit.web import missing_packages
 
 pytestmark = [
@@ -283,6 +283,25 @@ def assert_template_recording(path: Path, duration: float) -> None:
     assert right[2] > 150 and right[0] < 90, right
     right = region_color(frame_at(path, duration - 0.3), 340, 50, 620, 150)
     assert right[0] > 150 and right[2] < 90, f"UpdateLayout did not reach the page: {right}"
+
+
+async def test_a_template_page_that_fails_never_shows_its_token(service, pages):
+    """The page's address carries the recorder token the service made: errors show it masked."""
+    service.app[ROOMS].get_or_create("quiet")
+    client = service.client
+    info = await client.egress.start_room_composite_egress(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name="quiet",
+            custom_base_url=str(pages.make_url("/signal?after=60")),  # never starts
+            file_outputs=[egress_pb.EncodedFileOutput(filepath="never.mp4")],
+        )
+    )
+    final = await wait_status(client, info.egress_id, DONE)
+    assert final.status == egress_pb.EGRESS_FAILED
+    assert "no START_RECORDING from the page within 3 s" in final.error, final.error
+    assert "&token={ey..." in final.error, final.error  # masked the way stream keys are
+    assert "eyJ" not in str(final)  # no JWT anywhere in what callers see
+    await no_leftovers()
 
 
 async def test_custom_template_of_an_embedded_room_records_both_publishers(service, pages):

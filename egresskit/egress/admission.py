@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from egresskit.egress.errors import NotEnoughCpu
-from egresskit.egress.validation import EgressSpec
+from egresskit.egress.spec import EgressSpec, MediaSource, RoomCompositeSource
 
 
 @dataclass(frozen=True)
@@ -76,13 +76,17 @@ class CpuCosts:
 
     def of(self, spec: EgressSpec) -> float:
         """The nominal cost of a validated request."""
-        if spec.kind == "web" or spec.custom_base_url:  # a browser records the page
+        source = spec.source
+        template = isinstance(source, RoomCompositeSource) and source.custom_base_url
+        if spec.page is not None or template:  # a browser records the page
             return self.web_cpu_cost
         if spec.kind == "room_composite":
             return self.room_composite_cpu_cost if spec.video else self.audio_room_composite_cpu_cost
         if spec.kind == "track":
             return self.track_cpu_cost
-        if spec.kind == "participant" or (spec.kind == "media" and spec.participant_identity):
+        if spec.kind == "participant" or (
+            isinstance(source, MediaSource) and source.participant_identity
+        ):
             return self.participant_cpu_cost
         return self.track_composite_cpu_cost  # track_composite, media tracks
 

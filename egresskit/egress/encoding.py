@@ -15,8 +15,6 @@ from typing import Literal
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models as models_pb
 
-from egresskit.stages.encoder import gop_frames
-
 # vp9 and av1 come only from egresskit's extension request (LiveKit's VideoCodec has neither)
 VideoCodecName = Literal["h264", "vp8", "vp9", "av1"]
 H264Profile = Literal["baseline", "main", "high"]
@@ -76,10 +74,6 @@ class EncodingSettings:
             return _with_audio(base, default_audio_codec, 0)
         return _apply_advanced(base, advanced, default_audio_codec)
 
-    @property
-    def gop_frames(self) -> int:
-        """Frames between key frames."""
-        return gop_frames(self.key_frame_interval_s, self.framerate)
 
 
 _PRESETS: dict[int, tuple[int, int, int, int]] = {

@@ -6,8 +6,6 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from livekit.protocol import egress as egress_pb
-
 from egresskit.egress import naming
 from egresskit.egress.encoding import EncodingSettings
 from egresskit.netpolicy import NetworkPolicy
@@ -16,7 +14,7 @@ from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
-from egresskit.stages.mixer import AudioMixer
+from egresskit.stages.mixer import AudioMixer, Mixing
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
 from egresskit.stages.participants import EVERYONE, ParticipantChoice, ParticipantGate
@@ -66,7 +64,7 @@ class SegmentsOutput:
     playlist: str = ""
     live_playlist: str = ""
     segment_duration: float = 4.0
-    suffix: int = egress_pb.INDEX  # SegmentedFileSuffix
+    suffix: naming.SegmentSuffix | str = naming.SegmentSuffix.INDEX
     # fMP4 segments `{prefix}_00000.m4s` after `{prefix}_init.mp4` (EXT-X-MAP), for codecs
     # MPEG-TS cannot carry (VP9, AV1); they need video
     fragmented_mp4: bool = False
@@ -89,7 +87,7 @@ class ImageOutput:
     capture_interval: float = 10.0
     width: int = 0
     height: int = 0
-    suffix: int = egress_pb.IMAGE_SUFFIX_INDEX  # ImageFileSuffix
+    suffix: naming.ImageSuffix | str = naming.ImageSuffix.INDEX
 
 
 Output = FileOutput | SegmentsOutput | StreamOutput | ImageOutput
@@ -153,9 +151,10 @@ def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
 def segmenter(output: SegmentsOutput, encoders: list) -> HlsSegmenter:
     prefix = Path(output.prefix)
     extension = ".m4s" if output.fragmented_mp4 else ".ts"
+    suffix = naming.SegmentSuffix(output.suffix)  # ValueError now, not at the first segment
     settings = dict(
         segment_names=lambda index, when: naming.segment_name(
-            prefix.name, output.suffix, index, when, extension
+            prefix.name, suffix, index, when, extension
         ),
         live_playlist=naming.live_playlist_name(output.live_playlist),
         segment_duration=output.segment_duration,
@@ -169,9 +168,10 @@ def segmenter(output: SegmentsOutput, encoders: list) -> HlsSegmenter:
 
 def snapshotter(output: ImageOutput) -> ImageSnapshotter:
     prefix = Path(output.prefix)
+    suffix = naming.ImageSuffix(output.suffix)  # ValueError now, not at the first image
     return ImageSnapshotter(
         prefix.parent,
-        image_names=lambda index, when: naming.image_name(prefix.name, output.suffix, index, when),
+        image_names=lambda index, when: naming.image_name(prefix.name, suffix, index, when),
         capture_interval=output.capture_interval,
         width=output.width,
         height=output.height,
@@ -187,13 +187,13 @@ def composite_graph(
     track_filter: TrackFilter | None = None,
     participants: ParticipantChoice = EVERYONE,
     layout: str = "grid",
-    audio_mixing: int = 0,
+    audio_mixing: Mixing | str = Mixing.DEFAULT,
     name: str = "composite",
 ) -> tuple[Graph, CompositeStages]:
     """Room -> subscriber -> compositor / mixer -> one encode each -> every output.
 
     `layout` is a LiveKit layout name (see `egresskit.stages.layout`);
-    `audio_mixing` a LiveKit AudioMixing value. The mixer (and a room
+    `audio_mixing` how the mixer places tracks on its channels. The mixer (and a room
     server's speaker announcements) tell the compositor who is talking
     through a shared SpeakerTracker.
 

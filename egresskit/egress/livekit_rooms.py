@@ -13,13 +13,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models
 
 from egresskit.egress.errors import RoomNotFound, SourceUnavailable
 from egresskit.egress.session import EgressSession
-from egresskit.egress.validation import EgressSpec
+from egresskit.egress.spec import (
+    EgressSpec,
+    ParticipantSource,
+    TrackCompositeSource,
+    TrackSource,
+)
 from egresskit.rooms.livekit import LiveKitError, LiveKitRoom, WantedTrack
 
 log = logging.getLogger(__name__)
@@ -51,14 +57,15 @@ def wanted_tracks(spec: EgressSpec) -> WantedTrack:
             return spec.audio
         return False
 
-    if spec.kind == "track":
-        return lambda participant, track: track.sid == spec.track_id
-    if spec.kind == "track_composite":
-        sids = {spec.audio_track_id, spec.video_track_id} - {""}
+    source = spec.source
+    if isinstance(source, TrackSource):
+        return lambda participant, track: track.sid == source.track_id
+    if isinstance(source, TrackCompositeSource):
+        sids = {source.audio_track_id, source.video_track_id} - {""}
         return lambda participant, track: track.sid in sids
-    if spec.kind == "participant":
+    if isinstance(source, ParticipantSource):
         return lambda participant, track: (
-            participant.identity == spec.participant_identity and kind_wanted(track)
+            participant.identity == source.identity and kind_wanted(track)
         )
     return lambda participant, track: kind_wanted(track)
 
@@ -99,8 +106,9 @@ async def follow_room(session: EgressSession, room: LiveKitRoom) -> None:
     try:
         seen = 0
         while not finished.done():
+            waiting: set[asyncio.Future[Any]] = {finished, room.ended}
             done, _ = await asyncio.wait(
-                {finished, room.ended}, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
+                waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
             )
             if len(room.warnings) != seen:
                 seen = len(room.warnings)

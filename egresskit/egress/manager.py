@@ -28,8 +28,9 @@ from egresskit.egress.errors import (
 from egresskit.egress.livekit_rooms import LiveKitServer, SingleRoom, follow_room, join_room
 from egresskit.egress.planner import plan
 from egresskit.egress.session import SHUTDOWN, STOP_API, EgressSession
+from egresskit.egress.spec import EgressSpec, RoomCompositeSource, WebSource
 from egresskit.egress.templates import template_page_url, template_token
-from egresskit.egress.validation import Caller, EgressSpec, check_caller, check_layout, validate
+from egresskit.egress.validation import Caller, check_caller, check_layout, validate
 from egresskit.protos import egress_pb2 as extension_pb
 from egresskit.rooms.local import RoomManager
 from egresskit.rooms.signal import SignalError, set_participant_metadata
@@ -48,6 +49,7 @@ _ID_ALPHABET = string.ascii_letters + string.digits
 _REQUEST_FIELDS = {
     f.message_type.full_name: f.name
     for f in egress_pb.EgressInfo.DESCRIPTOR.oneofs_by_name["request"].fields
+    if f.message_type is not None
 }
 
 EventSink = Callable[[str, EgressSession], None]
@@ -165,8 +167,9 @@ class EgressManager:
         cost = estimated_cpu if estimated_cpu > 0 else self.admission.costs.of(spec)
         self.admission.admit(egress_id, spec.kind, cost)
         try:
-            if spec.custom_base_url:
-                spec = self._template_page(spec, egress_id, service_url)
+            source = spec.source
+            if isinstance(source, RoomCompositeSource) and source.custom_base_url:
+                spec = self._template_page(spec, source, egress_id, service_url)
             return await self._start(egress_id, room_id, spec, request)
         except BaseException:
             self.admission.release(egress_id)
@@ -178,7 +181,7 @@ class EgressManager:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         livekit_room = None
         rooms: RoomManager | SingleRoom = self.rooms
-        if self.livekit is not None and not spec.web_url:  # a page joins a room itself
+        if self.livekit is not None and spec.page is None:  # a page joins a room itself
             livekit_room = await join_room(self.livekit, spec, egress_id)
             rooms = SingleRoom(livekit_room)
         try:
@@ -231,7 +234,9 @@ class EgressManager:
             session.set_details("; ".join(livekit_room.warnings))
         return session.public_info()
 
-    def _template_page(self, spec: EgressSpec, egress_id: str, service_url: str) -> EgressSpec:
+    def _template_page(
+        self, spec: EgressSpec, source: RoomCompositeSource, egress_id: str, service_url: str
+    ) -> EgressSpec:
         """A custom template request becomes the recording of its page, from its start signal."""
         if self.livekit is not None:
             server = self.livekit.url
@@ -244,8 +249,9 @@ class EgressManager:
             server = service_url
             key, secret = self.template_key
         token = template_token(key, secret, spec.room_name, egress_id)
-        page = template_page_url(spec.custom_base_url, server, spec.layout, token)
-        return dataclasses.replace(spec, web_url=page, await_start_signal=True)
+        url = template_page_url(source.custom_base_url, server, source.layout, token)
+        page = WebSource(url, await_start_signal=True, room_name=source.room_name)
+        return dataclasses.replace(spec, source=dataclasses.replace(source, page=page))
 
     def _event(self, event: str, session: EgressSession) -> None:
         if event == "egress_started":

@@ -13,13 +13,18 @@ itself may contain directories; `confine` decides whether it stays inside.
 
 from __future__ import annotations
 
+import enum
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from livekit.protocol import egress as egress_pb
+from livekit.protocol import models
+
+if TYPE_CHECKING:
+    from egresskit.rooms.local import LocalRoom, LocalTrack
 
 TIME_FORMAT = "%Y-%m-%dT%H%M%S"  # Go layout 2006-01-02T150405
 
@@ -39,6 +44,21 @@ _TEMPLATE_KEYS = (
 )
 _TEMPLATE = re.compile(r"\{(" + "|".join(_TEMPLATE_KEYS + ("time", "utc")) + r")\}")
 _UNSAFE_IN_VALUE = re.compile(r"[/\\\x00-\x1f\x7f]")
+
+
+class SegmentSuffix(enum.StrEnum):
+    """How HLS segments are numbered: `{prefix}_00001.ts` or `{prefix}_<utc>.ts`."""
+
+    INDEX = "index"
+    TIMESTAMP = "timestamp"
+
+
+class ImageSuffix(enum.StrEnum):
+    """How snapshots are named: numbered, by UTC time, or one file overwritten."""
+
+    INDEX = "index"
+    TIMESTAMP = "timestamp"
+    NONE_OVERWRITE = "none_overwrite"
 
 
 @dataclass(frozen=True)
@@ -130,11 +150,11 @@ def track_extension(codec: str) -> str:
 
 
 def segment_name(
-    prefix: str, suffix: int, index: int, when: datetime, extension: str = ".ts"
+    prefix: str, suffix: SegmentSuffix | str, index: int, when: datetime, extension: str = ".ts"
 ) -> str:
     """Name of one HLS segment: INDEX `{prefix}_00001.ts` or TIMESTAMP `{prefix}_<utc>.ts`
     (`.m4s` for fragmented MP4 segments)."""
-    if suffix == egress_pb.TIMESTAMP:
+    if SegmentSuffix(suffix) is SegmentSuffix.TIMESTAMP:
         return f"{prefix}_{format_utc(when)}{extension}"
     return f"{prefix}_{index:05d}{extension}"
 
@@ -154,11 +174,12 @@ def live_playlist_name(requested: str) -> str | None:
     return with_extension(requested, ".m3u8") if requested else None
 
 
-def image_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
+def image_name(prefix: str, suffix: ImageSuffix | str, index: int, when: datetime) -> str:
     """Name of one snapshot: INDEX, TIMESTAMP or NONE_OVERWRITE (`{prefix}.jpeg`)."""
-    if suffix == egress_pb.IMAGE_SUFFIX_TIMESTAMP:
+    suffix = ImageSuffix(suffix)
+    if suffix is ImageSuffix.TIMESTAMP:
         return f"{prefix}_{format_utc(when)}.jpeg"
-    if suffix == egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE:
+    if suffix is ImageSuffix.NONE_OVERWRITE:
         return f"{prefix}.jpeg"
     return f"{prefix}_{index:05d}.jpeg"
 
@@ -166,3 +187,41 @@ def image_name(prefix: str, suffix: int, index: int, when: datetime) -> str:
 def _safe_value(value: str) -> str:
     cleaned = _UNSAFE_IN_VALUE.sub("_", value)
     return "_" if cleaned in (".", "..") else cleaned
+
+
+@dataclass(frozen=True, slots=True)
+class TrackDescription:
+    """What results, manifests and file names say about a recorded track."""
+
+    track_id: str
+    track_kind: str  # "audio" | "video"
+    track_source: str  # "camera", "microphone", "screen_share", "screen_share_audio", "unknown"
+    publisher_identity: str
+    mime_type: str
+
+    @classmethod
+    def of(cls, track: LocalTrack) -> TrackDescription:
+        """The description of a published track."""
+        return cls(
+            track_id=track.sid,
+            track_kind="video" if track.kind == models.TrackType.VIDEO else "audio",
+            track_source=models.TrackSource.Name(track.source).lower(),
+            publisher_identity=track.participant.identity,
+            mime_type=track.mime_type,
+        )
+
+    @property
+    def extension(self) -> str:
+        """The file extension a passthrough recording of this track gets."""
+        return track_extension(self.mime_type)
+
+    def name_fields(self, room: LocalRoom) -> NameFields:
+        """Template values naming this track's recordings in `room`."""
+        return NameFields(
+            room_name=room.name,
+            room_id=room.sid,
+            publisher_identity=self.publisher_identity,
+            track_id=self.track_id,
+            track_type=self.track_kind,
+            track_source=self.track_source,
+        )

@@ -7,7 +7,7 @@ import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from google.protobuf.message import Message
 
@@ -15,6 +15,7 @@ from egresskit.egress import naming
 from egresskit.egress.encoding import InvalidRequest
 from egresskit.egress.errors import NotSupported, RoomNotFound, SourceUnavailable, TrackNotFound
 from egresskit.egress.graphs import (
+    CompositeStages,
     FileOutput,
     ImageOutput,
     Output,
@@ -26,18 +27,30 @@ from egresskit.egress.graphs import (
     web_graph,
 )
 from egresskit.egress.manifest import manifest_name
+from egresskit.egress.naming import TrackDescription
+from egresskit.egress.spec import (
+    EgressSpec,
+    FileTarget,
+    ImagesTarget,
+    MediaSource,
+    ParticipantSource,
+    RoomCompositeSource,
+    SegmentsTarget,
+    StreamTarget,
+    TrackCompositeSource,
+    TrackSource,
+)
 from egresskit.egress.track_graphs import (
     SourceNotFound,
-    TrackDescription,
     participant_graph,
     track_composite_graph,
     track_graph,
     track_websocket_graph,
 )
-from egresskit.egress.validation import EgressSpec, with_extensions
+from egresskit.egress.validation import with_extensions
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import Graph
-from egresskit.rooms.local import LocalRoom, RoomManager
+from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.hls import HlsSegmenter
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
@@ -46,7 +59,7 @@ from egresskit.stages.snapshot import ImageSnapshotter
 from egresskit.stages.stream import StreamSink
 from egresskit.storage.base import Storage
 from egresskit.storage.paths import NameTooLong, PathEscapesRoot, confine
-from egresskit.storage.registry import storage_from_request, storage_from_spec, storage_from_upload
+from egresskit.storage.registry import storage_for_output
 from egresskit.web import BrowserUnavailable, check_available
 
 CONTENT_TYPES = {
@@ -116,15 +129,20 @@ class Plan:
 
 def _unsupported(spec: EgressSpec) -> str | None:
     """The feature a valid request needs that this build does not offer, if any."""
-    if spec.custom_base_url and not spec.web_url:
+    source = spec.source
+    if isinstance(source, RoomCompositeSource) and source.custom_base_url and not source.page:
         return "custom_base_url without the page's address (EgressManager resolves it)"
-    if spec.stream is not None and spec.stream.protocol == "websocket" and spec.kind != "track":
+    if spec.stream is not None and spec.stream.protocol == "websocket":
         return "websocket stream outputs of composites"
     if spec.segments is not None and spec.segments.fragmented_mp4 and not spec.video:
         return "audio-only fragmented MP4 segments"
-    if spec.kind == "media" and spec.audio_config is not None:
-        routes = spec.audio_config.routes
-        if spec.audio_config.capture_all or len(routes) > 1 or any(not r.track_id for r in routes):
+    if isinstance(source, MediaSource) and source.audio_config is not None:
+        routes = source.audio_config.routes
+        if (
+            source.audio_config.capture_all
+            or len(routes) > 1
+            or any(not r.track_id for r in routes)
+        ):
             return "media audio routes other than one track id"
     return None
 
@@ -152,7 +170,7 @@ class _Namer:
         when: datetime,
         default_storage: dict[str, Any] | None,
         egress_id: str,
-        network: NetworkPolicy | None = None,
+        spec: EgressSpec,
     ) -> None:
         self.root = output_root
         self.identifier = identifier
@@ -160,7 +178,8 @@ class _Namer:
         self.when = when
         self.default_storage = default_storage
         self.egress_id = egress_id
-        self.network = network  # set for a caller's request: its storage is the caller's
+        self.request_storage = spec.request_storage
+        self.network = spec.network  # set for a caller's request: its storage is the caller's
 
     def confine(self, path: str | Path, field: str) -> Path:
         try:
@@ -173,13 +192,10 @@ class _Namer:
             self.confine(local.parent / manifest_name(self.egress_id), field)
 
     def storage(self, upload: Message | None) -> Storage | None:
-        if upload is not None and self.network is not None:
-            return storage_from_request(upload, self.network)
-        if upload is not None:
-            return storage_from_upload(upload)
-        if self.default_storage:
-            return storage_from_spec(self.default_storage)
-        return None
+        """Where an output with its own `upload` (or None) goes: the registry's precedence."""
+        return storage_for_output(
+            upload, self.request_storage, self.default_storage, network=self.network
+        )
 
     def file(self, requested: str, extension: str, field: str) -> tuple[str, Path]:
         relative = naming.file_path(
@@ -198,10 +214,16 @@ class _Namer:
         return relative, self.confine(relative, f"{field}.filename_prefix")
 
 
+class Rooms(Protocol):
+    """Where the planner finds a request's room: a RoomManager, or the one room joined for it."""
+
+    def get(self, name: str) -> LocalRoom | None: ...
+
+
 def plan(
     spec: EgressSpec,
     egress_id: str,
-    rooms: RoomManager,
+    rooms: Rooms,
     output_root: Path,
     default_storage: dict[str, Any] | None = None,
     when: datetime | None = None,
@@ -218,7 +240,8 @@ def plan(
     check_supported(spec)
     spec = with_extensions(spec)
     when = when or datetime.now(UTC)
-    if spec.web_url:  # a web page or a custom template: the page is the source
+    room: LocalRoom | None
+    if spec.page is not None:  # a web page or a custom template: the page is the source
         try:
             check_available()
         except BrowserUnavailable as exc:
@@ -232,42 +255,45 @@ def plan(
     if room is None:
         raise RoomNotFound(spec.room_name)
     try:
-        if spec.kind == "track":
-            return _plan_track(spec, egress_id, room, output_root, default_storage, when)
+        if isinstance(spec.source, TrackSource):
+            return _plan_track(
+                spec, spec.source, egress_id, room, output_root, default_storage, when
+            )
         return _plan_encoded(spec, egress_id, room, output_root, default_storage, when)
     except SourceNotFound as exc:
         raise TrackNotFound(str(exc)) from None
 
 
-def _track_sids(spec: EgressSpec) -> tuple[str, str]:
-    """(audio, video) track ids of a track composite or a media source."""
-    audio = spec.audio_track_id
-    if spec.kind == "media" and spec.audio_config is not None and spec.audio_config.routes:
-        audio = spec.audio_config.routes[0].track_id
-    return audio, spec.video_track_id
+def _followed_participant(spec: EgressSpec) -> tuple[str, bool]:
+    """(identity, screen share) of the participant a request follows ("" when none)."""
+    source = spec.source
+    if isinstance(source, ParticipantSource):
+        return source.identity, source.screen_share
+    if isinstance(source, MediaSource):
+        return source.participant_identity, source.screen_share
+    return "", False
 
 
 def _identifier(spec: EgressSpec, room: LocalRoom | None) -> tuple[str, naming.NameFields]:
     """The default file name stem and the template values of a request."""
+    source = spec.source
     if room is None:  # a web page, or a LiveKit room's template: no room object to ask
         return spec.room_name or "web", naming.NameFields(room_name=spec.room_name, room_id="")
-    if spec.participant_identity:
-        fields = naming.NameFields(
-            room.name, room.sid, publisher_identity=spec.participant_identity
-        )
-        return spec.participant_identity, fields
-    audio, video = _track_sids(spec)
-    if audio or video:
+    identity, _ = _followed_participant(spec)
+    if identity:
+        return identity, naming.NameFields(room.name, room.sid, publisher_identity=identity)
+    if isinstance(source, TrackCompositeSource | MediaSource):
+        audio, video = source.audio_track_id, source.video_track_id
         track = room.track(video or audio)
         if track is None:
             raise TrackNotFound(f"track {video or audio!r} is not published in room {room.name!r}")
-        described = TrackDescription.of(track)
-        return room.name, described.name_fields(room)
+        return room.name, TrackDescription.of(track).name_fields(room)
     return room.name, naming.NameFields(room_name=room.name, room_id=room.sid)
 
 
 def _plan_track(
     spec: EgressSpec,
+    source: TrackSource,
     egress_id: str,
     room: LocalRoom,
     output_root: Path,
@@ -275,31 +301,25 @@ def _plan_track(
     when: datetime,
 ) -> Plan:
     """Track egress: the encoded track to a file as it is, or decoded PCM to a websocket."""
-    track = room.track(spec.track_id)
+    track = room.track(source.track_id)
     if track is None:
-        raise TrackNotFound(f"track {spec.track_id!r} is not published in room {room.name!r}")
+        raise TrackNotFound(f"track {source.track_id!r} is not published in room {room.name!r}")
     described = TrackDescription.of(track)
-    if spec.websocket_url:
+    if source.websocket_url:
         if described.track_kind != "audio":
             raise NotSupported("websocket output of a video track is not implemented")
-        graph, stages = track_websocket_graph(
-            room, spec.track_id, spec.websocket_url, name=egress_id, network=spec.network
+        graph, websocket = track_websocket_graph(
+            room, source.track_id, source.websocket_url, name=egress_id, network=spec.network
         )
-        return Plan(graph=graph, room=room, track=stages.track)
+        return Plan(graph=graph, room=room, track=websocket.track)
     assert spec.file is not None
     namer = _Namer(
-        output_root,
-        track.sid,
-        described.name_fields(room),
-        when,
-        default_storage,
-        egress_id,
-        spec.network,
+        output_root, track.sid, described.name_fields(room), when, default_storage, egress_id, spec
     )
     relative, local = namer.file(spec.file.filepath, described.extension, spec.file.field)
     namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
     try:
-        graph, stages = track_graph(room, spec.track_id, local, name=egress_id)
+        graph, stages = track_graph(room, source.track_id, local, name=egress_id)
     except ValueError as exc:
         raise NotSupported(f"track egress of this track: {exc}") from None
     planned = PlannedFile(
@@ -310,6 +330,140 @@ def _plan_track(
         stages.muxers[0],
     )
     return Plan(graph=graph, room=room, files=[planned], track=stages.track)
+
+
+@dataclass
+class _DirectoryTarget:
+    """Where a segments or images output writes and uploads, before its stage exists."""
+
+    relative: str  # the requested prefix, relative to the output root
+    local: Path
+    storage: Storage | None
+    disable_manifest: bool
+
+    def bind(self, stage: HlsSegmenter | ImageSnapshotter) -> PlannedDirectory:
+        key_dir = posixpath.dirname(self.relative)
+        return PlannedDirectory(
+            stage, self.local.parent, key_dir, self.relative, self.storage, self.disable_manifest
+        )
+
+
+def _file_output(
+    target: FileTarget, namer: _Namer, faststart: bool
+) -> tuple[FileOutput, PlannedFile]:
+    extension = naming.file_extension(target.file_type)
+    relative, local = namer.file(target.filepath, extension, target.field)
+    namer.manifest_beside(local, target.field, target.disable_manifest)
+    planned = PlannedFile(local, relative, namer.storage(target.storage), target.disable_manifest)
+    return FileOutput(local, faststart=faststart), planned
+
+
+def _segments_output(
+    target: SegmentsTarget, namer: _Namer
+) -> tuple[SegmentsOutput, _DirectoryTarget]:
+    relative, local = namer.prefix(target.filename_prefix, target.field)
+    # Playlists sit beside the segments (validation refused directories in their names).
+    playlist = naming.playlist_name(local.name, target.playlist_name)
+    live_playlist = naming.live_playlist_name(target.live_playlist_name) or ""
+    namer.confine(local.parent / playlist, f"{target.field}.playlist_name")
+    if live_playlist:
+        namer.confine(local.parent / live_playlist, f"{target.field}.live_playlist_name")
+    extension = ".m4s" if target.fragmented_mp4 else ".ts"
+    first = naming.segment_name(local.name, target.suffix, 0, namer.when, extension)
+    namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+    if target.fragmented_mp4:
+        init = naming.init_segment_name(local.name)
+        namer.confine(local.parent / init, f"{target.field}.filename_prefix")
+    namer.manifest_beside(local, target.field, target.disable_manifest)
+    output = SegmentsOutput(
+        local,
+        playlist=playlist,
+        live_playlist=live_playlist,
+        segment_duration=float(target.segment_duration_s),
+        suffix=target.suffix,
+        fragmented_mp4=target.fragmented_mp4,
+    )
+    storage = namer.storage(target.storage)
+    return output, _DirectoryTarget(relative, local, storage, target.disable_manifest)
+
+
+def _images_output(target: ImagesTarget, namer: _Namer) -> tuple[ImageOutput, _DirectoryTarget]:
+    relative, local = namer.prefix(target.filename_prefix, target.field)
+    first = naming.image_name(local.name, target.suffix, 0, namer.when)
+    namer.confine(local.parent / first, f"{target.field}.filename_prefix")
+    namer.manifest_beside(local, target.field, target.disable_manifest)
+    output = ImageOutput(
+        local,
+        capture_interval=float(target.capture_interval_s),
+        width=target.width,
+        height=target.height,
+        suffix=target.suffix,
+    )
+    storage = namer.storage(target.storage)
+    return output, _DirectoryTarget(relative, local, storage, target.disable_manifest)
+
+
+def _stream_output(target: StreamTarget, network: NetworkPolicy | None) -> StreamOutput:
+    return StreamOutput(target.urls, network=network)
+
+
+def _encoded_graph(
+    spec: EgressSpec,
+    room: LocalRoom | None,
+    outputs: list[Output],
+    egress_id: str,
+    web_start_timeout_s: float,
+) -> tuple[Graph, CompositeStages | WebStages]:
+    """The graph of an encoding egress's source, feeding `outputs` from one encode."""
+    assert spec.encoding is not None
+    video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
+    source, page = spec.source, spec.page
+    try:
+        if page is not None:
+            return web_graph(
+                page.url,
+                outputs,
+                video=video,
+                audio=audio,
+                await_start_signal=page.await_start_signal,
+                start_timeout_s=web_start_timeout_s,
+                name=egress_id,
+            )
+        assert room is not None
+        identity, screen_share = _followed_participant(spec)
+        if identity:
+            return participant_graph(
+                room,
+                identity,
+                outputs,
+                screen_share=screen_share,
+                video=video,
+                audio=audio,
+                name=egress_id,
+            )
+        if isinstance(source, TrackCompositeSource | MediaSource):
+            return track_composite_graph(
+                room,
+                source.audio_track_id,
+                source.video_track_id,
+                outputs,
+                video=video,
+                audio=audio,
+                name=egress_id,
+            )
+        assert isinstance(source, RoomCompositeSource)
+        return composite_graph(
+            room,
+            outputs,
+            video=video,
+            audio=audio,
+            layout=source.layout or "grid",
+            audio_mixing=source.audio_mixing,
+            participants=ParticipantChoice.of(source.include_identities, source.exclude_identities),
+            name=egress_id,
+        )
+    except ValueError as exc:
+        raise NotSupported(str(exc)) from None
 
 
 def _plan_encoded(
@@ -323,135 +477,41 @@ def _plan_encoded(
 ) -> Plan:
     """Composites, participant, track composite and web egress: one encode, every output."""
     identifier, fields = _identifier(spec, room)
-    namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec.network)
+    namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec)
     outputs: list[Output] = []
     files: list[PlannedFile] = []
-    # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
-    segment_targets: list[tuple[str, Path, Storage | None, bool]] = []
-    image_targets: list[tuple[str, Path, Storage | None, bool]] = []
+    segment_targets: list[_DirectoryTarget] = []
+    image_targets: list[_DirectoryTarget] = []
     if spec.file is not None:
-        extension = naming.file_extension(spec.file.file_type)
-        relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
-        namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
-        outputs.append(FileOutput(local, faststart=spec.faststart))
-        files.append(
-            PlannedFile(
-                local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest
-            )
-        )
+        file_output, planned_file = _file_output(spec.file, namer, spec.faststart)
+        outputs.append(file_output)
+        files.append(planned_file)
     if spec.segments is not None:
-        target = spec.segments
-        relative, local = namer.prefix(target.filename_prefix, target.field)
-        # Playlists sit beside the segments (validation refused directories in their names).
-        playlist = naming.playlist_name(local.name, target.playlist_name)
-        live_playlist = naming.live_playlist_name(target.live_playlist_name) or ""
-        namer.confine(local.parent / playlist, f"{target.field}.playlist_name")
-        if live_playlist:
-            namer.confine(local.parent / live_playlist, f"{target.field}.live_playlist_name")
-        extension = ".m4s" if target.fragmented_mp4 else ".ts"
-        first = naming.segment_name(local.name, target.suffix, 0, when, extension)
-        namer.confine(local.parent / first, f"{target.field}.filename_prefix")
-        if target.fragmented_mp4:
-            init = naming.init_segment_name(local.name)
-            namer.confine(local.parent / init, f"{target.field}.filename_prefix")
-        namer.manifest_beside(local, target.field, target.disable_manifest)
-        outputs.append(
-            SegmentsOutput(
-                local,
-                playlist=playlist,
-                live_playlist=live_playlist,
-                segment_duration=float(target.segment_duration_s),
-                suffix=target.suffix,
-                fragmented_mp4=target.fragmented_mp4,
-            )
-        )
-        segment_targets.append(
-            (relative, local, namer.storage(target.storage), target.disable_manifest)
-        )
-    for target in spec.images:
-        relative, local = namer.prefix(target.filename_prefix, target.field)
-        first = naming.image_name(local.name, target.suffix, 0, when)
-        namer.confine(local.parent / first, f"{target.field}.filename_prefix")
-        namer.manifest_beside(local, target.field, target.disable_manifest)
-        outputs.append(
-            ImageOutput(
-                local,
-                capture_interval=float(target.capture_interval_s),
-                width=target.width,
-                height=target.height,
-                suffix=target.suffix,
-            )
-        )
-        image_targets.append(
-            (relative, local, namer.storage(target.storage), target.disable_manifest)
-        )
+        segments_output, segments_target = _segments_output(spec.segments, namer)
+        outputs.append(segments_output)
+        segment_targets.append(segments_target)
+    for images in spec.images:
+        images_output, images_target = _images_output(images, namer)
+        outputs.append(images_output)
+        image_targets.append(images_target)
     if spec.stream is not None:
-        outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
-    assert spec.encoding is not None
-    video, audio = stage_encodings(spec.encoding, audio=spec.audio, video=spec.video)
-    try:
-        if spec.web_url:
-            graph, stages = web_graph(
-                spec.web_url,
-                outputs,
-                video=video,
-                audio=audio,
-                await_start_signal=spec.await_start_signal,
-                start_timeout_s=web_start_timeout_s,
-                name=egress_id,
-            )
-        elif spec.participant_identity:
-            graph, stages = participant_graph(
-                room,
-                spec.participant_identity,
-                outputs,
-                screen_share=spec.screen_share,
-                video=video,
-                audio=audio,
-                name=egress_id,
-            )
-        elif spec.kind in ("track_composite", "media"):
-            audio_sid, video_sid = _track_sids(spec)
-            graph, stages = track_composite_graph(
-                room, audio_sid, video_sid, outputs, video=video, audio=audio, name=egress_id
-            )
-        else:
-            graph, stages = composite_graph(
-                room,
-                outputs,
-                video=video,
-                audio=audio,
-                layout=spec.layout or "grid",
-                audio_mixing=spec.audio_mixing,
-                participants=ParticipantChoice.of(spec.include_identities, spec.exclude_identities),
-                name=egress_id,
-            )
-    except ValueError as exc:
-        raise NotSupported(str(exc)) from None
+        outputs.append(_stream_output(spec.stream, spec.network))
+    graph, stages = _encoded_graph(spec, room, outputs, egress_id, web_start_timeout_s)
     for planned, writer in zip(files, stages.muxers, strict=True):
         planned.writer = writer
-    segments = [
-        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
-        for stage, (rel, local, storage, no_manifest) in zip(
-            stages.segmenters, segment_targets, strict=True
-        )
-    ]
-    images = [
-        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
-        for stage, (rel, local, storage, no_manifest) in zip(
-            stages.snapshotters, image_targets, strict=True
-        )
-    ]
+    page = participants = None
+    if isinstance(stages, WebStages):
+        page = stages.source
+    elif isinstance(spec.source, RoomCompositeSource):
+        participants = stages.participants
     return Plan(
         graph=graph,
         room=room,
         compositor=stages.compositor,
         files=files,
-        segments=segments,
-        images=images,
+        segments=[t.bind(s) for t, s in zip(segment_targets, stages.segmenters, strict=True)],
+        images=[t.bind(s) for t, s in zip(image_targets, stages.snapshotters, strict=True)],
         stream=stages.streams[0] if stages.streams else None,
-        participants=stages.participants
-        if spec.kind == "room_composite" and not isinstance(stages, WebStages)
-        else None,
-        page=stages.source if isinstance(stages, WebStages) else None,
+        participants=participants,
+        page=page,
     )

@@ -14,18 +14,21 @@ bus first, saying why.
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from livekit.protocol import models
 
-from egresskit.egress import naming
-from egresskit.egress.graphs import CompositeStages, composite_graph
+from egresskit.egress.graphs import (
+    PACKET_QUEUE,
+    RAW_AUDIO_QUEUE,
+    TRACK_ITEMS_QUEUE,
+    CompositeStages,
+    composite_graph,
+)
+from egresskit.egress.naming import TrackDescription
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import EOS, Graph, LinkPolicy, Stage
-from egresskit.rooms.events import ParticipantLeft, TrackUnpublished
+from egresskit.pipeline import Graph, LinkPolicy
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.stages.encoder import AudioEncoding, VideoEncoding
 from egresskit.stages.mixer import AudioMixer
@@ -34,15 +37,9 @@ from egresskit.stages.passthrough import (
     PassthroughFileWriter,
     passthrough_supported,
 )
+from egresskit.stages.source_watch import SourceWatch
 from egresskit.stages.subscriber import RoomSubscriber
 from egresskit.stages.websocket import WebsocketAudioSink
-
-# Encoded packets into the writer never drop: about 4 s of 30 fps video.
-PACKET_QUEUE = 120
-# Track items (control and frames) from the subscriber; the mixer and the sink drain them at once.
-TRACK_ITEMS_QUEUE = 64
-# Mixed 20 ms frames waiting for the websocket: half a second.
-PCM_QUEUE = 25
 
 CAMERA_SOURCES = frozenset({models.TrackSource.CAMERA, models.TrackSource.MICROPHONE})
 SCREEN_SOURCES = frozenset({models.TrackSource.SCREEN_SHARE, models.TrackSource.SCREEN_SHARE_AUDIO})
@@ -50,42 +47,6 @@ SCREEN_SOURCES = frozenset({models.TrackSource.SCREEN_SHARE, models.TrackSource.
 
 class SourceNotFound(LookupError):
     """The room has no such track or participant (the service answers `not_found`)."""
-
-
-@dataclass(frozen=True, slots=True)
-class TrackDescription:
-    """What results, manifests and file names say about a recorded track."""
-
-    track_id: str
-    track_kind: str  # "audio" | "video"
-    track_source: str  # "camera", "microphone", "screen_share", "screen_share_audio", "unknown"
-    publisher_identity: str
-    mime_type: str
-
-    @classmethod
-    def of(cls, track: LocalTrack) -> TrackDescription:
-        return cls(
-            track_id=track.sid,
-            track_kind="video" if track.kind == models.TrackType.VIDEO else "audio",
-            track_source=models.TrackSource.Name(track.source).lower(),
-            publisher_identity=track.participant.identity,
-            mime_type=track.mime_type,
-        )
-
-    @property
-    def extension(self) -> str:
-        """The file extension a passthrough recording of this track gets."""
-        return naming.track_extension(self.mime_type)
-
-    def name_fields(self, room: LocalRoom) -> naming.NameFields:
-        return naming.NameFields(
-            room_name=room.name,
-            room_id=room.sid,
-            publisher_identity=self.publisher_identity,
-            track_id=self.track_id,
-            track_type=self.track_kind,
-            track_source=self.track_source,
-        )
 
 
 @dataclass
@@ -102,60 +63,6 @@ class WebsocketStages:
     sink: WebsocketAudioSink
     watch: SourceWatch
     track: TrackDescription
-
-
-class SourceWatch(Stage):
-    """Ends its graph (drained, COMPLETE) once the followed participant or tracks are gone.
-
-    Follows a participant by identity, or a set of track ids (the graph
-    ends when none of them is published any more). Posts `source_closed`
-    with the reason before stopping the graph.
-    """
-
-    def __init__(
-        self,
-        room: LocalRoom,
-        *,
-        identity: str | None = None,
-        track_sids: Iterable[str] = (),
-        name: str | None = None,
-    ) -> None:
-        super().__init__(name)
-        self.room = room
-        self.identity = identity
-        self.track_sids = frozenset(track_sids)
-        self._stopper: asyncio.Task | None = None
-
-    def _gone(self) -> str | None:
-        if self.identity is not None and self.identity not in self.room.participants:
-            return "participant left"
-        if self.track_sids and all(self.room.track(sid) is None for sid in self.track_sids):
-            return "track unpublished"
-        return None
-
-    async def run(self) -> None:
-        events = self.room.subscribe_events()
-        try:
-            reason = self._gone()
-            while reason is None:
-                event = await self.next_unless_stopping(events)
-                if self.stopping.is_set():
-                    return
-                if event is EOS:
-                    reason = "room closed"
-                elif isinstance(event, ParticipantLeft | TrackUnpublished):
-                    reason = self._gone()
-        finally:
-            self.room.unsubscribe_events(events)
-        self.post(
-            "source_closed",
-            reason=reason,
-            identity=self.identity or "",
-            track_sids=sorted(self.track_sids),
-        )
-        assert self.graph is not None
-        # Kept so the task is not collected; it outlives this stage, which it also waits for.
-        self._stopper = asyncio.create_task(self.graph.stop())
 
 
 def _track(room: LocalRoom, track_sid: str) -> LocalTrack:
@@ -212,7 +119,7 @@ def track_websocket_graph(
     watch = graph.add(SourceWatch(room, track_sids=[track_sid]))
     graph.link(subscriber.audio, mixer.input, maxsize=TRACK_ITEMS_QUEUE)
     graph.link(subscriber.audio, sink.events, maxsize=TRACK_ITEMS_QUEUE)
-    graph.link(mixer.output, sink.input, maxsize=PCM_QUEUE)
+    graph.link(mixer.output, sink.input, maxsize=RAW_AUDIO_QUEUE)
     stages = WebsocketStages(subscriber, mixer, sink, watch, TrackDescription.of(track))
     return graph, stages
 
@@ -253,8 +160,8 @@ def track_composite_graph(
     video_sid: str,
     outputs: list,
     *,
-    video: VideoEncoding = VideoEncoding(),
-    audio: AudioEncoding = AudioEncoding(),
+    video: VideoEncoding | None = VideoEncoding(),
+    audio: AudioEncoding | None = AudioEncoding(),
     name: str = "track-composite",
 ) -> tuple[Graph, CompositeStages]:
     """One audio and one video track (either id may be empty), composited and encoded.

@@ -20,7 +20,7 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import cast
 from urllib.parse import parse_qsl, urlsplit
 
 from google.protobuf.message import Message
@@ -34,17 +34,28 @@ from egresskit.egress.encoding import (
     VideoCodecName,
     audio_codec_of,
 )
+from egresskit.egress.naming import ImageSuffix, SegmentSuffix
+from egresskit.egress.spec import (
+    EgressSpec,
+    FileTarget,
+    FileType,
+    ImagesTarget,
+    MediaSource,
+    ParticipantSource,
+    RoomCompositeSource,
+    SegmentsTarget,
+    StreamProtocol,
+    StreamTarget,
+    TrackCompositeSource,
+    TrackSource,
+    Upload,
+    WebSource,
+)
 from egresskit.netpolicy import DestinationDenied, NetworkPolicy
 from egresskit.protos import egress_pb2 as extension_pb
-from egresskit.stages.stream import SRT_LOCAL_OPTIONS
+from egresskit.stages import srt
+from egresskit.stages.mixer import Mixing
 from egresskit.storage.registry import MissingCredentials, check_request_upload
-
-Storage = (
-    egress_pb.S3Upload | egress_pb.GCPUpload | egress_pb.AzureBlobUpload | egress_pb.AliOSSUpload
-)
-EgressKind = Literal["room_composite", "track_composite", "participant", "track", "web", "media"]
-FileType = Literal["mp4", "ogg", "mp3", ""]
-StreamProtocol = Literal["rtmp", "srt", "websocket"]
 
 DEFAULT_SEGMENT_DURATION_S = 4
 MAX_IDENTITIES = 1000
@@ -72,6 +83,21 @@ _PROTOCOLS: dict[int, StreamProtocol] = {
     egress_pb.RTMP: "rtmp",
     egress_pb.SRT: "srt",
     egress_pb.WEBSOCKET: "websocket",
+}
+# LiveKit's enum values, as the Python API names them.
+_MIXINGS: dict[int, Mixing] = {
+    egress_pb.DEFAULT_MIXING: Mixing.DEFAULT,
+    egress_pb.DUAL_CHANNEL_AGENT: Mixing.DUAL_CHANNEL_AGENT,
+    egress_pb.DUAL_CHANNEL_ALTERNATE: Mixing.DUAL_CHANNEL_ALTERNATE,
+}
+_SEGMENT_SUFFIXES: dict[int, SegmentSuffix] = {
+    egress_pb.INDEX: SegmentSuffix.INDEX,
+    egress_pb.TIMESTAMP: SegmentSuffix.TIMESTAMP,
+}
+_IMAGE_SUFFIXES: dict[int, ImageSuffix] = {
+    egress_pb.IMAGE_SUFFIX_INDEX: ImageSuffix.INDEX,
+    egress_pb.IMAGE_SUFFIX_TIMESTAMP: ImageSuffix.TIMESTAMP,
+    egress_pb.IMAGE_SUFFIX_NONE_OVERWRITE: ImageSuffix.NONE_OVERWRITE,
 }
 _FILE_TYPES: dict[int, FileType] = {
     egress_pb.MP4: "mp4",
@@ -110,91 +136,6 @@ _LABELS = {
 
 
 @dataclass(frozen=True)
-class FileTarget:
-    """One file output; `file_type` is empty for track egress (the track's codec decides)."""
-
-    filepath: str
-    file_type: FileType
-    disable_manifest: bool
-    storage: Storage | None
-    field: str  # where the request names it, for errors about its path
-
-
-@dataclass(frozen=True)
-class SegmentsTarget:
-    """One HLS output."""
-
-    filename_prefix: str
-    playlist_name: str
-    live_playlist_name: str
-    segment_duration_s: int
-    suffix: int  # egress_pb.SegmentedFileSuffix
-    fragmented_mp4: bool
-    disable_manifest: bool
-    storage: Storage | None
-    field: str
-
-
-@dataclass(frozen=True)
-class StreamTarget:
-    """One stream output: every URL speaks the same protocol."""
-
-    protocol: StreamProtocol
-    urls: tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class ImagesTarget:
-    """One snapshot output; width/height 0 keep the source size."""
-
-    capture_interval_s: int
-    width: int
-    height: int
-    filename_prefix: str
-    suffix: int  # egress_pb.ImageFileSuffix
-    disable_manifest: bool
-    storage: Storage | None
-    field: str
-
-
-@dataclass(frozen=True)
-class EgressSpec:
-    """A valid egress request, independent of the wire message it came in."""
-
-    kind: EgressKind
-    room_name: str = ""
-    audio: bool = True
-    video: bool = True
-    encoding: EncodingSettings | None = None
-    file: FileTarget | None = None
-    stream: StreamTarget | None = None
-    segments: SegmentsTarget | None = None
-    images: tuple[ImagesTarget, ...] = ()
-    websocket_url: str = ""
-    webhooks: tuple[models_pb.WebhookConfig, ...] = ()
-    layout: str = ""
-    # egresskit extension: who a room composite draws and mixes (empty include: everyone)
-    include_identities: tuple[str, ...] = ()
-    exclude_identities: tuple[str, ...] = ()
-    custom_base_url: str = ""
-    audio_mixing: int = egress_pb.DEFAULT_MIXING
-    web_url: str = ""
-    await_start_signal: bool = False
-    participant_identity: str = ""
-    screen_share: bool = False
-    audio_track_id: str = ""
-    video_track_id: str = ""
-    track_id: str = ""
-    audio_config: egress_pb.AudioConfig | None = None
-    video_codec: str = ""  # egresskit extension: "" or "h264", "vp9", "av1"
-    faststart: bool = False  # egresskit extension: MP4 moov before mdat after a clean stop
-    # Set by `check_caller` for a caller's request: where its destinations may be (None: the
-    # operator's own request), and the API key that signs its webhooks.
-    network: NetworkPolicy | None = None
-    caller_key: str = ""
-
-
-@dataclass(frozen=True)
 class Caller:
     """Who sent a request through the API, for the rules that depend on it."""
 
@@ -202,16 +143,27 @@ class Caller:
     network: NetworkPolicy
 
 
+# The request messages that carry outputs and encoding options, and their file outputs.
+EncodedRequest = (
+    egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest
+    | egress_pb.StartEgressRequest
+)
+FileMessage = egress_pb.EncodedFileOutput | egress_pb.FileOutput
+
+
 @dataclass
 class _Outputs:
     """Outputs gathered from a request before their codecs are checked."""
 
-    files: list[tuple[str, Message, Storage | None]] = dataclasses.field(default_factory=list)
+    files: list[tuple[str, FileMessage, Upload | None]] = dataclasses.field(default_factory=list)
     streams: list[tuple[str, egress_pb.StreamOutput]] = dataclasses.field(default_factory=list)
-    segments: list[tuple[str, egress_pb.SegmentedFileOutput, Storage | None]] = dataclasses.field(
+    segments: list[tuple[str, egress_pb.SegmentedFileOutput, Upload | None]] = dataclasses.field(
         default_factory=list
     )
-    images: list[tuple[str, egress_pb.ImageOutput, Storage | None]] = dataclasses.field(
+    images: list[tuple[str, egress_pb.ImageOutput, Upload | None]] = dataclasses.field(
         default_factory=list
     )
 
@@ -259,7 +211,7 @@ def _check_srt_options(query: str, field: str) -> None:
     options = dict(parse_qsl(query, keep_blank_values=True))
     if options.get("mode", "").lower() not in _SRT_CALLER_MODES:
         raise InvalidRequest(field, "SRT URLs must use caller mode: egress connects out")
-    local = sorted(SRT_LOCAL_OPTIONS - {"mode"} & options.keys())
+    local = sorted(srt.LOCAL_OPTIONS - {"mode"} & options.keys())
     if local:
         raise InvalidRequest(field, f"SRT option(s) {', '.join(local)} are not allowed")
     if "passphrase" in options and not 10 <= len(options["passphrase"]) <= 79:
@@ -283,18 +235,20 @@ def check_caller(spec: EgressSpec, caller: Caller) -> EgressSpec:
     if spec.stream is not None:
         for url in spec.stream.urls:
             check_destination(url, "stream.urls", caller.network)
-    if spec.websocket_url:
-        check_destination(spec.websocket_url, "websocket_url", caller.network)
-    if spec.custom_base_url:
-        check_destination(spec.custom_base_url, "custom_base_url", caller.network)
-    if spec.web_url:
+    source = spec.source
+    if isinstance(source, TrackSource) and source.websocket_url:
+        check_destination(source.websocket_url, "websocket_url", caller.network)
+    if isinstance(source, RoomCompositeSource) and source.custom_base_url:
+        check_destination(source.custom_base_url, "custom_base_url", caller.network)
+    if isinstance(source, WebSource):
         # the page's first address only: what the page itself loads is Chromium's business
-        check_destination(spec.web_url, "url", caller.network)
-    stored = [("file", spec.file), ("segments", spec.segments)]
-    stored += [(f"images[{i}]", target) for i, target in enumerate(spec.images)]
-    for field, target in stored:
-        if target is not None and target.storage is not None:
-            _check_caller_storage(target.storage, field, caller.network)
+        check_destination(source.url, "url", caller.network)
+    stored: list[tuple[str, Upload | None]] = [("storage", spec.request_storage)]
+    stored += [(t.field, t.storage) for t in (spec.file, spec.segments) if t is not None]
+    stored += [(t.field, t.storage) for t in spec.images]
+    for field, storage in stored:
+        if storage is not None:
+            _check_caller_storage(storage, field, caller.network)
     return dataclasses.replace(spec, network=caller.network, caller_key=caller.api_key)
 
 
@@ -308,15 +262,15 @@ def check_destination(url: str, field: str, network: NetworkPolicy) -> None:
         raise InvalidRequest(field, "not a valid URL") from None
 
 
-def _check_caller_storage(storage: Storage, field: str, network: NetworkPolicy) -> None:
+def _check_caller_storage(storage: Upload, field: str, network: NetworkPolicy) -> None:
     field = f"{field}.{_STORAGE_FIELDS[storage.DESCRIPTOR.name]}"
     try:
         check_request_upload(storage)
     except MissingCredentials as exc:
         raise InvalidRequest(field, str(exc)) from None
-    if "endpoint" in storage.DESCRIPTOR.fields_by_name and storage.endpoint:
+    if isinstance(storage, egress_pb.S3Upload | egress_pb.AliOSSUpload) and storage.endpoint:
         check_destination(storage.endpoint, f"{field}.endpoint", network)
-    if "proxy" in storage.DESCRIPTOR.fields_by_name and storage.proxy.url:
+    if isinstance(storage, egress_pb.S3Upload | egress_pb.GCPUpload) and storage.proxy.url:
         check_destination(storage.proxy.url, f"{field}.proxy.url", network)
 
 
@@ -327,23 +281,22 @@ def _room_composite(req: egress_pb.RoomCompositeEgressRequest) -> EgressSpec:
     else:
         check_layout(req.layout, "layout")
     _check_audio_video_flags(req.audio_only, req.video_only)
-    if req.audio_mixing not in egress_pb.AudioMixing.values():
+    if req.audio_mixing not in _MIXINGS:
         raise InvalidRequest("audio_mixing", f"unknown audio mixing {req.audio_mixing}")
-    outputs = _legacy_outputs(req)
-    return _encoded(
+    source = RoomCompositeSource(
+        req.room_name,
+        layout=req.layout,
+        audio_mixing=_MIXINGS[req.audio_mixing],
+        custom_base_url=req.custom_base_url,
+    )
+    return _legacy(
         EgressSpec(
-            kind="room_composite",
-            room_name=req.room_name,
+            source,
             audio=not req.video_only,
             video=not req.audio_only,
-            layout=req.layout,
-            custom_base_url=req.custom_base_url,
-            audio_mixing=req.audio_mixing,
             webhooks=_webhooks(req.webhooks),
         ),
-        outputs,
         req,
-        "options",
     )
 
 
@@ -353,12 +306,12 @@ def _extension_room_composite(req: extension_pb.RoomCompositeEgressRequest) -> E
         raise InvalidRequest("request", "is required: LiveKit's RoomCompositeEgressRequest")
     spec = _room_composite(req.request)  # video_codec and faststart: checked by with_extensions
     include, exclude = check_identities(req.include_identities, req.exclude_identities)
+    assert isinstance(spec.source, RoomCompositeSource)
+    source = dataclasses.replace(
+        spec.source, include_identities=include, exclude_identities=exclude
+    )
     return dataclasses.replace(
-        spec,
-        include_identities=include,
-        exclude_identities=exclude,
-        faststart=req.faststart,
-        video_codec=req.video_codec,
+        spec, source=source, faststart=req.faststart, video_codec=req.video_codec
     )
 
 
@@ -383,72 +336,54 @@ def _track_composite(req: egress_pb.TrackCompositeEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     if not req.audio_track_id and not req.video_track_id:
         raise InvalidRequest("audio_track_id", "set audio_track_id, video_track_id or both")
-    return _encoded(
+    return _legacy(
         EgressSpec(
-            kind="track_composite",
-            room_name=req.room_name,
+            TrackCompositeSource(req.room_name, req.audio_track_id, req.video_track_id),
             audio=bool(req.audio_track_id),
             video=bool(req.video_track_id),
-            audio_track_id=req.audio_track_id,
-            video_track_id=req.video_track_id,
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
 def _participant(req: egress_pb.ParticipantEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     _require(req.identity, "identity")
-    return _encoded(
+    return _legacy(
         EgressSpec(
-            kind="participant",
-            room_name=req.room_name,
-            participant_identity=req.identity,
-            screen_share=req.screen_share,
+            ParticipantSource(req.room_name, req.identity, screen_share=req.screen_share),
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
 def _web(req: egress_pb.WebEgressRequest) -> EgressSpec:
     _check_web_url(req.url, "url")
     _check_audio_video_flags(req.audio_only, req.video_only)
-    return _encoded(
+    return _legacy(
         EgressSpec(
-            kind="web",
+            WebSource(req.url, await_start_signal=req.await_start_signal),
             audio=not req.video_only,
             video=not req.audio_only,
-            web_url=req.url,
-            await_start_signal=req.await_start_signal,
             webhooks=_webhooks(req.webhooks),
         ),
-        _legacy_outputs(req),
         req,
-        "options",
     )
 
 
 def _track(req: egress_pb.TrackEgressRequest) -> EgressSpec:
     _require(req.room_name, "room_name")
     _require(req.track_id, "track_id")
-    spec = EgressSpec(
-        kind="track",
-        room_name=req.room_name,
-        track_id=req.track_id,
-        encoding=None,
-        webhooks=_webhooks(req.webhooks),
-    )
+    source = TrackSource(req.room_name, req.track_id)
+    spec = EgressSpec(source, encoding=None, webhooks=_webhooks(req.webhooks))
     output = req.WhichOneof("output")
     if output == "websocket_url":
         if stream_protocol(req.websocket_url, "websocket_url") != "websocket":
             raise InvalidRequest("websocket_url", "must start with ws:// or wss://")
-        return dataclasses.replace(spec, websocket_url=req.websocket_url)
+        source = dataclasses.replace(source, websocket_url=req.websocket_url)
+        return dataclasses.replace(spec, source=source)
     if output == "file":
         storage = _storage_of(req.file, "file")
         return dataclasses.replace(
@@ -468,13 +403,13 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         else:
             check_layout(template.layout, "template.layout")
         _check_audio_video_flags(template.audio_only, template.video_only, "template.")
+        source = RoomCompositeSource(
+            req.room_name, layout=template.layout, custom_base_url=template.custom_base_url
+        )
         spec = EgressSpec(
-            kind="room_composite",
-            room_name=req.room_name,
+            source,
             audio=not template.video_only,
             video=not template.audio_only,
-            layout=template.layout,
-            custom_base_url=template.custom_base_url,
             webhooks=webhooks,
         )
     elif source == "web":
@@ -482,12 +417,9 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
         _check_web_url(web.url, "web.url")
         _check_audio_video_flags(web.audio_only, web.video_only, "web.")
         spec = EgressSpec(
-            kind="web",
-            room_name=req.room_name,
+            WebSource(web.url, web.await_start_signal, req.room_name),
             audio=not web.video_only,
             video=not web.audio_only,
-            web_url=web.url,
-            await_start_signal=web.await_start_signal,
             webhooks=webhooks,
         )
     elif source == "media":
@@ -496,14 +428,11 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
     else:
         raise InvalidRequest("source", "set template, web or media")
     outputs = _Outputs()
-    default_storage = _provider(req.storage, "storage") if req.HasField("storage") else None
+    if req.HasField("storage"):
+        spec = dataclasses.replace(spec, request_storage=_provider(req.storage, "storage"))
     for index, output in enumerate(req.outputs):
         field = f"outputs[{index}]"
-        storage = (
-            _provider(output.storage, f"{field}.storage")
-            if output.HasField("storage")
-            else default_storage
-        )
+        storage = _provider(output.storage, f"{field}.storage")
         config = output.WhichOneof("config")
         if config == "file":
             outputs.files.append((f"{field}.file", output.file, storage))
@@ -522,17 +451,19 @@ def _start_egress(req: egress_pb.StartEgressRequest) -> EgressSpec:
 
 def _passthrough(spec: EgressSpec, outputs: _Outputs) -> EgressSpec:
     """A media source recorded without transcoding: one track to one file, like track egress."""
-    routes = spec.audio_config.routes if spec.audio_config is not None else ()
-    tracks = [t for t in (spec.video_track_id, *(r.track_id for r in routes)) if t]
-    if spec.kind != "media" or len(tracks) != 1 or spec.participant_identity:
+    source = spec.source
+    if not isinstance(source, MediaSource):
+        raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
+    routes = source.audio_config.routes if source.audio_config is not None else ()
+    tracks = [t for t in (source.video_track_id, *(r.track_id for r in routes)) if t]
+    if len(tracks) != 1 or source.participant_identity:
         raise InvalidRequest("preset", "PASSTHROUGH records one track of a media source, by id")
     if outputs.streams or outputs.segments or outputs.images or len(outputs.files) != 1:
         raise InvalidRequest("outputs", "PASSTHROUGH writes exactly one file output")
     field, message, storage = outputs.files[0]
     return dataclasses.replace(
         spec,
-        kind="track",
-        track_id=tracks[0],
+        source=TrackSource(source.room_name, tracks[0]),
         file=FileTarget(message.filepath, "", message.disable_manifest, storage, field),
     )
 
@@ -553,29 +484,44 @@ def _media_spec(
             )
     if video is None and not audio:
         raise InvalidRequest("media", "select a video track, audio tracks or both")
-    return EgressSpec(
-        kind="media",
-        room_name=req.room_name,
-        audio=audio,
-        video=video is not None,
+    source = MediaSource(
+        req.room_name,
         video_track_id=media.video_track_id,
         participant_identity=media.participant_video.identity,
         screen_share=media.participant_video.prefer_screen_share,
         audio_config=media.audio if audio else None,
-        webhooks=webhooks,
     )
+    return EgressSpec(source, audio=audio, video=video is not None, webhooks=webhooks)
 
 
-def _legacy_outputs(req: Message) -> _Outputs:
+def _legacy(
+    spec: EgressSpec,
+    req: egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest,
+) -> EgressSpec:
+    """An older request's spec with its outputs and `options` encoding checked."""
+    return _encoded(spec, _legacy_outputs(req), req, "options")
+
+
+def _legacy_outputs(
+    req: egress_pb.RoomCompositeEgressRequest
+    | egress_pb.TrackCompositeEgressRequest
+    | egress_pb.ParticipantEgressRequest
+    | egress_pb.WebEgressRequest,
+) -> _Outputs:
     """Outputs of the older requests: the deprecated single `file`/`stream`/`segments` plus lists."""
     outputs = _Outputs()
-    single = req.WhichOneof("output") if "output" in req.DESCRIPTOR.oneofs_by_name else None
-    if single == "file":
-        outputs.files.append(("file", req.file, _storage_of(req.file, "file")))
-    elif single == "stream":
-        outputs.streams.append(("stream", req.stream))
-    elif single == "segments":
-        outputs.segments.append(("segments", req.segments, _storage_of(req.segments, "segments")))
+    if not isinstance(req, egress_pb.ParticipantEgressRequest):  # it has the lists only
+        single = req.WhichOneof("output")
+        if single == "file":
+            outputs.files.append(("file", req.file, _storage_of(req.file, "file")))
+        elif single == "stream":
+            outputs.streams.append(("stream", req.stream))
+        elif single == "segments":
+            storage = _storage_of(req.segments, "segments")
+            outputs.segments.append(("segments", req.segments, storage))
     for index, file in enumerate(req.file_outputs):
         field = f"file_outputs[{index}]"
         outputs.files.append((field, file, _storage_of(file, field)))
@@ -590,7 +536,9 @@ def _legacy_outputs(req: Message) -> _Outputs:
     return outputs
 
 
-def _encoded(spec: EgressSpec, outputs: _Outputs, req: Message, encoding_oneof: str) -> EgressSpec:
+def _encoded(
+    spec: EgressSpec, outputs: _Outputs, req: EncodedRequest, encoding_oneof: str
+) -> EgressSpec:
     """Check the outputs of an encoding egress against each other and resolve the encoding."""
     for kind, items in (
         ("file", outputs.files),
@@ -667,7 +615,9 @@ def with_extensions(spec: EgressSpec) -> EgressSpec:
     encoding = dataclasses.replace(
         spec.encoding, video_codec=cast(VideoCodecName, spec.video_codec)
     )
-    containers = [("file", spec.file.file_type)] if spec.file is not None else []
+    containers: list[tuple[str, str]] = []
+    if spec.file is not None:
+        containers.append(("file", spec.file.file_type))
     if spec.segments is not None:
         containers.append(("segments", _segments_container(spec.segments)))
     if spec.stream is not None and spec.stream.protocol != "websocket":
@@ -682,7 +632,7 @@ def _segments_container(target: SegmentsTarget) -> str:
 
 
 def _file_type(
-    message: Message,
+    message: FileMessage,
     field: str,
     video: bool,
     explicit_codec: AudioCodecName | None,
@@ -738,9 +688,9 @@ def _stream_target(field: str, message: egress_pb.StreamOutput) -> StreamTarget:
 
 
 def _segments_target(
-    field: str, message: egress_pb.SegmentedFileOutput, storage: Storage | None
+    field: str, message: egress_pb.SegmentedFileOutput, storage: Upload | None
 ) -> SegmentsTarget:
-    if message.filename_suffix not in egress_pb.SegmentedFileSuffix.values():
+    if message.filename_suffix not in _SEGMENT_SUFFIXES:
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.protocol not in egress_pb.SegmentedFileProtocol.values():
         raise InvalidRequest(f"{field}.protocol", "unknown protocol")
@@ -754,7 +704,7 @@ def _segments_target(
         playlist_name=message.playlist_name,
         live_playlist_name=message.live_playlist_name,
         segment_duration_s=message.segment_duration or DEFAULT_SEGMENT_DURATION_S,
-        suffix=message.filename_suffix,
+        suffix=_SEGMENT_SUFFIXES[message.filename_suffix],
         fragmented_mp4=message.protocol == egress_pb.HLS_FMP4_PROTOCOL,
         disable_manifest=message.disable_manifest,
         storage=storage,
@@ -763,7 +713,7 @@ def _segments_target(
 
 
 def _images_target(
-    field: str, message: egress_pb.ImageOutput, storage: Storage | None
+    field: str, message: egress_pb.ImageOutput, storage: Upload | None
 ) -> ImagesTarget:
     for name in ("width", "height"):
         value = getattr(message, name)
@@ -771,7 +721,7 @@ def _images_target(
             raise InvalidRequest(
                 f"{field}.{name}", f"{value} must be 0 (source size) or between 16 and 4096"
             )
-    if message.filename_suffix not in egress_pb.ImageFileSuffix.values():
+    if message.filename_suffix not in _IMAGE_SUFFIXES:
         raise InvalidRequest(f"{field}.filename_suffix", "unknown suffix")
     if message.image_codec not in (models_pb.IC_DEFAULT, models_pb.IC_JPEG):
         raise InvalidRequest(f"{field}.image_codec", "only JPEG images are supported")
@@ -780,14 +730,14 @@ def _images_target(
         width=message.width,
         height=message.height,
         filename_prefix=message.filename_prefix,
-        suffix=message.filename_suffix,
+        suffix=_IMAGE_SUFFIXES[message.filename_suffix],
         disable_manifest=message.disable_manifest,
         storage=storage,
         field=field,
     )
 
 
-def _storage_of(message: Message, field: str) -> Storage | None:
+def _storage_of(message: Message, field: str) -> Upload | None:
     """The upload target of an output message with an `output` oneof (s3/gcp/azure/aliOSS)."""
     which = message.WhichOneof("output")
     if which is None:
@@ -797,7 +747,7 @@ def _storage_of(message: Message, field: str) -> Storage | None:
     return storage
 
 
-def _provider(config: egress_pb.StorageConfig, field: str) -> Storage | None:
+def _provider(config: egress_pb.StorageConfig, field: str) -> Upload | None:
     which = config.WhichOneof("provider")
     if which is None:
         return None
@@ -806,7 +756,7 @@ def _provider(config: egress_pb.StorageConfig, field: str) -> Storage | None:
     return storage
 
 
-def _check_storage(storage: Storage, field: str) -> None:
+def _check_storage(storage: Upload, field: str) -> None:
     if isinstance(storage, egress_pb.AzureBlobUpload):
         _require(storage.account_name, f"{field}.account_name")
         _require(storage.container_name, f"{field}.container_name")

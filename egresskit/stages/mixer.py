@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import math
 from collections import deque
 from fractions import Fraction
 
 import av
 import numpy as np
-from livekit.protocol.egress import AudioMixing
 from livekit.protocol.models import ParticipantInfo
 
 from egresskit.pipeline import EOS, Stage
@@ -154,6 +154,14 @@ class _TrackBuffer:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
+class Mixing(enum.StrEnum):
+    """How tracks are placed on the two channels (LiveKit's AudioMixing, by name)."""
+
+    DEFAULT = "default"
+    DUAL_CHANNEL_AGENT = "dual_channel_agent"
+    DUAL_CHANNEL_ALTERNATE = "dual_channel_alternate"
+
+
 class AudioMixer(Stage):
     """Mixes on 20 ms ticks of the graph clock, with saturation.
 
@@ -161,10 +169,10 @@ class AudioMixer(Stage):
     track that runs dry contributes counted silence, so the audio length
     equals wall time like the video's.
 
-    `mixing` is a LiveKit AudioMixing value: DEFAULT_MIXING keeps every
-    track in stereo; DUAL_CHANNEL_AGENT puts agent participants on the left
-    and everyone else on the right; DUAL_CHANNEL_ALTERNATE puts each new
-    track on the other channel than the one before. With `speakers`, the
+    `mixing` (a `Mixing` or its string): DEFAULT keeps every track in
+    stereo; DUAL_CHANNEL_AGENT puts agent participants on the left and
+    everyone else on the right; DUAL_CHANNEL_ALTERNATE puts each new track
+    on the other channel than the one before. With `speakers`, the
     level of every participant is reported on each tick (active speaker).
     `participants` says who is heard: sound captured while its participant
     was left out is dropped at once, so it is never mixed (ParticipantGate).
@@ -173,15 +181,13 @@ class AudioMixer(Stage):
     def __init__(
         self,
         *,
-        mixing: int = AudioMixing.DEFAULT_MIXING,
+        mixing: Mixing | str = Mixing.DEFAULT,
         speakers: SpeakerTracker | None = None,
         participants: ParticipantGate | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        if mixing not in AudioMixing.values():
-            raise ValueError(f"unknown audio mixing {mixing!r}")
-        self.mixing = mixing
+        self.mixing = Mixing(mixing)  # ValueError for anything else, LiveKit's integers too
         self.speakers = speakers
         self.participants = participants or ParticipantGate()
         self._next_channel = LEFT
@@ -248,9 +254,9 @@ class AudioMixer(Stage):
         return round(self.clock.media_time(capture) * SAMPLE_RATE)
 
     def _channel(self, track: TrackInfo) -> int | None:
-        if self.mixing == AudioMixing.DUAL_CHANNEL_AGENT:
+        if self.mixing is Mixing.DUAL_CHANNEL_AGENT:
             return LEFT if track.participant_kind == ParticipantInfo.Kind.AGENT else RIGHT
-        if self.mixing == AudioMixing.DUAL_CHANNEL_ALTERNATE:
+        if self.mixing is Mixing.DUAL_CHANNEL_ALTERNATE:
             channel, self._next_channel = self._next_channel, 1 - self._next_channel
             return channel
         return None

@@ -32,6 +32,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from egresskit.masking import mask_url, scrub, url_secrets
 from egresskit.pipeline import Stage
 from egresskit.web.audio import BYTES_PER_SAMPLE, CHANNELS, SAMPLE_RATE
 from egresskit.web.browser import PageBrowser, PageFailed
@@ -98,7 +99,7 @@ class PageSource(Stage):
             if self.await_start_signal:
                 await self._await_start()
         except PageFailed as exc:
-            self.post("source_failed", error=f"web page {self.url}: {exc}")
+            self._failed(str(exc))
             return
         if self.stopping.is_set():
             return
@@ -117,10 +118,15 @@ class PageSource(Stage):
         if reason == "end":
             self.post("source_closed", reason="the page logged END_RECORDING")
         elif reason == "failed":
-            self.post("source_failed", error=f"web page {self.url}: {self.browser.error}")
+            self._failed(self.browser.error)
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
+
+    def _failed(self, reason: str) -> None:
+        """Posts `source_failed`, the page's URL and its secrets (a template's token) masked."""
+        reason = scrub(reason, url_secrets(self.url))
+        self.post("source_failed", error=f"web page {mask_url(self.url)}: {reason}")
 
     async def _await_start(self) -> None:
         browser = self.browser

@@ -31,6 +31,9 @@ TS_PACKET = 188
 # An MPEG-TS null packet (PID 0x1FFF): demuxers skip it.
 TS_NULL_PACKET = b"\x47\x1f\xff\x10" + b"\xff" * (TS_PACKET - 4)
 
+# URL options that would make the sender bind or listen here; egress only calls out
+# (request validation refuses them).
+LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
 # URL options and their libsrt socket options (SRT_SOCKOPT in srt.h) with value types.
 _INT, _INT64, _BOOL, _STR = "int", "int64", "bool", "str"
 OPTIONS: dict[str, tuple[int, str]] = {

@@ -13,7 +13,6 @@ import asyncio
 import enum
 import logging
 import queue
-import re
 import socket
 import threading
 import time
@@ -21,12 +20,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import urlsplit
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
+from egresskit.masking import mask_url, scrub, url_secrets
 from egresskit.netpolicy import NetworkPolicy
 from egresskit.pipeline import EOS, Stage
 from egresskit.stages import srt
@@ -43,13 +43,10 @@ FORMAT_OPTIONS = {"flv": {"flvflags": "no_duration_filesize"}, "mpegts": {}}
 # About three seconds of packets (video at 30 fps plus AAC frames) per URL.
 URL_QUEUE_PACKETS = 256
 CONNECT_TIMEOUT_S = 5.0
-# SRT URL options that would make the sender bind or listen here; egress only calls out.
-SRT_LOCAL_OPTIONS = frozenset({"mode", "adapter", "bind", "port"})
 # What callers see when a destination fails, whatever the cause: a refused
 # connection and an open port that speaks something else must look the same,
 # or stream URLs become a port scanner. The details go to the service log.
 STREAM_FAILED = "connection to the stream destination failed (details in the service log)"
-_SECRET_QUERY = re.compile(r"token|key|secret|passw|passphrase|streamid|auth|sig|credential", re.I)
 
 
 class StreamStatus(enum.Enum):
@@ -83,7 +80,7 @@ class StreamState:
 
     @property
     def safe_url(self) -> str:
-        return safe_url(self.url)
+        return mask_url(self.url)
 
     def __repr__(self) -> str:
         return (
@@ -96,7 +93,7 @@ def stream_format(url: str) -> str:
     """The container a URL is streamed in; ValueError for a scheme that cannot be streamed here."""
     scheme = url.partition("://")[0].lower()
     if scheme not in STREAM_FORMATS:
-        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {safe_url(url)}")
+        raise ValueError(f"unsupported stream URL scheme {scheme!r} in {mask_url(url)}")
     if scheme == "srt" and not srt.available():
         raise ValueError(
             "SRT streaming needs libsrt (Debian package libsrt1.5-gnutls): "
@@ -105,44 +102,9 @@ def stream_format(url: str) -> str:
     return STREAM_FORMATS[scheme]
 
 
-def safe_url(url: str) -> str:
-    """`url` fit for logs and errors: stream key, password and secret query values masked.
-
-    The same masking as the egress layer's request redaction; stages cannot
-    import that layer, so this small copy of the rule lives here.
-    """
-    try:
-        parts = urlsplit(url)
-        query = parse_qsl(parts.query, keep_blank_values=True)
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "{...}"
-    userinfo = "{...}@" if "@" in parts.netloc else ""
-    path = parts.path
-    if parts.scheme.lower() in ("rtmp", "rtmps"):
-        head, sep, key = path.rpartition("/")
-        if sep and head and key:
-            path = f"{head}/{_mask(key)}"
-    masked = "&".join(
-        f"{name}={_mask(value) if _SECRET_QUERY.search(name) else value}" for name, value in query
-    )
-    return f"{parts.scheme}://{userinfo}{parts.hostname or ''}{port}{path}" + (
-        f"?{masked}" if masked else ""
-    )
-
-
-def _mask(value: str) -> str:
-    if not value:
-        return value
-    return "{" + value[:2] + "..." + value[-2:] + "}" if len(value) >= 8 else "{...}"
-
-
 def _describe(exc: BaseException, url: str) -> str:
-    """An error message with the URL (FFmpeg quotes it) replaced by its safe form."""
-    text = str(exc) or type(exc).__name__
-    text = text.replace(url, safe_url(url))
-    key = urlsplit(url).path.rpartition("/")[2]
-    return text.replace(key, _mask(key)) if len(key) >= 4 else text
+    """An error message with the URL (FFmpeg quotes it) and its secret parts masked."""
+    return scrub(str(exc) or type(exc).__name__, url_secrets(url))
 
 
 _STOP = object()
@@ -257,7 +219,7 @@ class _UrlWriter:
                     failures += 1
                     if failures > len(self.retry.delays):
                         log.warning(
-                            "stream %s failed: %s", safe_url(self.url), _describe(exc, self.url)
+                            "stream %s failed: %s", mask_url(self.url), _describe(exc, self.url)
                         )
                         self.finish(StreamStatus.FAILED, STREAM_FAILED)
                         return
@@ -272,7 +234,7 @@ class _UrlWriter:
             self._drop_connection()
             self.finish(StreamStatus.FINISHED, self.state.error)
         except Exception:  # a bug must not kill the thread silently
-            log.exception("stream writer for %s failed", safe_url(self.url))
+            log.exception("stream writer for %s failed", mask_url(self.url))
             self.finish(StreamStatus.FAILED, STREAM_FAILED)
         finally:
             self._drop_connection()
@@ -337,13 +299,13 @@ class _UrlWriter:
             try:
                 container.close()
             except Exception as exc:  # the peer is gone; nothing left to flush
-                log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
+                log.debug("closing stream %s: %s", mask_url(self.url), _describe(exc, self.url))
         caller, self._srt = self._srt, None
         if caller is not None:
             try:
                 caller.finish()
             except OSError as exc:
-                log.debug("closing stream %s: %s", safe_url(self.url), _describe(exc, self.url))
+                log.debug("closing stream %s: %s", mask_url(self.url), _describe(exc, self.url))
 
     def abort(self) -> None:
         """Unblock a writer stuck on a hung destination, where that is possible (SRT)."""
@@ -449,7 +411,7 @@ class StreamSink(Stage):
         """Start streaming to one more URL (at the next key frame); ValueError if already there."""
         current = self._writers.get(url)
         if current is not None and current.state.status is StreamStatus.ACTIVE:
-            raise ValueError(f"already streaming to {safe_url(url)}")
+            raise ValueError(f"already streaming to {mask_url(url)}")
         writer = _UrlWriter(
             url, self.encoders, self.retry, self.queue_packets, self._on_state, self.network
         )
@@ -467,7 +429,7 @@ class StreamSink(Stage):
         """Stop streaming to `url` (bounded by `close_timeout`); KeyError if it is not streamed."""
         writer = self._writers.get(url)
         if writer is None:
-            raise KeyError(f"not streaming to {safe_url(url)}")
+            raise KeyError(f"not streaming to {mask_url(url)}")
         return await self._stop_writer(writer)
 
     @property

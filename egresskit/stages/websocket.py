@@ -15,8 +15,8 @@ import logging
 
 import aiohttp
 import av
-from yarl import URL
 
+from egresskit.masking import mask_url
 from egresskit.netpolicy import NetworkPolicy, PolicyResolver
 from egresskit.pipeline import Stage
 from egresskit.stages.media import TrackMuteChanged
@@ -32,12 +32,6 @@ SEND_TIMEOUT_S = 10.0
 
 class WebsocketError(Exception):
     """The websocket could not be opened, or it closed while audio was being sent."""
-
-
-def redacted_url(url: str) -> str:
-    """The URL without credentials, query or fragment, where tokens usually travel."""
-    parsed = URL(url)
-    return str(parsed.with_user(None).with_query(None).with_fragment(None))
 
 
 class WebsocketAudioSink(Stage):
@@ -59,7 +53,7 @@ class WebsocketAudioSink(Stage):
         self.network = network
         self.input = self.add_input("input")
         self.events = self.add_input("events")
-        self._where = redacted_url(url)
+        self._where = mask_url(url)
         self._resampler: av.AudioResampler | None = None
         self._closing = False
         self.messages_sent = 0

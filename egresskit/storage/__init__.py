@@ -10,7 +10,7 @@ multipart uploads, object tagging and user metadata, can enforce credentials whe
 and starts in about a second, so fault tests can stop and restart it freely.
 """
 
-from egresskit.storage.base import Storage, config_to_dict, scrub
+from egresskit.storage.base import Storage, config_to_dict
 from egresskit.storage.registry import (
     Registry,
     StorageNotInstalled,
@@ -31,7 +31,6 @@ __all__ = [
     "config_to_dict",
     "get_backend",
     "open_storage",
-    "scrub",
     "storage_for_output",
     "storage_from_spec",
     "upload_with_retry",

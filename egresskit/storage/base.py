@@ -1,4 +1,4 @@
-"""The contract every storage backend fulfils, and the helpers that keep secrets out of sight.
+"""The contract every storage backend fulfils (secrets are masked by `egresskit.masking`).
 
 A backend is built from one config convention, ``Backend.from_config(cfg)``, where ``cfg``
 is either the LiveKit protocol message for that backend (``S3Upload``, ``GCPUpload``,
@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import abc
 import ipaddress
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -21,24 +20,8 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
+from egresskit.masking import config_secrets, mask_config
 from egresskit.netpolicy import NetworkPolicy
-
-REDACTED = "<redacted>"
-
-# Config keys whose values are credentials, in any backend's config.
-SECRET_KEYS = frozenset(
-    {"access_key", "secret", "session_token", "account_key", "credentials", "password"}
-)
-
-# Shapes of credentials that may surface in a library's exception text even when the
-# exact configured value does not (signatures, PEM keys, shared-key headers).
-_SECRET_PATTERNS = (
-    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", re.S),
-    re.compile(r"(Signature=)[0-9a-fA-F]+"),
-    re.compile(r"(SharedKey [^:\s]+:)\S+"),
-    re.compile(r"(AccountKey=)[^;\s]+"),
-    re.compile(r'("private_key(?:_id)?"\s*:\s*")[^"]*'),
-)
 
 
 def config_to_dict(cfg: Mapping[str, Any] | Message | None) -> dict[str, Any]:
@@ -48,43 +31,6 @@ def config_to_dict(cfg: Mapping[str, Any] | Message | None) -> dict[str, Any]:
     if isinstance(cfg, Message):
         return MessageToDict(cfg, preserving_proto_field_name=True)
     return dict(cfg)
-
-
-def redact_config(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of a config with every credential value replaced, nested mappings included."""
-    out: dict[str, Any] = {}
-    for key, value in cfg.items():
-        if isinstance(value, Mapping):
-            out[key] = redact_config(value)
-        elif key in SECRET_KEYS and value:
-            out[key] = REDACTED
-        else:
-            out[key] = value
-    return out
-
-
-def secret_values(cfg: Mapping[str, Any]) -> list[str]:
-    """Every credential string in a config, nested mappings included."""
-    found: list[str] = []
-    for key, value in cfg.items():
-        if isinstance(value, Mapping):
-            found.extend(secret_values(value))
-        elif key in SECRET_KEYS and isinstance(value, str) and value:
-            found.append(value)
-    return found
-
-
-def scrub(text: str, secrets: Iterable[str] = ()) -> str:
-    """Remove known secret values and credential-shaped substrings from ``text``."""
-    for secret in sorted(set(secrets), key=len, reverse=True):
-        if len(secret) >= 4:
-            text = text.replace(secret, REDACTED)
-    for pattern in _SECRET_PATTERNS:
-        text = pattern.sub(
-            lambda m: (m.group(1) if m.groups() else "") + REDACTED,
-            text,
-        )
-    return text
 
 
 @dataclass(frozen=True)
@@ -161,11 +107,11 @@ class Storage(abc.ABC):
 
     def redacted(self) -> dict[str, Any]:
         """The effective config with every credential replaced: safe to log or echo."""
-        return redact_config(self.config())
+        return mask_config(self.config())
 
     def secret_values(self) -> list[str]:
         """Credential strings this backend holds, for scrubbing error text."""
-        return secret_values(self.config())
+        return config_secrets(self.config())
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.redacted()!r})"

@@ -28,7 +28,8 @@ from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 import aiohttp
 from google.protobuf.message import Message
 
-from egresskit.storage.base import REDACTED, Storage, config_to_dict
+from egresskit.masking import mask_url, named
+from egresskit.storage.base import Storage, config_to_dict
 
 KEY_FIELD = "{key}"
 DEFAULT_TIMEOUT_S = 60.0
@@ -106,15 +107,10 @@ class HttpStorage(Storage):
         return {"url": self.url, "headers": dict(self.headers), "timeout": self.timeout}
 
     def redacted(self) -> dict[str, Any]:
-        """Header values and the URL's password and query values replaced."""
-        parts = urlsplit(self.url)
-        netloc = parts.netloc
-        if parts.password:
-            netloc = netloc.replace(f":{parts.password}@", f":{REDACTED}@")
-        query = "&".join(f"{name}={REDACTED}" for name, _ in parse_qsl(parts.query))
+        """Header values and the URL's password and query values masked."""
         return {
-            "url": urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)),
-            "headers": {name: REDACTED for name in self.headers},
+            "url": mask_url(self.url, every_query_value=True),
+            "headers": {name: named(name) for name in self.headers},
             "timeout": self.timeout,
         }
 

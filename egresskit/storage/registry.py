@@ -33,13 +33,8 @@ PLUGIN_PACKAGES: dict[str, str] = {
     "alioss": "egresskit-alioss",
 }
 
-# Request fields (on outputs and StorageConfig) in precedence order, with backend names.
-_REQUEST_FIELDS: tuple[tuple[str, str], ...] = (
-    ("s3", "s3"),
-    ("gcp", "gcp"),
-    ("azure", "azure"),
-    ("aliOSS", "alioss"),
-)
+# Fields naming an upload message, on outputs and StorageConfig.
+_UPLOAD_FIELDS = ("s3", "gcp", "azure", "aliOSS")
 
 # The upload messages themselves, as validated requests carry them.
 _MESSAGE_BACKENDS: dict[str, str] = {
@@ -125,20 +120,28 @@ class Registry:
 
     def storage_for_output(
         self,
-        output: Message,
+        output: Message | None,
         request_storage: Message | None = None,
         default: Mapping[str, Any] | None = None,
+        *,
+        network: NetworkPolicy | None = None,
     ) -> Storage | None:
-        """Choose where one output uploads.
+        """Choose where one output uploads: the one home of the storage precedence rule.
 
         Per-output ``s3``/``gcp``/``azure``/``aliOSS`` (or ``Output.storage`` of StartEgress)
         wins, then StartEgress's request-level ``storage``, then the server's default
         (``{"s3": {...}}`` from YAML). ``None`` means the file stays under --output-dir.
+        `output` and `request_storage` may also be upload messages themselves (``S3Upload``...),
+        as validated requests carry them. With `network`, storage the request names is a
+        caller's: it must bring its own credentials and may reach only what `network` allows
+        (the server's default is the operator's and is not checked).
         """
         for candidate in (output, _field(output, "storage"), request_storage):
-            chosen = self._from_message(candidate)
-            if chosen is not None:
-                return chosen
+            upload = self._upload_in(candidate)
+            if upload is not None:
+                if network is not None:
+                    return self.from_request_upload(upload, network)
+                return self.from_upload(upload)
         if default:
             return self.from_spec(default)
         return None
@@ -167,13 +170,14 @@ class Registry:
             raise ValueError(f"not a storage upload message: {upload.DESCRIPTOR.name}")
         return name
 
-    def _from_message(self, msg: Message | None) -> Storage | None:
-        if msg is None:
-            return None
-        for field_name, backend in _REQUEST_FIELDS:
+    def _upload_in(self, msg: Message | None) -> Message | None:
+        """The upload message `msg` is or names (an output's, or a StorageConfig's provider)."""
+        if msg is None or msg.DESCRIPTOR.name in _MESSAGE_BACKENDS:
+            return msg
+        for field_name in _UPLOAD_FIELDS:
             sub = _field(msg, field_name)
             if sub is not None:
-                return self.open(backend, sub)
+                return sub
         return None
 
 
@@ -195,16 +199,8 @@ def open_storage(name: str, cfg: Mapping[str, Any] | Message) -> Storage:
     return default_registry.open(name, cfg)
 
 
-def storage_from_upload(upload: Message) -> Storage:
-    return default_registry.from_upload(upload)
-
-
 def check_request_upload(upload: Message) -> None:
     default_registry.check_request_upload(upload)
-
-
-def storage_from_request(upload: Message, network: NetworkPolicy) -> Storage:
-    return default_registry.from_request_upload(upload, network)
 
 
 def storage_from_spec(spec: Mapping[str, Any]) -> Storage:
@@ -212,8 +208,10 @@ def storage_from_spec(spec: Mapping[str, Any]) -> Storage:
 
 
 def storage_for_output(
-    output: Message,
+    output: Message | None,
     request_storage: Message | None = None,
     default: Mapping[str, Any] | None = None,
+    *,
+    network: NetworkPolicy | None = None,
 ) -> Storage | None:
-    return default_registry.storage_for_output(output, request_storage, default)
+    return default_registry.storage_for_output(output, request_storage, default, network=network)

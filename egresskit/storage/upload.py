@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from egresskit.storage.base import Storage, scrub
+from egresskit.masking import scrub
+from egresskit.storage.base import Storage
 
 log = logging.getLogger(__name__)
 
