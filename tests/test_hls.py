@@ -21,6 +21,7 @@ from egresskit.egress.graphs import SegmentsOutput, segmenter
 from egresskit.egress.planner import plan
 from egresskit.egress.validation import validate
 from egresskit.stages.encoder import AudioEncoder, VideoEncoding
+from egresskit.stages.hls import SegmentClosed
 from egresskit.storage.paths import PathEscapesRoot
 
 
@@ -91,8 +92,8 @@ async def record(room, outputs, seconds: float, name: str):
     closed_while_running: list[str] = []
     graph.bus.subscribe(
         lambda m: (
-            closed_while_running.append(m.data["filename"])
-            if m.kind == "segment_closed" and graph.state is GraphState.RUNNING
+            closed_while_running.append(m.segment.filename)
+            if isinstance(m, SegmentClosed) and graph.state is GraphState.RUNNING
             else None
         )
     )

@@ -16,6 +16,7 @@ from publishers import SyntheticVideoTrack, colors_close
 from egresskit import FileOutput, GraphState, composite_graph
 from egresskit.egress.graphs import ImageOutput
 from egresskit.egress.manager import EgressManager
+from egresskit.stages.snapshot import ImageWritten
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 # 320x180 images of the 1280x720 composite: regions inside the tiles, scaled by 1/4
@@ -41,7 +42,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
     ]  # the MP4 shows what the composite was at every moment
     graph, stages = composite_graph(room, outputs, audio=None, name="snaps")
     written = []
-    graph.bus.subscribe(lambda m: written.append(m.data) if m.kind == "image_written" else None)
+    graph.bus.subscribe(lambda e: written.append(e.image) if isinstance(e, ImageWritten) else None)
     await graph.start()
     await graph.clock.sleep_until(BLUE_JOINS_AT)
     await room.publish(SyntheticVideoTrack(BLUE), identity="bob")
@@ -52,7 +53,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
     assert len(snapshots) in (3, 4), snapshots
     files = sorted((tmp_path / "thumbs").iterdir())
     assert [f.name for f in files] == [f"snap_{i:05d}.jpeg" for i in range(len(snapshots))]
-    assert {w["path"] for w in written} >= {str(s.path) for s in snapshots}
+    assert {w.path for w in written} >= {s.path for s in snapshots}
     for snapshot in snapshots:
         with Image.open(snapshot.path) as jpeg:
             assert jpeg.format == "JPEG" and jpeg.size == (320, 180)

@@ -30,7 +30,7 @@ from publishers import (
 )
 
 from egresskit.egress.track_graphs import SourceNotFound, TrackDescription, track_graph
-from egresskit.pipeline import GraphState
+from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.encoded import h264_nal_types, is_keyframe
 from egresskit.stages.passthrough import RtpTimeline, opus_samples
@@ -179,7 +179,7 @@ async def test_h264_is_recorded_byte_for_byte_without_a_decoder(
     await until(lambda: stages.source.frames_in >= len(source_packets) - 1, "every packet")
     await session.close()  # unpublished: the graph ends by itself
     assert await graph.wait(WAIT_S) is GraphState.COMPLETE, graph.error
-    assert any(m.kind == "source_closed" for m in messages)
+    assert any(isinstance(m, SourceClosed) for m in messages)
 
     info = ffprobe(tmp_path / "track.mp4")
     video = stream(info, "video")

@@ -9,7 +9,7 @@
 
 Each graph ends by itself, COMPLETE, when what it follows is gone (the
 track unpublished, the participant left), and posts `source_closed` on its
-bus first, saying why.
+bus first (`SourceClosed`), saying why.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from livekit.protocol import models
 from egresskit.egress import naming
 from egresskit.egress.graphs import CompositeStages, composite_graph
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import EOS, Graph, LinkPolicy, Stage
+from egresskit.pipeline import EOS, Graph, LinkPolicy, SourceClosed, Stage
 from egresskit.rooms.events import ParticipantLeft, TrackUnpublished
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.stages.encoder import AudioEncoding, VideoEncoding
@@ -108,7 +108,7 @@ class SourceWatch(Stage):
     """Ends its graph (drained, COMPLETE) once the followed participant or tracks are gone.
 
     Follows a participant by identity, or a set of track ids (the graph
-    ends when none of them is published any more). Posts `source_closed`
+    ends when none of them is published any more). Posts `SourceClosed`
     with the reason before stopping the graph.
     """
 
@@ -147,12 +147,7 @@ class SourceWatch(Stage):
                     reason = self._gone()
         finally:
             self.room.unsubscribe_events(events)
-        self.post(
-            "source_closed",
-            reason=reason,
-            identity=self.identity or "",
-            track_sids=sorted(self.track_sids),
-        )
+        self.post(SourceClosed(self, reason))
         assert self.graph is not None
         # Kept so the task is not collected; it outlives this stage, which it also waits for.
         self._stopper = asyncio.create_task(self.graph.stop())

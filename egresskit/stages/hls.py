@@ -24,7 +24,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, Stage, StageEvent
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
 from egresskit.stages.muxer import private_packet
@@ -57,6 +57,29 @@ class Segment:
     @property
     def filename(self) -> str:
         return self.path.name
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SegmentClosed(StageEvent):
+    """A segment file is complete: it can be uploaded."""
+
+    segment: Segment
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InitSegmentWritten(StageEvent):
+    """fMP4's initialization section (EXT-X-MAP) is on disk: it goes out as a segment."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlaylistUpdated(StageEvent):
+    """A playlist was rewritten; `ended` once it has ENDLIST (the last rewrite)."""
+
+    path: Path
+    live: bool
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,9 +190,8 @@ class HlsSegmenter(Stage):
     end, so the video encoder's key frame interval must equal the segment
     duration for segments of exactly that length (composite_graph sets it);
     every segment then starts with a key frame. Audio-only segments are cut
-    on audio packets. Each closed segment is posted as `segment_closed`
-    (path, filename, index, start, duration, size, started_at) and each
-    playlist rewrite as `playlist_updated` (path, live, ended); ENDLIST is
+    on audio packets. Each closed segment is posted as `SegmentClosed`
+    and each playlist rewrite as `PlaylistUpdated`; ENDLIST is
     written on end of stream. After a pause (Graph.resume) a segment is cut
     at the first key frame of the resumed recording and starts with
     `#EXT-X-DISCONTINUITY`: its timestamps continue, but the picture and
@@ -299,16 +321,7 @@ class HlsSegmenter(Stage):
             index, path, start_s, max(0.0, end_s - start_s), wall_ns, size, self._discontinuity
         )
         self.segments.append(segment)
-        self.post(
-            "segment_closed",
-            path=str(path),
-            filename=segment.filename,
-            index=index,
-            start=start_s,
-            duration=segment.duration_s,
-            size=size,
-            started_at=wall_ns,
-        )
+        self.post(SegmentClosed(self, segment))
         await self._write_playlists(ended=ended)
 
     async def _write_playlists(self, *, ended: bool) -> None:
@@ -317,7 +330,7 @@ class HlsSegmenter(Stage):
             segments, self.segment_duration, self.playlist.parent, ended=ended, init=self.init
         )
         await self.offload(_write_playlist, self.playlist, event)
-        self.post("playlist_updated", path=str(self.playlist), live=False, ended=ended)
+        self.post(PlaylistUpdated(self, self.playlist, live=False, ended=ended))
         if self.live_playlist is not None:
             live = render_live_playlist(
                 segments,
@@ -328,7 +341,7 @@ class HlsSegmenter(Stage):
                 init=self.init,
             )
             await self.offload(_write_playlist, self.live_playlist, live)
-            self.post("playlist_updated", path=str(self.live_playlist), live=True, ended=ended)
+            self.post(PlaylistUpdated(self, self.live_playlist, live=True, ended=ended))
 
     async def cleanup(self) -> None:
         if self._container is not None:
@@ -421,7 +434,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
     (`FragmentSplitter`); a segment is the fragments from a cut key frame to
     the next cut, so fragment n starts at the n-th key frame muxed. The
     initialization section `init_name` is written first and posted as
-    `segment_init`; playlists name it in EXT-X-MAP. Needs video.
+    `InitSegmentWritten`; playlists name it in EXT-X-MAP. Needs video.
     """
 
     def __init__(self, encoders: Sequence[_Encoder], *args, init_name: str, **kwargs) -> None:
@@ -489,7 +502,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         if self.init is None and self._splitter.fragments:
             await self.offload(_write_init, self._init_path, bytes(self._splitter.header))
             self.init = self._init_path
-            self.post("segment_init", path=str(self._init_path))
+            self.post(InitSegmentWritten(self, self._init_path))
         for fragment in self._splitter.take():
             starts_segment, resumed, start_s = self._keyframes.popleft()
             if starts_segment:

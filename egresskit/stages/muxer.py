@@ -6,6 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
@@ -14,7 +15,7 @@ import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, FirstMedia, Stage, StageEvent
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import PLAYOUT_DELAY_S, EncodedPacket
 from egresskit.storage.paths import temporary_beside
@@ -34,6 +35,14 @@ MP4_OPTIONS = {
 }
 # The same file rewritten with its index (moov) first; timestamps as they are.
 FASTSTART_OPTIONS = {"movflags": "+faststart+use_metadata_tags", "avoid_negative_ts": "disabled"}
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FileClosed(StageEvent):
+    """A writer closed its file: it is complete on disk."""
+
+    path: Path
+    size: int
 
 
 def creation_time(wall_ns: int) -> str:
@@ -65,7 +74,7 @@ def private_packet(
 
 class FileWriter(Stage):
     """What every stage that writes one media file shares: the path, the
-    written-media bookkeeping, `first_media` / `file_closed` on the bus, and a
+    written-media bookkeeping, `FirstMedia` / `FileClosed` on the bus, and a
     container that is always closed in cleanup, also when the graph fails or
     is cancelled, so what reached the writer is never lost.
     """
@@ -106,11 +115,11 @@ class FileWriter(Stage):
             self.first_pts_s = seconds
             start = max(0.0, seconds)  # nothing plays before time 0 (priming is edited out)
             self._first_media_at_ns = self.clock.wall_ns(start - self.capture_delay_s)
-            self.post("first_media", path=str(self.path))
+            self.post(FirstMedia(self))
 
     async def _finish(self) -> None:
         await self.offload(self._close)
-        self.post("file_closed", path=str(self.path), size=self.size)
+        self.post(FileClosed(self, self.path, self.size))
 
     async def cleanup(self) -> None:
         if self._container is not None:
@@ -207,7 +216,7 @@ class Mp4Muxer(FileMuxer):
     async def _finish(self) -> None:
         if self.faststart and self.packets_written:
             await self.offload(self._close_with_index_first)
-            self.post("file_closed", path=str(self.path), size=self.size)
+            self.post(FileClosed(self, self.path, self.size))
         else:
             await super()._finish()
 

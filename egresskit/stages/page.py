@@ -14,9 +14,9 @@ lasts as long as wall time. Both feed the same encoders as a composite's
 compositor and mixer.
 
 Recording starts when the page has loaded, or with `await_start_signal`
-when it logs START_RECORDING. END_RECORDING posts `source_closed` (the
+when it logs START_RECORDING. END_RECORDING posts `SourceClosed` (the
 egress ends COMPLETE); a page that fails to load, crashes, never signals
-or whose browser exits posts `source_failed` with the reason, and the
+or whose browser exits posts `SourceFailed` with the reason, and the
 stage ends its streams, so what was recorded is finalized and plays.
 """
 
@@ -27,12 +27,13 @@ import contextlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
-from egresskit.pipeline import Stage
+from egresskit.pipeline import SourceClosed, SourceFailed, Stage, StageEvent
 from egresskit.web.audio import BYTES_PER_SAMPLE, CHANNELS, SAMPLE_RATE
 from egresskit.web.browser import PageBrowser, PageFailed
 
@@ -46,6 +47,13 @@ AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
 AUDIO_MAX_LAG_S = 0.3
 START_SIGNAL_TIMEOUT_S = 30.0
 LAYOUT_EVENT = "egresskit:layout"  # UpdateLayout, dispatched on the page's window
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RecordingStarted(StageEvent):
+    """The page's first picture is on the frame grid: the recording has begun."""
+
+    waited_s: float  # from the start of the stage
 
 
 class PageSource(Stage):
@@ -98,7 +106,7 @@ class PageSource(Stage):
             if self.await_start_signal:
                 await self._await_start()
         except PageFailed as exc:
-            self.post("source_failed", error=f"web page {self.url}: {exc}")
+            self.post(SourceFailed(self, f"web page {self.url}: {exc}"))
             return
         if self.stopping.is_set():
             return
@@ -115,9 +123,9 @@ class PageSource(Stage):
             self._halt.set()
             results = await asyncio.gather(*captures, return_exceptions=True)
         if reason == "end":
-            self.post("source_closed", reason="the page logged END_RECORDING")
+            self.post(SourceClosed(self, "the page logged END_RECORDING"))
         elif reason == "failed":
-            self.post("source_failed", error=f"web page {self.url}: {self.browser.error}")
+            self.post(SourceFailed(self, f"web page {self.url}: {self.browser.error}"))
         for result in results:
             if isinstance(result, BaseException) and not isinstance(result, asyncio.CancelledError):
                 raise result
@@ -255,7 +263,7 @@ class PageSource(Stage):
     def _begin(self, began: float) -> None:
         """The recording's first moment (in the loop thread): the egress is ACTIVE from here."""
         self._origin.set()
-        self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
+        self.post(RecordingStarted(self, round(time.monotonic() - began, 3)))
 
     async def _record_audio(self, began: float) -> None:
         sink = self.browser.sink

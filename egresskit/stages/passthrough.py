@@ -15,7 +15,7 @@ import av
 from av.stream import Stream
 from livekit.protocol import models
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, SourceClosed, Stage
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
 from egresskit.stages.media import EncodedPacket
@@ -91,7 +91,7 @@ class EncodedTrackSource(Stage):
     the graph time it arrived at; every later one keeps its RTP distance
     from it, so a pause in sending stays a pause in the file. A packet is
     sent once the next one arrives, which gives it its exact duration.
-    Posts `source_closed` when the track is unpublished, which ends the
+    Posts `SourceClosed` when the track is unpublished, which ends the
     graph by itself. Timed by the track's RTP clock, it cannot pause.
     """
 
@@ -127,7 +127,7 @@ class EncodedTrackSource(Stage):
         finally:
             self.track.unsubscribe_encoded(self._link)
         if not self.stopping.is_set():
-            self.post("source_closed", reason="track unpublished", track_sid=self.track.sid)
+            self.post(SourceClosed(self, "track unpublished"))
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -185,7 +185,7 @@ class PassthroughFileWriter(FileWriter):
     Opening late lets the container take the picture size from the first
     key frame (read by FFmpeg's parser; nothing is decoded). The file is
     always closed in cleanup, so what arrived is kept also when the graph
-    fails or is cancelled. Posts `first_media` and `file_closed` like the
+    fails or is cancelled. Posts `FirstMedia` and `FileClosed` like the
     other file muxers.
     """
 

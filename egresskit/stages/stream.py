@@ -28,7 +28,7 @@ from av.container import OutputContainer
 from av.stream import Stream
 
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, Stage, StageEvent
 from egresskit.stages import srt
 from egresskit.stages.encoder import _Encoder
 from egresskit.stages.media import EncodedPacket
@@ -90,6 +90,13 @@ class StreamState:
             f"StreamState({self.safe_url}, {self.status.value}, retries={self.retries}, "
             f"dropped={self.dropped_packets}, error={self.error!r})"
         )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamStateChanged(StageEvent):
+    """One URL's stream changed (connected, retrying, finished, failed)."""
+
+    state: StreamState
 
 
 def stream_format(url: str) -> str:
@@ -410,8 +417,7 @@ class _UrlWriter:
 class StreamSink(Stage):
     """Streams the encoders' packets to every URL; `add_url`/`remove_url` while running.
 
-    Posts `stream_state` (url as safe_url, status, state) on every change of
-    a URL. It never fails the graph because of a destination: a URL that
+    Posts `StreamStateChanged` on every change of a URL. It never fails the graph because of a destination: a URL that
     cannot be reached ends FAILED and the other outputs go on. On end of
     stream every writer gets `close_timeout` seconds to flush and close.
     """
@@ -515,7 +521,7 @@ class StreamSink(Stage):
             writer.request_stop()  # cancelled graph: threads finish on their own
 
     def _on_state(self, state: StreamState) -> None:
-        self.post("stream_state", url=state.safe_url, status=state.status.value, state=state)
+        self.post(StreamStateChanged(self, state))
 
     def stats(self) -> dict[str, Any]:
         return {

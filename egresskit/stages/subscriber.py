@@ -6,10 +6,11 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from livekit.protocol import models
 
-from egresskit.pipeline import EOS, Link, LinkPolicy, Stage
+from egresskit.pipeline import EOS, Link, LinkPolicy, Stage, StageEvent
 from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
@@ -38,6 +39,29 @@ VIDEO_TRACK_QUEUE = 2
 AUDIO_TRACK_QUEUE = 50
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ParticipantArrived(StageEvent):
+    identity: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ParticipantDeparted(StageEvent):
+    identity: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RoomEmpty(StageEvent):
+    """The last participant left the room: a room composite ends."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrackSubscribed(StageEvent):
+    track_sid: str
+    media: str  # "video" | "audio"
+
+
 def track_info(track: LocalTrack) -> TrackInfo:
     return TrackInfo(
         sid=track.sid,
@@ -57,7 +81,7 @@ class RoomSubscriber(Stage):
     TrackMuteChanged / TrackEnded items. Drops happen per track at the
     subscription (leaky), never on the way to the compositor or mixer, so
     control items are never lost. Room changes are posted on the bus
-    (`participant_joined`, `participant_left`, `room_empty`).
+    (`ParticipantArrived`, `ParticipantDeparted`, `RoomEmpty`).
 
     Output `roster` carries TrackStarted / TrackMuteChanged / TrackEnded,
     without frames, for every track the filter admits, audio and video,
@@ -132,11 +156,11 @@ class RoomSubscriber(Stage):
         elif isinstance(event, SpeakersChanged):
             await self.roster.send(SpeakersAnnounced(event.speakers))
         elif isinstance(event, ParticipantJoined):
-            self.post("participant_joined", identity=event.participant.identity)
+            self.post(ParticipantArrived(self, event.participant.identity))
         elif isinstance(event, ParticipantLeft):
-            self.post("participant_left", identity=event.participant.identity)
+            self.post(ParticipantDeparted(self, event.participant.identity))
             if self.room.empty:
-                self.post("room_empty", room=self.room.name)
+                self.post(RoomEmpty(self, self.room.name))
 
     async def _announce(self, track: LocalTrack) -> None:
         if track.sid in self._announced:
@@ -167,7 +191,7 @@ class RoomSubscriber(Stage):
         if track.muted:
             await port.send(TrackMuteChanged(info, True))
         self._pumps[track.sid] = asyncio.create_task(self._pump(track, info, link, port))
-        self.post("track_subscribed", track_sid=track.sid, media="video" if video else "audio")
+        self.post(TrackSubscribed(self, track.sid, "video" if video else "audio"))
 
     async def _pump(self, track: LocalTrack, info: TrackInfo, link: Link, port) -> None:
         async for frame in link:

@@ -18,7 +18,7 @@ import av
 from yarl import URL
 
 from egresskit.netpolicy import NetworkPolicy, PolicyResolver
-from egresskit.pipeline import Stage
+from egresskit.pipeline import FirstMedia, Stage
 from egresskit.stages.media import TrackMuteChanged
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,7 @@ class WebsocketAudioSink(Stage):
         async for frame in self.input:
             await self._send(ws, self._pcm(frame))
             if self.messages_sent == 1:
-                self.post("first_media", url=self._where)
+                self.post(FirstMedia(self))
 
     def _pcm(self, frame: av.AudioFrame) -> bytes:
         if (
