@@ -49,7 +49,7 @@ def record_graph(room: LocalRoom, out: Path) -> Graph:
     compositor = graph.add(VideoCompositor(1280, 720, fps=30))
     mixer = graph.add(AudioMixer())
     video, audio = graph.add(VideoEncoder()), graph.add(AudioEncoder())
-    mp4 = graph.add(Mp4Muxer(out, [video, audio]))
+    mp4 = graph.add(Mp4Muxer(out))
     graph.link(subscriber.video, compositor.input, maxsize=64)  # frames and track changes
     graph.link(subscriber.roster, compositor.roster, maxsize=64)  # who is in the room
     graph.link(subscriber.audio, mixer.input, maxsize=64)

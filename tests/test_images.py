@@ -49,7 +49,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
     await graph.clock.sleep_until(7.0)
     assert await graph.stop() is GraphState.COMPLETE, graph.error
 
-    snapshots = stages.snapshotters[0].images
+    snapshots = stages.outputs.images[outputs[1]].images
     assert len(snapshots) in (3, 4), snapshots
     files = sorted((tmp_path / "thumbs").iterdir())
     assert [f.name for f in files] == [f"snap_{i:05d}.jpeg" for i in range(len(snapshots))]
@@ -72,7 +72,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
             assert colors_close(region_color(image, *TILE_RIGHT), BLUE), when
 
     # NONE_OVERWRITE keeps one file, the newest snapshot, at the composite's own size
-    latest = stages.snapshotters[1]
+    latest = stages.outputs.images[outputs[2]]
     assert len(latest.images) == len(snapshots)
     assert {s.path for s in latest.images} == {tmp_path / "latest.jpeg"}
     with Image.open(tmp_path / "latest.jpeg") as jpeg:

@@ -263,7 +263,7 @@ async def test_browser_vp8_and_opus_become_webm_and_ogg(
             assert await graph.stop() is GraphState.COMPLETE, graph.error
 
     for (_, stages), wall, kind in zip(runs, walls, ("video", "audio"), strict=True):
-        path = stages.muxers[0].path
+        path = stages.writer.path
         info = ffprobe(path)
         assert stream(info, kind)["codec_name"] == ("vp8" if kind == "video" else "opus")
         end, count, first_key = media_end_s(path, kind)

@@ -307,7 +307,7 @@ def _plan_track(
         relative,
         namer.storage(spec.file.storage),
         spec.file.disable_manifest,
-        stages.muxers[0],
+        stages.writer,
     )
     return Plan(graph=graph, room=room, files=[planned], track=stages.track)
 
@@ -325,19 +325,18 @@ def _plan_encoded(
     identifier, fields = _identifier(spec, room)
     namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec.network)
     outputs: list[Output] = []
-    files: list[PlannedFile] = []
+    files: dict[FileOutput, PlannedFile] = {}
     # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
-    segment_targets: list[tuple[str, Path, Storage | None, bool]] = []
-    image_targets: list[tuple[str, Path, Storage | None, bool]] = []
+    segment_targets: dict[SegmentsOutput, tuple[str, Path, Storage | None, bool]] = {}
+    image_targets: dict[ImageOutput, tuple[str, Path, Storage | None, bool]] = {}
     if spec.file is not None:
         extension = naming.file_extension(spec.file.file_type)
         relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
         namer.manifest_beside(local, spec.file.field, spec.file.disable_manifest)
-        outputs.append(FileOutput(local, faststart=spec.faststart))
-        files.append(
-            PlannedFile(
-                local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest
-            )
+        file_output = FileOutput(local, faststart=spec.faststart)
+        outputs.append(file_output)
+        files[file_output] = PlannedFile(
+            local, relative, namer.storage(spec.file.storage), spec.file.disable_manifest
         )
     if spec.segments is not None:
         target = spec.segments
@@ -355,35 +354,33 @@ def _plan_encoded(
             init = naming.init_segment_name(local.name)
             namer.confine(local.parent / init, f"{target.field}.filename_prefix")
         namer.manifest_beside(local, target.field, target.disable_manifest)
-        outputs.append(
-            SegmentsOutput(
-                local,
-                playlist=playlist,
-                live_playlist=live_playlist,
-                segment_duration=float(target.segment_duration_s),
-                suffix=target.suffix,
-                fragmented_mp4=target.fragmented_mp4,
-            )
+        segments_output = SegmentsOutput(
+            local,
+            playlist=playlist,
+            live_playlist=live_playlist,
+            segment_duration=float(target.segment_duration_s),
+            suffix=target.suffix,
+            fragmented_mp4=target.fragmented_mp4,
         )
-        segment_targets.append(
-            (relative, local, namer.storage(target.storage), target.disable_manifest)
+        outputs.append(segments_output)
+        segment_targets[segments_output] = (
+            relative, local, namer.storage(target.storage), target.disable_manifest
         )
     for target in spec.images:
         relative, local = namer.prefix(target.filename_prefix, target.field)
         first = naming.image_name(local.name, target.suffix, 0, when)
         namer.confine(local.parent / first, f"{target.field}.filename_prefix")
         namer.manifest_beside(local, target.field, target.disable_manifest)
-        outputs.append(
-            ImageOutput(
-                local,
-                capture_interval=float(target.capture_interval_s),
-                width=target.width,
-                height=target.height,
-                suffix=target.suffix,
-            )
+        image_output = ImageOutput(
+            local,
+            capture_interval=float(target.capture_interval_s),
+            width=target.width,
+            height=target.height,
+            suffix=target.suffix,
         )
-        image_targets.append(
-            (relative, local, namer.storage(target.storage), target.disable_manifest)
+        outputs.append(image_output)
+        image_targets[image_output] = (
+            relative, local, namer.storage(target.storage), target.disable_manifest
         )
     if spec.stream is not None:
         outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
@@ -428,28 +425,29 @@ def _plan_encoded(
             )
     except ValueError as exc:
         raise NotSupported(str(exc)) from None
-    for planned, writer in zip(files, stages.muxers, strict=True):
-        planned.writer = writer
+    written = stages.outputs
+    for file_output, planned in files.items():
+        planned.writer = written.files[file_output]
     segments = [
-        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
-        for stage, (rel, local, storage, no_manifest) in zip(
-            stages.segmenters, segment_targets, strict=True
+        PlannedDirectory(
+            written.segments[output], local.parent, posixpath.dirname(rel), rel, storage, no_manifest
         )
+        for output, (rel, local, storage, no_manifest) in segment_targets.items()
     ]
     images = [
-        PlannedDirectory(stage, local.parent, posixpath.dirname(rel), rel, storage, no_manifest)
-        for stage, (rel, local, storage, no_manifest) in zip(
-            stages.snapshotters, image_targets, strict=True
+        PlannedDirectory(
+            written.images[output], local.parent, posixpath.dirname(rel), rel, storage, no_manifest
         )
+        for output, (rel, local, storage, no_manifest) in image_targets.items()
     ]
     return Plan(
         graph=graph,
         room=room,
         compositor=stages.compositor,
-        files=files,
+        files=list(files.values()),
         segments=segments,
         images=images,
-        stream=stages.streams[0] if stages.streams else None,
+        stream=written.stream,
         participants=stages.participants
         if spec.kind == "room_composite" and not isinstance(stages, WebStages)
         else None,

@@ -91,7 +91,7 @@ class TrackDescription:
 @dataclass
 class TrackStages:
     source: EncodedTrackSource
-    muxers: list[PassthroughFileWriter]
+    writer: PassthroughFileWriter  # the file at the path track_graph was given
     track: TrackDescription
 
 
@@ -179,7 +179,7 @@ def track_graph(
     source = graph.add(EncodedTrackSource(track))
     writer = graph.add(PassthroughFileWriter(path, track.mime_type, source=source))
     graph.link(source.output, writer.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
-    return graph, TrackStages(source, [writer], TrackDescription.of(track))
+    return graph, TrackStages(source, writer, TrackDescription.of(track))
 
 
 def track_websocket_graph(

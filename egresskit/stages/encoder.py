@@ -6,14 +6,15 @@ import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 from av.video.frame import PictureType
 
-from egresskit.pipeline import EOS, Stage
-from egresskit.stages.media import EncodedPacket
+from egresskit.pipeline import EOS, InputPort, OutputPort, Stage, UpstreamEvent
+from egresskit.stages.media import EncodedItem, EncodedPacket, KeyFrameRequest, StreamHeader
 
 H264_PROFILES = {"baseline": "Constrained Baseline", "main": "Main", "high": "High"}
 VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
@@ -61,14 +62,15 @@ class AudioEncoding:
 
 
 class _Encoder(Stage):
-    """Frames in, EncodedPacket out; codec calls run on the stage's worker thread."""
+    """Frames in; a StreamHeader, then EncodedPackets out. Codec calls run on the stage's
+    worker thread."""
 
     kind = ""
 
     def __init__(self, name: str | None) -> None:
         super().__init__(name)
-        self.input = self.add_input("input")
-        self.output = self.add_output("output")
+        self.input: InputPort[av.VideoFrame | av.AudioFrame] = self.add_input("input")
+        self.output: OutputPort[EncodedItem] = self.add_output("output")
         self.packets_out = 0
         self.bytes_out = 0
         self.context: av.CodecContext
@@ -88,18 +90,27 @@ class _Encoder(Stage):
         ctx.flags |= av.codec.context.Flags.global_header
         return ctx
 
-    def add_stream(self, container: OutputContainer) -> Stream:
-        """Add the stream these packets belong to, to a muxer's container."""
+    def header(self) -> StreamHeader:
+        """What sinks need to add this encoder's stream: sent before the first packet."""
         if self._template is None:
             raise RuntimeError(f"{self.name} has been released: its graph has ended")
-        stream = container.add_stream_from_template(self._template)
-        # The template copy leaves extradata out; without it FLV carries no sequence
-        # headers and OGG no OpusHead, so players drop or refuse the stream.
-        stream.codec_context.extradata = self.context.extradata
-        return stream
+        return StreamHeader(
+            kind=self.kind,
+            codec=self.context.name,
+            template=self._template,
+            extradata=bytes(self.context.extradata or b""),
+            time_base=self._time_base(),
+            **self._header_fields(),
+        )
 
-    def request_keyframe(self) -> None:
-        """Make the next frame a key frame (a new stream destination starts there)."""
+    def _time_base(self) -> Fraction:
+        return Fraction(1, self.context.sample_rate or 1)
+
+    def _header_fields(self) -> dict[str, Any]:
+        return {}
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        """Encoders answer key-frame requests (VideoEncoder) and send nothing further up."""
 
     def release(self) -> None:
         """Free the codec context: an x264 720p context holds ~20 MB, an AAC one the two
@@ -113,6 +124,7 @@ class _Encoder(Stage):
         """Adjust a frame before it is encoded (key frame decisions)."""
 
     async def run(self) -> None:
+        await self.output.send(self.header())
         while (frame := await self.input.recv()) is not EOS:
             self._prepare(frame)
             for packet in await self.offload(self.context.encode, frame):
@@ -189,15 +201,16 @@ class VideoEncoder(_Encoder):
         ctx.open()
         return ctx
 
-    def add_stream(self, container: OutputContainer) -> Stream:
-        stream = super().add_stream(container)
-        # the template copy carries the stream's size from before it was set (640x480)
-        stream.codec_context.width = self.encoding.width
-        stream.codec_context.height = self.encoding.height
-        return stream
+    def _time_base(self) -> Fraction:
+        return self.time_base
 
-    def request_keyframe(self) -> None:
-        self._keyframe_wanted = True
+    def _header_fields(self) -> dict[str, Any]:
+        e = self.encoding
+        return {"width": e.width, "height": e.height, "frame_rate": e.fps}
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        if isinstance(event, KeyFrameRequest):
+            self._keyframe_wanted = True  # the next frame drawn is a key frame
 
     def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
         if self._keyframe_wanted or (frame.pts or 0) % self.gop == 0 or self._resumed(frame):

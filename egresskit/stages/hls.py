@@ -14,19 +14,18 @@ import io
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, Stage, StageEvent
-from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import EncodedPacket
+from egresskit.pipeline import EOS, InputPort, Stage, StageEvent
+from egresskit.stages.media import EncodedInput, EncodedItem, EncodedPacket, StreamHeader
 from egresskit.stages.muxer import private_packet
 from egresskit.storage.paths import confine, write_atomically
 
@@ -178,6 +177,10 @@ def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
     return [*lines, f"#EXTINF:{segment.duration_s:.3f},", uri]
 
 
+def _add_streams(container: OutputContainer, headers: Mapping[str, StreamHeader]) -> dict[str, Stream]:
+    return {kind: header.add_to(container) for kind, header in headers.items()}
+
+
 def _write_playlist(path: Path, text: str) -> None:
     """Readers (players, uploaders) never see half a playlist."""
     write_atomically(path, lambda out: out.write(text.encode()))
@@ -202,7 +205,6 @@ class HlsSegmenter(Stage):
 
     def __init__(
         self,
-        encoders: Sequence[_Encoder],
         directory: str | os.PathLike[str],
         playlist: str | os.PathLike[str],
         *,
@@ -213,22 +215,19 @@ class HlsSegmenter(Stage):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        if not encoders:
-            raise ValueError("a segmenter needs at least one encoder")
         if segment_duration <= 0:
             raise ValueError("segment duration must be positive")
-        self.encoders = list(encoders)
         self.directory = Path(directory)
         self.playlist = self._inside(playlist)
         self.live_playlist = self._inside(live_playlist) if live_playlist else None
         self.segment_names = segment_names or index_names("segment")
         self.segment_duration = segment_duration
         self.live_window = live_window
-        self.input = self.add_input("input")
+        self.input: InputPort[EncodedItem] = self.add_input("input")
         self.segments: list[Segment] = []
-        self._cut_on = "video" if any(e.kind == "video" for e in self.encoders) else "audio"
-        frame_s = min((1 / e.encoding.fps for e in self.encoders if e.kind == "video"), default=0)
-        self._tolerance = CUT_TOLERANCE_FRAMES * frame_s
+        self._headers: dict[str, StreamHeader] = {}  # by kind, from the encoders feeding it
+        self._cut_on = "video"  # the kind segments are cut on: video, or audio without video
+        self._tolerance = 0.0
         self._container: OutputContainer | None = None
         self._streams: dict[str, Stream] = {}
         self._current: tuple[int, Path, float, int] | None = None  # index, path, start, wall
@@ -244,9 +243,21 @@ class HlsSegmenter(Stage):
         confine(self.directory, os.fspath(name))
         return self.directory / name
 
+    async def _read_headers(self, packets: EncodedInput) -> None:
+        """Learn the streams from their headers: what to cut on, how close to a boundary."""
+        self._headers = await packets.read_headers()
+        if not self._headers:
+            raise ValueError(f"{self.name}: no encoded stream reached the segmenter")
+        video = self._headers.get("video")
+        self._cut_on = "video" if video is not None else "audio"
+        if video is not None and video.frame_rate:
+            self._tolerance = CUT_TOLERANCE_FRAMES / video.frame_rate
+
     async def run(self) -> None:
-        while (item := await self.input.recv()) is not EOS:
-            if item.kind not in {e.kind for e in self.encoders}:
+        packets = EncodedInput(self.input)
+        await self._read_headers(packets)
+        while (item := await packets.recv()) is not EOS:
+            if item.kind not in self._headers:
                 continue
             seconds = item.seconds
             if self._current is None:
@@ -299,7 +310,7 @@ class HlsSegmenter(Stage):
         self._inside(path.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(path), "w", format="mpegts")
-        self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
+        self._streams = _add_streams(container, self._headers)
         self._container = container
 
     def _write(self, item: EncodedPacket) -> None:
@@ -437,10 +448,8 @@ class Fmp4HlsSegmenter(HlsSegmenter):
     `InitSegmentWritten`; playlists name it in EXT-X-MAP. Needs video.
     """
 
-    def __init__(self, encoders: Sequence[_Encoder], *args, init_name: str, **kwargs) -> None:
-        super().__init__(encoders, *args, **kwargs)
-        if self._cut_on != "video":
-            raise ValueError("fragmented MP4 segments need video")
+    def __init__(self, *args: Any, init_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._init_path = self._inside(init_name)
         self._splitter = FragmentSplitter()
         self._muxer: OutputContainer | None = None
@@ -451,9 +460,12 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         self._last_cut_s: float | None = None
 
     async def run(self) -> None:
-        kinds = {e.kind for e in self.encoders}
-        while (item := await self.input.recv()) is not EOS:
-            if item.kind not in kinds:
+        packets = EncodedInput(self.input)
+        await self._read_headers(packets)
+        if self._cut_on != "video":
+            raise ValueError("fragmented MP4 segments need video")
+        while (item := await packets.recv()) is not EOS:
+            if item.kind not in self._headers:
                 continue
             seconds = item.seconds
             keyframe = item.kind == "video" and item.packet.is_keyframe
@@ -485,7 +497,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
 
     def _open_muxer(self) -> None:
         muxer = av.open(self._splitter, "w", format="mp4", options=FMP4_OPTIONS)
-        self._streams = {e.kind: e.add_stream(muxer) for e in self.encoders}
+        self._streams = _add_streams(muxer, self._headers)
         self._muxer = muxer
 
     def _write(self, item: EncodedPacket) -> None:

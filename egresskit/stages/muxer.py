@@ -5,19 +5,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, FirstMedia, Stage, StageEvent
-from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import PLAYOUT_DELAY_S, EncodedPacket
+from egresskit.pipeline import EOS, FirstMedia, InputPort, Stage, StageEvent
+from egresskit.stages.media import (
+    PLAYOUT_DELAY_S,
+    EncodedInput,
+    EncodedPacket,
+    StreamHeader,
+)
 from egresskit.storage.paths import temporary_beside
 
 log = logging.getLogger(__name__)
@@ -86,7 +91,7 @@ class FileWriter(Stage):
     def __init__(self, path: str | os.PathLike[str], name: str | None) -> None:
         super().__init__(name)
         self.path = Path(path)
-        self.input = self.add_input("input")
+        self.input: InputPort[Any] = self.add_input("input")  # what its subclass writes
         self._container: OutputContainer | None = None
         self.packets_written = 0
         self.first_pts_s: float | None = None
@@ -141,7 +146,8 @@ class FileWriter(Stage):
 
 
 class FileMuxer(FileWriter):
-    """Writes the packets of its encoders into one file, opened when the stage starts.
+    """Writes the packets on its input into one file, opened once every encoder feeding it
+    has sent its StreamHeader (at once when the graph starts).
 
     Its encoders take composited frames, which show media PLAYOUT_DELAY_S after
     its capture; the file starts at graph time 0 (its `creation_time`), earlier
@@ -153,27 +159,27 @@ class FileMuxer(FileWriter):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        encoders: Sequence[_Encoder],
         *,
         format: str,
         options: Mapping[str, str] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(path, name)
-        if not encoders:
-            raise ValueError("a muxer needs at least one encoder")
         self.format = format
         self.options = dict(options or {})
-        self.encoders = list(encoders)
         self._streams: dict[str, Stream] = {}
 
-    def _open(self) -> None:
+    def _open(self, headers: Mapping[str, StreamHeader]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(self.path), "w", format=self.format, options=self.options)
-        wall_ns = self.clock.wall_ns(-self.capture_delay_s)
-        container.metadata["creation_time"] = creation_time(wall_ns)
-        for encoder in self.encoders:
-            self._streams[encoder.kind] = encoder.add_stream(container)
+        try:
+            wall_ns = self.clock.wall_ns(-self.capture_delay_s)
+            container.metadata["creation_time"] = creation_time(wall_ns)
+            for kind, header in headers.items():
+                self._streams[kind] = header.add_to(container)
+        except BaseException:
+            container.close()
+            raise
         self._container = container
 
     def _write(self, item: EncodedPacket) -> None:
@@ -185,8 +191,12 @@ class FileMuxer(FileWriter):
         self._streams.clear()
 
     async def run(self) -> None:
-        await self.offload(self._open)
-        while (item := await self.input.recv()) is not EOS:
+        packets = EncodedInput(self.input)
+        headers = await packets.read_headers()
+        if not headers:
+            raise ValueError(f"{self.name}: no encoded stream reached the muxer")
+        await self.offload(self._open, headers)
+        while (item := await packets.recv()) is not EOS:
             if item.kind in self._streams:
                 await self.offload(self._write, item)
                 self._written(item.seconds)
@@ -204,12 +214,11 @@ class Mp4Muxer(FileMuxer):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        encoders: Sequence[_Encoder],
         *,
         faststart: bool = False,
         name: str | None = None,
     ) -> None:
-        super().__init__(path, encoders, format="mp4", options=MP4_OPTIONS, name=name)
+        super().__init__(path, format="mp4", options=MP4_OPTIONS, name=name)
         self.faststart = faststart
         self.faststart_s = 0.0
 
