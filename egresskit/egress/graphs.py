@@ -13,7 +13,7 @@ from livekit.protocol import egress as egress_pb
 from egresskit.egress import naming
 from egresskit.egress.encoding import EncodingSettings
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import Graph, LinkPolicy, OutputPort
+from egresskit.pipeline import Graph, LinkPolicy, OutputPort, Stage
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
@@ -207,6 +207,7 @@ def composite_graph(
     participants: ParticipantChoice = EVERYONE,
     layout: str = "grid",
     audio_mixing: int = 0,
+    video_stages: Sequence[Stage] = (),
     name: str = "composite",
 ) -> tuple[Graph, CompositeStages]:
     """Room -> subscriber -> compositor / mixer -> one encode each -> every output.
@@ -219,12 +220,19 @@ def composite_graph(
     `participants` chooses who is drawn and heard (everyone by default);
     `stages.participants.choose` changes it while the graph runs.
 
+    `video_stages` are stages of your own that the composited pictures pass
+    through, in order, before they are encoded (and before images are taken):
+    each takes video frames on its `input` port and sends them on from its
+    `output` port (see examples/watermark.py).
+
     `video=None` records audio only, `audio=None` video only. Every output
     gets its own bounded link from the one encode; images take raw
     composited frames through a leaky link.
     """
     if video is None and audio is None:
         raise ValueError("a composite needs video, audio or both")
+    if video is None and video_stages:
+        raise ValueError("video stages need video")
     graph = Graph(name)
     subscriber = graph.add(
         RoomSubscriber(
@@ -237,6 +245,7 @@ def composite_graph(
     gate = ParticipantGate(participants)
     encoders: list[OutputPort[EncodedItem]] = []
     compositor = mixer = video_encoder = audio_encoder = None
+    raw_video: OutputPort[av.VideoFrame] | None = None  # the pictures to encode
     # levels come from the mixer and from the room's server, if it announces speakers
     speakers = SpeakerTracker() if video is not None else None
     if video is not None:
@@ -253,7 +262,14 @@ def composite_graph(
         video_encoder = graph.add(VideoEncoder(video))
         graph.link(subscriber.video, compositor.input, maxsize=TRACK_ITEMS_QUEUE)
         graph.link(subscriber.roster, compositor.roster, maxsize=TRACK_ITEMS_QUEUE)
-        graph.link(compositor.output, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
+        raw_video = compositor.output
+        for stage in video_stages:
+            if "input" not in stage.inputs or "output" not in stage.outputs:
+                raise ValueError(f"{stage.name} needs an `input` and an `output` port")
+            graph.add(stage)
+            graph.link(raw_video, stage.inputs["input"], maxsize=RAW_VIDEO_QUEUE)
+            raw_video = stage.outputs["output"]
+        graph.link(raw_video, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
         encoders.append(video_encoder.output)
     if audio is not None:
         mixer = graph.add(AudioMixer(mixing=audio_mixing, speakers=speakers, participants=gate))
@@ -264,9 +280,7 @@ def composite_graph(
     stages = CompositeStages(
         subscriber, compositor, mixer, video_encoder, audio_encoder, participants=gate
     )
-    stages.outputs = attach_outputs(
-        graph, encoders, compositor.output if compositor else None, outputs
-    )
+    stages.outputs = attach_outputs(graph, encoders, raw_video, outputs)
     return graph, stages
 
 
