@@ -27,6 +27,9 @@ from aiortc import AudioStreamTrack, VideoStreamTrack
 from egresskit import (
     AudioEncoder,
     AudioMixer,
+    BusEvent,
+    FileClosed,
+    FirstMedia,
     Graph,
     GraphState,
     LocalRoom,
@@ -57,7 +60,16 @@ def record_graph(room: LocalRoom, out: Path) -> Graph:
     graph.link(mixer.output, audio.input, maxsize=25)
     graph.link(video.output, mp4.input, maxsize=120)  # encoded packets never drop
     graph.link(audio.output, mp4.input, maxsize=120)
+    graph.bus.subscribe(report)
     return graph
+
+
+def report(event: BusEvent) -> None:
+    """What the graph's bus says: typed events, each naming the stage that posted it."""
+    if isinstance(event, FirstMedia):
+        print(f"{event.stage.name}: first media written", flush=True)
+    elif isinstance(event, FileClosed):
+        print(f"{event.stage.name}: {event.path} closed, {event.size} bytes", flush=True)
 
 
 class ColourCard(VideoStreamTrack):

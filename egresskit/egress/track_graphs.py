@@ -8,7 +8,7 @@
 - `track_composite_graph`: one audio and one video track, composited and encoded.
 
 Each graph ends by itself, COMPLETE, when what it follows is gone (the
-track unpublished, the participant left), and posts `source_closed` on its
+track unpublished, the participant left), and posts `SourceClosed` on its
 bus first (`SourceClosed`), saying why.
 """
 
