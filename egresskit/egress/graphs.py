@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import av
@@ -172,18 +173,27 @@ def file_muxer(output: FileOutput) -> FileMuxer:
 def segmenter(output: SegmentsOutput) -> HlsSegmenter:
     prefix = Path(output.prefix)
     extension = ".m4s" if output.fragmented_mp4 else ".ts"
-    settings = dict(
-        segment_names=lambda index, when: naming.segment_name(
-            prefix.name, output.suffix, index, when, extension
-        ),
-        live_playlist=naming.live_playlist_name(output.live_playlist),
+    def names(index: int, when: datetime) -> str:
+        return naming.segment_name(prefix.name, output.suffix, index, when, extension)
+
+    playlist = naming.playlist_name(prefix.name, output.playlist)
+    live_playlist = naming.live_playlist_name(output.live_playlist)
+    if output.fragmented_mp4:
+        return Fmp4HlsSegmenter(
+            prefix.parent,
+            playlist,
+            init_name=naming.init_segment_name(prefix.name),
+            segment_names=names,
+            live_playlist=live_playlist,
+            segment_duration=output.segment_duration,
+        )
+    return HlsSegmenter(
+        prefix.parent,
+        playlist,
+        segment_names=names,
+        live_playlist=live_playlist,
         segment_duration=output.segment_duration,
     )
-    playlist = naming.playlist_name(prefix.name, output.playlist)
-    if output.fragmented_mp4:
-        init = naming.init_segment_name(prefix.name)
-        return Fmp4HlsSegmenter(prefix.parent, playlist, init_name=init, **settings)
-    return HlsSegmenter(prefix.parent, playlist, **settings)
 
 
 def snapshotter(output: ImageOutput) -> ImageSnapshotter:

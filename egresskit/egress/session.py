@@ -34,7 +34,7 @@ from egresskit.pipeline import (
     Stage,
     memory,
 )
-from egresskit.stages.hls import InitSegmentWritten, PlaylistUpdated, SegmentClosed
+from egresskit.stages.hls import HlsSegmenter, InitSegmentWritten, PlaylistUpdated, SegmentClosed
 from egresskit.stages.page import RecordingStarted
 from egresskit.stages.participants import ParticipantChoice
 from egresskit.stages.snapshot import ImageWritten
@@ -97,7 +97,7 @@ class EgressSession:
         self._retry = retry or RetryPolicy()
         self._backup = backup
         self._end_reason = ""
-        self._end_status: int | None = None
+        self._end_status: egress_pb.EgressStatus | None = None
         self._end_error = ""
         self._warnings = ""  # what set_details said (tracks left out), kept beside "paused"
         self._discard = False  # StopEgress with discard: delete everything written
@@ -231,7 +231,7 @@ class EgressSession:
 
     # --- steering ---------------------------------------------------------------------------
 
-    def end(self, reason: str, status: int | None = None) -> None:
+    def end(self, reason: str, status: egress_pb.EgressStatus | None = None) -> None:
         """Ask the graph to drain and finish; the first reason given is the one reported."""
         if self._stopping is not None or not self.active:
             return
@@ -458,10 +458,9 @@ class EgressSession:
                 await asyncio.to_thread(planned.local_path.unlink, missing_ok=True)
         written: list[tuple[PlannedDirectory, Path]] = []
         for directory in self.plan.segments:
-            segmenter = directory.stage
+            segmenter = _segmenter(directory)
             segments = self._segments.get(segmenter, [])
-            playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
-            written += [(directory, path) for path in (*segments, *playlists)]
+            written += [(directory, path) for path in (*segments, *segmenter.playlists)]
         written += [(directory, path) for directory, path, _ in self._images]
         for directory, path in written:
             key = directory.key(path)
@@ -481,8 +480,8 @@ class EgressSession:
         """
         if directory.storage is None:
             return
-        segmenter = directory.stage
-        playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+        segmenter = _segmenter(directory)
+        playlists = segmenter.playlists
         if not all(self._delivery.stored(p) for p in playlists):
             return
         segments = self._segments.get(segmenter, [])
@@ -528,7 +527,7 @@ class EgressSession:
 
     def _segment_results(self) -> None:
         for directory in self.plan.segments:
-            results = directory.stage.results
+            results = _segmenter(directory).results
             live = results.live_playlist
             self.info.segment_results.add(
                 playlist_name=directory.key(results.playlist),
@@ -632,6 +631,13 @@ class EgressSession:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(local.unlink)
         return uploaded.location
+
+
+def _segmenter(directory: PlannedDirectory) -> HlsSegmenter:
+    """The stage writing a segments output (a planned directory's stage may be a snapshotter)."""
+    stage = directory.stage
+    assert isinstance(stage, HlsSegmenter), f"{stage} writes no segments"
+    return stage
 
 
 @contextlib.contextmanager

@@ -183,7 +183,7 @@ def _add_streams(container: OutputContainer, headers: Mapping[str, StreamHeader]
 
 def _write_playlist(path: Path, text: str) -> None:
     """Readers (players, uploaders) never see half a playlist."""
-    write_atomically(path, lambda out: out.write(text.encode()))
+    write_atomically(path, lambda out: _write_all(out, text.encode()))
 
 
 class HlsSegmenter(Stage):
@@ -353,6 +353,11 @@ class HlsSegmenter(Stage):
             )
             await self.offload(_write_playlist, self.live_playlist, live)
             self.post(PlaylistUpdated(self, self.live_playlist, live=True, ended=ended))
+
+    @property
+    def playlists(self) -> list[Path]:
+        """The playlist, and the live one if there is one."""
+        return [p for p in (self.playlist, self.live_playlist) if p is not None]
 
     async def cleanup(self) -> None:
         if self._container is not None:
@@ -548,4 +553,8 @@ class Fmp4HlsSegmenter(HlsSegmenter):
 
 
 def _write_init(path: Path, data: bytes) -> None:
-    write_atomically(path, lambda out: out.write(data))
+    write_atomically(path, lambda out: _write_all(out, data))
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    out.write(data)

@@ -123,10 +123,10 @@ class StreamHeader:
         # The template copy leaves extradata out; without it FLV carries no sequence
         # headers and OGG no OpusHead, so players drop or refuse the stream.
         stream.codec_context.extradata = self.extradata or None
-        if self.kind == "video":
+        if isinstance(context := stream.codec_context, av.VideoCodecContext):
             # the template copy carries the stream's size from before it was set (640x480)
-            stream.codec_context.width = self.width
-            stream.codec_context.height = self.height
+            context.width = self.width
+            context.height = self.height
         return stream
 
 

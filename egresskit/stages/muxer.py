@@ -65,7 +65,8 @@ def private_packet(
     worker thread, and muxing rebases a packet's timestamps in place; so no
     muxer touches the shared packet, each muxes a copy of its own.
     """
-    copy = av.Packet(memoryview(packet))
+    # PyAV copies from any buffer (its stub says bytes, which would copy twice)
+    copy = av.Packet(memoryview(packet))  # type: ignore[arg-type]
     tb = packet.time_base
     offset = round(shift / tb) if shift else 0
     copy.time_base = tb

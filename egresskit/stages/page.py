@@ -347,5 +347,5 @@ def _copy(frame: av.VideoFrame) -> av.VideoFrame:
     """A new frame with the same picture (a repeat needs its own pts)."""
     copy = av.VideoFrame(frame.width, frame.height, frame.format.name)
     for source, target in zip(frame.planes, copy.planes, strict=True):
-        target.update(source)
+        target.update(source)  # type: ignore[arg-type]  # any buffer; the stub says bytes
     return copy

@@ -8,9 +8,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import av
 from livekit.protocol import models
 
-from egresskit.pipeline import EOS, Link, LinkPolicy, Stage, StageEvent
+from egresskit.pipeline import EOS, Link, LinkPolicy, OutputPort, Stage, StageEvent
 from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
@@ -21,10 +22,12 @@ from egresskit.rooms.events import (
 )
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.stages.media import (
+    RosterItem,
     SpeakersAnnounced,
     TrackEnded,
     TrackFrame,
     TrackInfo,
+    TrackItem,
     TrackMuteChanged,
     TrackStarted,
 )
@@ -108,9 +111,9 @@ class RoomSubscriber(Stage):
         self.want_video = video
         self.want_audio = audio
         self.track_filter = track_filter
-        self.video = self.add_output("video")
-        self.audio = self.add_output("audio")
-        self.roster = self.add_output("roster")
+        self.video: OutputPort[TrackItem] = self.add_output("video")
+        self.audio: OutputPort[TrackItem] = self.add_output("audio")
+        self.roster: OutputPort[RosterItem] = self.add_output("roster")
         self._announced: dict[str, LocalTrack] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: dict[str, tuple[LocalTrack, Link]] = {}
@@ -123,7 +126,7 @@ class RoomSubscriber(Stage):
             return False
         return self.track_filter is None or self.track_filter(track)
 
-    def _port(self, track: LocalTrack):
+    def _port(self, track: LocalTrack) -> OutputPort[TrackItem]:
         return self.video if track.kind == models.TrackType.VIDEO else self.audio
 
     async def run(self) -> None:
@@ -193,7 +196,13 @@ class RoomSubscriber(Stage):
         self._pumps[track.sid] = asyncio.create_task(self._pump(track, info, link, port))
         self.post(TrackSubscribed(self, track.sid, "video" if video else "audio"))
 
-    async def _pump(self, track: LocalTrack, info: TrackInfo, link: Link, port) -> None:
+    async def _pump(
+        self,
+        track: LocalTrack,
+        info: TrackInfo,
+        link: Link[av.VideoFrame | av.AudioFrame],
+        port: OutputPort[TrackItem],
+    ) -> None:
         async for frame in link:
             await port.send(TrackFrame(info, frame, track.frame_time(frame)))
 
