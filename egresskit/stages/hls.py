@@ -364,8 +364,10 @@ class HlsSegmenter(Stage):
             await self.offload(self._close_container)
 
     def release(self) -> None:
-        """The streams keep the last segment's (closed) container alive."""
+        """The streams keep the last segment's (closed) container alive, and the headers
+        their encoders' codec contexts (through the template streams)."""
         self._streams.clear()
+        self._headers.clear()
 
     @property
     def results(self) -> HlsResults:

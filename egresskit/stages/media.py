@@ -104,8 +104,9 @@ class StreamHeader:
     """What a muxer needs to add an encoder's stream to a container, sent in-band by the
     encoder before its first packet (as GStreamer sends caps), so sinks need only their link.
 
-    `template` is a stream of a throwaway container holding the codec's parameters; it is
-    only read (copied from), never opened, so every sink thread may copy it at once.
+    `template` is the encoder's stream in a throwaway container, holding the codec's
+    parameters; sinks only copy from it (every sink thread may at once), and drop their
+    headers in `release`, since it keeps the encoder's codec context alive.
     """
 
     kind: str  # "video" or "audio", as the packets' EncodedPacket.kind

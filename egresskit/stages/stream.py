@@ -543,6 +543,11 @@ class StreamSink(Stage):
         for writer in self._writers.values():
             writer.request_stop()  # cancelled graph: threads finish on their own
 
+    def release(self) -> None:
+        """The headers keep their encoders' codec contexts alive (through the template
+        streams); the writers share the same dict."""
+        self._packets.headers.clear()
+
     def _on_state(self, state: StreamState) -> None:
         self.post(StreamStateChanged(self, state))
 
