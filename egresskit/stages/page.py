@@ -33,7 +33,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
-from egresskit.pipeline import SourceClosed, SourceFailed, Stage, StageEvent
+from egresskit.pipeline import OutputPort, SourceClosed, SourceFailed, Stage, StageEvent
 from egresskit.web.audio import BYTES_PER_SAMPLE, CHANNELS, SAMPLE_RATE
 from egresskit.web.browser import PageBrowser, PageFailed
 
@@ -83,8 +83,8 @@ class PageSource(Stage):
         self.want_audio = audio
         self.await_start_signal = await_start_signal
         self.start_timeout_s = start_timeout_s
-        self.video = self.add_output("video")
-        self.audio = self.add_output("audio")
+        self.video: OutputPort[av.VideoFrame] = self.add_output("video")
+        self.audio: OutputPort[av.AudioFrame] = self.add_output("audio")
         self.browser = PageBrowser(url, width, height, audio=audio)
         self.frames_out = 0
         self.frames_repeated = 0

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 from av.video.reformatter import VideoReformatter
 
-from egresskit.pipeline import EOS, Stage, StageEvent
+from egresskit.pipeline import EOS, InputPort, Stage, StageEvent
 from egresskit.storage.paths import confine, write_atomically
 
 JPEG_QUALITY = 90
@@ -85,7 +85,7 @@ class ImageSnapshotter(Stage):
         self.capture_interval = capture_interval
         self.width = width
         self.height = height
-        self.input = self.add_input("input")
+        self.input: InputPort[av.VideoFrame] = self.add_input("input")
         self.images: list[Snapshot] = []
         self._reformatter = VideoReformatter()
 

@@ -18,8 +18,8 @@ import av
 from yarl import URL
 
 from egresskit.netpolicy import NetworkPolicy, PolicyResolver
-from egresskit.pipeline import FirstMedia, Stage
-from egresskit.stages.media import TrackMuteChanged
+from egresskit.pipeline import FirstMedia, InputPort, Stage
+from egresskit.stages.media import TrackItem, TrackMuteChanged
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,8 @@ class WebsocketAudioSink(Stage):
         super().__init__(name)
         self.url = url
         self.network = network
-        self.input = self.add_input("input")
-        self.events = self.add_input("events")
+        self.input: InputPort[av.AudioFrame] = self.add_input("input")
+        self.events: InputPort[TrackItem] = self.add_input("events")
         self._where = redacted_url(url)
         self._resampler: av.AudioResampler | None = None
         self._closing = False
