@@ -429,16 +429,12 @@ def _plan_encoded(
     for file_output, planned in files.items():
         planned.writer = written.files[file_output]
     segments = [
-        PlannedDirectory(
-            written.segments[output], local.parent, posixpath.dirname(rel), rel, storage, no_manifest
-        )
-        for output, (rel, local, storage, no_manifest) in segment_targets.items()
+        PlannedDirectory(written.segments[output], local.parent, posixpath.dirname(rel), *rest)
+        for output, (rel, local, *rest) in segment_targets.items()
     ]
     images = [
-        PlannedDirectory(
-            written.images[output], local.parent, posixpath.dirname(rel), rel, storage, no_manifest
-        )
-        for output, (rel, local, storage, no_manifest) in image_targets.items()
+        PlannedDirectory(written.images[output], local.parent, posixpath.dirname(rel), *rest)
+        for output, (rel, local, *rest) in image_targets.items()
     ]
     return Plan(
         graph=graph,

@@ -177,7 +177,9 @@ def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
     return [*lines, f"#EXTINF:{segment.duration_s:.3f},", uri]
 
 
-def _add_streams(container: OutputContainer, headers: Mapping[str, StreamHeader]) -> dict[str, Stream]:
+def _add_streams(
+    container: OutputContainer, headers: Mapping[str, StreamHeader]
+) -> dict[str, Stream]:
     return {kind: header.add_to(container) for kind, header in headers.items()}
 
 

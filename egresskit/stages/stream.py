@@ -432,9 +432,12 @@ class _UrlWriter:
 class StreamSink(Stage):
     """Streams the packets on its input to every URL; `add_url`/`remove_url` while running.
 
-    Posts `StreamStateChanged` on every change of a URL. It never fails the graph because of a destination: a URL that
-    cannot be reached ends FAILED and the other outputs go on. On end of
-    stream every writer gets `close_timeout` seconds to flush and close.
+    Posts `StreamStateChanged` on every change of a URL. It never fails the
+    graph because of a destination: a URL that cannot be reached ends FAILED
+    and the other outputs go on. On end of stream every writer gets
+    `close_timeout` seconds to flush and close. A writer that needs a key
+    frame (a URL added, a connection lost) sends a KeyFrameRequest up the
+    input link.
     """
 
     def __init__(
