@@ -429,11 +429,11 @@ def _plan_encoded(
     for file_output, planned in files.items():
         planned.writer = written.files[file_output]
     segments = [
-        PlannedDirectory(written.segments[output], local.parent, posixpath.dirname(rel), *rest)
+        PlannedDirectory(written.segments[output], local.parent, posixpath.dirname(rel), rel, *rest)
         for output, (rel, local, *rest) in segment_targets.items()
     ]
     images = [
-        PlannedDirectory(written.images[output], local.parent, posixpath.dirname(rel), *rest)
+        PlannedDirectory(written.images[output], local.parent, posixpath.dirname(rel), rel, *rest)
         for output, (rel, local, *rest) in image_targets.items()
     ]
     return Plan(
