@@ -99,7 +99,8 @@ class Tone(AudioStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         frame = await super().recv()  # paced silence, 20 ms at a time
-        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
+        assert isinstance(frame, av.AudioFrame)
+        t = ((frame.pts or 0) + np.arange(frame.samples)) / frame.sample_rate
         frame.planes[0].update((8000 * np.sin(2 * np.pi * self.hz * t)).astype(np.int16).tobytes())
         return frame
 

@@ -326,9 +326,9 @@ def _plan_encoded(
     namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec.network)
     outputs: list[Output] = []
     files: dict[FileOutput, PlannedFile] = {}
-    # (relative prefix, local prefix, storage, disable_manifest) of segment and image outputs
-    segment_targets: dict[SegmentsOutput, tuple[str, Path, Storage | None, bool]] = {}
-    image_targets: dict[ImageOutput, tuple[str, Path, Storage | None, bool]] = {}
+    # (relative prefix, local prefix, (storage, disable_manifest)) of segment and image outputs
+    segment_targets: dict[SegmentsOutput, tuple[str, Path, tuple[Storage | None, bool]]] = {}
+    image_targets: dict[ImageOutput, tuple[str, Path, tuple[Storage | None, bool]]] = {}
     if spec.file is not None:
         extension = naming.file_extension(spec.file.file_type)
         relative, local = namer.file(spec.file.filepath, extension, spec.file.field)
@@ -364,7 +364,7 @@ def _plan_encoded(
         )
         outputs.append(segments_output)
         segment_targets[segments_output] = (
-            relative, local, namer.storage(target.storage), target.disable_manifest
+            relative, local, (namer.storage(target.storage), target.disable_manifest)
         )
     for target in spec.images:
         relative, local = namer.prefix(target.filename_prefix, target.field)
@@ -380,7 +380,7 @@ def _plan_encoded(
         )
         outputs.append(image_output)
         image_targets[image_output] = (
-            relative, local, namer.storage(target.storage), target.disable_manifest
+            relative, local, (namer.storage(target.storage), target.disable_manifest)
         )
     if spec.stream is not None:
         outputs.append(StreamOutput(tuple(spec.stream.urls), network=spec.network))
@@ -429,12 +429,12 @@ def _plan_encoded(
     for file_output, planned in files.items():
         planned.writer = written.files[file_output]
     segments = [
-        PlannedDirectory(written.segments[output], local.parent, posixpath.dirname(rel), rel, *rest)
-        for output, (rel, local, *rest) in segment_targets.items()
+        PlannedDirectory(written.segments[output], local.parent, posixpath.dirname(rel), rel, *to)
+        for output, (rel, local, to) in segment_targets.items()
     ]
     images = [
-        PlannedDirectory(written.images[output], local.parent, posixpath.dirname(rel), rel, *rest)
-        for output, (rel, local, *rest) in image_targets.items()
+        PlannedDirectory(written.images[output], local.parent, posixpath.dirname(rel), rel, *to)
+        for output, (rel, local, to) in image_targets.items()
     ]
     return Plan(
         graph=graph,
