@@ -228,6 +228,9 @@ class Graph:
         self._watcher = None
         self.bus.clear()
 
+    def __repr__(self) -> str:
+        return f"<Graph {self.name} {self.state.value}>"
+
     def stats(self) -> dict[str, Any]:
         return {
             "links": {
