@@ -32,7 +32,7 @@ def recording(minutes: int) -> tuple[str, float]:
         partial = path.with_suffix(".partial.mp4")
         count = minutes * 60 * 30
         with av.open(str(partial), "w", format="mp4", options=MP4_OPTIONS) as container:
-            stream = encoder.add_stream(container)
+            stream = encoder.header().add_to(container)
             written = 0
             for index in range(count + 1):
                 packets = encoder.context.encode(frames[index % len(frames)] if index < count else None)

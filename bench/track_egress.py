@@ -176,15 +176,15 @@ async def run(count: int, seconds: float, work: Path, source: Path) -> None:
         for graph, _ in runs:
             await graph.start()
         await asyncio.sleep(2)  # every recording past its first key frame
-        written0 = sum(stages.muxers[0].packets_written for _, stages in runs)
+        written0 = sum(stages.writer.packets_written for _, stages in runs)
         egress_cores, egress_rss = await meter.measure(seconds)
-        written = sum(stages.muxers[0].packets_written for _, stages in runs) - written0
+        written = sum(stages.writer.packets_written for _, stages in runs) - written0
         # Publishers whose connection failed under load leave, ending their egress early.
         lasted = sum(not graph.state.ended for graph, _ in runs)
         for graph, _ in runs:
             await graph.stop()
         failed = [g.name for g, _ in runs if g.state is not GraphState.COMPLETE]
-        packets = [stages.muxers[0].packets_written for _, stages in runs]
+        packets = [stages.writer.packets_written for _, stages in runs]
         decoded = sum(stages.source.track.encoded.frames_decoded for _, stages in runs)
     finally:
         publisher.send_signal(signal.SIGTERM)

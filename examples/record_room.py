@@ -27,6 +27,9 @@ from aiortc import AudioStreamTrack, VideoStreamTrack
 from egresskit import (
     AudioEncoder,
     AudioMixer,
+    BusEvent,
+    FileClosed,
+    FirstMedia,
     Graph,
     GraphState,
     LocalRoom,
@@ -49,7 +52,7 @@ def record_graph(room: LocalRoom, out: Path) -> Graph:
     compositor = graph.add(VideoCompositor(1280, 720, fps=30))
     mixer = graph.add(AudioMixer())
     video, audio = graph.add(VideoEncoder()), graph.add(AudioEncoder())
-    mp4 = graph.add(Mp4Muxer(out, [video, audio]))
+    mp4 = graph.add(Mp4Muxer(out))
     graph.link(subscriber.video, compositor.input, maxsize=64)  # frames and track changes
     graph.link(subscriber.roster, compositor.roster, maxsize=64)  # who is in the room
     graph.link(subscriber.audio, mixer.input, maxsize=64)
@@ -57,7 +60,16 @@ def record_graph(room: LocalRoom, out: Path) -> Graph:
     graph.link(mixer.output, audio.input, maxsize=25)
     graph.link(video.output, mp4.input, maxsize=120)  # encoded packets never drop
     graph.link(audio.output, mp4.input, maxsize=120)
+    graph.bus.subscribe(report)
     return graph
+
+
+def report(event: BusEvent) -> None:
+    """What the graph's bus says: typed events, each naming the stage that posted it."""
+    if isinstance(event, FirstMedia):
+        print(f"{event.stage.name}: first media written", flush=True)
+    elif isinstance(event, FileClosed):
+        print(f"{event.stage.name}: {event.path} closed, {event.size} bytes", flush=True)
 
 
 class ColourCard(VideoStreamTrack):
@@ -87,7 +99,8 @@ class Tone(AudioStreamTrack):
 
     async def recv(self) -> av.AudioFrame:
         frame = await super().recv()  # paced silence, 20 ms at a time
-        t = (frame.pts + np.arange(frame.samples)) / frame.sample_rate
+        assert isinstance(frame, av.AudioFrame)
+        t = ((frame.pts or 0) + np.arange(frame.samples)) / frame.sample_rate
         frame.planes[0].update((8000 * np.sin(2 * np.pi * self.hz * t)).astype(np.int16).tobytes())
         return frame
 

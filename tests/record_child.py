@@ -8,6 +8,7 @@ import sys
 from publishers import SineAudioTrack, SyntheticVideoTrack
 
 from egresskit import FileOutput, RoomManager, composite_graph
+from egresskit.pipeline import FirstMedia
 
 
 async def main(path: str) -> None:
@@ -16,7 +17,7 @@ async def main(path: str) -> None:
     await room.publish(SineAudioTrack(440.0), identity="alice")
     graph, _ = composite_graph(room, [FileOutput(path)])
     announced = asyncio.Event()
-    graph.bus.subscribe(lambda m: announced.set() if m.kind == "first_media" else None)
+    graph.bus.subscribe(lambda e: announced.set() if isinstance(e, FirstMedia) else None)
     await graph.start()
     await announced.wait()
     print("recording", flush=True)

@@ -20,7 +20,8 @@ from egresskit import GraphState, SegmentSuffix, composite_graph
 from egresskit.egress.graphs import SegmentsOutput, segmenter
 from egresskit.egress.planner import plan
 from egresskit.egress.validation import validate
-from egresskit.stages.encoder import AudioEncoder, VideoEncoding
+from egresskit.stages.encoder import VideoEncoding
+from egresskit.stages.hls import SegmentClosed
 from egresskit.storage.paths import PathEscapesRoot
 
 
@@ -91,15 +92,15 @@ async def record(room, outputs, seconds: float, name: str):
     closed_while_running: list[str] = []
     graph.bus.subscribe(
         lambda m: (
-            closed_while_running.append(m.data["filename"])
-            if m.kind == "segment_closed" and graph.state is GraphState.RUNNING
+            closed_while_running.append(m.segment.filename)
+            if isinstance(m, SegmentClosed) and graph.state is GraphState.RUNNING
             else None
         )
     )
     await graph.start()
     await asyncio.sleep(seconds)
     assert await graph.stop() is GraphState.COMPLETE, graph.error
-    return stages.segmenters[0], closed_while_running
+    return stages.outputs.segments[outputs[0]], closed_while_running
 
 
 @pytest.mark.slow
@@ -165,12 +166,10 @@ async def test_hls_segments_and_playlists(rooms, tmp_path):
 
 
 def test_playlist_names_stay_in_the_segment_directory(tmp_path):
-    encoders = [AudioEncoder()]
     for playlist, live in (("../../x.m3u8", ""), ("index", str(tmp_path / "elsewhere.m3u8"))):
         with pytest.raises(PathEscapesRoot):
             segmenter(
-                SegmentsOutput(tmp_path / "out" / "rec", playlist=playlist, live_playlist=live),
-                encoders,
+                SegmentsOutput(tmp_path / "out" / "rec", playlist=playlist, live_playlist=live)
             )
 
 

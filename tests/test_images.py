@@ -16,6 +16,7 @@ from publishers import SyntheticVideoTrack, colors_close
 from egresskit import FileOutput, GraphState, ImageSuffix, composite_graph
 from egresskit.egress.graphs import ImageOutput
 from egresskit.egress.manager import EgressManager
+from egresskit.stages.snapshot import ImageWritten
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 # 320x180 images of the 1280x720 composite: regions inside the tiles, scaled by 1/4
@@ -41,18 +42,18 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
     ]  # the MP4 shows what the composite was at every moment
     graph, stages = composite_graph(room, outputs, audio=None, name="snaps")
     written = []
-    graph.bus.subscribe(lambda m: written.append(m.data) if m.kind == "image_written" else None)
+    graph.bus.subscribe(lambda e: written.append(e.image) if isinstance(e, ImageWritten) else None)
     await graph.start()
     await graph.clock.sleep_until(BLUE_JOINS_AT)
     await room.publish(SyntheticVideoTrack(BLUE), identity="bob")
     await graph.clock.sleep_until(7.0)
     assert await graph.stop() is GraphState.COMPLETE, graph.error
 
-    snapshots = stages.snapshotters[0].images
+    snapshots = stages.outputs.images[outputs[1]].images
     assert len(snapshots) in (3, 4), snapshots
     files = sorted((tmp_path / "thumbs").iterdir())
     assert [f.name for f in files] == [f"snap_{i:05d}.jpeg" for i in range(len(snapshots))]
-    assert {w["path"] for w in written} >= {str(s.path) for s in snapshots}
+    assert {w.path for w in written} >= {s.path for s in snapshots}
     for snapshot in snapshots:
         with Image.open(snapshot.path) as jpeg:
             assert jpeg.format == "JPEG" and jpeg.size == (320, 180)
@@ -71,7 +72,7 @@ async def test_snapshots_every_two_seconds(rooms, tmp_path):
             assert colors_close(region_color(image, *TILE_RIGHT), BLUE), when
 
     # NONE_OVERWRITE keeps one file, the newest snapshot, at the composite's own size
-    latest = stages.snapshotters[1]
+    latest = stages.outputs.images[outputs[2]]
     assert len(latest.images) == len(snapshots)
     assert {s.path for s in latest.images} == {tmp_path / "latest.jpeg"}
     with Image.open(tmp_path / "latest.jpeg") as jpeg:

@@ -25,7 +25,7 @@ from egresskit.egress.track_graphs import (
     participant_graph,
     track_composite_graph,
 )
-from egresskit.pipeline import GraphState
+from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import RoomManager
 from egresskit.stages.encoder import AudioEncoding, VideoEncoding
 
@@ -50,7 +50,7 @@ def share_of(path: Path, seconds: float, color: tuple[int, int, int]) -> float:
 
 
 def ended_by_itself(messages: list) -> list[str]:
-    return [m.data["reason"] for m in messages if m.kind == "source_closed"]
+    return [m.reason for m in messages if isinstance(m, SourceClosed)]
 
 
 async def test_participant_egress_follows_camera_changes_and_screen_share(

@@ -3,10 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
-from egresskit.pipeline import EOS, Graph, GraphError, GraphState, Link, LinkPolicy, Stage
+from egresskit.pipeline import (
+    EOS,
+    BusEvent,
+    Graph,
+    GraphError,
+    GraphState,
+    Link,
+    LinkPolicy,
+    OutputPort,
+    Stage,
+    StageFailed,
+    StateChanged,
+    UpstreamEvent,
+)
 from egresskit.pipeline.clock import GraphClock
 
 
@@ -113,6 +128,60 @@ async def test_an_unlinked_input_is_at_end_of_stream():
     collector = Collector()
     Graph("alone").add(collector)
     assert await collector.input.recv() is EOS
+
+
+@dataclass(frozen=True)
+class Rewind(UpstreamEvent):
+    to: int
+
+
+class Relay(Stage):
+    """Passes items on; knows nothing of upstream events, which travel on through it."""
+
+    def __init__(self) -> None:
+        super().__init__("relay")
+        self.input = self.add_input("input")
+        self.output = self.add_output("output")
+
+    async def run(self) -> None:
+        async for item in self.input:
+            await self.output.send(item)
+
+
+class Listening(Counter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.heard: list[tuple[UpstreamEvent, OutputPort[Any]]] = []
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        self.heard.append((event, port))
+
+
+async def test_an_upstream_event_travels_through_stages_to_the_source():
+    graph = Graph("upstream")
+    source, relay, collector = graph.add(Listening()), graph.add(Relay()), graph.add(Collector())
+    graph.link(source.output, relay.input, maxsize=4)
+    graph.link(relay.output, collector.input, maxsize=4)
+    collector.input.send_upstream(Rewind(3))
+    assert source.heard == [(Rewind(3), source.output)]
+
+
+async def test_the_bus_names_the_failed_stage_and_the_state():
+    events: list[BusEvent] = []
+    collector = Collector()
+    graph = pipeline(collector)
+    graph.bus.subscribe(events.append)
+
+    async def explode() -> None:
+        raise RuntimeError("boom")
+
+    collector.run = explode  # type: ignore[method-assign]
+    await graph.start()
+    assert await graph.wait(2) is GraphState.FAILED
+    failed = [e for e in events if isinstance(e, StageFailed)]
+    assert [(e.stage, e.error) for e in failed] == [(collector, "boom")]
+    states = [(e.graph, e.state) for e in events if isinstance(e, StateChanged)]
+    assert states == [(graph, GraphState.RUNNING), (graph, GraphState.FAILED)]
 
 
 class Ticker(Stage):

@@ -65,7 +65,7 @@ async def encode_offline(settings: EncodingSettings, path, seconds: int = SECOND
     graph = Graph("offline")
     source = graph.add(BusyPictures(video.width, video.height, video.fps, seconds))
     encoder = graph.add(VideoEncoder(video))
-    muxer = graph.add(file_muxer(FileOutput(path), [encoder]))
+    muxer = graph.add(file_muxer(FileOutput(path)))
     graph.link(source.output, encoder.input, maxsize=4)
     graph.link(encoder.output, muxer.input, maxsize=64)
     await graph.start()

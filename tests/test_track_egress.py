@@ -31,7 +31,7 @@ from publishers import (
 
 from egresskit.egress.naming import TrackDescription
 from egresskit.egress.track_graphs import SourceNotFound, track_graph
-from egresskit.pipeline import GraphState
+from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import LocalRoom, LocalTrack, RoomManager
 from egresskit.rooms.encoded import h264_nal_types, is_keyframe
 from egresskit.stages.passthrough import RtpTimeline, opus_samples
@@ -180,7 +180,7 @@ async def test_h264_is_recorded_byte_for_byte_without_a_decoder(
     await until(lambda: stages.source.frames_in >= len(source_packets) - 1, "every packet")
     await session.close()  # unpublished: the graph ends by itself
     assert await graph.wait(WAIT_S) is GraphState.COMPLETE, graph.error
-    assert any(m.kind == "source_closed" for m in messages)
+    assert any(isinstance(m, SourceClosed) for m in messages)
 
     info = ffprobe(tmp_path / "track.mp4")
     video = stream(info, "video")
@@ -264,7 +264,7 @@ async def test_browser_vp8_and_opus_become_webm_and_ogg(
             assert await graph.stop() is GraphState.COMPLETE, graph.error
 
     for (_, stages), wall, kind in zip(runs, walls, ("video", "audio"), strict=True):
-        path = stages.muxers[0].path
+        path = stages.writer.path
         info = ffprobe(path)
         assert stream(info, kind)["codec_name"] == ("vp8" if kind == "video" else "opus")
         end, count, first_key = media_end_s(path, kind)

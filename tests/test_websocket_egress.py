@@ -21,7 +21,7 @@ from publishers import (
 from test_track_egress import published_track
 
 from egresskit.egress.track_graphs import track_websocket_graph
-from egresskit.pipeline import GraphState
+from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import RoomManager
 
 ROOM = "live-audio"
@@ -94,7 +94,7 @@ async def test_pcm_and_mute_changes_reach_the_websocket(
 
     def watch(message) -> None:
         messages.append(message)
-        if message.kind == "source_closed":
+        if isinstance(message, SourceClosed):
             ended_at.append(graph.clock.now())
 
     graph.bus.subscribe(watch)
@@ -117,7 +117,7 @@ async def test_pcm_and_mute_changes_reach_the_websocket(
     (wall,) = ended_at
     assert abs(samples / RATE - wall) <= 0.03 * wall, (samples / RATE, wall)
     assert samples == stages.mixer.frames_out * RATE // 50  # nothing lost on the way
-    assert any(m.kind == "source_closed" for m in messages)
+    assert any(isinstance(m, SourceClosed) for m in messages)
 
     audio = np.frombuffer(pcm, np.int16).reshape(-1, 2)
     assert np.array_equal(audio[:, 0], audio[:, 1])  # mono source, both channels

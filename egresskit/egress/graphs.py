@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
+
+import av
 
 from egresskit.egress import naming
 from egresskit.egress.encoding import EncodingSettings
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import Graph, LinkPolicy, OutputPort
+from egresskit.pipeline import Graph, LinkPolicy, OutputPort, Stage
 from egresskit.rooms.local import LocalRoom
 from egresskit.stages.compositor import VideoCompositor
 from egresskit.stages.encoder import AudioEncoder, AudioEncoding, VideoEncoder, VideoEncoding
 from egresskit.stages.hls import Fmp4HlsSegmenter, HlsSegmenter
+from egresskit.stages.media import EncodedItem
 from egresskit.stages.mixer import AudioMixer, Mixing
 from egresskit.stages.muxer import FileMuxer, Mp4Muxer
 from egresskit.stages.page import START_SIGNAL_TIMEOUT_S, PageSource
@@ -94,6 +99,25 @@ Output = FileOutput | SegmentsOutput | StreamOutput | ImageOutput
 
 
 @dataclass
+class OutputStages:
+    """The stage writing each output, keyed by the output as it was asked for."""
+
+    files: dict[FileOutput, FileMuxer] = field(default_factory=dict)
+    segments: dict[SegmentsOutput, HlsSegmenter] = field(default_factory=dict)
+    streams: dict[StreamOutput, StreamSink] = field(default_factory=dict)
+    images: dict[ImageOutput, ImageSnapshotter] = field(default_factory=dict)
+
+    def __contains__(self, output: object) -> bool:
+        kinds = (self.files, self.segments, self.streams, self.images)
+        return any(output in stages for stages in kinds)
+
+    @property
+    def stream(self) -> StreamSink | None:
+        """The stream sink, if any (a graph streams through one sink, its URLs change)."""
+        return next(iter(self.streams.values()), None)
+
+
+@dataclass
 class CompositeStages:
     """The stages of a composite graph, kept so the caller can watch and steer them."""
 
@@ -102,12 +126,9 @@ class CompositeStages:
     mixer: AudioMixer | None
     video_encoder: VideoEncoder | None
     audio_encoder: AudioEncoder | None
-    muxers: list[FileMuxer]
     # who is drawn and heard; `participants.choose` changes it while the graph runs
     participants: ParticipantGate = field(default_factory=ParticipantGate)
-    segmenters: list[HlsSegmenter] = field(default_factory=list)
-    streams: list[StreamSink] = field(default_factory=list)
-    snapshotters: list[ImageSnapshotter] = field(default_factory=list)
+    outputs: OutputStages = field(default_factory=OutputStages)
 
 
 CONTAINERS = {".mp4": "mp4", ".ogg": "ogg", ".webm": "webm", ".mp3": "mp3", ".mkv": "matroska"}
@@ -137,33 +158,43 @@ def stage_encodings(
     return video_encoding, audio_encoding
 
 
-def file_muxer(output: FileOutput, encoders: list) -> FileMuxer:
+def file_muxer(output: FileOutput) -> FileMuxer:
     suffix = os.path.splitext(os.fspath(output.path))[1].lower()
     if suffix == ".mp4":
-        return Mp4Muxer(output.path, encoders, faststart=output.faststart)
+        return Mp4Muxer(output.path, faststart=output.faststart)
     if output.faststart:
         raise ValueError("faststart is an option of MP4 files")
     if suffix not in CONTAINERS:
         raise ValueError(f"unsupported file type {suffix or '(none)'}")
-    return FileMuxer(output.path, encoders, format=CONTAINERS[suffix])
+    return FileMuxer(output.path, format=CONTAINERS[suffix])
 
 
-def segmenter(output: SegmentsOutput, encoders: list) -> HlsSegmenter:
+def segmenter(output: SegmentsOutput) -> HlsSegmenter:
     prefix = Path(output.prefix)
     extension = ".m4s" if output.fragmented_mp4 else ".ts"
     suffix = naming.SegmentSuffix(output.suffix)  # ValueError now, not at the first segment
-    settings = dict(
-        segment_names=lambda index, when: naming.segment_name(
-            prefix.name, suffix, index, when, extension
-        ),
-        live_playlist=naming.live_playlist_name(output.live_playlist),
+
+    def names(index: int, when: datetime) -> str:
+        return naming.segment_name(prefix.name, suffix, index, when, extension)
+
+    playlist = naming.playlist_name(prefix.name, output.playlist)
+    live_playlist = naming.live_playlist_name(output.live_playlist)
+    if output.fragmented_mp4:
+        return Fmp4HlsSegmenter(
+            prefix.parent,
+            playlist,
+            init_name=naming.init_segment_name(prefix.name),
+            segment_names=names,
+            live_playlist=live_playlist,
+            segment_duration=output.segment_duration,
+        )
+    return HlsSegmenter(
+        prefix.parent,
+        playlist,
+        segment_names=names,
+        live_playlist=live_playlist,
         segment_duration=output.segment_duration,
     )
-    playlist = naming.playlist_name(prefix.name, output.playlist)
-    if output.fragmented_mp4:
-        init = naming.init_segment_name(prefix.name)
-        return Fmp4HlsSegmenter(encoders, prefix.parent, playlist, init_name=init, **settings)
-    return HlsSegmenter(encoders, prefix.parent, playlist, **settings)
 
 
 def snapshotter(output: ImageOutput) -> ImageSnapshotter:
@@ -188,6 +219,7 @@ def composite_graph(
     participants: ParticipantChoice = EVERYONE,
     layout: str = "grid",
     audio_mixing: Mixing | str = Mixing.DEFAULT,
+    video_stages: Sequence[Stage] = (),
     name: str = "composite",
 ) -> tuple[Graph, CompositeStages]:
     """Room -> subscriber -> compositor / mixer -> one encode each -> every output.
@@ -200,14 +232,19 @@ def composite_graph(
     `participants` chooses who is drawn and heard (everyone by default);
     `stages.participants.choose` changes it while the graph runs.
 
+    `video_stages` are stages of your own that the composited pictures pass
+    through, in order, before they are encoded (and before images are taken):
+    each takes video frames on its `input` port and sends them on from its
+    `output` port (see examples/watermark.py).
+
     `video=None` records audio only, `audio=None` video only. Every output
     gets its own bounded link from the one encode; images take raw
     composited frames through a leaky link.
     """
     if video is None and audio is None:
         raise ValueError("a composite needs video, audio or both")
-    if video is None and any(isinstance(o, ImageOutput) for o in outputs):
-        raise ValueError("image outputs need video")
+    if video is None and video_stages:
+        raise ValueError("video stages need video")
     graph = Graph(name)
     subscriber = graph.add(
         RoomSubscriber(
@@ -218,8 +255,9 @@ def composite_graph(
         )
     )
     gate = ParticipantGate(participants)
-    encoders = []
+    encoders: list[OutputPort[EncodedItem]] = []
     compositor = mixer = video_encoder = audio_encoder = None
+    raw_video: OutputPort[av.VideoFrame] | None = None  # the pictures to encode
     # levels come from the mixer and from the room's server, if it announces speakers
     speakers = SpeakerTracker() if video is not None else None
     if video is not None:
@@ -236,55 +274,67 @@ def composite_graph(
         video_encoder = graph.add(VideoEncoder(video))
         graph.link(subscriber.video, compositor.input, maxsize=TRACK_ITEMS_QUEUE)
         graph.link(subscriber.roster, compositor.roster, maxsize=TRACK_ITEMS_QUEUE)
-        graph.link(compositor.output, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
-        encoders.append(video_encoder)
+        raw_video = compositor.output
+        for stage in video_stages:
+            if "input" not in stage.inputs or "output" not in stage.outputs:
+                raise ValueError(f"{stage.name} needs an `input` and an `output` port")
+            graph.add(stage)
+            graph.link(raw_video, stage.inputs["input"], maxsize=RAW_VIDEO_QUEUE)
+            raw_video = stage.outputs["output"]
+        graph.link(raw_video, video_encoder.input, maxsize=RAW_VIDEO_QUEUE)
+        encoders.append(video_encoder.output)
     if audio is not None:
         mixer = graph.add(AudioMixer(mixing=audio_mixing, speakers=speakers, participants=gate))
         audio_encoder = graph.add(AudioEncoder(audio))
         graph.link(subscriber.audio, mixer.input, maxsize=TRACK_ITEMS_QUEUE)
         graph.link(mixer.output, audio_encoder.input, maxsize=RAW_AUDIO_QUEUE)
-        encoders.append(audio_encoder)
+        encoders.append(audio_encoder.output)
     stages = CompositeStages(
-        subscriber, compositor, mixer, video_encoder, audio_encoder, [], participants=gate
+        subscriber, compositor, mixer, video_encoder, audio_encoder, participants=gate
     )
-    _attach_outputs(graph, stages, encoders, compositor.output if compositor else None, outputs)
+    stages.outputs = attach_outputs(graph, encoders, raw_video, outputs)
     return graph, stages
 
 
-def _attach_outputs(
+def attach_outputs(
     graph: Graph,
-    stages: CompositeStages | WebStages,
-    encoders: list,
-    raw_video: OutputPort | None,
-    outputs: list[Output],
-) -> None:
-    """Every output from the one encode; images take the raw pictures through a leaky link."""
+    encoders: Sequence[OutputPort[EncodedItem]],
+    raw_video: OutputPort[av.VideoFrame] | None,
+    outputs: Sequence[Output],
+) -> OutputStages:
+    """Every output from the one encode (`encoders`: the encoders' output ports); images
+    take the raw pictures (`raw_video`, None without video) through a leaky link. The
+    same output twice is a ValueError."""
+    stages = OutputStages()
     for output in outputs:
+        if output in stages:
+            raise ValueError(f"the same output twice: {output}")
         if isinstance(output, ImageOutput):
-            assert raw_video is not None
-            images = graph.add(snapshotter(output))
+            if raw_video is None:
+                raise ValueError("image outputs need video")
+            images = stages.images[output] = graph.add(snapshotter(output))
             graph.link(
                 raw_video,
                 images.input,
                 maxsize=SNAPSHOT_QUEUE,
                 policy=LinkPolicy.DROP_OLDEST,
             )
-            stages.snapshotters.append(images)
             continue
+        sink: FileMuxer | HlsSegmenter | StreamSink
         if isinstance(output, FileOutput):
-            sink = graph.add(file_muxer(output, encoders))
-            stages.muxers.append(sink)
+            sink = stages.files[output] = graph.add(file_muxer(output))
         elif isinstance(output, SegmentsOutput):
-            sink = graph.add(segmenter(output, encoders))
-            stages.segmenters.append(sink)
+            if output.fragmented_mp4 and raw_video is None:
+                raise ValueError("fragmented MP4 segments need video")
+            sink = stages.segments[output] = graph.add(segmenter(output))
         else:
             # never blocks its input: each URL has its own queue and thread
-            sink = graph.add(
-                StreamSink(encoders, output.urls, retry=output.retry, network=output.network)
+            sink = stages.streams[output] = graph.add(
+                StreamSink(output.urls, retry=output.retry, network=output.network)
             )
-            stages.streams.append(sink)
-        for encoder in encoders:
-            graph.link(encoder.output, sink.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
+        for encoded in encoders:
+            graph.link(encoded, sink.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
+    return stages
 
 
 @dataclass
@@ -294,10 +344,7 @@ class WebStages:
     source: PageSource
     video_encoder: VideoEncoder | None
     audio_encoder: AudioEncoder | None
-    muxers: list[FileMuxer] = field(default_factory=list)
-    segmenters: list[HlsSegmenter] = field(default_factory=list)
-    streams: list[StreamSink] = field(default_factory=list)
-    snapshotters: list[ImageSnapshotter] = field(default_factory=list)
+    outputs: OutputStages = field(default_factory=OutputStages)
     compositor: None = None  # a page lays itself out: UpdateLayout has nothing to switch
 
 
@@ -318,8 +365,6 @@ def web_graph(
     """
     if video is None and audio is None:
         raise ValueError("a web egress needs video, audio or both")
-    if video is None and any(isinstance(o, ImageOutput) for o in outputs):
-        raise ValueError("image outputs need video")
     graph = Graph(name)
     width, height, fps = (video.width, video.height, video.fps) if video else (1280, 720, 30)
     source = graph.add(
@@ -334,16 +379,16 @@ def web_graph(
             start_timeout_s=start_timeout_s,
         )
     )
-    encoders: list = []
+    encoders: list[OutputPort[EncodedItem]] = []
     video_encoder = audio_encoder = None
     if video is not None:
         video_encoder = graph.add(VideoEncoder(video))
         graph.link(source.video, video_encoder.input, maxsize=PAGE_VIDEO_QUEUE)
-        encoders.append(video_encoder)
+        encoders.append(video_encoder.output)
     if audio is not None:
         audio_encoder = graph.add(AudioEncoder(audio))
         graph.link(source.audio, audio_encoder.input, maxsize=RAW_AUDIO_QUEUE)
-        encoders.append(audio_encoder)
+        encoders.append(audio_encoder.output)
     stages = WebStages(source, video_encoder, audio_encoder)
-    _attach_outputs(graph, stages, encoders, source.video if video else None, outputs)
+    stages.outputs = attach_outputs(graph, encoders, source.video if video else None, outputs)
     return graph, stages

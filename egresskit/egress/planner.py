@@ -327,7 +327,7 @@ def _plan_track(
         relative,
         namer.storage(spec.file.storage),
         spec.file.disable_manifest,
-        stages.muxers[0],
+        stages.writer,
     )
     return Plan(graph=graph, room=room, files=[planned], track=stages.track)
 
@@ -479,26 +479,27 @@ def _plan_encoded(
     identifier, fields = _identifier(spec, room)
     namer = _Namer(output_root, identifier, fields, when, default_storage, egress_id, spec)
     outputs: list[Output] = []
-    files: list[PlannedFile] = []
-    segment_targets: list[_DirectoryTarget] = []
-    image_targets: list[_DirectoryTarget] = []
+    files: dict[FileOutput, PlannedFile] = {}
+    segment_targets: dict[SegmentsOutput, _DirectoryTarget] = {}
+    image_targets: dict[ImageOutput, _DirectoryTarget] = {}
     if spec.file is not None:
         file_output, planned_file = _file_output(spec.file, namer, spec.faststart)
         outputs.append(file_output)
-        files.append(planned_file)
+        files[file_output] = planned_file
     if spec.segments is not None:
         segments_output, segments_target = _segments_output(spec.segments, namer)
         outputs.append(segments_output)
-        segment_targets.append(segments_target)
+        segment_targets[segments_output] = segments_target
     for images in spec.images:
         images_output, images_target = _images_output(images, namer)
         outputs.append(images_output)
-        image_targets.append(images_target)
+        image_targets[images_output] = images_target
     if spec.stream is not None:
         outputs.append(_stream_output(spec.stream, spec.network))
     graph, stages = _encoded_graph(spec, room, outputs, egress_id, web_start_timeout_s)
-    for planned, writer in zip(files, stages.muxers, strict=True):
-        planned.writer = writer
+    written = stages.outputs
+    for file_output, planned in files.items():
+        planned.writer = written.files[file_output]
     page = participants = None
     if isinstance(stages, WebStages):
         page = stages.source
@@ -508,10 +509,10 @@ def _plan_encoded(
         graph=graph,
         room=room,
         compositor=stages.compositor,
-        files=files,
-        segments=[t.bind(s) for t, s in zip(segment_targets, stages.segmenters, strict=True)],
-        images=[t.bind(s) for t, s in zip(image_targets, stages.snapshotters, strict=True)],
-        stream=stages.streams[0] if stages.streams else None,
+        files=list(files.values()),
+        segments=[t.bind(written.segments[o]) for o, t in segment_targets.items()],
+        images=[t.bind(written.images[o]) for o, t in image_targets.items()],
+        stream=written.stream,
         participants=participants,
         page=page,
     )

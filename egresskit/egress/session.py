@@ -24,9 +24,22 @@ from egresskit.egress.manifest import (
 )
 from egresskit.egress.planner import Plan, PlannedDirectory, PlannedFile
 from egresskit.egress.redact import redact
-from egresskit.pipeline import BusMessage, GraphError, GraphState, memory
+from egresskit.pipeline import (
+    BusEvent,
+    FirstMedia,
+    GraphError,
+    GraphState,
+    SourceClosed,
+    SourceFailed,
+    Stage,
+    memory,
+)
+from egresskit.stages.hls import HlsSegmenter, InitSegmentWritten, PlaylistUpdated, SegmentClosed
+from egresskit.stages.page import RecordingStarted
 from egresskit.stages.participants import ParticipantChoice
-from egresskit.stages.stream import StreamState, StreamStatus
+from egresskit.stages.snapshot import ImageWritten
+from egresskit.stages.stream import StreamState, StreamStateChanged, StreamStatus
+from egresskit.stages.subscriber import RoomEmpty
 from egresskit.storage.base import Storage
 from egresskit.storage.upload import RetryPolicy, UploadFailed, upload_with_retry
 
@@ -84,7 +97,7 @@ class EgressSession:
         self._retry = retry or RetryPolicy()
         self._backup = backup
         self._end_reason = ""
-        self._end_status: int | None = None
+        self._end_status: egress_pb.EgressStatus | None = None
         self._end_error = ""
         self._warnings = ""  # what set_details said (tracks left out), kept beside "paused"
         self._discard = False  # StopEgress with discard: delete everything written
@@ -92,8 +105,8 @@ class EgressSession:
         self._stopping: asyncio.Task[GraphState] | None = None
         self._public: egress_pb.EgressInfo | None = None
         self._delivery = DirectoryDelivery(self._retry, backup)
-        self._segments: dict[Path, list[Path]] = {}  # directory prefix -> segment files
-        self._images: list[tuple[Path, int]] = []  # (file, capture time ns)
+        self._segments: dict[Stage, list[Path]] = {}  # segmenter -> the segment files it wrote
+        self._images: list[tuple[PlannedDirectory, Path, int]] = []  # output, file, capture ns
         self.done = asyncio.Event()
         self.ended_monotonic: float | None = None
         self.upload_bytes = 0
@@ -130,38 +143,40 @@ class EgressSession:
 
     # --- what the graph reports -------------------------------------------------------------
 
-    def _on_bus(self, message: BusMessage) -> None:
-        kind, data = message.kind, message.data
-        if self.info.status == egress_pb.EGRESS_STARTING and self._is_first_media(message):
+    def _on_bus(self, event: BusEvent) -> None:
+        if self.info.status == egress_pb.EGRESS_STARTING and self._is_first_media(event):
             self.info.status = egress_pb.EGRESS_ACTIVE
             self._changed("egress_updated")
-        if kind in ("room_empty", "source_closed"):
-            self.end(SOURCE_CLOSED)
-        elif kind == "source_failed":
-            # the source ended its streams: what was recorded is finalized, the egress FAILED
-            self.end(str(data["error"]), egress_pb.EGRESS_FAILED)
-        elif kind in ("segment_closed", "segment_init"):  # fMP4's init goes as a segment
-            path = Path(data["path"])
-            directory = self._directory(self.plan.segments, path)
-            if directory is not None:
-                self._segments.setdefault(directory.local_dir / directory.prefix, []).append(path)
-                # Kept until the playlists listing it are stored (_release_local_copies).
-                self._announce(directory, path, keep_local=True)
-        elif kind == "playlist_updated":
-            path = Path(data["path"])
-            directory = self._directory(self.plan.segments, path, any_name=True)
-            if directory is not None:
-                self._announce(directory, path, keep_local=not data.get("ended"))
-        elif kind == "image_written":
-            path = Path(data["path"])
-            directory = self._directory(self.plan.images, path)
-            if directory is not None:
-                self._images.append((path, int(data["timestamp"])))
-                self._announce(directory, path)
-        elif kind == "stream_state" and self.plan.stream is not None:
-            self._stream_results(self.plan.stream.states)
-            self._changed("egress_updated")
-            self._maybe_end_streams()
+        match event:
+            case RoomEmpty() | SourceClosed():
+                self.end(SOURCE_CLOSED)
+            case SourceFailed(error=error):
+                # the source ended its streams: what was recorded is finalized, the egress FAILED
+                self.end(error, egress_pb.EGRESS_FAILED)
+            case SegmentClosed(stage=stage, segment=segment):
+                self._segment_written(stage, segment.path)
+            case InitSegmentWritten(stage=stage, path=path):  # fMP4's init goes as a segment
+                self._segment_written(stage, path)
+            case PlaylistUpdated(stage=stage, path=path, ended=ended):
+                if (directory := self._output_of(self.plan.segments, stage)) is not None:
+                    self._announce(directory, path, keep_local=not ended)
+            case ImageWritten(stage=stage, image=image):
+                if (directory := self._output_of(self.plan.images, stage)) is not None:
+                    self._images.append((directory, image.path, image.timestamp_ns))
+                    self._announce(directory, image.path)
+            case StreamStateChanged(stage=stage):
+                sink = self.plan.stream
+                if sink is not None and stage is sink:
+                    self._stream_results(sink.states)
+                    self._changed("egress_updated")
+                    self._maybe_end_streams()
+
+    def _segment_written(self, segmenter: Stage, path: Path) -> None:
+        directory = self._output_of(self.plan.segments, segmenter)
+        if directory is not None:
+            self._segments.setdefault(segmenter, []).append(path)
+            # Kept until the playlists listing it are stored (_release_local_copies).
+            self._announce(directory, path, keep_local=True)
 
     def _announce(self, directory: PlannedDirectory, path: Path, *, keep_local: bool = False) -> None:
         """Upload a written file, unless the egress is being discarded."""
@@ -169,30 +184,19 @@ class EgressSession:
             self._delivery.announce(directory, path, keep_local=keep_local)
 
     @staticmethod
-    def _is_first_media(message: BusMessage) -> bool:
+    def _is_first_media(event: BusEvent) -> bool:
         """Media reached an output (a file, a segment, an image or a stream destination),
         or a web page's recording began: its first picture is on the frame grid."""
-        if message.kind in ("first_media", "segment_closed", "image_written", "recording_started"):
+        if isinstance(event, FirstMedia | SegmentClosed | ImageWritten | RecordingStarted):
             return True
-        state = message.data.get("state")
-        return message.kind == "stream_state" and bool(state and state.started_at_ns)
+        return isinstance(event, StreamStateChanged) and bool(event.state.started_at_ns)
 
     @staticmethod
-    def _directory(
-        directories: Sequence[PlannedDirectory], path: Path, *, any_name: bool = False
+    def _output_of(
+        directories: Sequence[PlannedDirectory], stage: Stage
     ) -> PlannedDirectory | None:
-        """The output that wrote `path`: in its directory, the longest name prefix `path`
-        starts with (`cam_hi_00000.jpeg` is `shots/cam_hi`'s, not `shots/cam`'s)."""
-        found, found_stem = None, ""
-        for directory in directories:
-            stem = Path(directory.prefix).name
-            if path.parent != directory.local_dir:
-                continue
-            if any_name:
-                return directory
-            if path.name.startswith(stem) and (found is None or len(stem) > len(found_stem)):
-                found, found_stem = directory, stem
-        return found
+        """The planned output a stage writes (None for a stage of no planned output)."""
+        return next((d for d in directories if d.stage is stage), None)
 
     def _stream_results(self, states: Sequence[StreamState]) -> None:
         del self.info.stream_results[:]
@@ -227,7 +231,7 @@ class EgressSession:
 
     # --- steering ---------------------------------------------------------------------------
 
-    def end(self, reason: str, status: int | None = None) -> None:
+    def end(self, reason: str, status: egress_pb.EgressStatus | None = None) -> None:
         """Ask the graph to drain and finish; the first reason given is the one reported."""
         if self._stopping is not None or not self.active:
             return
@@ -454,12 +458,10 @@ class EgressSession:
                 await asyncio.to_thread(planned.local_path.unlink, missing_ok=True)
         written: list[tuple[PlannedDirectory, Path]] = []
         for directory in self.plan.segments:
-            segmenter = directory.stage
-            segments = self._segments.get(directory.local_dir / directory.prefix, [])
-            playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
-            written += [(directory, path) for path in (*segments, *playlists)]
-        for directory in self.plan.images:
-            written += [(directory, p) for p, _ in self._images if self._directory([directory], p)]
+            segmenter = _segmenter(directory)
+            segments = self._segments.get(segmenter, [])
+            written += [(directory, path) for path in (*segments, *segmenter.playlists)]
+        written += [(directory, path) for directory, path, _ in self._images]
         for directory, path in written:
             key = directory.key(path)
             with _collected(errors, f"discarding {key}"):
@@ -478,11 +480,11 @@ class EgressSession:
         """
         if directory.storage is None:
             return
-        segmenter = directory.stage
-        playlists = [p for p in (segmenter.playlist, segmenter.live_playlist) if p is not None]
+        segmenter = _segmenter(directory)
+        playlists = segmenter.playlists
         if not all(self._delivery.stored(p) for p in playlists):
             return
-        segments = self._segments.get(directory.local_dir / directory.prefix, [])
+        segments = self._segments.get(segmenter, [])
         for path in (*segments, *playlists):
             if self._delivery.stored(path):
                 with contextlib.suppress(OSError):
@@ -525,7 +527,7 @@ class EgressSession:
 
     def _segment_results(self) -> None:
         for directory in self.plan.segments:
-            results = directory.stage.results
+            results = _segmenter(directory).results
             live = results.live_playlist
             self.info.segment_results.add(
                 playlist_name=directory.key(results.playlist),
@@ -541,9 +543,7 @@ class EgressSession:
 
     def _image_results(self) -> None:
         for directory in self.plan.images:
-            taken = [
-                (p, t) for p, t in self._images if self._directory(self.plan.images, p) is directory
-            ]
+            taken = [(p, t) for d, p, t in self._images if d is directory]
             self.info.image_results.add(
                 filename_prefix=directory.prefix,
                 image_count=len(taken),
@@ -567,13 +567,13 @@ class EgressSession:
     def _manifest(self) -> dict:
         segments = {}
         for directory, results in zip(self.plan.segments, self.info.segment_results, strict=True):
-            files = self._segments.get(directory.local_dir / directory.prefix, [])
+            files = self._segments.get(directory.stage, [])
             segments[results.playlist_location] = [
                 ManifestSegment(directory.key(p), self._delivery.location(p)) for p in files
             ]
         images = [
-            ManifestImage(self._image_key(path), timestamp, self._delivery.location(path))
-            for path, timestamp in self._images
+            ManifestImage(directory.key(path), timestamp, self._delivery.location(path))
+            for directory, path, timestamp in self._images
         ]
         track = self.plan.track
         details = (
@@ -589,10 +589,6 @@ class EgressSession:
             track=details,
             first_media_at_ns=writers[0].first_media_at_ns if writers else 0,
         )
-
-    def _image_key(self, path: Path) -> str:
-        directory = self._directory(self.plan.images, path)
-        return directory.key(path) if directory is not None else path.name
 
     async def _write_manifests(self, errors: list[str]) -> None:
         """`{egress_id}.json` beside each output that wants one (once per place)."""
@@ -635,6 +631,13 @@ class EgressSession:
         with contextlib.suppress(OSError):
             await asyncio.to_thread(local.unlink)
         return uploaded.location
+
+
+def _segmenter(directory: PlannedDirectory) -> HlsSegmenter:
+    """The stage writing a segments output (a planned directory's stage may be a snapshotter)."""
+    stage = directory.stage
+    assert isinstance(stage, HlsSegmenter), f"{stage} writes no segments"
+    return stage
 
 
 @contextlib.contextmanager

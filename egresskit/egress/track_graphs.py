@@ -8,8 +8,8 @@
 - `track_composite_graph`: one audio and one video track, composited and encoded.
 
 Each graph ends by itself, COMPLETE, when what it follows is gone (the
-track unpublished, the participant left), and posts `source_closed` on its
-bus first, saying why.
+track unpublished, the participant left), and posts `SourceClosed` on its
+bus first (`SourceClosed`), saying why.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class SourceNotFound(LookupError):
 @dataclass
 class TrackStages:
     source: EncodedTrackSource
-    muxers: list[PassthroughFileWriter]
+    writer: PassthroughFileWriter  # the file at the path track_graph was given
     track: TrackDescription
 
 
@@ -91,7 +91,7 @@ def track_graph(
     source = graph.add(EncodedTrackSource(track))
     writer = graph.add(PassthroughFileWriter(path, track.mime_type, source=source))
     graph.link(source.output, writer.input, maxsize=PACKET_QUEUE, policy=LinkPolicy.BLOCK)
-    return graph, TrackStages(source, [writer], TrackDescription.of(track))
+    return graph, TrackStages(source, writer, TrackDescription.of(track))
 
 
 def track_websocket_graph(

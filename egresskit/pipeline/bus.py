@@ -4,26 +4,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+
+from egresskit.pipeline.events import BusEvent
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class BusMessage:
-    """One thing a stage or the graph reports: `kind` says what, `data` says the rest."""
-
-    kind: str  # "state", "error", or a stage-specific name such as "first_media"
-    source: str
-    data: dict[str, Any] = field(default_factory=dict)
-
-
-Listener = Callable[[BusMessage], None]
+Listener = Callable[[BusEvent], None]
 
 
 class Bus:
-    """Synchronous fan-out of messages to listeners.
+    """Synchronous fan-out of events to listeners.
 
     Listeners are called in the loop thread and must not block; a listener
     that raises is logged and kept, so one bad observer cannot end a graph.
@@ -34,16 +24,20 @@ class Bus:
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
 
     def clear(self) -> None:
         """Forget every listener (the graph has ended; they hold its owner alive)."""
         self._listeners.clear()
 
-    def post(self, kind: str, source: str, **data: Any) -> None:
-        message = BusMessage(kind, source, data)
+    def post(self, event: BusEvent) -> None:
         for listener in list(self._listeners):
             try:
-                listener(message)
+                listener(event)
             except Exception:
-                log.exception("bus listener failed on %s from %s", kind, source)
+                log.exception("bus listener failed on %r", event)

@@ -10,12 +10,14 @@ from typing import Any, TypeVar
 
 from egresskit.pipeline.bus import Bus
 from egresskit.pipeline.clock import GraphClock
+from egresskit.pipeline.events import Paused, Resumed, StageFailed, StateChanged
 from egresskit.pipeline.link import Link, LinkPolicy
 from egresskit.pipeline.stage import InputPort, OutputPort, Stage
 
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=Stage)
+T = TypeVar("T")
 
 
 class GraphState(enum.Enum):
@@ -64,12 +66,12 @@ class Graph:
 
     def link(
         self,
-        out: OutputPort[Any],
-        into: InputPort[Any],
+        out: OutputPort[T],
+        into: InputPort[T],
         *,
         maxsize: int = 8,
         policy: LinkPolicy = LinkPolicy.BLOCK,
-    ) -> Link[Any]:
+    ) -> Link[T]:
         """Join an output to an input; several outputs may feed one input (a merge)."""
         for port in (out, into):
             if port.stage.graph is not self:
@@ -77,7 +79,7 @@ class Graph:
         if into.link is None:
             into.link = Link(maxsize, policy, name=f"{out}->{into}")
             self.links.append(into.link)
-        into.link.add_producer()
+        into.link.add_producer(out.receive_upstream)
         out.links.append(into.link)
         return into.link
 
@@ -114,7 +116,7 @@ class Graph:
             return
         self.error = exc
         self.failed_stage = stage.name
-        self.bus.post("error", stage.name, error=str(exc) or type(exc).__name__)
+        self.bus.post(StageFailed(stage, str(exc) or type(exc).__name__))
         for other, task in self._tasks.items():
             if other is not stage:
                 task.cancel()
@@ -131,10 +133,8 @@ class Graph:
         if self.state is state:
             return
         self.state = state
-        data: dict[str, Any] = {"state": state.value}
-        if self.error is not None:
-            data["error"] = str(self.error) or type(self.error).__name__
-        self.bus.post("state", self.name, **data)
+        error = "" if self.error is None else str(self.error) or type(self.error).__name__
+        self.bus.post(StateChanged(self, state, error))
 
     def pause(self) -> bool:
         """Write nothing from now on, keeping every stage and connection; False if already paused.
@@ -150,7 +150,7 @@ class Graph:
             raise GraphError(f"{', '.join(fixed)} cannot pause")
         if not self.clock.pause():
             return False
-        self.bus.post("paused", self.name, media_time=self.clock.now())
+        self.bus.post(Paused(self, self.clock.now()))
         return True
 
     def resume(self) -> bool:
@@ -159,7 +159,7 @@ class Graph:
             raise GraphError(f"graph {self.name} is {self.state.value}, not running")
         if not self.clock.resume():
             return False
-        self.bus.post("resumed", self.name, media_time=self.clock.now())
+        self.bus.post(Resumed(self, self.clock.now()))
         return True
 
     @property
@@ -227,6 +227,9 @@ class Graph:
         self._tasks.clear()
         self._watcher = None
         self.bus.clear()
+
+    def __repr__(self) -> str:
+        return f"<Graph {self.name} {self.state.value}>"
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -4,27 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncIterator
-from typing import Generic, TypeVar
+from collections.abc import AsyncIterator, Callable
+from typing import Final, Generic, TypeVar
+
+from egresskit.pipeline.events import UpstreamEvent
 
 T = TypeVar("T")
 
 
-class _EndOfStream:
-    """In-band end-of-stream marker: a stage that receives it drains and forwards it."""
+class EndOfStream(enum.Enum):
+    """In-band end-of-stream marker: a stage that receives it drains and forwards it.
 
-    _instance: _EndOfStream | None = None
+    An enum of one member, so `item is not EOS` narrows `T | EndOfStream` to `T`
+    for a type checker.
+    """
 
-    def __new__(cls) -> _EndOfStream:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
+    EOS = "EOS"
 
     def __repr__(self) -> str:
         return "EOS"
 
 
-EOS = _EndOfStream()
+EOS: Final = EndOfStream.EOS
+# A producer's handler of upstream events (OutputPort.receive_upstream).
+UpstreamHandler = Callable[[UpstreamEvent], None]
 
 
 class LinkPolicy(enum.Enum):
@@ -51,13 +54,26 @@ class Link(Generic[T]):
         self.maxsize = maxsize
         self.dropped = 0
         self.passed = 0
-        self._queue: asyncio.Queue[T | _EndOfStream] = asyncio.Queue(maxsize)
+        self._queue: asyncio.Queue[T | EndOfStream] = asyncio.Queue(maxsize)
         self._producers = 0
+        self._upstream: list[UpstreamHandler] = []
         self._closed_producers = 0
         self._eos_queued = False
 
-    def add_producer(self) -> None:
+    def add_producer(self, upstream: UpstreamHandler | None = None) -> None:
+        """One more producer; `upstream` receives the events the consumer sends back."""
         self._producers += 1
+        if upstream is not None:
+            self._upstream.append(upstream)
+
+    @property
+    def producers(self) -> int:
+        return self._producers
+
+    def send_upstream(self, event: UpstreamEvent) -> None:
+        """Hand an event to every producer (on the loop thread; it must not block)."""
+        for handler in list(self._upstream):
+            handler(event)
 
     @property
     def closed(self) -> bool:
@@ -90,7 +106,7 @@ class Link(Generic[T]):
         self.passed += 1
         return True
 
-    def _put_leaky(self, item: T | _EndOfStream) -> None:
+    def _put_leaky(self, item: T | EndOfStream) -> None:
         while self._queue.full():
             self._queue.get_nowait()
             self.dropped += 1
@@ -115,10 +131,10 @@ class Link(Generic[T]):
         self._eos_queued = True
         self._put_leaky(EOS)
 
-    async def get(self) -> T | _EndOfStream:
+    async def get(self) -> T | EndOfStream:
         return await self._queue.get()
 
-    def get_nowait(self) -> T | _EndOfStream:
+    def get_nowait(self) -> T | EndOfStream:
         return self._queue.get_nowait()
 
     def clear(self) -> None:
@@ -134,4 +150,4 @@ class Link(Generic[T]):
             item = await self._queue.get()
             if item is EOS:
                 return
-            yield item  # type: ignore[misc]
+            yield item

@@ -8,7 +8,8 @@ import functools
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from egresskit.pipeline.link import EOS, Link, _EndOfStream
+from egresskit.pipeline.events import StageEvent, UpstreamEvent
+from egresskit.pipeline.link import EOS, EndOfStream, Link
 
 if TYPE_CHECKING:
     from egresskit.pipeline.bus import Bus
@@ -27,6 +28,10 @@ class OutputPort(Generic[T]):
         self.name = name
         self.links: list[Link[T]] = []
         self._closed = False
+
+    def receive_upstream(self, event: UpstreamEvent) -> None:
+        """A consumer sent an event back through one of this port's links."""
+        self.stage.on_upstream(event, self)
 
     async def send(self, item: T) -> None:
         for link in self.links:
@@ -52,10 +57,20 @@ class InputPort(Generic[T]):
         self.name = name
         self.link: Link[T] | None = None
 
-    async def recv(self) -> T | _EndOfStream:
+    async def recv(self) -> T | EndOfStream:
         if self.link is None:
             return EOS
         return await self.link.get()
+
+    @property
+    def producers(self) -> int:
+        """How many output ports feed this input."""
+        return self.link.producers if self.link is not None else 0
+
+    def send_upstream(self, event: UpstreamEvent) -> None:
+        """Send an event against the flow, to every stage feeding this input (loop thread)."""
+        if self.link is not None:
+            self.link.send_upstream(event)
 
     async def __aiter__(self) -> AsyncIterator[T]:
         if self.link is None:
@@ -89,6 +104,8 @@ class Stage:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
 
     def add_input(self, name: str) -> InputPort[Any]:
+        """A new input; annotate the attribute it is kept in with its item type
+        (`self.input: InputPort[av.VideoFrame] = self.add_input("input")`)."""
         port: InputPort[Any] = InputPort(self, name)
         self.inputs[name] = port
         return port
@@ -108,14 +125,22 @@ class Stage:
         assert self.graph is not None, f"{self.name} is not in a graph"
         return self.graph.bus
 
-    def post(self, kind: str, **data: Any) -> None:
+    def post(self, event: StageEvent) -> None:
+        """Tell whoever runs the graph (a no-op outside a graph)."""
         if self.graph is not None:
-            self.graph.bus.post(kind, self.name, **data)
+            self.graph.bus.post(event)
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        """An event from downstream reached output `port`. By default it travels on to
+        every stage feeding this one; a stage that can act on it (an encoder asked for a
+        key frame) overrides this."""
+        for input_port in self.inputs.values():
+            input_port.send_upstream(event)
 
     async def run(self) -> None:
         raise NotImplementedError
 
-    async def next_unless_stopping(self, link: Link[T]) -> T | _EndOfStream:
+    async def next_unless_stopping(self, link: Link[T]) -> T | EndOfStream:
         """The link's next item, or end of stream as soon as this stage is asked to stop.
 
         For sources that wait on something outside the graph (room events)

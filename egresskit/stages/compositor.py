@@ -15,7 +15,7 @@ import av
 from av.video.reformatter import VideoReformatter
 from livekit.protocol.models import TrackSource, TrackType
 
-from egresskit.pipeline import EOS, InputPort, Stage
+from egresskit.pipeline import EOS, InputPort, OutputPort, Stage
 from egresskit.stages.canvas import Planes, blank_planes, fill, frame_planes
 from egresskit.stages.labels import label_patch, overflow_patch, placeholder_patch
 from egresskit.stages.layout import (
@@ -174,9 +174,9 @@ class VideoCompositor(Stage):
         self.participants = participants or ParticipantGate()
         # the capture instant of the media on show (None: now, with no graph clock)
         self._shown_at: float | None = None
-        self.input = self.add_input("input")
-        self.roster = self.add_input("roster")
-        self.output = self.add_output("output")
+        self.input: InputPort[TrackItem] = self.add_input("input")
+        self.roster: InputPort[RosterItem] = self.add_input("roster")
+        self.output: OutputPort[av.VideoFrame] = self.add_output("output")
         self._layout_lock = threading.Lock()
         self._layout = parse_layout(layout)
         self._participants: dict[str, _Participant] = {}
@@ -210,7 +210,7 @@ class VideoCompositor(Stage):
                 with contextlib.suppress(asyncio.CancelledError):
                     await intake
 
-    async def _intake(self, port: InputPort[TrackItem | RosterItem]) -> None:
+    async def _intake(self, port: InputPort[TrackItem] | InputPort[RosterItem]) -> None:
         while (item := await port.recv()) is not EOS:
             self.apply(item)
 
@@ -224,7 +224,7 @@ class VideoCompositor(Stage):
         info = item.track
         if isinstance(item, TrackFrame):
             track = self._videos.get(info.sid)
-            if track is None:
+            if track is None or not isinstance(item.frame, av.VideoFrame):
                 return
             if not self.participants.admits(info.participant_identity, item.time):
                 return  # captured while its participant was left out: never shown

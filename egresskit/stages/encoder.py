@@ -6,14 +6,15 @@ import io
 import os
 from dataclasses import dataclass
 from fractions import Fraction
+from typing import Any, Generic, TypeVar, cast
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 from av.video.frame import PictureType
 
-from egresskit.pipeline import EOS, Stage
-from egresskit.stages.media import EncodedPacket
+from egresskit.pipeline import EOS, InputPort, OutputPort, Stage, UpstreamEvent
+from egresskit.stages.media import EncodedItem, EncodedPacket, KeyFrameRequest, StreamHeader
 
 H264_PROFILES = {"baseline": "Constrained Baseline", "main": "Main", "high": "High"}
 VIDEO_CODECS = {"h264": "libx264", "vp8": "libvpx", "vp9": "libvpx-vp9", "av1": "libsvtav1"}
@@ -60,18 +61,22 @@ class AudioEncoding:
     sample_rate: int = 48_000
 
 
-class _Encoder(Stage):
-    """Frames in, EncodedPacket out; codec calls run on the stage's worker thread."""
+F = TypeVar("F", av.VideoFrame, av.AudioFrame)
+
+
+class _Encoder(Stage, Generic[F]):
+    """Frames in; a StreamHeader, then EncodedPackets out. Codec calls run on the stage's
+    worker thread."""
 
     kind = ""
+    context: av.CodecContext  # narrowed by each encoder
 
     def __init__(self, name: str | None) -> None:
         super().__init__(name)
-        self.input = self.add_input("input")
-        self.output = self.add_output("output")
+        self.input: InputPort[F] = self.add_input("input")
+        self.output: OutputPort[EncodedItem] = self.add_output("output")
         self.packets_out = 0
         self.bytes_out = 0
-        self.context: av.CodecContext
         self._holder: OutputContainer | None = None
         self._template: Stream | None = None
 
@@ -88,18 +93,32 @@ class _Encoder(Stage):
         ctx.flags |= av.codec.context.Flags.global_header
         return ctx
 
-    def add_stream(self, container: OutputContainer) -> Stream:
-        """Add the stream these packets belong to, to a muxer's container."""
+    def header(self) -> StreamHeader:
+        """What sinks need to add this encoder's stream: sent before the first packet."""
         if self._template is None:
             raise RuntimeError(f"{self.name} has been released: its graph has ended")
-        stream = container.add_stream_from_template(self._template)
-        # The template copy leaves extradata out; without it FLV carries no sequence
-        # headers and OGG no OpusHead, so players drop or refuse the stream.
-        stream.codec_context.extradata = self.context.extradata
-        return stream
+        return StreamHeader(
+            kind=self.kind,
+            codec=self.context.name,
+            template=self._template,
+            extradata=bytes(self.context.extradata or b""),
+            time_base=self._time_base(),
+            **self._picture(),
+        )
 
-    def request_keyframe(self) -> None:
-        """Make the next frame a key frame (a new stream destination starts there)."""
+    def _time_base(self) -> Fraction:
+        raise NotImplementedError
+
+    def _picture(self) -> dict[str, int]:
+        """The header's width, height and frame rate (video only)."""
+        return {}
+
+    def _encode(self, frame: F | None) -> list[av.Packet]:
+        """Encode on the worker thread (None: flush the codec)."""
+        raise NotImplementedError
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        """Encoders answer key-frame requests (VideoEncoder) and send nothing further up."""
 
     def release(self) -> None:
         """Free the codec context: an x264 720p context holds ~20 MB, an AAC one the two
@@ -109,15 +128,16 @@ class _Encoder(Stage):
             holder.close()
         del self.context  # using it after this is a bug: let it fail loudly
 
-    def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def _prepare(self, frame: F) -> None:
         """Adjust a frame before it is encoded (key frame decisions)."""
 
     async def run(self) -> None:
+        await self.output.send(self.header())
         while (frame := await self.input.recv()) is not EOS:
             self._prepare(frame)
-            for packet in await self.offload(self.context.encode, frame):
+            for packet in await self.offload(self._encode, frame):
                 await self._send(packet)
-        for packet in await self.offload(self.context.encode, None):
+        for packet in await self.offload(self._encode, None):
             await self._send(packet)
 
     async def _send(self, packet: av.Packet) -> None:
@@ -132,7 +152,7 @@ class _Encoder(Stage):
         return {"packets_out": self.packets_out, "bytes_out": self.bytes_out}
 
 
-class VideoEncoder(_Encoder):
+class VideoEncoder(_Encoder[av.VideoFrame]):
     """Encodes composited frames once; every muxer of the graph shares the packets.
 
     H.264 parameter sets go both into the extradata (for MP4 and FLV
@@ -141,6 +161,7 @@ class VideoEncoder(_Encoder):
     """
 
     kind = "video"
+    context: av.VideoCodecContext
 
     def __init__(
         self, encoding: VideoEncoding = VideoEncoding(), *, name: str | None = None
@@ -157,7 +178,7 @@ class VideoEncoder(_Encoder):
 
     def _open(self) -> av.VideoCodecContext:
         e = self.encoding
-        ctx = self._template_context(VIDEO_CODECS[e.codec], e.fps)
+        ctx = cast(av.VideoCodecContext, self._template_context(VIDEO_CODECS[e.codec], e.fps))
         ctx.width = e.width
         ctx.height = e.height
         ctx.pix_fmt = "yuv420p"
@@ -189,25 +210,28 @@ class VideoEncoder(_Encoder):
         ctx.open()
         return ctx
 
-    def add_stream(self, container: OutputContainer) -> Stream:
-        stream = super().add_stream(container)
-        # the template copy carries the stream's size from before it was set (640x480)
-        stream.codec_context.width = self.encoding.width
-        stream.codec_context.height = self.encoding.height
-        return stream
+    def _time_base(self) -> Fraction:
+        return self.time_base
 
-    def request_keyframe(self) -> None:
-        self._keyframe_wanted = True
+    def _picture(self) -> dict[str, int]:
+        e = self.encoding
+        return {"width": e.width, "height": e.height, "frame_rate": e.fps}
 
-    def _prepare(self, frame: av.VideoFrame | av.AudioFrame) -> None:
+    def _encode(self, frame: av.VideoFrame | None) -> list[av.Packet]:
+        return self.context.encode(frame)
+
+    def on_upstream(self, event: UpstreamEvent, port: OutputPort[Any]) -> None:
+        if isinstance(event, KeyFrameRequest):
+            self._keyframe_wanted = True  # the next frame drawn is a key frame
+
+    def _prepare(self, frame: av.VideoFrame) -> None:
         if self._keyframe_wanted or (frame.pts or 0) % self.gop == 0 or self._resumed(frame):
             self._keyframe_wanted = False
             frame.pict_type = PictureType.I
         else:
             frame.pict_type = PictureType.NONE
 
-
-    def _resumed(self, frame: av.VideoFrame | av.AudioFrame) -> bool:
+    def _resumed(self, frame: av.VideoFrame) -> bool:
         """The first frame at or after a resume of the graph clock (Graph.resume) is a key
         frame: players start there cleanly, and HLS puts its discontinuity there."""
         resumes = self.clock.resumes if self.graph is not None else []
@@ -219,10 +243,11 @@ class VideoEncoder(_Encoder):
         return True
 
 
-class AudioEncoder(_Encoder):
+class AudioEncoder(_Encoder[av.AudioFrame]):
     """Encodes the mixed audio; PyAV resamples to the codec's format and frame size."""
 
     kind = "audio"
+    context: av.AudioCodecContext
 
     def __init__(
         self, encoding: AudioEncoding = AudioEncoding(), *, name: str | None = None
@@ -231,10 +256,19 @@ class AudioEncoder(_Encoder):
         if encoding.codec not in AUDIO_CODECS:
             raise ValueError(f"unsupported audio codec {encoding.codec!r}")
         self.encoding = encoding
-        ctx = self._template_context(AUDIO_CODECS[encoding.codec], encoding.sample_rate)
+        ctx = cast(
+            av.AudioCodecContext,
+            self._template_context(AUDIO_CODECS[encoding.codec], encoding.sample_rate),
+        )
         ctx.layout = "stereo"
         ctx.bit_rate = encoding.bitrate_kbps * 1000
         if encoding.codec == "aac":
             ctx.profile = "LC"  # also tells muxers copying this template which profile it is
         ctx.open()
         self.context = ctx
+
+    def _time_base(self) -> Fraction:
+        return Fraction(1, self.encoding.sample_rate)
+
+    def _encode(self, frame: av.AudioFrame | None) -> list[av.Packet]:
+        return self.context.encode(frame)

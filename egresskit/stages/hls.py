@@ -14,19 +14,18 @@ import io
 import math
 import os
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, Stage
-from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import EncodedPacket
+from egresskit.pipeline import EOS, InputPort, Stage, StageEvent
+from egresskit.stages.media import EncodedInput, EncodedItem, EncodedPacket, StreamHeader
 from egresskit.stages.muxer import private_packet
 from egresskit.storage.paths import confine, write_atomically
 
@@ -57,6 +56,29 @@ class Segment:
     @property
     def filename(self) -> str:
         return self.path.name
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SegmentClosed(StageEvent):
+    """A segment file is complete: it can be uploaded."""
+
+    segment: Segment
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class InitSegmentWritten(StageEvent):
+    """fMP4's initialization section (EXT-X-MAP) is on disk: it goes out as a segment."""
+
+    path: Path
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class PlaylistUpdated(StageEvent):
+    """A playlist was rewritten; `ended` once it has ENDLIST (the last rewrite)."""
+
+    path: Path
+    live: bool
+    ended: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,9 +177,15 @@ def _entry(segment: Segment, playlist_dir: Path) -> list[str]:
     return [*lines, f"#EXTINF:{segment.duration_s:.3f},", uri]
 
 
+def _add_streams(
+    container: OutputContainer, headers: Mapping[str, StreamHeader]
+) -> dict[str, Stream]:
+    return {kind: header.add_to(container) for kind, header in headers.items()}
+
+
 def _write_playlist(path: Path, text: str) -> None:
     """Readers (players, uploaders) never see half a playlist."""
-    write_atomically(path, lambda out: out.write(text.encode()))
+    write_atomically(path, lambda out: _write_all(out, text.encode()))
 
 
 class HlsSegmenter(Stage):
@@ -167,9 +195,8 @@ class HlsSegmenter(Stage):
     end, so the video encoder's key frame interval must equal the segment
     duration for segments of exactly that length (composite_graph sets it);
     every segment then starts with a key frame. Audio-only segments are cut
-    on audio packets. Each closed segment is posted as `segment_closed`
-    (path, filename, index, start, duration, size, started_at) and each
-    playlist rewrite as `playlist_updated` (path, live, ended); ENDLIST is
+    on audio packets. Each closed segment is posted as `SegmentClosed`
+    and each playlist rewrite as `PlaylistUpdated`; ENDLIST is
     written on end of stream. After a pause (Graph.resume) a segment is cut
     at the first key frame of the resumed recording and starts with
     `#EXT-X-DISCONTINUITY`: its timestamps continue, but the picture and
@@ -180,7 +207,6 @@ class HlsSegmenter(Stage):
 
     def __init__(
         self,
-        encoders: Sequence[_Encoder],
         directory: str | os.PathLike[str],
         playlist: str | os.PathLike[str],
         *,
@@ -191,22 +217,19 @@ class HlsSegmenter(Stage):
         name: str | None = None,
     ) -> None:
         super().__init__(name)
-        if not encoders:
-            raise ValueError("a segmenter needs at least one encoder")
         if segment_duration <= 0:
             raise ValueError("segment duration must be positive")
-        self.encoders = list(encoders)
         self.directory = Path(directory)
         self.playlist = self._inside(playlist)
         self.live_playlist = self._inside(live_playlist) if live_playlist else None
         self.segment_names = segment_names or index_names("segment")
         self.segment_duration = segment_duration
         self.live_window = live_window
-        self.input = self.add_input("input")
+        self.input: InputPort[EncodedItem] = self.add_input("input")
         self.segments: list[Segment] = []
-        self._cut_on = "video" if any(e.kind == "video" for e in self.encoders) else "audio"
-        frame_s = min((1 / e.encoding.fps for e in self.encoders if e.kind == "video"), default=0)
-        self._tolerance = CUT_TOLERANCE_FRAMES * frame_s
+        self._headers: dict[str, StreamHeader] = {}  # by kind, from the encoders feeding it
+        self._cut_on = "video"  # the kind segments are cut on: video, or audio without video
+        self._tolerance = 0.0
         self._container: OutputContainer | None = None
         self._streams: dict[str, Stream] = {}
         self._current: tuple[int, Path, float, int] | None = None  # index, path, start, wall
@@ -222,9 +245,21 @@ class HlsSegmenter(Stage):
         confine(self.directory, os.fspath(name))
         return self.directory / name
 
+    async def _read_headers(self, packets: EncodedInput) -> None:
+        """Learn the streams from their headers: what to cut on, how close to a boundary."""
+        self._headers = await packets.read_headers()
+        if not self._headers:
+            raise ValueError(f"{self.name}: no encoded stream reached the segmenter")
+        video = self._headers.get("video")
+        self._cut_on = "video" if video is not None else "audio"
+        if video is not None and video.frame_rate:
+            self._tolerance = CUT_TOLERANCE_FRAMES / video.frame_rate
+
     async def run(self) -> None:
-        while (item := await self.input.recv()) is not EOS:
-            if item.kind not in {e.kind for e in self.encoders}:
+        packets = EncodedInput(self.input)
+        await self._read_headers(packets)
+        while (item := await packets.recv()) is not EOS:
+            if item.kind not in self._headers:
                 continue
             seconds = item.seconds
             if self._current is None:
@@ -277,7 +312,7 @@ class HlsSegmenter(Stage):
         self._inside(path.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(path), "w", format="mpegts")
-        self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
+        self._streams = _add_streams(container, self._headers)
         self._container = container
 
     def _write(self, item: EncodedPacket) -> None:
@@ -299,16 +334,7 @@ class HlsSegmenter(Stage):
             index, path, start_s, max(0.0, end_s - start_s), wall_ns, size, self._discontinuity
         )
         self.segments.append(segment)
-        self.post(
-            "segment_closed",
-            path=str(path),
-            filename=segment.filename,
-            index=index,
-            start=start_s,
-            duration=segment.duration_s,
-            size=size,
-            started_at=wall_ns,
-        )
+        self.post(SegmentClosed(self, segment))
         await self._write_playlists(ended=ended)
 
     async def _write_playlists(self, *, ended: bool) -> None:
@@ -317,7 +343,7 @@ class HlsSegmenter(Stage):
             segments, self.segment_duration, self.playlist.parent, ended=ended, init=self.init
         )
         await self.offload(_write_playlist, self.playlist, event)
-        self.post("playlist_updated", path=str(self.playlist), live=False, ended=ended)
+        self.post(PlaylistUpdated(self, self.playlist, live=False, ended=ended))
         if self.live_playlist is not None:
             live = render_live_playlist(
                 segments,
@@ -328,15 +354,22 @@ class HlsSegmenter(Stage):
                 init=self.init,
             )
             await self.offload(_write_playlist, self.live_playlist, live)
-            self.post("playlist_updated", path=str(self.live_playlist), live=True, ended=ended)
+            self.post(PlaylistUpdated(self, self.live_playlist, live=True, ended=ended))
+
+    @property
+    def playlists(self) -> list[Path]:
+        """The playlist, and the live one if there is one."""
+        return [p for p in (self.playlist, self.live_playlist) if p is not None]
 
     async def cleanup(self) -> None:
         if self._container is not None:
             await self.offload(self._close_container)
 
     def release(self) -> None:
-        """The streams keep the last segment's (closed) container alive."""
+        """The streams keep the last segment's (closed) container alive, and the headers
+        their encoders' codec contexts (through the template streams)."""
         self._streams.clear()
+        self._headers.clear()
 
     @property
     def results(self) -> HlsResults:
@@ -421,13 +454,11 @@ class Fmp4HlsSegmenter(HlsSegmenter):
     (`FragmentSplitter`); a segment is the fragments from a cut key frame to
     the next cut, so fragment n starts at the n-th key frame muxed. The
     initialization section `init_name` is written first and posted as
-    `segment_init`; playlists name it in EXT-X-MAP. Needs video.
+    `InitSegmentWritten`; playlists name it in EXT-X-MAP. Needs video.
     """
 
-    def __init__(self, encoders: Sequence[_Encoder], *args, init_name: str, **kwargs) -> None:
-        super().__init__(encoders, *args, **kwargs)
-        if self._cut_on != "video":
-            raise ValueError("fragmented MP4 segments need video")
+    def __init__(self, *args: Any, init_name: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._init_path = self._inside(init_name)
         self._splitter = FragmentSplitter()
         self._muxer: OutputContainer | None = None
@@ -438,9 +469,12 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         self._last_cut_s: float | None = None
 
     async def run(self) -> None:
-        kinds = {e.kind for e in self.encoders}
-        while (item := await self.input.recv()) is not EOS:
-            if item.kind not in kinds:
+        packets = EncodedInput(self.input)
+        await self._read_headers(packets)
+        if self._cut_on != "video":
+            raise ValueError("fragmented MP4 segments need video")
+        while (item := await packets.recv()) is not EOS:
+            if item.kind not in self._headers:
                 continue
             seconds = item.seconds
             keyframe = item.kind == "video" and item.packet.is_keyframe
@@ -472,7 +506,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
 
     def _open_muxer(self) -> None:
         muxer = av.open(self._splitter, "w", format="mp4", options=FMP4_OPTIONS)
-        self._streams = {e.kind: e.add_stream(muxer) for e in self.encoders}
+        self._streams = _add_streams(muxer, self._headers)
         self._muxer = muxer
 
     def _write(self, item: EncodedPacket) -> None:
@@ -489,7 +523,7 @@ class Fmp4HlsSegmenter(HlsSegmenter):
         if self.init is None and self._splitter.fragments:
             await self.offload(_write_init, self._init_path, bytes(self._splitter.header))
             self.init = self._init_path
-            self.post("segment_init", path=str(self._init_path))
+            self.post(InitSegmentWritten(self, self._init_path))
         for fragment in self._splitter.take():
             starts_segment, resumed, start_s = self._keyframes.popleft()
             if starts_segment:
@@ -523,4 +557,8 @@ class Fmp4HlsSegmenter(HlsSegmenter):
 
 
 def _write_init(path: Path, data: bytes) -> None:
-    write_atomically(path, lambda out: out.write(data))
+    write_atomically(path, lambda out: _write_all(out, data))
+
+
+def _write_all(out: BinaryIO, data: bytes) -> None:
+    out.write(data)

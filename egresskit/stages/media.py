@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+from collections import deque
 from dataclasses import dataclass
 from fractions import Fraction
 
 import av
+from av.container import OutputContainer
+from av.stream import Stream
+
+from egresskit.pipeline import EOS, EndOfStream, InputPort, UpstreamEvent
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,3 +97,86 @@ class EncodedPacket:
         pts = self.packet.pts or 0
         tb = self.packet.time_base or Fraction(1, 1)
         return float(pts * tb)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamHeader:
+    """What a muxer needs to add an encoder's stream to a container, sent in-band by the
+    encoder before its first packet (as GStreamer sends caps), so sinks need only their link.
+
+    `template` is the encoder's stream in a throwaway container, holding the codec's
+    parameters; sinks only copy from it (every sink thread may at once), and drop their
+    headers in `release`, since it keeps the encoder's codec context alive.
+    """
+
+    kind: str  # "video" or "audio", as the packets' EncodedPacket.kind
+    codec: str  # FFmpeg's codec name: libx264, aac, libopus...
+    template: Stream
+    extradata: bytes  # avcC, AudioSpecificConfig, OpusHead: what the container header carries
+    time_base: Fraction
+    width: int = 0
+    height: int = 0
+    frame_rate: int = 0  # video: frames per second (the encoders are constant frame rate)
+
+    def add_to(self, container: OutputContainer) -> Stream:
+        """Add this stream to a container being written (on the writing thread)."""
+        stream = container.add_stream_from_template(self.template)
+        # The template copy leaves extradata out; without it FLV carries no sequence
+        # headers and OGG no OpusHead, so players drop or refuse the stream.
+        stream.codec_context.extradata = self.extradata or None
+        if isinstance(context := stream.codec_context, av.VideoCodecContext):
+            # the template copy carries the stream's size from before it was set (640x480)
+            context.width = self.width
+            context.height = self.height
+        return stream
+
+
+EncodedItem = EncodedPacket | StreamHeader
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class KeyFrameRequest(UpstreamEvent):
+    """A sink needs a key frame soon (a new stream destination starts, a connection was
+    lost): sent upstream through its link, to the encoder, as GStreamer's force-key-unit."""
+
+
+class EncodedInput:
+    """Reads an input port of encoded streams: every producer's StreamHeader, then packets.
+
+    Encoders send their header as the first thing they do, so packets of one
+    encoder seldom overtake another's header; those that do are kept (a few
+    at most) and come first from `recv`.
+    """
+
+    def __init__(self, port: InputPort[EncodedItem]) -> None:
+        self.port = port
+        self.headers: dict[str, StreamHeader] = {}
+        self._early: deque[EncodedPacket] = deque()
+        self._ended = False
+
+    async def read_headers(self) -> dict[str, StreamHeader]:
+        """The headers by kind, once every producer sent one (fewer if the input ends first)."""
+        received = 0
+        while received < self.port.producers and not self._ended:
+            item = await self.port.recv()
+            if item is EOS:
+                self._ended = True
+            elif isinstance(item, StreamHeader):
+                self.headers[item.kind] = item
+                received += 1
+            else:
+                self._early.append(item)
+        return self.headers
+
+    async def recv(self) -> EncodedPacket | EndOfStream:
+        if self._early:
+            return self._early.popleft()
+        while not self._ended:
+            item = await self.port.recv()
+            if item is EOS:
+                self._ended = True
+            elif isinstance(item, StreamHeader):
+                log.debug("%s: a late stream header is ignored", self.port)
+            else:
+                return item
+        return EOS

@@ -13,12 +13,13 @@ import av
 import numpy as np
 from livekit.protocol.models import ParticipantInfo
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, InputPort, OutputPort, Stage
 from egresskit.stages.media import (
     PLAYOUT_DELAY_S,
     TrackEnded,
     TrackFrame,
     TrackInfo,
+    TrackItem,
     TrackMuteChanged,
     TrackStarted,
 )
@@ -191,8 +192,8 @@ class AudioMixer(Stage):
         self.speakers = speakers
         self.participants = participants or ParticipantGate()
         self._next_channel = LEFT
-        self.input = self.add_input("input")
-        self.output = self.add_output("output")
+        self.input: InputPort[TrackItem] = self.add_input("input")
+        self.output: OutputPort[av.AudioFrame] = self.add_output("output")
         self.time_base = Fraction(1, SAMPLE_RATE)
         self._tracks: dict[str, _TrackBuffer] = {}
         self.frames_out = 0
@@ -217,6 +218,7 @@ class AudioMixer(Stage):
                 buffer = self._tracks.get(item.track.sid)
                 if (
                     buffer is not None
+                    and isinstance(item.frame, av.AudioFrame)
                     and not self._paused_at(item.time)
                     and self.participants.admits(item.track.participant_identity, item.time)
                 ):

@@ -5,18 +5,24 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 from av.container import OutputContainer
 from av.stream import Stream
 
-from egresskit.pipeline import EOS, Stage
-from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import PLAYOUT_DELAY_S, EncodedPacket
+from egresskit.pipeline import EOS, FirstMedia, InputPort, Stage, StageEvent
+from egresskit.stages.media import (
+    PLAYOUT_DELAY_S,
+    EncodedInput,
+    EncodedPacket,
+    StreamHeader,
+)
 from egresskit.storage.paths import temporary_beside
 
 log = logging.getLogger(__name__)
@@ -36,6 +42,14 @@ MP4_OPTIONS = {
 FASTSTART_OPTIONS = {"movflags": "+faststart+use_metadata_tags", "avoid_negative_ts": "disabled"}
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class FileClosed(StageEvent):
+    """A writer closed its file: it is complete on disk."""
+
+    path: Path
+    size: int
+
+
 def creation_time(wall_ns: int) -> str:
     """A file's `creation_time`: the capture instant of its first media, UTC to the
     microsecond (MP4 keeps the fraction with `use_metadata_tags`; WebM always)."""
@@ -51,7 +65,8 @@ def private_packet(
     worker thread, and muxing rebases a packet's timestamps in place; so no
     muxer touches the shared packet, each muxes a copy of its own.
     """
-    copy = av.Packet(memoryview(packet))
+    # PyAV copies from any buffer (its stub says bytes, which would copy twice)
+    copy = av.Packet(memoryview(packet))  # type: ignore[arg-type]
     tb = packet.time_base
     offset = round(shift / tb) if shift else 0
     copy.time_base = tb
@@ -65,7 +80,7 @@ def private_packet(
 
 class FileWriter(Stage):
     """What every stage that writes one media file shares: the path, the
-    written-media bookkeeping, `first_media` / `file_closed` on the bus, and a
+    written-media bookkeeping, `FirstMedia` / `FileClosed` on the bus, and a
     container that is always closed in cleanup, also when the graph fails or
     is cancelled, so what reached the writer is never lost.
     """
@@ -77,7 +92,7 @@ class FileWriter(Stage):
     def __init__(self, path: str | os.PathLike[str], name: str | None) -> None:
         super().__init__(name)
         self.path = Path(path)
-        self.input = self.add_input("input")
+        self.input: InputPort[Any] = self.add_input("input")  # what its subclass writes
         self._container: OutputContainer | None = None
         self.packets_written = 0
         self.first_pts_s: float | None = None
@@ -106,11 +121,11 @@ class FileWriter(Stage):
             self.first_pts_s = seconds
             start = max(0.0, seconds)  # nothing plays before time 0 (priming is edited out)
             self._first_media_at_ns = self.clock.wall_ns(start - self.capture_delay_s)
-            self.post("first_media", path=str(self.path))
+            self.post(FirstMedia(self))
 
     async def _finish(self) -> None:
         await self.offload(self._close)
-        self.post("file_closed", path=str(self.path), size=self.size)
+        self.post(FileClosed(self, self.path, self.size))
 
     async def cleanup(self) -> None:
         if self._container is not None:
@@ -132,7 +147,8 @@ class FileWriter(Stage):
 
 
 class FileMuxer(FileWriter):
-    """Writes the packets of its encoders into one file, opened when the stage starts.
+    """Writes the packets on its input into one file, opened once every encoder feeding it
+    has sent its StreamHeader (at once when the graph starts).
 
     Its encoders take composited frames, which show media PLAYOUT_DELAY_S after
     its capture; the file starts at graph time 0 (its `creation_time`), earlier
@@ -144,27 +160,27 @@ class FileMuxer(FileWriter):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        encoders: Sequence[_Encoder],
         *,
         format: str,
         options: Mapping[str, str] | None = None,
         name: str | None = None,
     ) -> None:
         super().__init__(path, name)
-        if not encoders:
-            raise ValueError("a muxer needs at least one encoder")
         self.format = format
         self.options = dict(options or {})
-        self.encoders = list(encoders)
         self._streams: dict[str, Stream] = {}
 
-    def _open(self) -> None:
+    def _open(self, headers: Mapping[str, StreamHeader]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(self.path), "w", format=self.format, options=self.options)
-        wall_ns = self.clock.wall_ns(-self.capture_delay_s)
-        container.metadata["creation_time"] = creation_time(wall_ns)
-        for encoder in self.encoders:
-            self._streams[encoder.kind] = encoder.add_stream(container)
+        try:
+            wall_ns = self.clock.wall_ns(-self.capture_delay_s)
+            container.metadata["creation_time"] = creation_time(wall_ns)
+            for kind, header in headers.items():
+                self._streams[kind] = header.add_to(container)
+        except BaseException:
+            container.close()
+            raise
         self._container = container
 
     def _write(self, item: EncodedPacket) -> None:
@@ -176,8 +192,12 @@ class FileMuxer(FileWriter):
         self._streams.clear()
 
     async def run(self) -> None:
-        await self.offload(self._open)
-        while (item := await self.input.recv()) is not EOS:
+        packets = EncodedInput(self.input)
+        headers = await packets.read_headers()
+        if not headers:
+            raise ValueError(f"{self.name}: no encoded stream reached the muxer")
+        await self.offload(self._open, headers)
+        while (item := await packets.recv()) is not EOS:
             if item.kind in self._streams:
                 await self.offload(self._write, item)
                 self._written(item.seconds)
@@ -195,19 +215,18 @@ class Mp4Muxer(FileMuxer):
     def __init__(
         self,
         path: str | os.PathLike[str],
-        encoders: Sequence[_Encoder],
         *,
         faststart: bool = False,
         name: str | None = None,
     ) -> None:
-        super().__init__(path, encoders, format="mp4", options=MP4_OPTIONS, name=name)
+        super().__init__(path, format="mp4", options=MP4_OPTIONS, name=name)
         self.faststart = faststart
         self.faststart_s = 0.0
 
     async def _finish(self) -> None:
         if self.faststart and self.packets_written:
             await self.offload(self._close_with_index_first)
-            self.post("file_closed", path=str(self.path), size=self.size)
+            self.post(FileClosed(self, self.path, self.size))
         else:
             await super()._finish()
 

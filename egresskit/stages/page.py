@@ -14,9 +14,9 @@ lasts as long as wall time. Both feed the same encoders as a composite's
 compositor and mixer.
 
 Recording starts when the page has loaded, or with `await_start_signal`
-when it logs START_RECORDING. END_RECORDING posts `source_closed` (the
+when it logs START_RECORDING. END_RECORDING posts `SourceClosed` (the
 egress ends COMPLETE); a page that fails to load, crashes, never signals
-or whose browser exits posts `source_failed` with the reason, and the
+or whose browser exits posts `SourceFailed` with the reason, and the
 stage ends its streams, so what was recorded is finalized and plays.
 """
 
@@ -27,13 +27,14 @@ import contextlib
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from fractions import Fraction
 
 import av
 import numpy as np
 
 from egresskit.masking import mask_url, scrub, url_secrets
-from egresskit.pipeline import Stage
+from egresskit.pipeline import OutputPort, SourceClosed, SourceFailed, Stage, StageEvent
 from egresskit.web.audio import BYTES_PER_SAMPLE, CHANNELS, SAMPLE_RATE
 from egresskit.web.browser import PageBrowser, PageFailed
 
@@ -47,6 +48,13 @@ AUDIO_CHUNK_SAMPLES = 960  # 20 ms, as the mixer's ticks
 AUDIO_MAX_LAG_S = 0.3
 START_SIGNAL_TIMEOUT_S = 30.0
 LAYOUT_EVENT = "egresskit:layout"  # UpdateLayout, dispatched on the page's window
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RecordingStarted(StageEvent):
+    """The page's first picture is on the frame grid: the recording has begun."""
+
+    waited_s: float  # from the start of the stage
 
 
 class PageSource(Stage):
@@ -76,8 +84,8 @@ class PageSource(Stage):
         self.want_audio = audio
         self.await_start_signal = await_start_signal
         self.start_timeout_s = start_timeout_s
-        self.video = self.add_output("video")
-        self.audio = self.add_output("audio")
+        self.video: OutputPort[av.VideoFrame] = self.add_output("video")
+        self.audio: OutputPort[av.AudioFrame] = self.add_output("audio")
         self.browser = PageBrowser(url, width, height, audio=audio)
         self.frames_out = 0
         self.frames_repeated = 0
@@ -116,7 +124,7 @@ class PageSource(Stage):
             self._halt.set()
             results = await asyncio.gather(*captures, return_exceptions=True)
         if reason == "end":
-            self.post("source_closed", reason="the page logged END_RECORDING")
+            self.post(SourceClosed(self, "the page logged END_RECORDING"))
         elif reason == "failed":
             self._failed(self.browser.error)
         for result in results:
@@ -124,9 +132,9 @@ class PageSource(Stage):
                 raise result
 
     def _failed(self, reason: str) -> None:
-        """Posts `source_failed`, the page's URL and its secrets (a template's token) masked."""
+        """Posts SourceFailed, the page's URL and its secrets (a template's token) masked."""
         reason = scrub(reason, url_secrets(self.url))
-        self.post("source_failed", error=f"web page {mask_url(self.url)}: {reason}")
+        self.post(SourceFailed(self, f"web page {mask_url(self.url)}: {reason}"))
 
     async def _await_start(self) -> None:
         browser = self.browser
@@ -261,7 +269,7 @@ class PageSource(Stage):
     def _begin(self, began: float) -> None:
         """The recording's first moment (in the loop thread): the egress is ACTIVE from here."""
         self._origin.set()
-        self.post("recording_started", waited_s=round(time.monotonic() - began, 3))
+        self.post(RecordingStarted(self, round(time.monotonic() - began, 3)))
 
     async def _record_audio(self, began: float) -> None:
         sink = self.browser.sink
@@ -345,5 +353,5 @@ def _copy(frame: av.VideoFrame) -> av.VideoFrame:
     """A new frame with the same picture (a repeat needs its own pts)."""
     copy = av.VideoFrame(frame.width, frame.height, frame.format.name)
     for source, target in zip(frame.planes, copy.planes, strict=True):
-        target.update(source)
+        target.update(source)  # type: ignore[arg-type]  # any buffer; the stub says bytes
     return copy

@@ -15,7 +15,7 @@ import av
 from av.stream import Stream
 from livekit.protocol import models
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, Link, OutputPort, SourceClosed, Stage
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
 from egresskit.stages.media import EncodedPacket
@@ -91,7 +91,7 @@ class EncodedTrackSource(Stage):
     the graph time it arrived at; every later one keeps its RTP distance
     from it, so a pause in sending stays a pause in the file. A packet is
     sent once the next one arrives, which gives it its exact duration.
-    Posts `source_closed` when the track is unpublished, which ends the
+    Posts `SourceClosed` when the track is unpublished, which ends the
     graph by itself. Timed by the track's RTP clock, it cannot pause.
     """
 
@@ -101,8 +101,8 @@ class EncodedTrackSource(Stage):
         super().__init__(name)
         self.track = track
         self.kind = "video" if track.kind == models.TrackType.VIDEO else "audio"
-        self.output = self.add_output("output")
-        self._link = None
+        self.output: OutputPort[EncodedPacket] = self.add_output("output")
+        self._link: Link[EncodedFrame] | None = None
         self._timeline = RtpTimeline()
         self._origin: int | None = None
         self._first: tuple[int, float] | None = None  # first frame's timestamp, arrival
@@ -114,9 +114,9 @@ class EncodedTrackSource(Stage):
         self.frames_in = 0
 
     async def run(self) -> None:
-        self._link = self.track.subscribe_encoded()
+        link = self._link = self.track.subscribe_encoded()
         try:
-            async for frame in self._link:
+            async for frame in link:
                 await self._emit(self._packet(frame))
                 self.frames_in += 1
             self._settle()
@@ -125,9 +125,9 @@ class EncodedTrackSource(Stage):
                 await self.output.send(EncodedPacket(self.kind, self._pending))
                 self._pending = None
         finally:
-            self.track.unsubscribe_encoded(self._link)
+            self.track.unsubscribe_encoded(link)
         if not self.stopping.is_set():
-            self.post("source_closed", reason="track unpublished", track_sid=self.track.sid)
+            self.post(SourceClosed(self, "track unpublished"))
 
     def on_stop(self) -> None:
         super().on_stop()
@@ -137,7 +137,7 @@ class EncodedTrackSource(Stage):
 
     def _packet(self, frame: EncodedFrame) -> av.Packet:
         position = self._timeline.advance(frame.timestamp)
-        if self._origin is None:
+        if self._origin is None or self._first is None:
             self._first = frame.timestamp, self.clock.now()
             self.first_capture_s = self._capture_of_first()
             self._origin = round(self.clock.now() * frame.clock_rate) - position
@@ -170,7 +170,7 @@ class EncodedTrackSource(Stage):
         if pending is None:
             return
         if self.kind == "video":
-            self._last_duration = max(1, packet.pts - pending.pts)
+            self._last_duration = max(1, (packet.pts or 0) - (pending.pts or 0))
             pending.duration = self._last_duration
         await self.output.send(EncodedPacket(self.kind, pending))
 
@@ -185,7 +185,7 @@ class PassthroughFileWriter(FileWriter):
     Opening late lets the container take the picture size from the first
     key frame (read by FFmpeg's parser; nothing is decoded). The file is
     always closed in cleanup, so what arrived is kept also when the graph
-    fails or is cancelled. Posts `first_media` and `file_closed` like the
+    fails or is cancelled. Posts `FirstMedia` and `FileClosed` like the
     other file muxers.
     """
 
@@ -211,6 +211,7 @@ class PassthroughFileWriter(FileWriter):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         container = av.open(str(self.path), "w", format=format, options=options)
         try:
+            stream: Stream
             if codec == "libopus":
                 # Ogg needs the OpusHead header as stream extradata, which PyAV only
                 # fills from a codec context: this encoder is opened for its header
@@ -225,9 +226,10 @@ class PassthroughFileWriter(FileWriter):
             if codec == "libopus":
                 stream.codec_context.open()  # now, for its OpusHead: bytes 10-11 are the
                 # pre-skip, samples players drop before the first they present
-                pre_skip = int.from_bytes(bytes(stream.codec_context.extradata)[10:12], "little")
+                head = stream.codec_context.extradata or b""
+                pre_skip = int.from_bytes(head[10:12], "little")
                 self._presented_after_s = pre_skip / OPUS_RATE
-            at = self.first_media_at_ns or self.clock.wall_ns(float(first.pts * first.time_base))
+            at = self.first_media_at_ns or self.clock.wall_ns(_seconds(first))
             container.metadata["creation_time"] = creation_time(at)
         except BaseException:
             container.close()
@@ -273,7 +275,11 @@ class PassthroughFileWriter(FileWriter):
             await self.offload(self._open, packets[0])
         await self.offload(self._write, packets)
         for packet in packets:
-            self._written(float(packet.pts * packet.time_base))
+            self._written(_seconds(packet))
+
+
+def _seconds(packet: av.Packet) -> float:
+    return float((packet.pts or 0) * (packet.time_base or 1))
 
 
 def picture_size(codec: str, keyframe: bytes) -> tuple[int, int]:
@@ -283,6 +289,7 @@ def picture_size(codec: str, keyframe: bytes) -> tuple[int, int]:
     opened, so no decoder runs.
     """
     holder = av.CodecContext.create(codec, "r")
+    assert isinstance(holder, av.VideoCodecContext), f"{codec} is not a video codec"
     holder.parse(keyframe)
     holder.parse(None)  # flush: the parser reads the headers once a frame is complete
     if not holder.width or not holder.height:

@@ -11,7 +11,7 @@ from pathlib import Path
 import av
 from av.video.reformatter import VideoReformatter
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, InputPort, Stage, StageEvent
 from egresskit.storage.paths import confine, write_atomically
 
 JPEG_QUALITY = 90
@@ -38,6 +38,11 @@ class Snapshot:
         return self.path.name
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class ImageWritten(StageEvent):
+    image: Snapshot
+
+
 def _write_jpeg(
     reformatter: VideoReformatter, frame: av.VideoFrame, path: Path, width: int, height: int
 ) -> None:
@@ -57,8 +62,7 @@ class ImageSnapshotter(Stage):
 
     Feed it raw composited frames through a DROP_OLDEST link, so snapshots
     never hold up the compositor. Encoding and writing run on the stage's
-    worker thread. Each image is posted as `image_written` (path, filename,
-    index, timestamp in Unix ns).
+    worker thread. Each image is posted as `ImageWritten`.
     """
 
     def __init__(
@@ -81,7 +85,7 @@ class ImageSnapshotter(Stage):
         self.capture_interval = capture_interval
         self.width = width
         self.height = height
-        self.input = self.add_input("input")
+        self.input: InputPort[av.VideoFrame] = self.add_input("input")
         self.images: list[Snapshot] = []
         self._reformatter = VideoReformatter()
 
@@ -96,14 +100,9 @@ class ImageSnapshotter(Stage):
             when = datetime.fromtimestamp(timestamp_ns / 1e9, UTC)
             path = self.directory / self.image_names(index, when)
             await self.offload(_write_jpeg, self._reformatter, frame, path, self.width, self.height)
-            self.images.append(Snapshot(index, path, timestamp_ns, seconds))
-            self.post(
-                "image_written",
-                path=str(path),
-                filename=path.name,
-                index=index,
-                timestamp=timestamp_ns,
-            )
+            image = Snapshot(index, path, timestamp_ns, seconds)
+            self.images.append(image)
+            self.post(ImageWritten(self, image))
             while next_capture <= seconds:
                 next_capture += self.capture_interval
 

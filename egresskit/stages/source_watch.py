@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, SourceClosed, Stage
 from egresskit.rooms.events import ParticipantLeft, TrackUnpublished
 from egresskit.rooms.local import LocalRoom
 
@@ -14,7 +14,7 @@ class SourceWatch(Stage):
     """Ends its graph (drained, COMPLETE) once the followed participant or tracks are gone.
 
     Follows a participant by identity, or a set of track ids (the graph
-    ends when none of them is published any more). Posts `source_closed`
+    ends when none of them is published any more). Posts `SourceClosed`
     with the reason before stopping the graph.
     """
 
@@ -53,12 +53,7 @@ class SourceWatch(Stage):
                     reason = self._gone()
         finally:
             self.room.unsubscribe_events(events)
-        self.post(
-            "source_closed",
-            reason=reason,
-            identity=self.identity or "",
-            track_sids=sorted(self.track_sids),
-        )
+        self.post(SourceClosed(self, reason))
         assert self.graph is not None
         # Kept so the task is not collected; it outlives this stage, which it also waits for.
         self._stopper = asyncio.create_task(self.graph.stop())

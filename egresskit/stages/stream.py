@@ -16,7 +16,7 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
@@ -28,10 +28,15 @@ from av.stream import Stream
 
 from egresskit.masking import mask_url, scrub, url_secrets
 from egresskit.netpolicy import NetworkPolicy
-from egresskit.pipeline import EOS, Stage
+from egresskit.pipeline import EOS, InputPort, Stage, StageEvent
 from egresskit.stages import srt
-from egresskit.stages.encoder import _Encoder
-from egresskit.stages.media import EncodedPacket
+from egresskit.stages.media import (
+    EncodedInput,
+    EncodedItem,
+    EncodedPacket,
+    KeyFrameRequest,
+    StreamHeader,
+)
 from egresskit.stages.muxer import private_packet
 
 log = logging.getLogger(__name__)
@@ -89,6 +94,13 @@ class StreamState:
         )
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class StreamStateChanged(StageEvent):
+    """One URL's stream changed (connected, retrying, finished, failed)."""
+
+    state: StreamState
+
+
 def stream_format(url: str) -> str:
     """The container a URL is streamed in; ValueError for a scheme that cannot be streamed here."""
     scheme = url.partition("://")[0].lower()
@@ -112,26 +124,29 @@ class _UrlWriter:
     """One destination: a bounded queue and a thread that owns the container.
 
     `offer` and `request_stop` run on the event loop and never block; every
-    network call (connect, mux, close) happens on the writer thread.
+    network call (connect, mux, close) happens on the writer thread. `headers`
+    are the sink's stream headers, complete before the first packet is offered;
+    `notify` and `ask_key_frame` are called on the loop.
     """
 
     def __init__(
         self,
         url: str,
-        encoders: Sequence[_Encoder],
+        headers: Mapping[str, StreamHeader],
         retry: ReconnectPolicy,
         queue_packets: int,
         notify: Callable[[StreamState], None],
+        ask_key_frame: Callable[[], None],
         network: NetworkPolicy | None = None,
     ) -> None:
         self.format = stream_format(url)
         self.url = url
         self.network = network
-        self.encoders = list(encoders)
+        self.headers = headers
         self.retry = retry
         self._notify = notify
+        self._ask_key_frame = ask_key_frame
         self._queue: queue.Queue[Any] = queue.Queue(queue_packets)
-        self._needs_key = any(e.kind == "video" for e in self.encoders)
         self._resync = False  # after a drop: wait for the next key frame
         self._stop = threading.Event()
         self._lock = threading.Lock()
@@ -163,6 +178,11 @@ class _UrlWriter:
         self.done = asyncio.Event()
         self._loop = loop
         self.thread.start()
+
+    @property
+    def _needs_key(self) -> bool:
+        """Whether a connection starts at a video key frame (else at any audio packet)."""
+        return "video" in self.headers
 
     def offer(self, item: EncodedPacket) -> None:
         if self._stop.is_set() or self._finalised:
@@ -251,7 +271,7 @@ class _UrlWriter:
             target = self._srt = srt.SrtCaller(self.url, address, port)
         container = av.open(target, "w", format=self.format, options=FORMAT_OPTIONS[self.format])
         try:
-            self._streams = {e.kind: e.add_stream(container) for e in self.encoders}
+            self._streams = {kind: h.add_to(container) for kind, h in self.headers.items()}
         except Exception:
             container.close()
             raise
@@ -326,8 +346,7 @@ class _UrlWriter:
         if self._stop.wait(delay):
             return
         self._discard_queued()  # stale by now: resume with fresh packets at a key frame
-        for encoder in self.encoders:
-            encoder.request_keyframe()  # a flag the loop thread reads: safe from here
+        self._on_loop(self._ask_key_frame)
 
     def _discard_queued(self) -> None:
         while True:
@@ -353,11 +372,14 @@ class _UrlWriter:
         self._publish(state)
 
     def _publish(self, state: StreamState) -> None:
+        self._on_loop(self._notify, state)
+
+    def _on_loop(self, callback: Callable[..., None], *args: Any) -> None:
         if self._loop is None:  # never started: we are on the loop thread
-            self._notify(state)
+            callback(*args)
             return
         try:
-            self._loop.call_soon_threadsafe(self._notify, state)
+            self._loop.call_soon_threadsafe(callback, *args)
         except RuntimeError:  # the loop is gone; nobody is listening any more
             pass
 
@@ -370,17 +392,18 @@ class _UrlWriter:
 
 
 class StreamSink(Stage):
-    """Streams the encoders' packets to every URL; `add_url`/`remove_url` while running.
+    """Streams the packets on its input to every URL; `add_url`/`remove_url` while running.
 
-    Posts `stream_state` (url as safe_url, status, state) on every change of
-    a URL. It never fails the graph because of a destination: a URL that
-    cannot be reached ends FAILED and the other outputs go on. On end of
-    stream every writer gets `close_timeout` seconds to flush and close.
+    Posts `StreamStateChanged` on every change of a URL. It never fails the
+    graph because of a destination: a URL that cannot be reached ends FAILED
+    and the other outputs go on. On end of stream every writer gets
+    `close_timeout` seconds to flush and close. A writer that needs a key
+    frame (a URL added, a connection lost) sends a KeyFrameRequest up the
+    input link.
     """
 
     def __init__(
         self,
-        encoders: Sequence[_Encoder],
         urls: Sequence[str] = (),
         *,
         retry: ReconnectPolicy = ReconnectPolicy(),
@@ -391,14 +414,12 @@ class StreamSink(Stage):
     ) -> None:
         """`network`: where URLs a caller named may connect (None for the operator's own)."""
         super().__init__(name)
-        if not encoders:
-            raise ValueError("a stream sink needs at least one encoder")
-        self.encoders = list(encoders)
         self.retry = retry
         self.queue_packets = queue_packets
         self.close_timeout = close_timeout
         self.network = network
-        self.input = self.add_input("input")
+        self.input: InputPort[EncodedItem] = self.add_input("input")
+        self._packets = EncodedInput(self.input)  # its headers are shared with every writer
         self._writers: dict[str, _UrlWriter] = {}
         self._ended: list[StreamState] = []  # removed URLs, for results
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -413,15 +434,20 @@ class StreamSink(Stage):
         if current is not None and current.state.status is StreamStatus.ACTIVE:
             raise ValueError(f"already streaming to {mask_url(url)}")
         writer = _UrlWriter(
-            url, self.encoders, self.retry, self.queue_packets, self._on_state, self.network
+            url,
+            self._packets.headers,
+            self.retry,
+            self.queue_packets,
+            self._on_state,
+            self._ask_key_frame,
+            self.network,
         )
         if current is not None:
             self._ended.append(current.state)
         self._writers[url] = writer
         if self._loop is not None:
             writer.start(self._loop)
-            for encoder in self.encoders:
-                encoder.request_keyframe()  # start the new destination now, not a GOP later
+            self._ask_key_frame()  # start the new destination now, not a GOP later
         self._on_state(writer.state)
         return writer.state
 
@@ -448,12 +474,18 @@ class StreamSink(Stage):
 
     # --- stage ---------------------------------------------------------------------
 
+    def _ask_key_frame(self) -> None:
+        self.input.send_upstream(KeyFrameRequest())
+
     async def run(self) -> None:
+        await self._packets.read_headers()
+        if not self._packets.headers:
+            raise ValueError(f"{self.name}: no encoded stream reached the stream sink")
         self._loop = asyncio.get_running_loop()
         for writer in self._writers.values():
             if writer.done is None:
                 writer.start(self._loop)
-        while (item := await self.input.recv()) is not EOS:
+        while (item := await self._packets.recv()) is not EOS:
             for writer in list(self._writers.values()):
                 writer.offer(item)
         await asyncio.gather(*(self._stop_writer(w) for w in list(self._writers.values())))
@@ -476,8 +508,13 @@ class StreamSink(Stage):
         for writer in self._writers.values():
             writer.request_stop()  # cancelled graph: threads finish on their own
 
+    def release(self) -> None:
+        """The headers keep their encoders' codec contexts alive (through the template
+        streams); the writers share the same dict."""
+        self._packets.headers.clear()
+
     def _on_state(self, state: StreamState) -> None:
-        self.post("stream_state", url=state.safe_url, status=state.status.value, state=state)
+        self.post(StreamStateChanged(self, state))
 
     def stats(self) -> dict[str, Any]:
         return {

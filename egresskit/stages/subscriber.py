@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 
+import av
 from livekit.protocol import models
 
-from egresskit.pipeline import EOS, Link, LinkPolicy, Stage
+from egresskit.pipeline import EOS, Link, LinkPolicy, OutputPort, Stage, StageEvent
 from egresskit.rooms.events import (
     ParticipantJoined,
     ParticipantLeft,
@@ -20,10 +22,12 @@ from egresskit.rooms.events import (
 )
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.stages.media import (
+    RosterItem,
     SpeakersAnnounced,
     TrackEnded,
     TrackFrame,
     TrackInfo,
+    TrackItem,
     TrackMuteChanged,
     TrackStarted,
 )
@@ -36,6 +40,29 @@ TrackFilter = Callable[[LocalTrack], bool]
 VIDEO_TRACK_QUEUE = 2
 # Audio is kept for up to a second of backlog; overflow is counted by the link.
 AUDIO_TRACK_QUEUE = 50
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ParticipantArrived(StageEvent):
+    identity: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ParticipantDeparted(StageEvent):
+    identity: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class RoomEmpty(StageEvent):
+    """The last participant left the room: a room composite ends."""
+
+    room: str
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TrackSubscribed(StageEvent):
+    track_sid: str
+    media: str  # "video" | "audio"
 
 
 def track_info(track: LocalTrack) -> TrackInfo:
@@ -57,7 +84,7 @@ class RoomSubscriber(Stage):
     TrackMuteChanged / TrackEnded items. Drops happen per track at the
     subscription (leaky), never on the way to the compositor or mixer, so
     control items are never lost. Room changes are posted on the bus
-    (`participant_joined`, `participant_left`, `room_empty`).
+    (`ParticipantArrived`, `ParticipantDeparted`, `RoomEmpty`).
 
     Output `roster` carries TrackStarted / TrackMuteChanged / TrackEnded,
     without frames, for every track the filter admits, audio and video,
@@ -84,9 +111,9 @@ class RoomSubscriber(Stage):
         self.want_video = video
         self.want_audio = audio
         self.track_filter = track_filter
-        self.video = self.add_output("video")
-        self.audio = self.add_output("audio")
-        self.roster = self.add_output("roster")
+        self.video: OutputPort[TrackItem] = self.add_output("video")
+        self.audio: OutputPort[TrackItem] = self.add_output("audio")
+        self.roster: OutputPort[RosterItem] = self.add_output("roster")
         self._announced: dict[str, LocalTrack] = {}
         self._pumps: dict[str, asyncio.Task[None]] = {}
         self._subscriptions: dict[str, tuple[LocalTrack, Link]] = {}
@@ -99,7 +126,7 @@ class RoomSubscriber(Stage):
             return False
         return self.track_filter is None or self.track_filter(track)
 
-    def _port(self, track: LocalTrack):
+    def _port(self, track: LocalTrack) -> OutputPort[TrackItem]:
         return self.video if track.kind == models.TrackType.VIDEO else self.audio
 
     async def run(self) -> None:
@@ -132,11 +159,11 @@ class RoomSubscriber(Stage):
         elif isinstance(event, SpeakersChanged):
             await self.roster.send(SpeakersAnnounced(event.speakers))
         elif isinstance(event, ParticipantJoined):
-            self.post("participant_joined", identity=event.participant.identity)
+            self.post(ParticipantArrived(self, event.participant.identity))
         elif isinstance(event, ParticipantLeft):
-            self.post("participant_left", identity=event.participant.identity)
+            self.post(ParticipantDeparted(self, event.participant.identity))
             if self.room.empty:
-                self.post("room_empty", room=self.room.name)
+                self.post(RoomEmpty(self, self.room.name))
 
     async def _announce(self, track: LocalTrack) -> None:
         if track.sid in self._announced:
@@ -167,9 +194,15 @@ class RoomSubscriber(Stage):
         if track.muted:
             await port.send(TrackMuteChanged(info, True))
         self._pumps[track.sid] = asyncio.create_task(self._pump(track, info, link, port))
-        self.post("track_subscribed", track_sid=track.sid, media="video" if video else "audio")
+        self.post(TrackSubscribed(self, track.sid, "video" if video else "audio"))
 
-    async def _pump(self, track: LocalTrack, info: TrackInfo, link: Link, port) -> None:
+    async def _pump(
+        self,
+        track: LocalTrack,
+        info: TrackInfo,
+        link: Link[av.VideoFrame | av.AudioFrame],
+        port: OutputPort[TrackItem],
+    ) -> None:
         async for frame in link:
             await port.send(TrackFrame(info, frame, track.frame_time(frame)))
 

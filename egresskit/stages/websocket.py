@@ -18,8 +18,8 @@ import av
 
 from egresskit.masking import mask_url
 from egresskit.netpolicy import NetworkPolicy, PolicyResolver
-from egresskit.pipeline import Stage
-from egresskit.stages.media import TrackMuteChanged
+from egresskit.pipeline import FirstMedia, InputPort, Stage
+from egresskit.stages.media import TrackItem, TrackMuteChanged
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ class WebsocketAudioSink(Stage):
         super().__init__(name)
         self.url = url
         self.network = network
-        self.input = self.add_input("input")
-        self.events = self.add_input("events")
+        self.input: InputPort[av.AudioFrame] = self.add_input("input")
+        self.events: InputPort[TrackItem] = self.add_input("events")
         self._where = mask_url(url)
         self._resampler: av.AudioResampler | None = None
         self._closing = False
@@ -107,7 +107,7 @@ class WebsocketAudioSink(Stage):
         async for frame in self.input:
             await self._send(ws, self._pcm(frame))
             if self.messages_sent == 1:
-                self.post("first_media", url=self._where)
+                self.post(FirstMedia(self))
 
     def _pcm(self, frame: av.AudioFrame) -> bytes:
         if (
