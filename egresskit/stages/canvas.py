@@ -34,7 +34,7 @@ def frame_planes(frame: av.VideoFrame) -> Planes:
     """Writable numpy views of a yuv420p frame's planes (rows may be padded: sliced off)."""
     views = []
     for plane in frame.planes:
-        data = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        data = np.frombuffer(memoryview(plane), np.uint8).reshape(-1, plane.line_size)
         views.append(data[: plane.height, : plane.width])
     return views[0], views[1], views[2]
 

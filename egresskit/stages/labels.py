@@ -50,7 +50,12 @@ def _shrink(image: Image.Image, width: int, height: int) -> Patch:
     return rgba_patch(np.asarray(small))
 
 
-def _fit_text(draw: ImageDraw.ImageDraw, text: str, font, max_width: float) -> str:
+def _fit_text(
+    draw: ImageDraw.ImageDraw,
+    text: str,
+    font: ImageFont.FreeTypeFont | ImageFont.ImageFont,
+    max_width: float,
+) -> str:
     """`text`, cut with an ellipsis to fit `max_width`."""
     if draw.textlength(text, font=font) <= max_width:
         return text
