@@ -50,7 +50,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Sequence
+from collections import deque
 
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
@@ -77,6 +77,7 @@ from aiortc.rtp import (
 from egresskit.pipeline.link import EOS, Link
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
+from egresskit.rooms.srtp import FrameBuffer, layout
 from egresskit.rooms.udp import DatagramSender
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,6 @@ log = logging.getLogger(__name__)
 HISTORY = 512
 REPORT_INTERVAL_S = 1.0
 _HEAD = struct.Struct("!BBHI")  # first byte, marker + payload type, sequence number, timestamp
-_SEQUENCE = struct.Struct("!H")
 _NTP_UNIT = 1 << 32
 
 
@@ -112,6 +112,24 @@ class Packetizer:
         return [frame.data]
 
 
+class OutgoingFrame:
+    """One frame's RTP payloads as every viewer of the track gets them."""
+
+    def __init__(self, payloads: list[bytes], timestamp: int, keyframe: bool) -> None:
+        self.payloads = payloads
+        self.timestamp = timestamp
+        self.keyframe = keyframe
+        self.size = sum(map(len, payloads))
+        self._layouts: dict[int, tuple[bytes, list[tuple[int, int]]]] = {}
+
+    def layout(self, header_size: int) -> tuple[bytes, list[tuple[int, int]]]:
+        """The packets laid out for `FrameBuffer` (see `srtp.layout`), once per header size."""
+        found = self._layouts.get(header_size)
+        if found is None:
+            found = self._layouts[header_size] = layout(self.payloads, header_size)
+        return found
+
+
 class ViewerStream:
     """One viewer's RTP stream of a fanned-out track, sent through its aiortc sender's transport."""
 
@@ -123,12 +141,16 @@ class ViewerStream:
         self._sequence = secrets.randbelow(1 << 15)  # low half: no early wrap (as aiortc)
         self._rtx_sequence = secrets.randbelow(1 << 15)
         self._timestamp_origin = secrets.randbits(32)
-        self._history: list[bytes | None] = [None] * HISTORY
+        # frames sent, newest last, while they hold at most HISTORY packets:
+        # (first sequence number, RTP timestamp, payloads)
+        self._history: deque[tuple[int, int, list[bytes]]] = deque()
+        self._history_packets = 0
         self._extensions = HeaderExtensionsMap()
         self._first_byte = 0
         self._payload_type = 0
         self._rtx_payload_type: int | None = None
         self._tail = b""  # header after the timestamp: SSRC and extensions
+        self._header = _HEAD  # the whole header, the tail as its last field
         self._cname = ""
         self._dtls = sender.transport  # until started: BUNDLE may give the sender another
         self._pair: object | None = None  # aioice's selected candidate pair, when last looked at
@@ -155,6 +177,7 @@ class ViewerStream:
         template.extensions.mid = parameters.muxId
         header = template.serialize(self._extensions)
         self._first_byte, self._tail = header[0], header[8:]
+        self._header = struct.Struct(f"{_HEAD.format}{len(self._tail)}s")
         self._dtls = self._sender.transport
         self._dtls._register_rtp_sender(self, parameters)
         self.started = True
@@ -182,38 +205,51 @@ class ViewerStream:
             )
         return self._sender_socket
 
-    def send_frame(
-        self, payloads: Sequence[bytes], timestamp: int, size: int, keyframe: bool
-    ) -> bool:
-        """Send one frame's payloads; False while the stream waits for a key frame."""
+    def send_frame(self, frame: OutgoingFrame, buffer: FrameBuffer) -> bool:
+        """Send one frame's packets, protected in `buffer`; False while waiting for a key frame."""
         if not self.synced:
-            if not keyframe:
+            if not frame.keyframe:
                 return False
             self.synced = True
         datagrams = self._datagrams()
         if datagrams is None:
             return True
-        protect = self._dtls._tx_srtp.protect
-        history, pack, first_byte, tail = self._history, _HEAD.pack, self._first_byte, self._tail
-        timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
-        payload_type = self._payload_type
-        sequence = self._sequence
-        last = len(payloads) - 1
-        protected = []
-        for index, payload in enumerate(payloads):
-            marker = 0x80 if index == last else 0
-            packet = b"".join(
-                (pack(first_byte, marker | payload_type, sequence, timestamp), tail, payload)
-            )
-            history[sequence % HISTORY] = packet
-            protected.append(protect(packet))
+        image, packets = frame.layout(self._header.size)
+        view = buffer.load(image)
+        pack, first_byte, tail = self._header.pack_into, self._first_byte, self._tail
+        timestamp = (self._timestamp_origin + frame.timestamp) & 0xFFFFFFFF
+        first = sequence = self._sequence
+        marker = len(packets) - 1
+        for index, (offset, _) in enumerate(packets):
+            payload_type = self._payload_type | (0x80 if index == marker else 0)
+            pack(view, offset, first_byte, payload_type, sequence, timestamp, tail)
             sequence = (sequence + 1) & 0xFFFF
-        datagrams.send(protected)
+        datagrams.send(buffer.protect(self._dtls._tx_srtp, packets))
+        self._remember(first, timestamp, frame.payloads)
         self._sequence = sequence
         self.last_timestamp = timestamp
-        self.packets += len(payloads)
-        self.octets += size
+        self.packets += len(packets)
+        self.octets += frame.size
         return True
+
+    def _remember(self, sequence: int, timestamp: int, payloads: list[bytes]) -> None:
+        """Keep a frame sent for retransmission; forget the oldest beyond HISTORY packets."""
+        self._history.append((sequence, timestamp, payloads))
+        self._history_packets += len(payloads)
+        while self._history_packets > HISTORY:
+            self._history_packets -= len(self._history.popleft()[2])
+
+    def _sent_packet(self, sequence: int) -> bytes | None:
+        """The RTP packet sent with this sequence number, if still in the history."""
+        for first, timestamp, payloads in reversed(self._history):
+            index = (sequence - first) & 0xFFFF
+            if index < len(payloads):
+                marker = 0x80 if index == len(payloads) - 1 else 0
+                head = _HEAD.pack(
+                    self._first_byte, marker | self._payload_type, sequence, timestamp
+                )
+                return b"".join((head, self._tail, payloads[index]))
+        return None
 
     def report(self, ntp_timestamp: int, timestamp: int) -> None:
         """Send a sender report: the frame with this (unwrapped) timestamp was captured then."""
@@ -250,9 +286,9 @@ class ViewerStream:
             self._fanout.request_keyframe()
 
     def _retransmit(self, sequence: int) -> None:
-        packet = self._history[sequence % HISTORY]
+        packet = self._sent_packet(sequence)
         datagrams = self._datagrams()
-        if packet is None or datagrams is None or _SEQUENCE.unpack_from(packet, 2)[0] != sequence:
+        if packet is None or datagrams is None:
             return
         if self._rtx_payload_type is not None:
             rtx = wrap_rtx(
@@ -274,6 +310,7 @@ class TrackFanout:
         self.packetizer = Packetizer(source.mime_type)
         self._streams: list[ViewerStream] = []
         self._link: Link = source.subscribe_encoded()
+        self._buffer = FrameBuffer()
         self._next_report = 0.0
         self.ended = False
         self._task = asyncio.create_task(self._run(), name=f"fanout {source.sid}")
@@ -319,11 +356,10 @@ class TrackFanout:
         streams = [s for s in self._streams if s.started]
         if not streams:
             return
-        payloads = self.packetizer.pack(frame)
-        size = sum(map(len, payloads))
+        outgoing = OutgoingFrame(self.packetizer.pack(frame), frame.timestamp, frame.keyframe)
         waiting = False
         for stream in streams:
-            if not stream.send_frame(payloads, frame.timestamp, size, frame.keyframe):
+            if not stream.send_frame(outgoing, self._buffer):
                 waiting = True
         if waiting:
             self.request_keyframe()
