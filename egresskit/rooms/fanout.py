@@ -77,7 +77,7 @@ from aiortc.rtp import (
 from egresskit.pipeline.link import EOS, Link
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
-from egresskit.rooms.srtp import FrameBuffer, layout
+from egresskit.rooms.srtp import FrameBuffer
 from egresskit.rooms.udp import DatagramSender
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,6 @@ class OutgoingFrame:
         self.timestamp = timestamp
         self.keyframe = keyframe
         self.size = sum(map(len, payloads))
-        self._layouts: dict[int, tuple[bytes, list[tuple[int, int]]]] = {}
-
-    def layout(self, header_size: int) -> tuple[bytes, list[tuple[int, int]]]:
-        """The packets laid out for `FrameBuffer` (see `srtp.layout`), once per header size."""
-        found = self._layouts.get(header_size)
-        if found is None:
-            found = self._layouts[header_size] = layout(self.payloads, header_size)
-        return found
 
 
 class ViewerStream:
@@ -214,21 +206,22 @@ class ViewerStream:
         datagrams = self._datagrams()
         if datagrams is None:
             return True
-        image, packets = frame.layout(self._header.size)
-        view = buffer.load(image)
-        pack, first_byte, tail = self._header.pack_into, self._first_byte, self._tail
         timestamp = (self._timestamp_origin + frame.timestamp) & 0xFFFFFFFF
-        first = sequence = self._sequence
-        marker = len(packets) - 1
-        for index, (offset, _) in enumerate(packets):
-            payload_type = self._payload_type | (0x80 if index == marker else 0)
-            pack(view, offset, first_byte, payload_type, sequence, timestamp, tail)
-            sequence = (sequence + 1) & 0xFFFF
-        datagrams.send(buffer.protect(self._dtls._tx_srtp, packets))
-        self._remember(first, timestamp, frame.payloads)
-        self._sequence = sequence
+        packed, sizes = buffer.protect_frame(
+            self._dtls._tx_srtp,
+            self._header,
+            self._first_byte,
+            self._payload_type,
+            self._sequence,
+            timestamp,
+            self._tail,
+            frame.payloads,
+        )
+        datagrams.send(packed, sizes)
+        self._remember(self._sequence, timestamp, frame.payloads)
+        self._sequence = (self._sequence + len(sizes)) & 0xFFFF
         self.last_timestamp = timestamp
-        self.packets += len(packets)
+        self.packets += len(sizes)
         self.octets += frame.size
         return True
 
@@ -275,7 +268,7 @@ class ViewerStream:
     def _send_rtcp(self, *packets: object) -> None:
         datagrams = self._datagrams()
         if datagrams is not None:
-            datagrams.send([self._dtls._tx_srtp.protect_rtcp(b"".join(map(bytes, packets)))])
+            datagrams.send_one(self._dtls._tx_srtp.protect_rtcp(b"".join(map(bytes, packets))))
 
     async def _handle_rtcp_packet(self, packet: object) -> None:
         """The viewer's RTCP for this stream, as aiortc routes it."""
@@ -299,7 +292,7 @@ class ViewerStream:
             )
             self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
             packet = rtx.serialize(self._extensions)
-        datagrams.send([self._dtls._tx_srtp.protect(packet)])
+        datagrams.send_one(self._dtls._tx_srtp.protect(packet))
 
 
 class TrackFanout:
