@@ -4,20 +4,25 @@ Why not aiortc's `RTCRtpSender`: per viewer it packetizes every frame again,
 then builds an `RtpPacket` for each packet, reads the wall clock twice
 through `datetime`, serializes header extensions and awaits four coroutines
 down to the socket. Ten WHEP viewers of one 720p track (2.5 Mbps, about
-2,600 packets a second in all) cost the service 0.11-0.24 core that way on
-a busy 2-core machine, and 0.06-0.08 core this way (bench/whep_viewers.py,
-the same hour): what is left is mostly SRTP and the kernel's sends. Here a `TrackFanout` packetizes a frame once, and
-each viewer's `ViewerStream` only writes the 12-byte RTP header in front of
-each shared payload (the header extensions are the same on every packet:
-the stream's MID), protects it with the viewer's SRTP session and hands the
-frame's packets to the socket in few system calls
-(`egresskit.rooms.udp.DatagramSender`). No abs-send-time is sent: it only
-feeds the viewer's bandwidth estimate, which a passthrough sender cannot
-act on.
+2,800 packets a second in all) cost the service 0.11-0.24 core that way on
+a busy 2-core machine (bench/whep_viewers.py). Here a `TrackFanout`
+packetizes a frame once; for each viewer's `ViewerStream` an
+`egresskit.rooms.srtp.FrameBuffer` writes each packet (the RTP header, whose
+extensions are the same on every packet: the stream's MID; then the shared
+payload) right behind the one before and protects it in place with the
+viewer's SRTP session, and the socket gets the frame in few system calls
+(`egresskit.rooms.udp.DatagramSender`). That costs about 13 µs of the
+service's CPU per packet and viewer (the same bench at load 6-8, measured
+in `TrackFanout._send`), roughly half of it the kernel's sends (on
+loopback they include the delivery to the viewer) and a third libsrtp;
+with a `bytes` object per packet and pylibsrtp's `Session.protect` it was
+21 µs. No abs-send-time is sent: it only feeds the viewer's bandwidth
+estimate, which a passthrough sender cannot act on.
 
 aiortc still does SDP, ICE, DTLS and the SRTP keys, and parses the
 viewer's RTCP, which it routes by SSRC to the stream: a NACK retransmits
-from the stream's history (as RTX when negotiated); PLI and FIR ask the
+from the stream's history (the payloads of the last frames sent, about 2 s;
+as RTX when negotiated); PLI and FIR ask the
 publisher for a key frame; receiver reports and REMB are not acted on.
 Each stream sends a sender report (RFC 3550 section 6.4.1) about once a
 second that pairs a frame's RTP timestamp with its capture time, so a
@@ -35,7 +40,8 @@ public `RtpPacket`, `HeaderExtensionsMap`, `wrap_rtx` and RTCP packet classes:
   `H264Encoder._split_bitstream` / `_packetize` (no codec is created);
 - `RTCDtlsTransport._register_rtp_sender` / `_unregister_rtp_sender`
   (RTCP routing by SSRC: any object with `_ssrc` and a coroutine
-  `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending);
+  `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending,
+  whose own internals `egresskit.rooms.srtp` lists);
 - aioice's `Connection._nominated[1]` (through `RTCIceTransport._connection`):
   the selected candidate pair, whose `protocol.transport` (an asyncio
   datagram transport, whose socket is duplicated) and `remote_addr` are
