@@ -23,7 +23,9 @@ timestamps it received) and how many connections failed, and a run with
 either exits with status 1. They also say how many frames were late: sent
 during the count but not yet received when it ended, because the viewers'
 process lagged (on a busy machine it does; its own CPU is printed on
-stderr).
+stderr). A run where the service used less CPU with the viewers than
+without fell behind itself and does not count either; the median is over
+the runs that count.
 
 Run: python bench/whep_viewers.py [--viewers 10] [--seconds 20] [--runs 3]
 """
