@@ -9,18 +9,25 @@ over `--seconds` in two phases:
   reference   the publisher only (WebRTC receive, no viewer)
   viewers     the same plus the viewers
 
-and the script prints the viewers' share (viewers minus reference) in
-cores, against the issue's budget of 0.05 core for 10 viewers, and the
-ratio to the reference (what receiving the one track costs).
+and the script prints the viewers' share (viewers minus reference, both
+phases in the same run) in cores, against the issue's budget of 0.05 core
+for 10 viewers, and the ratio to the reference (what receiving the one
+track costs). `--runs` repeats the whole run (a fresh service each time);
+the last headline gives the medians, with the load average (`uptime`)
+seen at each run's end.
 
 A figure counts only when every viewer received every frame the publisher
-sent during the measurement: the headline says how many were lost (gaps in
-the RTP timestamps a viewer received), and a run with drops exits with
-status 1. It also says how many frames were late: sent during the count but
-not yet received when it ended, because the viewers' process lagged (on a
-busy machine it does; its own CPU is printed on stderr).
+sent during the measurement and no viewer's connection was lost: the
+headlines say how many frames were lost per viewer (gaps in the RTP
+timestamps it received) and how many connections failed, and a run with
+either exits with status 1. They also say how many frames were late: sent
+during the count but not yet received when it ended, because the viewers'
+process lagged (on a busy machine it does; its own CPU is printed on
+stderr). A run where the service used less CPU with the viewers than
+without fell behind itself and does not count either; the median is over
+the runs that count.
 
-Run: python bench/whep_viewers.py [--viewers 10] [--seconds 20]
+Run: python bench/whep_viewers.py [--viewers 10] [--seconds 20] [--runs 3]
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ import json
 import os
 import signal
 import socket
+import statistics
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -64,7 +73,8 @@ async def viewers_child(base: str, count: int) -> None:
     """Open `count` WHEP viewers; print "ready" once each got frames; run until SIGTERM.
 
     SIGUSR1 starts the count; SIGTERM prints, per viewer, the frames received
-    since then and those missing between them (gaps in their RTP timestamps).
+    since then and those missing between them (gaps in their RTP timestamps),
+    and how many connections failed or closed on the way.
     """
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
@@ -72,13 +82,14 @@ async def viewers_child(base: str, count: int) -> None:
     from egresskit.rooms.encoded import EncodedReceiver
     from egresskit.rooms.udp import enlarge_receive_buffers
 
-    token = create_token(
-        DEV_API_KEY,
-        DEV_API_SECRET,
-        identity="bench-viewer",
-        video={"roomJoin": True, "room": ROOM, "canSubscribe": True},
-    )
+    token = viewer_token()
     counts, missing = [0] * count, [0] * count
+    lost_connections: set[int] = set()
+
+    def watch_connection(pc) -> None:
+        if pc.connectionState in ("failed", "closed"):
+            lost_connections.add(id(pc))
+
     got_frames = [asyncio.Event() for _ in range(count)]
     pcs, taps = [], []
     start, stop = asyncio.Event(), asyncio.Event()
@@ -109,6 +120,7 @@ async def viewers_child(base: str, count: int) -> None:
                 if response.status != 201:
                     raise SystemExit(f"WHEP answered {response.status}: {answer}")
             await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+            pc.on("connectionstatechange", lambda pc=pc: watch_connection(pc))
             # as the service does for WHIP: a key frame (about 100 packets) arrives at once
             enlarge_receive_buffers(pc)
             pcs.append(pc)
@@ -122,7 +134,8 @@ async def viewers_child(base: str, count: int) -> None:
     cpu0, wall0 = service_cpu(process), loop.time()
     await stop.wait()
     cores = (service_cpu(process) - cpu0) / (loop.time() - wall0)
-    print(json.dumps({"received": counts, "missing": missing}), flush=True)
+    result = {"received": counts, "missing": missing, "lost_connections": len(lost_connections)}
+    print(json.dumps(result), flush=True)
     lost = 0
     for pc in pcs:
         for stats in (await pc.getStats()).values():
@@ -137,6 +150,31 @@ def service_cpu(process: psutil.Process) -> float:
     return times.user + times.system
 
 
+async def published(base: str) -> None:
+    """Wait until the service lists the publisher's video track (a busy machine takes a while)."""
+    token = viewer_token()
+    async with aiohttp.ClientSession() as http:
+        for _ in range(600):
+            async with http.get(
+                f"{base}/whep/{ROOM}", headers={"Authorization": f"Bearer {token}"}
+            ) as response:
+                if response.status == 200 and any(
+                    t["kind"] == "video" for p in await response.json() for t in p["tracks"]
+                ):
+                    return
+            await asyncio.sleep(0.1)
+    raise SystemExit("the service never listed the publisher's video track")
+
+
+def viewer_token() -> str:
+    return create_token(
+        DEV_API_KEY,
+        DEV_API_SECRET,
+        identity="bench-viewer",
+        video={"roomJoin": True, "room": ROOM, "canSubscribe": True},
+    )
+
+
 async def measure(process: psutil.Process, seconds: float) -> float:
     """Cores the service used over `seconds`."""
     before = service_cpu(process)
@@ -144,7 +182,48 @@ async def measure(process: psutil.Process, seconds: float) -> float:
     return (service_cpu(process) - before) / seconds
 
 
-async def run(viewers: int, seconds: float) -> None:
+@dataclass
+class Run:
+    """One run's figures (cores are process CPU time over wall time)."""
+
+    reference: float
+    with_viewers: float
+    sent: int  # frames sent to each viewer during the count
+    received: list[int]
+    missing: list[int]
+    lost_connections: int
+    load: float  # 1-minute load average at the end
+
+    @property
+    def added(self) -> float:
+        return self.with_viewers - self.reference
+
+    @property
+    def lost(self) -> int:
+        return sum(self.missing) + self.lost_connections
+
+    @property
+    def counts(self) -> bool:
+        """No drops, and the service did not fall behind (on a busy machine it can: it then
+        used less CPU with the viewers than without, and the viewers' frames came late)."""
+        return not self.lost and self.added > 0
+
+    def late(self) -> int:
+        """Frames still on their way when the count ended (one at either end may fall either side)."""
+        return sum(
+            max(0, self.sent - n - m - BOUNDARY_FRAMES)
+            for n, m in zip(self.received, self.missing, strict=True)
+        )
+
+    def drops(self) -> str:
+        return (
+            f"drops: {sum(self.missing)} of {self.sent * len(self.received)} frames lost "
+            f"(per viewer {' '.join(map(str, self.missing))}), "
+            f"{self.lost_connections} connections lost; {self.late()} frames late"
+        )
+
+
+async def run(viewers: int, seconds: float) -> Run:
     work = Path(tempfile.mkdtemp(prefix="whep-bench-"))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     source = OUT_DIR / "input-720p-h264-5s.h264"
@@ -173,6 +252,7 @@ async def run(viewers: int, seconds: float) -> None:
         token = make_publisher_token(DEV_API_KEY, DEV_API_SECRET, ROOM, "publisher")
         publisher = await whip_publish(base, ROOM, token, [track], video_codec="video/H264")
         track.start()
+        await published(base)
         print("publishing; measuring the reference", file=sys.stderr, flush=True)
         process = psutil.Process(service.pid)
         await asyncio.sleep(3)
@@ -201,39 +281,75 @@ async def run(viewers: int, seconds: float) -> None:
                     await asyncio.wait_for(proc.wait(), 30)
                 except TimeoutError:
                     proc.kill()
-    added = with_viewers - reference
-    received, lost = counted["received"], sum(counted["missing"])
-    # still on their way when the count ended (a frame at either end may fall either side)
-    late = sum(
-        max(0, sent - n - m - BOUNDARY_FRAMES)
-        for n, m in zip(received, counted["missing"], strict=True)
+    return Run(
+        reference=reference,
+        with_viewers=with_viewers,
+        sent=sent,
+        received=counted["received"],
+        missing=counted["missing"],
+        lost_connections=counted["lost_connections"],
+        load=os.getloadavg()[0],
     )
-    drops = (
-        f"drops: {lost} of {sent * viewers} frames lost ({sent} sent to each viewer); "
-        f"{late} late (received after the count ended)"
+
+
+def report(index: int, result: Run, viewers: int) -> None:
+    verdict = (
+        ""
+        if result.counts
+        else " (does not count: the run had drops)"
+        if result.lost
+        else " (does not count: the service fell behind, less CPU with viewers than without)"
     )
-    verdict = "" if not lost else " (does not count: the run had drops)"
-    print(f"HEADLINE{verdict} {added:.3f} core added by {viewers} viewers; {drops}")
-    print(f"frames received per viewer  {' '.join(map(str, received))}")
-    print(f"service, publisher only     {reference:.3f} core (reference)")
-    print(f"service, {viewers:2d} WHEP viewers    {with_viewers:.3f} core")
-    print(f"added by {viewers} viewers        {added:.3f} core, {added / viewers:.4f} per viewer")
-    print(f"ratio to budget ({BUDGET_CORES} core) {added / BUDGET_CORES:.2f}")
-    print(f"ratio to reference          {with_viewers / reference:.2f}")
-    if lost:
-        raise SystemExit(1)
+    print(
+        f"HEADLINE run {index}{verdict}: {result.added:.3f} core added by {viewers} viewers "
+        f"(load {result.load:.1f}); {result.drops()}"
+    )
+    print(f"  frames received per viewer  {' '.join(map(str, result.received))}")
+    print(f"  service, publisher only     {result.reference:.3f} core (reference)")
+    print(f"  service, {viewers:2d} WHEP viewers    {result.with_viewers:.3f} core")
+    print(f"  ratio to reference          {result.with_viewers / result.reference:.2f}")
+
+
+def summary(results: list[Run], viewers: int) -> None:
+    """The medians over the runs that count, against the budget."""
+    counted = [r for r in results if r.counts]
+    if not counted:
+        print(f"HEADLINE none of {len(results)} runs counts (see each run's headline)")
+        return
+    added = statistics.median(r.added for r in counted)
+    lost = sum(sum(r.missing) for r in results)
+    print(
+        f"HEADLINE median of {len(counted)} of {len(results)} runs: "
+        f"{added:.3f} core added by {viewers} viewers, "
+        f"{added / viewers:.4f} per viewer; ratio to budget ({BUDGET_CORES} core) "
+        f"{added / BUDGET_CORES:.2f}; runs {' '.join(f'{r.added:.3f}' for r in results)}; "
+        f"load {' '.join(f'{r.load:.1f}' for r in results)}; drops: {lost} frames lost, "
+        f"{sum(r.lost_connections for r in results)} connections lost, "
+        f"{sum(r.late() for r in results)} frames late"
+    )
+    print(
+        f"  reference (publisher only) median {statistics.median(r.reference for r in counted):.3f}"
+        f" core; with viewers median {statistics.median(r.with_viewers for r in counted):.3f} core"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--viewers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         asyncio.run(viewers_child(args.child, args.viewers))
-    else:
-        asyncio.run(run(args.viewers, args.seconds))
+        return
+    results = []
+    for index in range(1, args.runs + 1):
+        results.append(asyncio.run(run(args.viewers, args.seconds)))
+        report(index, results[-1], args.viewers)
+    summary(results, args.viewers)
+    if any(r.lost for r in results) or not any(r.counts for r in results):
+        raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,25 @@ Why not aiortc's `RTCRtpSender`: per viewer it packetizes every frame again,
 then builds an `RtpPacket` for each packet, reads the wall clock twice
 through `datetime`, serializes header extensions and awaits four coroutines
 down to the socket. Ten WHEP viewers of one 720p track (2.5 Mbps, about
-2,600 packets a second in all) cost the service 0.11-0.24 core that way on
-a busy 2-core machine, and 0.06-0.08 core this way (bench/whep_viewers.py,
-the same hour): what is left is mostly SRTP and the kernel's sends. Here a `TrackFanout` packetizes a frame once, and
-each viewer's `ViewerStream` only writes the 12-byte RTP header in front of
-each shared payload (the header extensions are the same on every packet:
-the stream's MID), protects it with the viewer's SRTP session and hands the
-frame's packets to the socket in few system calls
-(`egresskit.rooms.udp.DatagramSender`). No abs-send-time is sent: it only
-feeds the viewer's bandwidth estimate, which a passthrough sender cannot
-act on.
+2,800 packets a second in all) cost the service 0.11-0.24 core that way on
+a busy 2-core machine (bench/whep_viewers.py). Here a `TrackFanout`
+packetizes a frame once; for each viewer's `ViewerStream` an
+`egresskit.rooms.srtp.FrameBuffer` writes each packet (the RTP header, whose
+extensions are the same on every packet: the stream's MID; then the shared
+payload) right behind the one before and protects it in place with the
+viewer's SRTP session, and the socket gets the frame in few system calls
+(`egresskit.rooms.udp.DatagramSender`). That costs about 13 µs of the
+service's CPU per packet and viewer (the same bench at load 6-8, measured
+in `TrackFanout._send`), roughly half of it the kernel's sends (on
+loopback they include the delivery to the viewer) and a third libsrtp;
+with a `bytes` object per packet and pylibsrtp's `Session.protect` it was
+21 µs. No abs-send-time is sent: it only feeds the viewer's bandwidth
+estimate, which a passthrough sender cannot act on.
 
 aiortc still does SDP, ICE, DTLS and the SRTP keys, and parses the
 viewer's RTCP, which it routes by SSRC to the stream: a NACK retransmits
-from the stream's history (as RTX when negotiated); PLI and FIR ask the
+from the stream's history (the payloads of the last frames sent, about 2 s;
+as RTX when negotiated); PLI and FIR ask the
 publisher for a key frame; receiver reports and REMB are not acted on.
 Each stream sends a sender report (RFC 3550 section 6.4.1) about once a
 second that pairs a frame's RTP timestamp with its capture time, so a
@@ -35,7 +40,8 @@ public `RtpPacket`, `HeaderExtensionsMap`, `wrap_rtx` and RTCP packet classes:
   `H264Encoder._split_bitstream` / `_packetize` (no codec is created);
 - `RTCDtlsTransport._register_rtp_sender` / `_unregister_rtp_sender`
   (RTCP routing by SSRC: any object with `_ssrc` and a coroutine
-  `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending);
+  `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending,
+  whose own internals `egresskit.rooms.srtp` lists);
 - aioice's `Connection._nominated[1]` (through `RTCIceTransport._connection`):
   the selected candidate pair, whose `protocol.transport` (an asyncio
   datagram transport, whose socket is duplicated) and `remote_addr` are
@@ -50,7 +56,7 @@ import logging
 import secrets
 import struct
 import time
-from collections.abc import Sequence
+from collections import deque
 
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
@@ -78,6 +84,7 @@ from aiortc.rtp import (
 from egresskit.pipeline.link import EOS, Link
 from egresskit.rooms.encoded import EncodedFrame
 from egresskit.rooms.local import LocalTrack
+from egresskit.rooms.srtp import FrameBuffer
 from egresskit.rooms.udp import DatagramSender
 
 log = logging.getLogger(__name__)
@@ -87,7 +94,6 @@ log = logging.getLogger(__name__)
 HISTORY = 512
 REPORT_INTERVAL_S = 1.0
 _HEAD = struct.Struct("!BBHI")  # first byte, marker + payload type, sequence number, timestamp
-_SEQUENCE = struct.Struct("!H")
 _NTP_UNIT = 1 << 32
 
 
@@ -113,6 +119,16 @@ class Packetizer:
         return [frame.data]
 
 
+class OutgoingFrame:
+    """One frame's RTP payloads as every viewer of the track gets them."""
+
+    def __init__(self, payloads: list[bytes], timestamp: int, keyframe: bool) -> None:
+        self.payloads = payloads
+        self.timestamp = timestamp
+        self.keyframe = keyframe
+        self.size = sum(map(len, payloads))
+
+
 class ViewerStream:
     """One viewer's RTP stream of a fanned-out track, sent through its aiortc sender's transport."""
 
@@ -124,12 +140,16 @@ class ViewerStream:
         self._sequence = secrets.randbelow(1 << 15)  # low half: no early wrap (as aiortc)
         self._rtx_sequence = secrets.randbelow(1 << 15)
         self._timestamp_origin = secrets.randbits(32)
-        self._history: list[bytes | None] = [None] * HISTORY
+        # frames sent, newest last, while they hold at most HISTORY packets:
+        # (first sequence number, RTP timestamp, payloads)
+        self._history: deque[tuple[int, int, list[bytes]]] = deque()
+        self._history_packets = 0
         self._extensions = HeaderExtensionsMap()
         self._first_byte = 0
         self._payload_type = 0
         self._rtx_payload_type: int | None = None
         self._tail = b""  # header after the timestamp: SSRC and extensions
+        self._header = _HEAD  # the whole header, the tail as its last field
         self._cname = ""
         self._dtls = sender.transport  # until started: BUNDLE may give the sender another
         self._pair: object | None = None  # aioice's selected candidate pair, when last looked at
@@ -157,6 +177,7 @@ class ViewerStream:
         template.extensions.mid = parameters.muxId
         header = template.serialize(self._extensions)
         self._first_byte, self._tail = header[0], header[8:]
+        self._header = struct.Struct(f"{_HEAD.format}{len(self._tail)}s")
         self._dtls = self._sender.transport
         self._dtls._register_rtp_sender(self, parameters)
         self.started = True
@@ -184,38 +205,52 @@ class ViewerStream:
             )
         return self._sender_socket
 
-    def send_frame(
-        self, payloads: Sequence[bytes], timestamp: int, size: int, keyframe: bool
-    ) -> bool:
-        """Send one frame's payloads; False while the stream waits for a key frame."""
+    def send_frame(self, frame: OutgoingFrame, buffer: FrameBuffer) -> bool:
+        """Send one frame's packets, protected in `buffer`; False while waiting for a key frame."""
         if not self.synced:
-            if not keyframe:
+            if not frame.keyframe:
                 return False
             self.synced = True
         datagrams = self._datagrams()
         if datagrams is None:
             return True
-        protect = self._dtls._tx_srtp.protect
-        history, pack, first_byte, tail = self._history, _HEAD.pack, self._first_byte, self._tail
-        timestamp = (self._timestamp_origin + timestamp) & 0xFFFFFFFF
-        payload_type = self._payload_type
-        sequence = self._sequence
-        last = len(payloads) - 1
-        protected = []
-        for index, payload in enumerate(payloads):
-            marker = 0x80 if index == last else 0
-            packet = b"".join(
-                (pack(first_byte, marker | payload_type, sequence, timestamp), tail, payload)
-            )
-            history[sequence % HISTORY] = packet
-            protected.append(protect(packet))
-            sequence = (sequence + 1) & 0xFFFF
-        datagrams.send(protected)
-        self._sequence = sequence
+        timestamp = (self._timestamp_origin + frame.timestamp) & 0xFFFFFFFF
+        packed, sizes = buffer.protect_frame(
+            self._dtls._tx_srtp,
+            self._header,
+            self._first_byte,
+            self._payload_type,
+            self._sequence,
+            timestamp,
+            self._tail,
+            frame.payloads,
+        )
+        datagrams.send(packed, sizes)
+        self._remember(self._sequence, timestamp, frame.payloads)
+        self._sequence = (self._sequence + len(sizes)) & 0xFFFF
         self.last_timestamp = timestamp
-        self.packets += len(payloads)
-        self.octets += size
+        self.packets += len(sizes)
+        self.octets += frame.size
         return True
+
+    def _remember(self, sequence: int, timestamp: int, payloads: list[bytes]) -> None:
+        """Keep a frame sent for retransmission; forget the oldest beyond HISTORY packets."""
+        self._history.append((sequence, timestamp, payloads))
+        self._history_packets += len(payloads)
+        while self._history_packets > HISTORY:
+            self._history_packets -= len(self._history.popleft()[2])
+
+    def _sent_packet(self, sequence: int) -> bytes | None:
+        """The RTP packet sent with this sequence number, if still in the history."""
+        for first, timestamp, payloads in reversed(self._history):
+            index = (sequence - first) & 0xFFFF
+            if index < len(payloads):
+                marker = 0x80 if index == len(payloads) - 1 else 0
+                head = _HEAD.pack(
+                    self._first_byte, marker | self._payload_type, sequence, timestamp
+                )
+                return b"".join((head, self._tail, payloads[index]))
+        return None
 
     def report(self, ntp_timestamp: int, timestamp: int) -> None:
         """Send a sender report: the frame with this (unwrapped) timestamp was captured then."""
@@ -241,7 +276,7 @@ class ViewerStream:
     def _send_rtcp(self, *packets: AnyRtcpPacket) -> None:
         datagrams = self._datagrams()
         if datagrams is not None:
-            datagrams.send([self._dtls._tx_srtp.protect_rtcp(b"".join(map(bytes, packets)))])
+            datagrams.send_one(self._dtls._tx_srtp.protect_rtcp(b"".join(map(bytes, packets))))
 
     async def _handle_rtcp_packet(self, packet: AnyRtcpPacket) -> None:
         """The viewer's RTCP for this stream, as aiortc routes it."""
@@ -252,9 +287,9 @@ class ViewerStream:
             self._fanout.request_keyframe()
 
     def _retransmit(self, sequence: int) -> None:
-        packet = self._history[sequence % HISTORY]
+        packet = self._sent_packet(sequence)
         datagrams = self._datagrams()
-        if packet is None or datagrams is None or _SEQUENCE.unpack_from(packet, 2)[0] != sequence:
+        if packet is None or datagrams is None:
             return
         if self._rtx_payload_type is not None:
             rtx = wrap_rtx(
@@ -265,7 +300,7 @@ class ViewerStream:
             )
             self._rtx_sequence = (self._rtx_sequence + 1) & 0xFFFF
             packet = rtx.serialize(self._extensions)
-        datagrams.send([self._dtls._tx_srtp.protect(packet)])
+        datagrams.send_one(self._dtls._tx_srtp.protect(packet))
 
 
 class TrackFanout:
@@ -276,6 +311,7 @@ class TrackFanout:
         self.packetizer = Packetizer(source.mime_type)
         self._streams: list[ViewerStream] = []
         self._link: Link = source.subscribe_encoded()
+        self._buffer = FrameBuffer()
         self._next_report = 0.0
         self.ended = False
         self._task = asyncio.create_task(self._run(), name=f"fanout {source.sid}")
@@ -321,11 +357,10 @@ class TrackFanout:
         streams = [s for s in self._streams if s.started]
         if not streams:
             return
-        payloads = self.packetizer.pack(frame)
-        size = sum(map(len, payloads))
+        outgoing = OutgoingFrame(self.packetizer.pack(frame), frame.timestamp, frame.keyframe)
         waiting = False
         for stream in streams:
-            if not stream.send_frame(payloads, frame.timestamp, size, frame.keyframe):
+            if not stream.send_frame(outgoing, self._buffer):
                 waiting = True
         if waiting:
             self.request_keyframe()

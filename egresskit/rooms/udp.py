@@ -8,8 +8,9 @@ NACKs, retransmissions and key frame requests, which load the loop further.
 `enlarge_receive_buffers` gives each socket up to `RECEIVE_BUFFER_BYTES`
 (the kernel caps it at net.core.rmem_max).
 
-Sending: `DatagramSender` sends a run of datagrams (a video frame's RTP
-packets) with Linux's UDP generic segmentation offload where it can.
+Sending: `DatagramSender` sends runs of datagrams (a video frame's RTP
+packets, back to back in one buffer) with Linux's UDP generic segmentation
+offload where it can.
 
 It reaches the sockets through aiortc's `RTCIceTransport._connection` (the
 aioice `Connection`) and aioice's `Connection._protocols` (one datagram
@@ -53,8 +54,10 @@ def enlarge_receive_buffers(pc: RTCPeerConnection, size: int = RECEIVE_BUFFER_BY
 class DatagramSender:
     """Sends runs of datagrams from one aioice socket to one address in few system calls.
 
-    A run of equal-sized datagrams (the last may be shorter) goes to the
-    kernel in one `sendmsg` with UDP_SEGMENT, which cuts it up: measured on
+    The datagrams lie back to back in one buffer (`srtp.FrameBuffer` writes
+    them so), so that a run of equal-sized ones (the last may be shorter) is
+    one slice of it, which goes to the kernel in one `sendmsg` with
+    UDP_SEGMENT, and the kernel cuts it up: measured on
     loopback here, 2.6 µs of CPU per datagram against 6.9 µs for one
     `sendto` each. Where that fails (no GSO in the kernel or the device),
     every datagram gets its own `sendto` from then on. The socket is a
@@ -73,35 +76,38 @@ class DatagramSender:
     def close(self) -> None:
         self._socket.close()
 
-    def send(self, datagrams: Sequence[bytes]) -> None:
-        """Send `datagrams` in order."""
-        count, index = len(datagrams), 0
+    def send_one(self, datagram: bytes) -> None:
+        """Send one datagram (an RTCP packet, a retransmission)."""
+        self.send(memoryview(datagram), [len(datagram)])
+
+    def send(self, packed: memoryview, sizes: Sequence[int]) -> None:
+        """Send the datagrams lying back to back in `packed`, of these sizes, in order."""
+        count, index, offset = len(sizes), 0, 0
         try:
             while index < count:
-                size = len(datagrams[index])
-                end = index + 1
+                size = sizes[index]
+                end, length = index + 1, size
                 if self._segmenting:
-                    while (
-                        end < count and end - index < MAX_SEGMENTS and len(datagrams[end]) == size
-                    ):
+                    while end < count and end - index < MAX_SEGMENTS and sizes[end] == size:
                         end += 1
-                    if end < count and end - index < MAX_SEGMENTS and len(datagrams[end]) < size:
+                    if end < count and end - index < MAX_SEGMENTS and sizes[end] < size:
                         end += 1
+                    length = sum(sizes[index:end])
                 if end - index == 1:
-                    self._socket.sendto(datagrams[index], self.address)
-                elif not self._segment(datagrams[index:end], size):
+                    self._socket.sendto(packed[offset : offset + size], self.address)
+                elif not self._segment(packed[offset : offset + length], size):
                     continue  # sent one by one from now on: this run again
-                index = end
+                index, offset = end, offset + length
         except BlockingIOError:
             self.dropped += count - index
         except OSError as exc:
             self.dropped += count - index
             log.debug("cannot send to %s: %s", self.address, exc)
 
-    def _segment(self, datagrams: Sequence[bytes], size: int) -> bool:
+    def _segment(self, run: memoryview, size: int) -> bool:
         try:
             self._socket.sendmsg(
-                datagrams, [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, self.address
+                [run], [(socket.SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, self.address
             )
         except BlockingIOError:
             raise
