@@ -38,7 +38,7 @@ reaches its ICE sockets), and it touches:
 - `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` (video):
   wrapped by `_GroupedBitrateEstimate`, with aiortc's `add(arrival_time_ms,
   abs_send_time, payload_size, ssrc) -> (bitrate, ssrcs) or None`, whose
-  result aiortc sends as REMB.
+  result aiortc sends as REMB; it estimates only while the track is decoded.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -87,6 +87,10 @@ MAX_BUFFERED = 512
 _WRAP = 1 << 32
 # Shortest interval between two REMB feedbacks to a sender (libwebrtc's too).
 REMB_INTERVAL_MS = 200
+# What a track nobody decodes tells its sender it may send (REMB), and how often:
+# a cap above any camera's rate, so the sender's own loss-based control decides.
+PASSTHROUGH_REMB_BPS = 20_000_000
+PASSTHROUGH_REMB_INTERVAL_MS = 1000
 # abs-send-time (RFC 5450 style 6.18 fixed point seconds, 24 bits): 5 ms, aiortc's group length
 BURST_UNITS = 5 * (1 << 18) // 1000
 _ABS_SEND_TIME_WRAP = 1 << 24
@@ -214,30 +218,54 @@ class _LostPackets:
 
 
 class _GroupedBitrateEstimate:
-    """aiortc's receive-side bandwidth estimate, given each burst once and heard at most 5 times a second.
+    """aiortc's receive-side bandwidth estimate while a track is decoded; a fixed cap while not.
 
-    aiortc feeds its `RemoteBitrateEstimator` every video packet and sends
-    a REMB whenever the estimate says so, which while it reads overuse
-    (as a busy event loop's late reads do) is every packet: measured with
-    10 WHEP viewers, estimating and sending REMB took 40% of the receive
-    path. Its inter-arrival filter puts packets sent within 5 ms of a
-    group's first into that group anyway (a frame's packets, as a sender
-    sends them together), so they are handed over as one: sizes summed,
-    the last send time and arrival. The estimate works on the same groups
-    (their starts known to within one burst) from a call per burst instead
-    of per packet. REMB goes out at most every REMB_INTERVAL_MS, as
+    Estimating: aiortc feeds its `RemoteBitrateEstimator` every video
+    packet and sends a REMB whenever the estimate says so, which while it
+    reads overuse (as a busy event loop's late reads do) is every packet:
+    measured with 10 WHEP viewers, estimating and sending REMB took 40% of
+    the receive path. Its inter-arrival filter puts packets sent within 5 ms
+    of a group's first into that group anyway (a frame's packets, as a
+    sender sends them together), so they are handed over as one: sizes
+    summed, the last send time and arrival. The estimate works on the same
+    groups (their starts known to within one burst) from a call per burst
+    instead of per packet. REMB goes out at most every REMB_INTERVAL_MS, as
     libwebrtc's receivers do.
+
+    Not estimating (a track only passed through, which nobody decodes):
+    measured with 20 passthrough track egresses, the estimate was a tenth of
+    the receive path, for a figure that only tells the sender to send less
+    when this process reads late. Instead the sender hears PASSTHROUGH_REMB_BPS
+    once every PASSTHROUGH_REMB_INTERVAL_MS: no delay-based limit, so it
+    sends the quality it was asked for, and its loss-based control (from
+    our receiver reports) still backs off when packets are lost.
     """
 
     def __init__(self, estimator: Any) -> None:
         self._estimator = estimator
+        self.estimating = True
         # first and last abs_send_time, last arrival (ms), size, ssrc of the burst so far
         self._pending: list[int] | None = None
-        self._last_sent_ms = -REMB_INTERVAL_MS
+        self._last_sent_ms = -PASSTHROUGH_REMB_INTERVAL_MS
+
+    def stop_estimating(self) -> None:
+        self.estimating = False
+
+    def start_estimating(self) -> None:
+        """Estimate afresh: what was measured before the pause says nothing of now."""
+        if not self.estimating:
+            self._estimator = type(self._estimator)()
+            self._pending = None
+            self.estimating = True
 
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
     ) -> tuple[int, list[int]] | None:
+        if not self.estimating:
+            if arrival_time_ms - self._last_sent_ms < PASSTHROUGH_REMB_INTERVAL_MS:
+                return None
+            self._last_sent_ms = arrival_time_ms
+            return PASSTHROUGH_REMB_BPS, [ssrc]
         pending = self._pending
         if (
             pending is not None
@@ -362,6 +390,7 @@ class EncodedReceiver:
 
     def __init__(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
         self._receiver = receiver
+        self._estimate: _GroupedBitrateEstimate | None = None
         self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
         inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
@@ -377,9 +406,9 @@ class EncodedReceiver:
             receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
             estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
             if estimator is not None:
-                receiver._RTCRtpReceiver__remote_bitrate_estimator = _GroupedBitrateEstimate(  # type: ignore[attr-defined]
-                    estimator
-                )
+                self._estimate = _GroupedBitrateEstimate(estimator)
+                self._estimate.stop_estimating()  # until someone decodes
+                receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimate  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
@@ -404,6 +433,12 @@ class EncodedReceiver:
         if wanted and not self._decoding:
             self._decoder_synced = False
             self.request_keyframe(throttled=False)
+        if self._estimate is not None:
+            # the bandwidth estimate is for tracks that are decoded (composited)
+            if wanted:
+                self._estimate.start_estimating()
+            else:
+                self._estimate.stop_estimating()
         self._decoding = wanted
 
     def subscribe(self, maxsize: int = ENCODED_QUEUE) -> Link:

@@ -63,6 +63,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
+from egresskit.rooms import intake
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.rooms.signal import (
@@ -74,6 +75,7 @@ from egresskit.rooms.signal import (
     SignalError,
     recorder_token,
 )
+from egresskit.rooms.udp import enlarge_receive_buffers
 
 log = logging.getLogger(__name__)
 
@@ -597,6 +599,8 @@ class LiveKitRoom(LocalRoom):
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         restart_ice(pc)
         await pc.setLocalDescription(await pc.createAnswer())
+        enlarge_receive_buffers(pc)
+        intake.install(pc)
         await self._signal.send(
             rtc_pb.SignalRequest(
                 answer=rtc_pb.SessionDescription(
