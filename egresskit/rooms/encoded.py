@@ -51,6 +51,7 @@ pyproject.toml; widen that range only after those tests pass on a new one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import time
@@ -154,15 +155,19 @@ class _FrameRouter:
     """
 
     def __init__(self, receiver: EncodedReceiver, inner: queue.Queue) -> None:
-        self._receiver = receiver
+        self.receiver: EncodedReceiver | None = receiver  # None once detached
+        self.receiver_ends = True  # the receiver stopping closes the EncodedReceiver
         self._inner = inner
 
     def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        receiver = self.receiver
         if item is None:
             self._inner.put(None)
-            self._receiver.close()
+            if receiver is not None and self.receiver_ends:
+                receiver.close()
             return
-        self._receiver._route(*item)
+        if receiver is not None:
+            receiver._route(*item)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.get(*args, **kwargs)
@@ -242,7 +247,7 @@ class _GroupedBitrateEstimate:
     """
 
     def __init__(self, estimator: Any) -> None:
-        self._estimator = estimator
+        self.estimator = estimator  # aiortc's RemoteBitrateEstimator
         self.estimating = True
         # first and last abs_send_time, last arrival (ms), size, ssrc of the burst so far
         self._pending: list[int] | None = None
@@ -254,7 +259,7 @@ class _GroupedBitrateEstimate:
     def start_estimating(self) -> None:
         """Estimate afresh: what was measured before the pause says nothing of now."""
         if not self.estimating:
-            self._estimator = type(self._estimator)()
+            self.estimator = type(self.estimator)()
             self._pending = None
             self.estimating = True
 
@@ -279,7 +284,7 @@ class _GroupedBitrateEstimate:
         self._pending = [abs_send_time, abs_send_time, arrival_time_ms, payload_size, ssrc]
         if pending is None:
             return None
-        remb = self._estimator.add(
+        remb = self.estimator.add(
             arrival_time_ms=pending[2], abs_send_time=pending[1], payload_size=pending[3],
             ssrc=pending[4],
         )  # fmt: skip
@@ -386,37 +391,92 @@ class EncodedReceiver:
 
     `timeline` places every frame in time; tracks of one peer connection
     should share one `sender` clock so their frames stay aligned.
+
+    Subscribers get EOS when `close()` is called and, with `end_with_receiver`,
+    when the aiortc receiver stops. A room that says itself when a track
+    ends (LiveKit's signalling) turns that off, so that a connection lost
+    and replaced (`rebind`) does not end the track.
     """
 
-    def __init__(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
-        self._receiver = receiver
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        sender: SenderClock | None = None,
+        *,
+        end_with_receiver: bool = True,
+    ) -> None:
+        self._end_with_receiver = end_with_receiver
         self._estimate: _GroupedBitrateEstimate | None = None
         self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
-        inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
-        receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
-        kind = receiver.track.kind if receiver.track is not None else "video"
-        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
-        self._clock_rate_known = False
-        self._handle_rtcp = receiver._handle_rtcp_packet
-        receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
-        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
-        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
-        if kind == "video":
-            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
-            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-            if estimator is not None:
-                self._estimate = _GroupedBitrateEstimate(estimator)
-                self._estimate.stop_estimating()  # until someone decodes
-                receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimate  # type: ignore[attr-defined]
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
         self._last_request = 0.0
         self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Added to the receiver's timestamps: non-zero once the track continues on another
+        # receiver (`rebind`), whose timestamps then follow on from the first one's.
+        self._offset = 0
+        self._last_frame: tuple[int, float] | None = None  # timestamp handed out, arrival
+        self._follows: tuple[int, float] | None = None  # the same, of the previous receiver
         self.frames_received = 0  # reassembled frames, wanted or not
         self.frames_decoded = 0
+        self._attach(receiver, sender)
+
+    def _attach(self, receiver: RTCRtpReceiver, sender: SenderClock | None) -> None:
+        """Take `receiver`'s frames, RTCP and buffers over (see the module docstring)."""
+        self._receiver = receiver
+        inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        self._router = _FrameRouter(self, inner)
+        if not self._end_with_receiver:
+            self._router.receiver_ends = False
+        receiver._RTCRtpReceiver__decoder_queue = self._router  # type: ignore[attr-defined]
+        kind = receiver.track.kind if receiver.track is not None else "video"
+        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
+        self._clock_rate_known = False
+        receiver._handle_rtcp_packet = functools.partial(  # type: ignore[method-assign]
+            self._rtcp_packet, receiver, receiver._handle_rtcp_packet
+        )
+        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
+        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        self._estimate = None
+        if kind == "video":
+            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
+            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+            if isinstance(estimator, _GroupedBitrateEstimate):  # a receiver tapped before
+                estimator = estimator.estimator
+            if estimator is not None:
+                self._estimate = _GroupedBitrateEstimate(estimator)
+                if not self._decoding:
+                    self._estimate.stop_estimating()  # until someone decodes
+                receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimate  # type: ignore[attr-defined]
+
+    def detach(self) -> None:
+        """Stop following the current receiver: its end is no longer this track's end.
+
+        For a track that will continue on another receiver (`rebind`); until
+        then subscribers stay, and get nothing.
+        """
+        self._router.receiver = None
+
+    def rebind(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
+        """Continue on another aiortc receiver (the same track, after a new connection).
+
+        Subscribers stay and resume at the new receiver's first key frame
+        (asked for now); timestamps go on from the old receiver's as far as
+        time went on between their frames, so a recording keeps its timeline
+        across the change, with a pause for what was lost in between.
+        """
+        self.detach()
+        self._follows = self._last_frame
+        self._offset = 0
+        self._attach(receiver, sender)
+        self._decoder_synced = False
+        for subscription in self._subscriptions:
+            subscription.synced = False
+        if self._subscriptions or self._decoding:
+            self.request_keyframe(throttled=False)
 
     @property
     def decoder(self) -> TrackDecoder | None:
@@ -477,11 +537,15 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    async def _rtcp_packet(self, packet: Any) -> None:
-        if isinstance(packet, RtcpSrPacket) and packet.ssrc not in self._rtx_ssrcs():
+    async def _rtcp_packet(self, receiver: RTCRtpReceiver, handle: Any, packet: Any) -> None:
+        if (
+            receiver is self._receiver  # not one left by `rebind`
+            and isinstance(packet, RtcpSrPacket)
+            and packet.ssrc not in self._rtx_ssrcs()
+        ):
             info = packet.sender_info
             self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp)
-        await self._handle_rtcp(packet)
+        await handle(packet)
 
     def _rtx_ssrcs(self) -> dict[int, int]:
         return self._receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
@@ -493,7 +557,7 @@ class EncodedReceiver:
 
     def time_of(self, timestamp: int) -> float:
         """The capture time (monotonic s) of a frame with this unwrapped timestamp (or pts)."""
-        return self.timeline.time_of(self._rtp_timestamp(timestamp))
+        return self.timeline.time_of(self._rtp_timestamp(timestamp - self._offset))
 
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
@@ -502,13 +566,19 @@ class EncodedReceiver:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
         # frames are handed on as their last packet arrives: they were captured before now
         self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
+        now = time.monotonic()
+        if self._follows is not None:
+            last, arrival = self._follows
+            self._follows = None
+            elapsed = max(1, round((now - arrival) * codec.clockRate))
+            self._offset = last + elapsed - jitter_frame.timestamp
+        timestamp = jitter_frame.timestamp + self._offset
+        self._last_frame = timestamp, now
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
-        frame = EncodedFrame(
-            bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
-        )
+        frame = EncodedFrame(bytes(jitter_frame.data), timestamp, codec.clockRate, keyframe, mime_type)
         waiting = False
         for subscription in self._subscriptions:
             if not subscription.synced:
