@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import TESTS_DIR, CpuTimes, ThreadCpu, vp8_inputs
+from _common import TESTS_DIR, CpuTimes, ThreadCpu, missing_packets, vp8_inputs
 
 sys.path.insert(0, str(TESTS_DIR))
 
@@ -293,6 +293,7 @@ async def recorder_tracks(url: str, key: str, secret: str, out_dir: Path, second
     await asyncio.sleep(seconds)
     cpu = (CpuTimes.now() - before).own / (time.monotonic() - wall)
     rss_after = process.memory_info().rss
+    lasted = sum(not g.state.ended for g in graphs)
     states = [await g.stop() for g in graphs]
     for room in rooms:
         await room.close()
@@ -302,6 +303,8 @@ async def recorder_tracks(url: str, key: str, secret: str, out_dir: Path, second
             {
                 "egresses": len(graphs),
                 "failed": [str(e) for e in failed],
+                "ended_early": len(graphs) - lasted,
+                "missing": sum(missing_packets(p) for p in out_dir.iterdir()),  # noqa: ASYNC240
                 "idle_cores": idle,
                 "cores": cpu,
                 "rss_growth_mb": (rss_after - rss_before) / MB,
@@ -414,6 +417,13 @@ async def tracks(seconds: float, count: int) -> None:
     n = result["egresses"]
     per_cpu = (result["cores"] - result["idle_cores"]) / n
     per_rss = result["rss_growth_mb"] / n
+    drops = result["missing"] + result["ended_early"] + len(result["failed"])
+    print(
+        f"HEADLINE {per_cpu:.4f} core per track egress, receive included, {n} egresses"
+        f"{'' if not drops else ' (does not count: the run had drops)'}; drops: "
+        f"{result['missing']} frames missing from the files (gaps in their timestamps), "
+        f"{result['ended_early']} egresses ended early, {len(result['failed'])} failed"
+    )
     print(f"{n} track egresses (VP8 320x180@15 -> WebM, Opus -> Ogg) of one LiveKit room, "
           f"{seconds:.0f} s; failed: {result['failed'] or 'none'}")
     print(f"  process: {result['cores']:.3f} cores recording, {result['idle_cores']:.3f} idle")
