@@ -188,9 +188,10 @@ async def run(count: int, seconds: float, work: Path, source: Path) -> None:
     asked, count = count, len(runs)  # per-track figures are per egress started
     own_cores = egress_cores - idle_cores
     expected = FPS * seconds * asked
-    lost = sum(missing_packets(path) for path in files)
+    lost = sum(missing_packets(path) for path in files if path.exists())
+    # an egress that never wrote a frame (its publisher's connection failed) counts as ended
+    ended_early = max(asked - lasted, sum(not path.exists() for path in files))
     late = max(0, round(expected - written) - BOUNDARY_FRAMES * asked - lost)
-    ended_early = asked - lasted
     per_track = egress_cores / asked
     print()
     drops = (
