@@ -66,6 +66,24 @@ class CpuTimes:
         return CpuTimes(self.own - other.own, self.children - other.children)
 
 
+def missing_packets(path: Path) -> int:
+    """Packets missing between the first and the last of a file's first stream.
+
+    A gap of n steps (the median distance between packets) is n - 1 packets
+    missing: frames lost anywhere between the publisher and the file.
+    """
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams[0]
+        times = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
+    steps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    if not steps:
+        return 0
+    step = statistics.median(steps) or 1
+    return sum(max(0, round(gap / step) - 1) for gap in steps)
+
+
 def peak_rss_mb() -> float:
     """This process's peak resident set size (Linux reports ru_maxrss in KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

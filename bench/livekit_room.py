@@ -11,7 +11,10 @@ composite  Four publishers (640x360@30 video: bench/composite.py's four VP8
 tracks     `--tracks` track egresses (VP8 video to WebM, Opus to Ogg) of one
            LiveKit room, each joining as its own hidden recorder as LiveKit's
            egress does. Printed: CPU (cores) and RSS growth per egress
-           (targets: 0.02 core, 15 MB).
+           (targets: 0.02 core, 15 MB), and in the headline the drops: RTP
+           packets lost before the recorder read them, frames dropped on the
+           way to an egress, egresses ended early (a run with any does not
+           count); gaps in the files beyond those are frames never sent.
 
 Publishers and recorders are separate processes; only the recorder is measured.
 Needs livekit-server (scripts/install-test-deps.sh).
@@ -35,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _common import TESTS_DIR, CpuTimes, ThreadCpu, vp8_inputs
+from _common import TESTS_DIR, CpuTimes, ThreadCpu, missing_packets, vp8_inputs
 
 sys.path.insert(0, str(TESTS_DIR))
 
@@ -210,15 +213,17 @@ async def record_composite(room, out: Path, seconds: float) -> dict:
     }
 
 
-async def received_rtp(room) -> tuple[int]:
-    """RTP packets received for the room's tracks so far (aiortc's inbound stats)."""
-    packets = 0
+async def received_rtp(room) -> tuple[int, int]:
+    """RTP packets received and lost (sequence gaps) for the room's tracks so far (aiortc's
+    inbound stats)."""
+    packets = lost = 0
     for track in room.tracks():
         receiver = track.encoded._receiver  # the aiortc receiver behind the encoded tap
         for stat in (await receiver.getStats()).values():
             if stat.type == "inbound-rtp":
                 packets += stat.packetsReceived
-    return (packets,)
+                lost += stat.packetsLost
+    return packets, lost
 
 
 async def recorder_livekit(url: str, key: str, secret: str, out: Path, seconds: float) -> None:
@@ -277,22 +282,26 @@ async def recorder_tracks(url: str, key: str, secret: str, out_dir: Path, second
     await asyncio.sleep(3.0)
     idle = (CpuTimes.now() - idle_before).own / (time.monotonic() - wall)
 
-    rooms, graphs = [], []
+    rooms, graphs, sources = [], [], []
     for index, (sid, kind) in enumerate(sids):
         room = await LiveKitRoom.connect(
             url, key, secret, ROOM, identity=f"EG_{index:03d}",
             wanted=lambda p, t, s=sid: t.sid == s,
         )
         extension = "webm" if kind == models.TrackType.VIDEO else "ogg"
-        graph, _ = track_graph(room, sid, out_dir / f"{sid}.{extension}", name=sid)
+        graph, stages = track_graph(room, sid, out_dir / f"{sid}.{extension}", name=sid)
         await graph.start()
         rooms.append(room)
         graphs.append(graph)
+        sources.append(stages.source)
     await asyncio.sleep(2.0)
     before, wall = CpuTimes.now(), time.monotonic()
     await asyncio.sleep(seconds)
     cpu = (CpuTimes.now() - before).own / (time.monotonic() - wall)
     rss_after = process.memory_info().rss
+    lasted = sum(not g.state.ended for g in graphs)
+    rtp_lost = sum([(await received_rtp(room))[1] for room in rooms])
+    link_dropped = sum(source.stats()["dropped"] for source in sources)
     states = [await g.stop() for g in graphs]
     for room in rooms:
         await room.close()
@@ -302,6 +311,14 @@ async def recorder_tracks(url: str, key: str, secret: str, out_dir: Path, second
             {
                 "egresses": len(graphs),
                 "failed": [str(e) for e in failed],
+                "ended_early": len(graphs) - lasted,
+                "rtp_lost": rtp_lost,
+                "link_dropped": link_dropped,
+                "missing": sum(missing_packets(p) for p in out_dir.iterdir()),  # noqa: ASYNC240
+                "missing_by_file": sorted(
+                    (missing_packets(p), p.suffix)
+                    for p in out_dir.iterdir()  # noqa: ASYNC240
+                )[-6:],
                 "idle_cores": idle,
                 "cores": cpu,
                 "rss_growth_mb": (rss_after - rss_before) / MB,
@@ -414,13 +431,29 @@ async def tracks(seconds: float, count: int) -> None:
     n = result["egresses"]
     per_cpu = (result["cores"] - result["idle_cores"]) / n
     per_rss = result["rss_growth_mb"] / n
+    # frames lost here: before this process read them (RTP sequence gaps), between receiver and
+    # egress (link overflow), or egresses that ended early; gaps in the files beyond those are
+    # frames the publishers never sent (their process behind on a busy machine)
+    drops = (
+        result["rtp_lost"] + result["link_dropped"] + result["ended_early"] + len(result["failed"])
+    )
+    print(
+        f"HEADLINE {per_cpu:.4f} core per track egress, receive included, {n} egresses"
+        f"{'' if not drops else ' (does not count: the run had drops)'}; drops: "
+        f"{result['rtp_lost']} RTP packets lost before this process read them, "
+        f"{result['link_dropped']} frames dropped between receiver and egress, "
+        f"{result['ended_early']} egresses ended early, {len(result['failed'])} failed"
+    )
+    print(f"  gaps in the files' timestamps: {result['missing']} frames "
+          "(beyond the drops above: never sent, the publishers' process behind)")
     print(f"{n} track egresses (VP8 320x180@15 -> WebM, Opus -> Ogg) of one LiveKit room, "
           f"{seconds:.0f} s; failed: {result['failed'] or 'none'}")
     print(f"  process: {result['cores']:.3f} cores recording, {result['idle_cores']:.3f} idle")
     print(f"  per egress: {per_cpu:.4f} core (target {TRACK_CPU_TARGET}, "
           f"ratio {per_cpu / TRACK_CPU_TARGET:.2f}), RSS {per_rss:.1f} MB "
           f"(target {TRACK_RSS_TARGET_MB}, ratio {per_rss / TRACK_RSS_TARGET_MB:.2f})")
-    print(f"  smallest file {min(result['sizes'])} bytes")
+    print(f"  smallest file {min(result['sizes'])} bytes; most frames missing: "
+          f"{result['missing_by_file']}")
 
 
 def main() -> None:

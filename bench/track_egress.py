@@ -33,12 +33,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import av
 import psutil
+from _common import TESTS_DIR, missing_packets
 from aiohttp import web
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(TESTS_DIR))
 
 from h264_source import H264PacketTrack, make_h264_file, read_h264_packets  # noqa: E402
 from publishers import (  # noqa: E402
@@ -110,15 +109,6 @@ class Meter:
         await asyncio.sleep(seconds)
         cores = (self._cpu() - cpu0) / (time.monotonic() - wall0)
         return cores, self.process.memory_info().rss
-
-
-def missing_frames(path: Path) -> int:
-    """Frames missing between the first and the last of a file (gaps in its timestamps)."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        step = round(1 / FPS / stream.time_base)
-        times = sorted(p.pts for p in container.demux(stream) if p.pts is not None)
-    return sum(max(0, round((b - a) / step) - 1) for a, b in zip(times, times[1:], strict=False))
 
 
 async def wait_for_tracks(rooms: RoomManager, count: int, timeout: float) -> list:
@@ -198,9 +188,10 @@ async def run(count: int, seconds: float, work: Path, source: Path) -> None:
     asked, count = count, len(runs)  # per-track figures are per egress started
     own_cores = egress_cores - idle_cores
     expected = FPS * seconds * asked
-    lost = sum(missing_frames(path) for path in files)
+    lost = sum(missing_packets(path) for path in files if path.exists())
+    # an egress that never wrote a frame (its publisher's connection failed) counts as ended
+    ended_early = max(asked - lasted, sum(not path.exists() for path in files))
     late = max(0, round(expected - written) - BOUNDARY_FRAMES * asked - lost)
-    ended_early = asked - lasted
     per_track = egress_cores / asked
     print()
     drops = (

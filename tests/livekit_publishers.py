@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 from livekit import rtc
@@ -151,3 +154,65 @@ class SdkPublisher:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.room.disconnect()
+
+
+class SdkPublisherProcess:
+    """A flash + beep `SdkPublisher` in a process of its own, so a busy test process
+    (the service recording in it) cannot hold its media back: `await start()`, `stop()`."""
+
+    def __init__(self, server, room: str, identity: str, *, tone: float, flash_every: float):
+        self.args = [server.url, server.api_key, server.api_secret, room, identity]
+        self.args += [str(tone), str(flash_every)]
+        self.video_sid = self.audio_sid = ""
+        self._process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> SdkPublisherProcess:
+        self._process = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__)), *self.args, stdout=asyncio.subprocess.PIPE
+        )
+        line = await asyncio.wait_for(self._process.stdout.readline(), 30)
+        words = line.decode().split()
+        assert words[:1] == ["published"], f"the publisher process said {line!r}"
+        self.video_sid, self.audio_sid = words[1:3]
+        return self
+
+    async def stop(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._process.wait(), 10)
+            except TimeoutError:
+                self._process.kill()
+                await self._process.wait()
+
+
+class _Server:
+    """What SdkPublisher needs of a LiveKitServer, in the publisher's own process."""
+
+    def __init__(self, url: str, api_key: str, api_secret: str) -> None:
+        self.url, self.api_key, self.api_secret = url, api_key, api_secret
+
+    def token(self, room: str, identity: str, **grants) -> str:
+        from livekit import api
+
+        video = api.VideoGrants(room_join=True, room=room, **grants)
+        access = api.AccessToken(self.api_key, self.api_secret).with_identity(identity)
+        return access.with_name(identity).with_grants(video).to_jwt()
+
+
+async def _publish_until_terminated(url, key, secret, room, identity, tone, flash_every) -> None:
+    server = _Server(url, key, secret)
+    publisher = SdkPublisher(
+        server, room, identity, color=(220, 40, 40), tone=float(tone),
+        flash_every=float(flash_every),
+    )  # fmt: skip
+    await publisher.start()
+    print("published", publisher.video_sid, publisher.audio_sid, flush=True)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await publisher.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(_publish_until_terminated(*sys.argv[1:8]))

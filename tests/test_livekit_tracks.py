@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from livekit import api, rtc
 from livekit.protocol import egress as egress_pb
-from livekit_publishers import SdkPublisher, read_stamp
+from livekit_publishers import FPS, SdkPublisher, read_stamp
 from livekit_server import LiveKitServer, unavailable_reason
 from media_checks import ffprobe, frame_at, region_color, stream
 from publishers import colors_close
@@ -103,6 +103,62 @@ async def test_h264_track_passthrough_keeps_every_frame(service, lkapi, livekit_
     assert len(numbers) > 100
     assert numbers == sorted(numbers), "frames out of order"
     assert abs(len(numbers) - span) <= 0.01 * span, f"{len(numbers)} frames of {span} sent"
+
+
+def stamped_frames(path) -> list[tuple[float, int]]:
+    """(pts in seconds, the publisher's frame number) of every frame of a file."""
+    with av.open(str(path)) as container:
+        return [
+            (float(f.pts * f.time_base), read_stamp(f.to_ndarray(format="rgb24")))
+            for f in container.decode(video=0)
+        ]
+
+
+async def test_track_egress_survives_joining_again(service, lkapi, livekit_server):
+    """The server loses egresskit's session (node failure: resuming is refused), the room
+    joins afresh with a new PC: the track egress records on in the same file, its frames
+    still on the publisher's timeline, and ends COMPLETE when stopped."""
+    from livekit.protocol import rtc as rtc_pb
+
+    pub = await SdkPublisher(
+        livekit_server, "rejoin-track", "alice", color=RED, tone=None,
+        video_codec=rtc.VideoCodec.H264, stamp=True,
+    ).start()  # fmt: skip
+    try:
+        await asyncio.sleep(0.5)
+        info = await lkapi.egress.start_track_egress(
+            egress_pb.TrackEgressRequest(
+                room_name="rejoin-track",
+                track_id=pub.video_sid,
+                file=egress_pb.DirectFileOutput(filepath="alice.mp4"),
+            )
+        )
+        room = service.app[MANAGER].get(info.egress_id).plan.room
+        await wait_status(lkapi, info.egress_id, [egress_pb.EGRESS_ACTIVE])
+        await asyncio.sleep(2)
+        await room._signal.send(
+            rtc_pb.SignalRequest(simulate=rtc_pb.SimulateScenario(node_failure=True))
+        )
+        async with asyncio.timeout(10):
+            while room.rejoined < 1:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+        rejoined_at = pub.frames_sent
+        await asyncio.sleep(3)
+        await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+        final = await wait_status(lkapi, info.egress_id, DONE)
+    finally:
+        await pub.stop()
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    frames = stamped_frames(service.output_dir / "alice.mp4")
+    numbers = [n for _, n in frames]
+    assert numbers == sorted(numbers), "frames out of order"
+    after = [n for n in numbers if n > rejoined_at]
+    assert len(after) >= 60, f"{len(after)} frames recorded after joining again"
+    # every frame where the publisher's numbering puts it: the time between two frames is
+    # what their numbers say, across the new connection too (missing frames only leave a pause)
+    (pts0, n0) = frames[0]
+    drift = [abs((pts - pts0) - (n - n0) / FPS) for pts, n in frames]
+    assert max(drift) <= 0.1, f"frames off the publisher's timeline by up to {max(drift):.3f} s"
 
 
 @pytest.mark.parametrize(

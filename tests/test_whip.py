@@ -10,7 +10,7 @@ import psutil
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket
+from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, unpack_remb_fci
 from livekit.protocol import models
 from publishers import (
     WHIP_API_KEY,
@@ -39,6 +39,7 @@ from egresskit.rooms import (
     TrackUnpublished,
     whip_app,
 )
+from egresskit.rooms.encoded import PASSTHROUGH_REMB_BPS
 from egresskit.tokens import create_token
 
 ROOM = "studio"
@@ -496,28 +497,71 @@ async def test_publisher_known_only_from_its_checks_connects(
         await pc.close()
 
 
-async def test_publisher_gets_bandwidth_feedback_a_few_times_a_second(whip_server: TestServer):
-    """REMB reaches a video publisher (grouped by encoded._GroupedBitrateEstimate), never
-    more often than every 200 ms (encoded.REMB_INTERVAL_MS)."""
+async def remb_spy(session: WhipSession) -> list[tuple[float, int]]:
+    """(loop time, bitrate) of every REMB the publisher's video sender gets from now on."""
+    sender = session.pc.getSenders()[0]
+    handle_rtcp = sender._handle_rtcp_packet
+    rembs: list[tuple[float, int]] = []
+
+    async def spy(packet) -> None:
+        if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
+            bitrate, _ = unpack_remb_fci(packet.fci)
+            rembs.append((asyncio.get_running_loop().time(), bitrate))
+        await handle_rtcp(packet)
+
+    sender._handle_rtcp_packet = spy
+    return rembs
+
+
+async def test_decoded_track_sends_bandwidth_feedback_a_few_times_a_second(
+    whip_server: TestServer, rooms: RoomManager
+):
+    """While its track is decoded, REMB reaches a video publisher from the receive-side
+    estimate (grouped by encoded._GroupedBitrateEstimate), never more often than every
+    200 ms (encoded.REMB_INTERVAL_MS) and more often than the passthrough cap's second."""
     video = small_video(RED)
     session = await whip_publish(whip_server.make_url("/"), ROOM, token_for("alice"), [video])
     try:
-        sender = session.pc.getSenders()[0]
-        handle_rtcp = sender._handle_rtcp_packet
-        rembs: list[float] = []
-
-        async def spy(packet) -> None:
-            if isinstance(packet, RtcpPsfbPacket) and packet.fmt == RTCP_PSFB_APP:
-                rembs.append(asyncio.get_running_loop().time())
-            await handle_rtcp(packet)
-
-        sender._handle_rtcp_packet = spy
+        (track,) = await published_tracks(rooms.get(ROOM), "alice", 1)
+        link = track.subscribe(maxsize=5)  # decoded frames wanted: the track is estimated
+        rembs = await remb_spy(session)
         for _ in range(100):
+            while not link.empty():
+                link.get_nowait()
+            if len(rembs) >= 4:
+                break
+            await asyncio.sleep(0.1)
+        assert len(rembs) >= 4
+        times = [t for t, _ in rembs]
+        gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+        assert min(gaps) >= 0.19
+        assert min(gaps) < 0.9, gaps  # the estimate, not the passthrough cap once a second
+        assert all(bitrate < PASSTHROUGH_REMB_BPS for _, bitrate in rembs)
+    finally:
+        await session.close()
+
+
+async def test_passthrough_track_tells_its_sender_the_fixed_cap_once_a_second(
+    whip_server: TestServer, rooms: RoomManager
+):
+    """A track nobody decodes runs no bandwidth estimate: its publisher hears
+    encoded.PASSTHROUGH_REMB_BPS about once a second (and encodes at its own maximum)."""
+    video = small_video(RED)
+    session = await whip_publish(whip_server.make_url("/"), ROOM, token_for("alice"), [video])
+    try:
+        (track,) = await published_tracks(rooms.get(ROOM), "alice", 1)
+        link = track.subscribe_encoded()
+        rembs = await remb_spy(session)
+        for _ in range(60):
+            while not link.empty():
+                link.get_nowait()
             if len(rembs) >= 3:
                 break
             await asyncio.sleep(0.1)
-        await asyncio.sleep(2)
         assert len(rembs) >= 3
-        assert min(b - a for a, b in zip(rembs, rembs[1:], strict=False)) >= 0.19
+        assert {bitrate for _, bitrate in rembs} == {PASSTHROUGH_REMB_BPS}
+        times = [t for t, _ in rembs]
+        assert min(b - a for a, b in zip(times, times[1:], strict=False)) >= 0.9
+        assert track.encoded.decoder is None
     finally:
         await session.close()

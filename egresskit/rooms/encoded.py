@@ -38,7 +38,7 @@ reaches its ICE sockets), and it touches:
 - `RTCRtpReceiver._RTCRtpReceiver__remote_bitrate_estimator` (video):
   wrapped by `_GroupedBitrateEstimate`, with aiortc's `add(arrival_time_ms,
   abs_send_time, payload_size, ssrc) -> (bitrate, ssrcs) or None`, whose
-  result aiortc sends as REMB.
+  result aiortc sends as REMB; it estimates only while the track is decoded.
 - `JitterFrame(data, timestamp)`, `.data` and `.timestamp`: the frame's
   bytes (H.264 as Annex B) and its unwrapped RTP timestamp.
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
@@ -51,6 +51,7 @@ pyproject.toml; widen that range only after those tests pass on a new one.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue
 import time
@@ -86,6 +87,10 @@ MAX_BUFFERED = 512
 _WRAP = 1 << 32
 # Shortest interval between two REMB feedbacks to a sender (libwebrtc's too).
 REMB_INTERVAL_MS = 200
+# What a track nobody decodes tells its sender it may send (REMB), and how often:
+# a cap above any camera's rate, so the sender's own loss-based control decides.
+PASSTHROUGH_REMB_BPS = 20_000_000
+PASSTHROUGH_REMB_INTERVAL_MS = 1000
 # abs-send-time (RFC 5450 style 6.18 fixed point seconds, 24 bits): 5 ms, aiortc's group length
 BURST_UNITS = 5 * (1 << 18) // 1000
 _ABS_SEND_TIME_WRAP = 1 << 24
@@ -149,15 +154,19 @@ class _FrameRouter:
     """
 
     def __init__(self, receiver: EncodedReceiver, inner: queue.Queue) -> None:
-        self._receiver = receiver
+        self.receiver: EncodedReceiver | None = receiver  # None once detached
+        self.receiver_ends = True  # the receiver stopping closes the EncodedReceiver
         self._inner = inner
 
     def put(self, item: Any, *args: Any, **kwargs: Any) -> None:
+        receiver = self.receiver
         if item is None:
             self._inner.put(None)
-            self._receiver.close()
+            if receiver is not None and self.receiver_ends:
+                receiver.close()
             return
-        self._receiver._route(*item)
+        if receiver is not None:
+            receiver._route(*item)
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.get(*args, **kwargs)
@@ -213,30 +222,54 @@ class _LostPackets:
 
 
 class _GroupedBitrateEstimate:
-    """aiortc's receive-side bandwidth estimate, given each burst once and heard at most 5 times a second.
+    """aiortc's receive-side bandwidth estimate while a track is decoded; a fixed cap while not.
 
-    aiortc feeds its `RemoteBitrateEstimator` every video packet and sends
-    a REMB whenever the estimate says so, which while it reads overuse
-    (as a busy event loop's late reads do) is every packet: measured with
-    10 WHEP viewers, estimating and sending REMB took 40% of the receive
-    path. Its inter-arrival filter puts packets sent within 5 ms of a
-    group's first into that group anyway (a frame's packets, as a sender
-    sends them together), so they are handed over as one: sizes summed,
-    the last send time and arrival. The estimate works on the same groups
-    (their starts known to within one burst) from a call per burst instead
-    of per packet. REMB goes out at most every REMB_INTERVAL_MS, as
+    Estimating: aiortc feeds its `RemoteBitrateEstimator` every video
+    packet and sends a REMB whenever the estimate says so, which while it
+    reads overuse (as a busy event loop's late reads do) is every packet:
+    measured with 10 WHEP viewers, estimating and sending REMB took 40% of
+    the receive path. Its inter-arrival filter puts packets sent within 5 ms
+    of a group's first into that group anyway (a frame's packets, as a
+    sender sends them together), so they are handed over as one: sizes
+    summed, the last send time and arrival. The estimate works on the same
+    groups (their starts known to within one burst) from a call per burst
+    instead of per packet. REMB goes out at most every REMB_INTERVAL_MS, as
     libwebrtc's receivers do.
+
+    Not estimating (a track only passed through, which nobody decodes):
+    measured with 20 passthrough track egresses, the estimate was a tenth of
+    the receive path, for a figure that only tells the sender to send less
+    when this process reads late. Instead the sender hears PASSTHROUGH_REMB_BPS
+    once every PASSTHROUGH_REMB_INTERVAL_MS: no delay-based limit, so it
+    sends the quality it was asked for, and its loss-based control (from
+    our receiver reports) still backs off when packets are lost.
     """
 
     def __init__(self, estimator: Any) -> None:
-        self._estimator = estimator
+        self.estimator = estimator  # aiortc's RemoteBitrateEstimator
+        self.estimating = True
         # first and last abs_send_time, last arrival (ms), size, ssrc of the burst so far
         self._pending: list[int] | None = None
-        self._last_sent_ms = -REMB_INTERVAL_MS
+        self._last_sent_ms = -PASSTHROUGH_REMB_INTERVAL_MS
+
+    def stop_estimating(self) -> None:
+        self.estimating = False
+
+    def start_estimating(self) -> None:
+        """Estimate afresh: what was measured before the pause says nothing of now."""
+        if not self.estimating:
+            self.estimator = type(self.estimator)()
+            self._pending = None
+            self.estimating = True
 
     def add(
         self, arrival_time_ms: int, abs_send_time: int, payload_size: int, ssrc: int
     ) -> tuple[int, list[int]] | None:
+        if not self.estimating:
+            if arrival_time_ms - self._last_sent_ms < PASSTHROUGH_REMB_INTERVAL_MS:
+                return None
+            self._last_sent_ms = arrival_time_ms
+            return PASSTHROUGH_REMB_BPS, [ssrc]
         pending = self._pending
         if (
             pending is not None
@@ -250,7 +283,7 @@ class _GroupedBitrateEstimate:
         self._pending = [abs_send_time, abs_send_time, arrival_time_ms, payload_size, ssrc]
         if pending is None:
             return None
-        remb = self._estimator.add(
+        remb = self.estimator.add(
             arrival_time_ms=pending[2], abs_send_time=pending[1], payload_size=pending[3],
             ssrc=pending[4],
         )  # fmt: skip
@@ -358,36 +391,92 @@ class EncodedReceiver:
 
     `timeline` places every frame in time; tracks of one peer connection
     should share one `sender` clock so their frames stay aligned.
+
+    Subscribers get EOS when `close()` is called and, with `end_with_receiver`,
+    when the aiortc receiver stops. A room that says itself when a track
+    ends (LiveKit's signalling) turns that off, so that a connection lost
+    and replaced (`rebind`) does not end the track.
     """
 
-    def __init__(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
-        self._receiver = receiver
+    def __init__(
+        self,
+        receiver: RTCRtpReceiver,
+        sender: SenderClock | None = None,
+        *,
+        end_with_receiver: bool = True,
+    ) -> None:
+        self._end_with_receiver = end_with_receiver
+        self._estimate: _GroupedBitrateEstimate | None = None
         self.on_decoded: FramesCallback | None = None
         self._decoder: TrackDecoder | None = None
-        inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
-        receiver._RTCRtpReceiver__decoder_queue = _FrameRouter(self, inner)  # type: ignore[attr-defined]
-        kind = receiver.track.kind if receiver.track is not None else "video"
-        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
-        self._clock_rate_known = False
-        self._handle_rtcp = receiver._handle_rtcp_packet
-        receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
-        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
-        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
-        if kind == "video":
-            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
-            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
-            if estimator is not None:
-                receiver._RTCRtpReceiver__remote_bitrate_estimator = _GroupedBitrateEstimate(  # type: ignore[attr-defined]
-                    estimator
-                )
         self._subscriptions: list[_Subscription] = []
         self._decoding = False
         self._decoder_synced = False
         self._last_request = 0.0
         self._requests: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Added to the receiver's timestamps: non-zero once the track continues on another
+        # receiver (`rebind`), whose timestamps then follow on from the first one's.
+        self._offset = 0
+        self._last_frame: tuple[int, float] | None = None  # timestamp handed out, arrival
+        self._follows: tuple[int, float] | None = None  # the same, of the previous receiver
         self.frames_received = 0  # reassembled frames, wanted or not
         self.frames_decoded = 0
+        self._attach(receiver, sender)
+
+    def _attach(self, receiver: RTCRtpReceiver, sender: SenderClock | None) -> None:
+        """Take `receiver`'s frames, RTCP and buffers over (see the module docstring)."""
+        self._receiver = receiver
+        inner = receiver._RTCRtpReceiver__decoder_queue  # type: ignore[attr-defined]
+        self._router = _FrameRouter(self, inner)
+        if not self._end_with_receiver:
+            self._router.receiver_ends = False
+        receiver._RTCRtpReceiver__decoder_queue = self._router  # type: ignore[attr-defined]
+        kind = receiver.track.kind if receiver.track is not None else "video"
+        self.timeline = TrackTimeline(DEFAULT_CLOCK_RATES.get(kind, 90_000), sender)
+        self._clock_rate_known = False
+        receiver._handle_rtcp_packet = functools.partial(  # type: ignore[method-assign]
+            self._rtcp_packet, receiver, receiver._handle_rtcp_packet
+        )
+        jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
+        receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        self._estimate = None
+        if kind == "video":
+            receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
+            estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+            if isinstance(estimator, _GroupedBitrateEstimate):  # a receiver tapped before
+                estimator = estimator.estimator
+            if estimator is not None:
+                self._estimate = _GroupedBitrateEstimate(estimator)
+                if not self._decoding:
+                    self._estimate.stop_estimating()  # until someone decodes
+                receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimate  # type: ignore[attr-defined]
+
+    def detach(self) -> None:
+        """Stop following the current receiver: its end is no longer this track's end.
+
+        For a track that will continue on another receiver (`rebind`); until
+        then subscribers stay, and get nothing.
+        """
+        self._router.receiver = None
+
+    def rebind(self, receiver: RTCRtpReceiver, sender: SenderClock | None = None) -> None:
+        """Continue on another aiortc receiver (the same track, after a new connection).
+
+        Subscribers stay and resume at the new receiver's first key frame
+        (asked for now); timestamps go on from the old receiver's as far as
+        time went on between their frames, so a recording keeps its timeline
+        across the change, with a pause for what was lost in between.
+        """
+        self.detach()
+        self._follows = self._last_frame
+        self._offset = 0
+        self._attach(receiver, sender)
+        self._decoder_synced = False
+        for subscription in self._subscriptions:
+            subscription.synced = False
+        if self._subscriptions or self._decoding:
+            self.request_keyframe(throttled=False)
 
     @property
     def decoder(self) -> TrackDecoder | None:
@@ -404,6 +493,12 @@ class EncodedReceiver:
         if wanted and not self._decoding:
             self._decoder_synced = False
             self.request_keyframe(throttled=False)
+        if self._estimate is not None:
+            # the bandwidth estimate is for tracks that are decoded (composited)
+            if wanted:
+                self._estimate.start_estimating()
+            else:
+                self._estimate.stop_estimating()
         self._decoding = wanted
 
     def subscribe(self, maxsize: int = ENCODED_QUEUE) -> Link:
@@ -442,11 +537,15 @@ class EncodedReceiver:
             self._requests.add(task)
             task.add_done_callback(self._requests.discard)
 
-    async def _rtcp_packet(self, packet: Any) -> None:
-        if isinstance(packet, RtcpSrPacket) and packet.ssrc not in self._rtx_ssrcs():
+    async def _rtcp_packet(self, receiver: RTCRtpReceiver, handle: Any, packet: Any) -> None:
+        if (
+            receiver is self._receiver  # not one left by `rebind`
+            and isinstance(packet, RtcpSrPacket)
+            and packet.ssrc not in self._rtx_ssrcs()
+        ):
             info = packet.sender_info
             self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp)
-        await self._handle_rtcp(packet)
+        await handle(packet)
 
     def _rtx_ssrcs(self) -> dict[int, int]:
         return self._receiver._RTCRtpReceiver__rtx_ssrc  # type: ignore[attr-defined]
@@ -458,7 +557,7 @@ class EncodedReceiver:
 
     def time_of(self, timestamp: int) -> float:
         """The capture time (monotonic s) of a frame with this unwrapped timestamp (or pts)."""
-        return self.timeline.time_of(self._rtp_timestamp(timestamp))
+        return self.timeline.time_of(self._rtp_timestamp(timestamp - self._offset))
 
     def _route(self, codec: Any, jitter_frame: Any) -> None:
         """Hand a frame to encoded subscribers, and to the decoder while decoding."""
@@ -467,13 +566,19 @@ class EncodedReceiver:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
         # frames are handed on as their last packet arrives: they were captured before now
         self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
+        now = time.monotonic()
+        if self._follows is not None:
+            last, arrival = self._follows
+            self._follows = None
+            elapsed = max(1, round((now - arrival) * codec.clockRate))
+            self._offset = last + elapsed - jitter_frame.timestamp
+        timestamp = jitter_frame.timestamp + self._offset
+        self._last_frame = timestamp, now
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
-        frame = EncodedFrame(
-            bytes(jitter_frame.data), jitter_frame.timestamp, codec.clockRate, keyframe, mime_type
-        )
+        frame = EncodedFrame(bytes(jitter_frame.data), timestamp, codec.clockRate, keyframe, mime_type)
         waiting = False
         for subscription in self._subscriptions:
             if not subscription.synced:

@@ -29,7 +29,8 @@ aiortc traps handled here:
 A session whose signalling breaks, or that the server asks to resume or
 reconnect, is got back (`_reconnect`): resumed on a new socket with the
 same PC (the server restarts ICE, which aiortc cannot: `restart_ice`), or
-joined afresh with a new PC when the server no longer has it.
+joined afresh with a new PC when the server no longer has it (its tracks stay in the
+roster and go on with the new PC's media, so their recordings do too).
 
 `ended` resolves when the room is over for egresskit: with None when the
 server ends the session (`leave` DISCONNECT, room deleted), with a readable
@@ -64,6 +65,7 @@ from aiortc.sdp import candidate_from_sdp
 from livekit.protocol import models
 from livekit.protocol import rtc as rtc_pb
 
+from egresskit.rooms import intake
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.local import LocalRoom, LocalTrack
 from egresskit.rooms.signal import (
@@ -75,6 +77,7 @@ from egresskit.rooms.signal import (
     SignalError,
     recorder_token,
 )
+from egresskit.rooms.udp import enlarge_receive_buffers
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,9 @@ RECONNECT_WINDOW_S = 6.0
 # and the first pause between attempts, doubling up to a second.
 RECONNECT_ATTEMPT_TIMEOUT_S = 2.0
 RECONNECT_BACKOFF_S = 0.25
+# After joining afresh, how long a track of the lost session may take to come back
+# before it is unpublished (its recordings end).
+REJOIN_TRACK_WAIT_S = 10.0
 
 WantedTrack = Callable[[models.ParticipantInfo, models.TrackInfo], bool]
 
@@ -203,6 +209,8 @@ class LiveKitRoom(LocalRoom):
         self._infos: dict[str, tuple[models.ParticipantInfo, models.TrackInfo]] = {}
         self._subscribed: set[str] = set()
         self._skipped: set[str] = set()
+        # tracks of a lost session waiting to come back on the new PC (see `_rejoin`)
+        self._held: dict[str, LocalTrack] = {}
         self._mids: dict[str, str] = {}  # mid -> track sid it carries now
         self._ssrcs: dict[str, int] = {}  # mid -> media SSRC it carries now
         self._speaking: dict[str, float] = {}  # participant sid -> level, as the server said
@@ -365,7 +373,7 @@ class LiveKitRoom(LocalRoom):
         the session on a new socket: the subscriber PC and its tracks stay,
         the server restarts ICE with a new offer. RECONNECT, or a server that
         no longer has the session, joins afresh: new PC, tracks subscribed
-        again (the roster's tracks end and come back under the same sids).
+        again (the roster's tracks stay and go on with the new PC's media).
         Attempts go on for RECONNECT_WINDOW_S, so a server that went away for
         good still ends the room promptly, with a readable reason.
         """
@@ -417,10 +425,18 @@ class LiveKitRoom(LocalRoom):
         return False
 
     async def _rejoin(self, joined: rtc_pb.JoinResponse) -> None:
-        """A fresh session replaces the lost one: its PC goes, every track is subscribed again."""
+        """A fresh session replaces the lost one: its PC goes, every track is subscribed again.
+
+        The roster's tracks stay while they come back on the new PC (`_publish`
+        rebinds each to its new receiver, so a recording of it goes on); one
+        that the new session does not bring back within REJOIN_TRACK_WAIT_S
+        is unpublished.
+        """
         old = self._pc
         for track in self.tracks():
-            await self.unpublish(track.sid)
+            if track.encoded is not None:
+                track.encoded.detach()  # closing the old PC must not end the track
+            self._held[track.sid] = track
         present = {p.identity for p in joined.other_participants}
         for identity in [i for i in self.participants if i not in present]:
             await self.leave(identity)
@@ -429,9 +445,22 @@ class LiveKitRoom(LocalRoom):
         self._speaking.clear()
         self.set_speakers(())
         await self._joined(joined)
+        for sid in [sid for sid in self._held if sid not in self._subscribed]:
+            await self._unpublish_held(sid)
+        if self._held:
+            self._tasks.append(asyncio.create_task(self._expire_held(list(self._held))))
         if old is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(old.close(), 5.0)
+
+    async def _expire_held(self, sids: list[str]) -> None:
+        await asyncio.sleep(REJOIN_TRACK_WAIT_S)
+        for sid in sids:
+            await self._unpublish_held(sid)
+
+    async def _unpublish_held(self, sid: str) -> None:
+        if self._held.pop(sid, None) is not None:
+            await self.unpublish(sid)
 
     def _end(self, reason: str | None) -> None:
         if not self.ended.done():
@@ -494,6 +523,7 @@ class LiveKitRoom(LocalRoom):
             self._speakers_changed(())
 
     async def _forget_track(self, sid: str) -> None:
+        self._held.pop(sid, None)
         self._infos.pop(sid, None)
         self._subscribed.discard(sid)
         self._skipped.discard(sid)
@@ -598,6 +628,8 @@ class LiveKitRoom(LocalRoom):
         await pc.setRemoteDescription(RTCSessionDescription(sdp=offer.sdp, type="offer"))
         restart_ice(pc)
         await pc.setLocalDescription(await pc.createAnswer())
+        enlarge_receive_buffers(pc)
+        intake.install(pc)
         await self._signal.send(
             rtc_pb.SignalRequest(
                 answer=rtc_pb.SessionDescription(
@@ -698,6 +730,14 @@ class LiveKitRoom(LocalRoom):
         if known is None or sid not in self._subscribed:
             return None  # a track the server sends unasked, or already gone: not recorded
         participant, info = known
+        held = self._held.pop(sid, None)
+        if held is not None and held.encoded is not None and held.kind == info.type:
+            held.encoded.rebind(transceiver.receiver)
+            log.info("LiveKit room %s: track %s is back after joining again", self.name, sid)
+            self._muted(sid, info.muted)
+            return held
+        if held is not None:
+            await self.unpublish(sid)
         if info.source in (models.TrackSource.UNKNOWN,):
             source = (
                 models.TrackSource.CAMERA
@@ -718,7 +758,8 @@ class LiveKitRoom(LocalRoom):
             source=source,
             name=info.name,
             mime_type=mime_type,
-            encoded=EncodedReceiver(transceiver.receiver),
+            # the track ends when signalling says so, not with its receiver (see `_rejoin`)
+            encoded=EncodedReceiver(transceiver.receiver, end_with_receiver=False),
             sid=sid,
         )
         if info.muted:

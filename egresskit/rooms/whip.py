@@ -32,6 +32,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpTransceiver, RTCSe
 from aiortc import sdp as sdp_parser
 from livekit.protocol import models
 
+from egresskit.rooms import intake
 from egresskit.rooms.encoded import EncodedReceiver
 from egresskit.rooms.ice import gathering_on, host_address_override, own_addresses
 from egresskit.rooms.local import LocalParticipant, LocalRoom, RoomManager
@@ -384,6 +385,7 @@ async def publish_tracks(
     answered = {m.rtp.muxId: m for m in sdp_parser.SessionDescription.parse(answer).media}
     sender = SenderClock()  # one publisher: its tracks share one clock
     enlarge_receive_buffers(pc)
+    intake.install(pc)
     for transceiver in pc.getTransceivers():
         track, mid = transceiver.receiver.track, transceiver.mid
         if track is None or mid is None or mid not in sources:
