@@ -112,7 +112,7 @@ def _take_over(dtls: RTCDtlsTransport) -> None:
     for protocol in list(getattr(dtls.transport._connection, "_protocols", [])):
         transport = getattr(protocol, "transport", None)
         sock: socket.socket | None = getattr(transport, "_sock", None)
-        if sock is None or transport.is_closing():
+        if transport is None or sock is None or transport.is_closing():
             continue
         fd = transport._sock_fd
         # the private forms: the public ones refuse an fd that a transport owns
