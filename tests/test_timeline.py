@@ -107,3 +107,16 @@ def test_video_frames_leave_complete_in_order_and_skip_a_lost_packet(monkeypatch
     pli, frame = frames.add(rtp(5, 9000, marker=True))
     # the hole and the frame after it (it may have lost its start) go; a key frame is asked for
     assert pli and (frame.timestamp, frame.data) == (9000, bytes([4, 5]))
+
+
+def test_frames_held_behind_a_hole_all_leave_when_it_is_filled():
+    frames = _VideoFrames()
+    assert frames.add(rtp(10, 0, marker=True))[1].timestamp == 0
+    # 11 is lost: the next three frames, one packet each, wait behind it
+    for seq in (12, 13, 14):
+        assert frames.add(rtp(seq, 3000 * (seq - 10), marker=True)) == (False, None)
+    pli, frame = frames.add(rtp(11, 3000, marker=True))  # its retransmission
+    assert not pli and frame.timestamp == 3000
+    # one frame per packet added would leave 90 ms of frames waiting for good
+    assert [frames.take().timestamp for _ in range(3)] == [6000, 9000, 12000]
+    assert frames.take() is None

@@ -24,7 +24,8 @@ reaches its ICE sockets), and it touches:
 - `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
   reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
   (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
-  timestamp) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
+  timestamp; its `map` unwraps the frames handed on besides aiortc's, see
+  `_VideoFrames`) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
   `_AudioPackets`, which hands each Opus packet on as it arrives instead of
   holding four packets (80 ms) back (the timeline puts it in its place);
   for video by `_VideoFrames`, which hands a frame on as soon as it is
@@ -158,6 +159,7 @@ class _FrameRouter:
             self._receiver.close()
             return
         self._receiver._route(*item)
+        self._receiver._route_completed(item[0])
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.get(*args, **kwargs)
@@ -270,6 +272,12 @@ class _VideoFrames:
     each packet is looked at once instead of every buffered packet on every
     arrival.
 
+    aiortc takes one frame per packet added; frames that completed together
+    (a retransmission filling a hole that held several back) are handed on
+    by `take`, which the receiver calls until it returns None: frames waiting
+    behind each other would otherwise add up to a delay that never drains
+    while each packet carries a frame.
+
     A missing packet (asked for again by aiortc's NACK) is waited for at
     most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets are held; then
     the hole and the frame after it (which may have lost its start) are
@@ -293,9 +301,9 @@ class _VideoFrames:
             self._packets.clear()
             self._next, self._complete = seq, 0
             self._packets[seq] = packet
-            return True, self._take()
+            return True, self.take()
         self._packets.setdefault(seq, packet)
-        frame = self._take()
+        frame = self.take()
         if frame is not None or self._next in self._packets:
             self._stuck_since = None
             return False, frame
@@ -306,11 +314,12 @@ class _VideoFrames:
             return False, None
         self._stuck_since = None
         self._skip_hole()
-        return True, self._take()
+        return True, self.take()
 
-    def _take(self) -> JitterFrame | None:
+    def take(self) -> JitterFrame | None:
         """The head frame if it is complete, removed from the buffer."""
-        assert self._next is not None  # `add` sets it before taking
+        if self._next is None:
+            return None
         packets = self._packets
         head = packets.get(self._next)
         if head is None:
@@ -373,6 +382,7 @@ class EncodedReceiver:
         receiver._handle_rtcp_packet = self._rtcp_packet  # type: ignore[method-assign]
         jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
         receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        self._video_frames = jitter_buffer if isinstance(jitter_buffer, _VideoFrames) else None
         if kind == "video":
             receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
             estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
@@ -493,6 +503,15 @@ class EncodedReceiver:
                 waiting = True
         if waiting:
             self.request_keyframe()
+
+    def _route_completed(self, codec: Any) -> None:
+        """Route the frames that completed with the one aiortc handed on (see `_VideoFrames`)."""
+        if self._video_frames is None:
+            return
+        mapper = self._receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+        while (frame := self._video_frames.take()) is not None:
+            frame.timestamp = mapper.map(frame.timestamp)
+            self._route(codec, frame)
 
     def _decoder_for(self) -> TrackDecoder:
         if self._decoder is None:
