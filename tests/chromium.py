@@ -104,10 +104,11 @@ CAMERA = "const media = camera;"
 # - video: the canvas is painted on a 30 fps schedule and each frame is captured
 #   as it is painted (`captureStream(0)` + `requestFrame`), so a frame's capture
 #   time is its paint time, not the next capture tick after it (up to 33 ms later);
-# - audio: a MediaStreamAudioDestinationNode takes the graph's samples as they are
-#   rendered, at `currentTime`, not at the output device's time
-#   (`getOutputTimestamp`), which trails it by the output latency (measured ~40 ms
-#   in headless Chromium: a beep scheduled on that clock is captured that much early).
+# - audio: the beep starts as the first white frame is painted (a timer may fire
+#   late, so it is not scheduled ahead), at `currentTime`: a
+#   MediaStreamAudioDestinationNode takes the graph's samples as they are rendered,
+#   not at the output device's time (`getOutputTimestamp`), which trails it by the
+#   output latency (~40 ms in headless Chromium: a beep on that clock is early).
 FLASH_BEEP = """
 const PERIOD = 2000, FLASH = 100, FRAME = 1000 / 30, BAR = 8;
 async function media() {
@@ -124,31 +125,25 @@ async function media() {
   tone.connect(gain).connect(out);
   tone.start();
   const start = performance.now() + 500;
-  let scheduled = 0;
-  function schedule() {  // the next few beeps, on the audio clock
-    const now = performance.now(), audioNow = audio.currentTime;
-    while (start + scheduled * PERIOD < now + 3 * PERIOD) {
-      const at = audioNow + (start + scheduled * PERIOD - now) / 1000;
-      if (at > audioNow) {
-        gain.gain.setValueAtTime(0.5, at);
-        gain.gain.setValueAtTime(0, at + FLASH / 1000);
-      }
-      scheduled += 1;
-    }
-  }
   const stream = canvas.captureStream(0);
   const video = stream.getVideoTracks()[0];
   let frame = -Infinity;  // index of the frame painted next (negative before start)
+  let white = false;
   function paint() {  // the frame due now, then a timer for the next one
     const t = performance.now() - start;
     frame = Math.max(frame, Math.floor(t / FRAME));
     const shown = frame * FRAME;
-    g.fillStyle = shown >= 0 && shown % PERIOD < FLASH - 1e-6 ? "#ffffff" : "#282828";
+    const flash = shown >= 0 && shown % PERIOD < FLASH - 1e-6;
+    if (flash && !white) {  // the beep, from this instant on the audio clock
+      gain.gain.setValueAtTime(0.5, audio.currentTime);
+      gain.gain.setValueAtTime(0, audio.currentTime + FLASH / 1000);
+    }
+    white = flash;
+    g.fillStyle = flash ? "#ffffff" : "#282828";
     g.fillRect(0, 0, canvas.width, canvas.height);
     g.fillStyle = "#808080";
     g.fillRect((frame * 2) % (canvas.width - BAR), 0, BAR, canvas.height);
     video.requestFrame();
-    schedule();
     frame += 1;
     setTimeout(paint, Math.max(0, start + frame * FRAME - performance.now()));
   }

