@@ -99,11 +99,18 @@ publish().catch((error) => report("error", String(error)));
 CAMERA = "const media = camera;"
 
 # Every 2 s the canvas turns white for 100 ms and a 1 kHz tone sounds for as
-# long, from the same instant: the tone is scheduled on the audio clock at the
-# audio time matching that instant (getOutputTimestamp maps the two clocks),
-# and the canvas is painted white from that instant on.
+# long, from the same instant; a grey bar steps across the canvas each frame,
+# so a frozen recording shows. Both tracks are timed the way Chromium stamps them:
+# - video: the canvas is painted on a 30 fps schedule and each frame is captured
+#   as it is painted (`captureStream(0)` + `requestFrame`), so a frame's capture
+#   time is its paint time, not the next capture tick after it (up to 33 ms later);
+# - audio: the beep starts as the first white frame is painted (a timer may fire
+#   late, so it is not scheduled ahead), at `currentTime`: a
+#   MediaStreamAudioDestinationNode takes the graph's samples as they are rendered,
+#   not at the output device's time (`getOutputTimestamp`), which trails it by the
+#   output latency (~40 ms in headless Chromium: a beep on that clock is early).
 FLASH_BEEP = """
-const PERIOD = 2000, FLASH = 100;
+const PERIOD = 2000, FLASH = 100, FRAME = 1000 / 30, BAR = 8;
 async function media() {
   const canvas = document.createElement("canvas");
   canvas.width = 320; canvas.height = 180;
@@ -118,28 +125,29 @@ async function media() {
   tone.connect(gain).connect(out);
   tone.start();
   const start = performance.now() + 500;
-  let scheduled = 0;
-  function audioTime(perf) {
-    const stamp = audio.getOutputTimestamp();
-    return stamp.contextTime + (perf - stamp.performanceTime) / 1000;
-  }
-  function schedule() {  // the next few beeps, on the audio clock
-    while (start + scheduled * PERIOD < performance.now() + 3 * PERIOD) {
-      const at = audioTime(start + scheduled * PERIOD);
-      gain.gain.setValueAtTime(0.5, at);
-      gain.gain.setValueAtTime(0, at + FLASH / 1000);
-      scheduled += 1;
-    }
-  }
-  function paint() {
+  const stream = canvas.captureStream(0);
+  const video = stream.getVideoTracks()[0];
+  let frame = -Infinity;  // index of the frame painted next (negative before start)
+  let white = false;
+  function paint() {  // the frame due now, then a timer for the next one
     const t = performance.now() - start;
-    g.fillStyle = t >= 0 && t % PERIOD < FLASH ? "#ffffff" : "#282828";
+    frame = Math.max(frame, Math.floor(t / FRAME));
+    const shown = frame * FRAME;
+    const flash = shown >= 0 && shown % PERIOD < FLASH - 1e-6;
+    if (flash && !white) {  // the beep, from this instant on the audio clock
+      gain.gain.setValueAtTime(0.5, audio.currentTime);
+      gain.gain.setValueAtTime(0, audio.currentTime + FLASH / 1000);
+    }
+    white = flash;
+    g.fillStyle = flash ? "#ffffff" : "#282828";
     g.fillRect(0, 0, canvas.width, canvas.height);
-    schedule();
+    g.fillStyle = "#808080";
+    g.fillRect((frame * 2) % (canvas.width - BAR), 0, BAR, canvas.height);
+    video.requestFrame();
+    frame += 1;
+    setTimeout(paint, Math.max(0, start + frame * FRAME - performance.now()));
   }
   paint();
-  setInterval(paint, 5);
-  const stream = canvas.captureStream(30);
   stream.addTrack(out.stream.getAudioTracks()[0]);
   return stream;
 }

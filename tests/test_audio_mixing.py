@@ -12,6 +12,7 @@ from media_checks import tone_strengths
 from publishers import SineAudioTrack
 
 from egresskit import AudioMixer, FileOutput, GraphState, Mixing, composite_graph
+from egresskit.stages.mixer import _TrackBuffer
 
 AGENT_TONE, HUMAN_TONE, GUEST_TONE = 440.0, 1000.0, 2500.0
 TONES = [AGENT_TONE, HUMAN_TONE, GUEST_TONE]
@@ -91,3 +92,23 @@ async def test_mixing_modes_place_tracks_on_their_channels(rooms, tmp_path):
 def test_unknown_mixing_is_refused():
     with pytest.raises(ValueError):
         AudioMixer(mixing=7)
+
+
+def test_a_frame_placed_earlier_than_the_buffer_end_replaces_what_it_overlaps():
+    """When a track's timing moves earlier, its sound starts where the new timing says."""
+    buffer = _TrackBuffer(None, None)  # type: ignore[arg-type]  # its info is only kept
+
+    def frame(level: int) -> av.AudioFrame:
+        samples = np.full((1, 960 * 2), level, np.int16)  # 20 ms, interleaved stereo
+        out = av.AudioFrame.from_ndarray(samples, format="s16", layout="stereo")
+        out.sample_rate = 48_000
+        return out
+
+    buffer.push(frame(1), 0)
+    buffer.push(frame(2), 960)
+    assert buffer.take(0, 480)[:, 0].tolist() == [1] * 480  # mixed: it stays
+    # the timing moved 35 ms earlier: the new frame starts at 240, of which 240-480 was mixed
+    buffer.push(frame(3), 240)
+    assert buffer.take(480, 960)[:, 0].tolist() == [3] * 720 + [0] * 240
+    buffer.push(frame(4), -2000)  # all of it before what was mixed: dropped
+    assert buffer.take(1440, 960)[:, 0].tolist() == [0] * 960

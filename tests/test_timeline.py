@@ -19,7 +19,7 @@ def ntp(seconds: float) -> int:
 def test_rtp_delta_counts_across_the_wrap():
     assert rtp_delta(5, (1 << 32) - 5) == 10
     assert rtp_delta((1 << 32) - 5, 5) == -10
-    assert ntp_seconds(ntp(NTP_BASE + 0.25)) == pytest.approx(NTP_BASE + 0.25)
+    assert ntp_seconds(ntp(NTP_BASE + 0.25)) == pytest.approx(NTP_BASE + 0.25, abs=1e-6)
 
 
 def test_without_reports_the_earliest_arrival_and_the_rtp_clock_time_a_track():
@@ -44,17 +44,45 @@ def test_tracks_of_one_sender_meet_at_its_capture_times_whatever_their_delays():
     video.arrived(7_000_000 + 45_000, arrival=NTP_BASE + 1001.110)
     assert audio.reported and video.reported
     same_instant = NTP_BASE + 1000.002 + 2.0
-    assert audio.time_of(500 + 96_000) == pytest.approx(same_instant)
-    assert video.time_of(7_000_000 + 135_000) == pytest.approx(same_instant)
+    assert audio.time_of(500 + 96_000) == pytest.approx(same_instant, abs=1e-6)
+    assert video.time_of(7_000_000 + 135_000) == pytest.approx(same_instant, abs=1e-6)
 
 
 def test_a_report_stamped_late_is_corrected_by_packets_that_arrived_sooner():
     timeline = TrackTimeline(48_000)
     # the report says timestamp 0 was at NTP_BASE, but it was sent 30 ms after capture
     timeline.sender_report(0, ntp(NTP_BASE + 0.030), arrival=NTP_BASE + 0.031)
-    assert timeline.time_of(0) == pytest.approx(NTP_BASE + 0.031)
+    assert timeline.time_of(0) == pytest.approx(NTP_BASE + 0.031, abs=1e-6)
     timeline.arrived(960, arrival=NTP_BASE + 0.021)  # sent at once, 1 ms on the way
-    assert timeline.time_of(0) == pytest.approx(NTP_BASE + 0.001)
+    assert timeline.time_of(0) == pytest.approx(NTP_BASE + 0.001, abs=1e-6)
+
+
+def test_jitter_moves_the_tracks_of_a_sender_together_never_apart():
+    sender = SenderClock()
+    audio, video = TrackTimeline(48_000, sender), TrackTimeline(90_000, sender)
+    # capture-stamped reports (as libwebrtc's); the sender's clock is ours minus 1000 s
+    audio.sender_report(0, ntp(NTP_BASE), arrival=NTP_BASE + 1000.090)
+    video.sender_report(0, ntp(NTP_BASE), arrival=NTP_BASE + 1000.090)
+    # every packet meets 20-100 ms of jitter, a different least for each track
+    for k, (audio_delay, video_delay) in enumerate([(0.09, 0.05), (0.02, 0.08), (0.06, 0.07)]):
+        audio.arrived(k * 960, arrival=NTP_BASE + 1000 + k * 0.02 + audio_delay)
+        video.arrived(k * 1800, arrival=NTP_BASE + 1000 + k * 0.02 + video_delay)
+        # each frame goes where its sender captured it, wherever the mapping stands
+        assert audio.time_of(48_000) - video.time_of(90_000) == pytest.approx(0, abs=1e-6)
+    # the mapping is the tightest any packet of either track allows: 20 ms late
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.020, abs=1e-6)
+    assert video.time_of(0) - NTP_BASE == pytest.approx(1000.020, abs=1e-6)
+
+
+def test_the_clock_mapping_ignores_small_moves_and_takes_large_ones():
+    sender = SenderClock()
+    audio = TrackTimeline(48_000, sender)
+    audio.sender_report(0, ntp(NTP_BASE), arrival=NTP_BASE + 1000.050)
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.050, abs=1e-6)
+    audio.arrived(960, arrival=NTP_BASE + 1000.060)  # 10 ms tighter: a jolt for nothing
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.050, abs=1e-6)
+    audio.arrived(1920, arrival=NTP_BASE + 1000.070)  # 20 ms tighter: taken
+    assert audio.time_of(0) - NTP_BASE == pytest.approx(1000.030, abs=1e-6)
 
 
 def test_timestamps_keep_counting_across_the_32_bit_wrap():
@@ -90,3 +118,16 @@ def test_video_frames_leave_complete_in_order_and_skip_a_lost_packet(monkeypatch
     pli, frame = frames.add(rtp(5, 9000, marker=True))
     # the hole and the frame after it (it may have lost its start) go; a key frame is asked for
     assert pli and (frame.timestamp, frame.data) == (9000, bytes([4, 5]))
+
+
+def test_frames_held_behind_a_hole_all_leave_when_it_is_filled():
+    frames = _VideoFrames()
+    assert frames.add(rtp(10, 0, marker=True))[1].timestamp == 0
+    # 11 is lost: the next three frames, one packet each, wait behind it
+    for seq in (12, 13, 14):
+        assert frames.add(rtp(seq, 3000 * (seq - 10), marker=True)) == (False, None)
+    pli, frame = frames.add(rtp(11, 3000, marker=True))  # its retransmission
+    assert not pli and frame.timestamp == 3000
+    # one frame per packet added would leave 90 ms of frames waiting for good
+    assert [frames.take().timestamp for _ in range(3)] == [6000, 9000, 12000]
+    assert frames.take() is None

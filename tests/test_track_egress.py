@@ -33,8 +33,8 @@ from egresskit.egress.naming import TrackDescription
 from egresskit.egress.track_graphs import SourceNotFound, track_graph
 from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import LocalRoom, LocalTrack, RoomManager
-from egresskit.rooms.encoded import h264_nal_types, is_keyframe
-from egresskit.stages.passthrough import RtpTimeline, opus_samples
+from egresskit.rooms.encoded import h264_nal_types, is_keyframe, opus_samples
+from egresskit.stages.passthrough import RtpTimeline
 
 ROOM = "tracks"
 WAIT_S = 20.0

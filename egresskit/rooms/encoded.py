@@ -24,7 +24,8 @@ reaches its ICE sockets), and it touches:
 - `RTCRtpReceiver._RTCRtpReceiver__rtx_ssrc` (retransmission SSRCs, whose
   reports are not the media's), `_RTCRtpReceiver__timestamp_mapper._origin`
   (what aiortc subtracted to unwrap timestamps: adding it back gives the RTP
-  timestamp) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
+  timestamp; its `map` unwraps the frames handed on besides aiortc's, see
+  `_VideoFrames`) and `_RTCRtpReceiver__jitter_buffer`: for audio replaced by
   `_AudioPackets`, which hands each Opus packet on as it arrives instead of
   holding four packets (80 ms) back (the timeline puts it in its place);
   for video by `_VideoFrames`, which hands a frame on as soon as it is
@@ -96,6 +97,7 @@ BURST_UNITS = 5 * (1 << 18) // 1000
 _ABS_SEND_TIME_WRAP = 1 << 24
 # Until the first frame says which codec arrives, the usual clock rate of each kind.
 DEFAULT_CLOCK_RATES = {"audio": 48_000, "video": 90_000}
+OPUS_RATE = 48_000  # Opus counts samples at 48 kHz whatever it encoded
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +138,28 @@ def h264_nal_types(annex_b: bytes) -> set[int]:
     return types
 
 
+def opus_samples(packet: bytes) -> int:
+    """Samples at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
+    if not packet:
+        return 0
+    toc = packet[0]
+    config = toc >> 3
+    if config < 12:  # SILK: 10, 20, 40, 60 ms
+        frame = (480, 960, 1920, 2880)[config % 4]
+    elif config < 16:  # hybrid: 10, 20 ms
+        frame = (480, 960)[config % 2]
+    else:  # CELT: 2.5, 5, 10, 20 ms
+        frame = (120, 240, 480, 960)[config % 4]
+    code = toc & 0x03
+    if code == 0:
+        count = 1
+    elif code in (1, 2):
+        count = 2
+    else:
+        count = packet[1] & 0x3F if len(packet) > 1 else 0
+    return frame * count
+
+
 class _Subscription:
     """An encoded subscriber; it receives frames from a key frame on."""
 
@@ -167,6 +191,7 @@ class _FrameRouter:
             return
         if receiver is not None:
             receiver._route(*item)
+            receiver._route_completed(item[0])
 
     def get(self, *args: Any, **kwargs: Any) -> Any:
         return self._inner.get(*args, **kwargs)
@@ -303,6 +328,12 @@ class _VideoFrames:
     each packet is looked at once instead of every buffered packet on every
     arrival.
 
+    aiortc takes one frame per packet added; frames that completed together
+    (a retransmission filling a hole that held several back) are handed on
+    by `take`, which the receiver calls until it returns None: frames waiting
+    behind each other would otherwise add up to a delay that never drains
+    while each packet carries a frame.
+
     A missing packet (asked for again by aiortc's NACK) is waited for at
     most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets are held; then
     the hole and the frame after it (which may have lost its start) are
@@ -326,9 +357,9 @@ class _VideoFrames:
             self._packets.clear()
             self._next, self._complete = seq, 0
             self._packets[seq] = packet
-            return True, self._take()
+            return True, self.take()
         self._packets.setdefault(seq, packet)
-        frame = self._take()
+        frame = self.take()
         if frame is not None or self._next in self._packets:
             self._stuck_since = None
             return False, frame
@@ -339,11 +370,12 @@ class _VideoFrames:
             return False, None
         self._stuck_since = None
         self._skip_hole()
-        return True, self._take()
+        return True, self.take()
 
-    def _take(self) -> JitterFrame | None:
+    def take(self) -> JitterFrame | None:
         """The head frame if it is complete, removed from the buffer."""
-        assert self._next is not None  # `add` sets it before taking
+        if self._next is None:
+            return None
         packets = self._packets
         head = packets.get(self._next)
         if head is None:
@@ -440,6 +472,7 @@ class EncodedReceiver:
         )
         jitter_buffer = _AudioPackets() if kind == "audio" else _VideoFrames()
         receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+        self._video_frames = jitter_buffer if isinstance(jitter_buffer, _VideoFrames) else None
         self._estimate = None
         if kind == "video":
             receiver._RTCRtpReceiver__nack_generator = _LostPackets()  # type: ignore[attr-defined]
@@ -564,9 +597,13 @@ class EncodedReceiver:
         self.frames_received += 1
         if not self._clock_rate_known:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
-        # frames are handed on as their last packet arrives: they were captured before now
-        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp))
+        # frames are handed on as their last packet arrives: they were captured before now,
+        # and an audio packet's first sample before its last one
         now = time.monotonic()
+        captured_by = now
+        if codec.mimeType.lower() == "audio/opus":
+            captured_by -= opus_samples(jitter_frame.data) / OPUS_RATE
+        self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp), captured_by)
         if self._follows is not None:
             last, arrival = self._follows
             self._follows = None
@@ -598,6 +635,15 @@ class EncodedReceiver:
                 waiting = True
         if waiting:
             self.request_keyframe()
+
+    def _route_completed(self, codec: Any) -> None:
+        """Route the frames that completed with the one aiortc handed on (see `_VideoFrames`)."""
+        if self._video_frames is None:
+            return
+        mapper = self._receiver._RTCRtpReceiver__timestamp_mapper  # type: ignore[attr-defined]
+        while (frame := self._video_frames.take()) is not None:
+            frame.timestamp = mapper.map(frame.timestamp)
+            self._route(codec, frame)
 
     def _decoder_for(self) -> TrackDecoder:
         if self._decoder is None:

@@ -13,18 +13,26 @@ because nothing is sent before it is captured nor arrives before it is sent:
 
 - an RTCP sender report (RFC 3550 section 6.4.1) pairs an RTP timestamp
   with the sender's NTP wall clock. Tracks of one sender share that clock
-  (`SenderClock`), which is mapped to ours by the report that arrived
-  soonest after it was sent (the smallest arrival - NTP), so every track
-  of a sender keeps the A/V alignment the sender gave it;
+  (`SenderClock`), so the reports place every track of a sender on one
+  clock, keeping the A/V alignment the sender gave them whatever each
+  track's packets met on the way (jitter, retransmission, pacing);
 - a packet arriving says its media was captured no later than then.
 
-The epoch is the smallest bound of the last `WINDOW_S` seconds. A sender
-that stamps its reports at capture time (browsers, libwebrtc) wins with
-its reports; one that stamps them with the time it sent its last packet,
-late by however long encoding and sending took (aiortc), is corrected
-within a second by the many packets that arrived soon after they were
-sent. Without any sender report a track is timed by its packets alone:
-from the earliest arrival, then by its RTP clock.
+A track with reports is placed by them, and the sender's clock is mapped
+to ours by its tightest bound: the smallest (arrival - NTP) of its reports
+and of the packets of all its tracks (their NTP time read through their
+track's reports). The many packets tighten it within a second where the
+few reports would take long, and a shift in that mapping moves every
+track of the sender together: network jitter moves a recording's tracks
+as one, never apart. A sender that stamps its reports at capture time
+(browsers, libwebrtc) keeps its A/V alignment exactly; one that stamps
+them with the time it sent its last packet (aiortc) is late on each
+track by that track's constant encoding and sending time. Without any
+sender report a track is timed by its packets alone: from the earliest
+arrival, then by its RTP clock.
+
+Each bound is the smallest of the last `WINDOW_S` seconds, so the clocks
+may drift apart slowly.
 
 Usage by any RTP receiver (`egresskit.rooms.encoded` wires aiortc's): one
 `SenderClock` per peer connection, one `TrackTimeline` per received track;
@@ -44,6 +52,12 @@ _WRAP = 1 << 32
 _REANCHOR = 1 << 30
 # The epoch is the smallest bound seen in this many seconds, kept per second.
 WINDOW_S = 16
+# A sender's clock mapping moves only when its tightest bound has moved more than
+# this: each move shifts every track at once, which audio follows to the sample
+# (cutting or padding that much) but video only to the output's next frame, so
+# small moves would jolt lip sync by up to a frame and click, for nothing: being
+# late by this much only uses a little of the playout delay.
+OFFSET_STEP_S = 0.015
 
 
 def rtp_delta(timestamp: int, reference: int) -> int:
@@ -61,14 +75,33 @@ class SenderClock:
     """One sender's NTP clock against ours; every track of one peer connection shares it."""
 
     def __init__(self) -> None:
-        # our monotonic time minus the sender's NTP time, from its fastest report
-        self.offset: float | None = None
+        self._reports = _WindowMin()  # our monotonic time minus the sender's NTP time
+        self._tracks: list[TrackTimeline] = []
+        self._offset: float | None = None  # the mapping in use
 
     def observe(self, ntp: float, arrival: float) -> None:
         """A sender report stamped `ntp` (s) arrived at `arrival` (monotonic s)."""
-        sample = arrival - ntp
-        if self.offset is None or sample < self.offset:
-            self.offset = sample
+        self._reports.offer(arrival - ntp, arrival)
+
+    def add_track(self, track: TrackTimeline) -> None:
+        self._tracks.append(track)
+
+    @property
+    def offset(self) -> float | None:
+        """Our monotonic time minus the sender's NTP time; None before a report.
+
+        The tightest bound, once it is more than OFFSET_STEP_S from the one in use.
+        """
+        bound = self._reports.value
+        if bound is None:
+            return None
+        for track in self._tracks:
+            track_bound = track.arrival_offset()
+            if track_bound is not None and track_bound < bound:
+                bound = track_bound
+        if self._offset is None or abs(bound - self._offset) > OFFSET_STEP_S:
+            self._offset = bound
+        return self._offset
 
 
 class _WindowMin:
@@ -104,6 +137,7 @@ class TrackTimeline:
     def __init__(self, clock_rate: int, sender: SenderClock | None = None) -> None:
         self.clock_rate = clock_rate
         self.sender = sender if sender is not None else SenderClock()
+        self.sender.add_track(self)
         self._reference: int | None = None  # the RTP timestamp epochs are relative to
         self._reported = _WindowMin()  # epochs in sender NTP seconds
         self._arrived = _WindowMin()  # epochs in monotonic seconds
@@ -134,16 +168,22 @@ class TrackTimeline:
         self.sender.observe(ntp, now)
         self._reported.offer(ntp - self._seconds(rtp_timestamp), now)
 
+    def arrival_offset(self) -> float | None:
+        """The sender's clock offset this track's packets allow (arrival - NTP of their media)."""
+        if self._arrived.value is None or self._reported.value is None:
+            return None
+        return self._arrived.value - self._reported.value
+
     @property
     def reported(self) -> bool:
-        """Whether a sender report gives the epoch (else packet arrivals do)."""
-        epoch = self._reported_epoch()
-        return epoch is not None and (self._arrived.value is None or epoch <= self._arrived.value)
+        """Whether sender reports place this track (else packet arrivals do)."""
+        return self._reported_epoch() is not None
 
     def _reported_epoch(self) -> float | None:
-        if self._reported.value is None or self.sender.offset is None:
+        offset = self.sender.offset
+        if self._reported.value is None or offset is None:
             return None
-        return self._reported.value + self.sender.offset
+        return self._reported.value + offset
 
     def time_of(self, rtp_timestamp: int) -> float:
         """When the media with this RTP timestamp was captured, in monotonic seconds.
@@ -151,8 +191,10 @@ class TrackTimeline:
         A timestamp seen before anything arrived counts as arriving now.
         """
         seconds = self._seconds(rtp_timestamp)
-        candidates = [e for e in (self._reported_epoch(), self._arrived.value) if e is not None]
-        if not candidates:
+        epoch = self._reported_epoch()
+        if epoch is None:
+            epoch = self._arrived.value
+        if epoch is None:
             self.arrived(rtp_timestamp)
             return self.time_of(rtp_timestamp)
-        return min(candidates) + seconds
+        return epoch + seconds

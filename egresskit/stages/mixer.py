@@ -47,8 +47,12 @@ class _TrackBuffer:
     sample position `start` (48 kHz since the graph started): a WebRTC
     track delivers exactly one tick (960 samples) per frame, so a tick
     usually takes one array as it is, with no copy. A frame goes where its
-    capture time puts it; a gap before it is silence, what overlaps samples
-    already there is cut.
+    capture time puts it; a gap before it is silence. Where it overlaps
+    samples not mixed yet, it replaces them: an overlap means the track's
+    timing moved earlier (its sender's clock mapping tightened), and the
+    newer placement is the truer one (cutting the new frame instead would
+    move the start of a sound, a beep or a word, later by the move).
+    Samples already mixed stay as they were.
 
     `channel` is None to mix the track in stereo, or LEFT / RIGHT to put
     its mono downmix on that channel only.
@@ -100,7 +104,16 @@ class _TrackBuffer:
             self.chunks.append(np.zeros((position - end, CHANNELS), np.int16))
             self.size += position - end
         elif position < end:
-            data = data[end - position :]  # already there
+            assert self.start is not None
+            if position < self.start:
+                if position + len(data) <= self.start:
+                    self.dropped += len(data)  # all of it came too late to be mixed
+                    return
+                data = data[self.start - position :]  # already mixed
+                position = self.start
+            replaced = end - position
+            self._drop_last(replaced)
+            self.dropped += replaced
         if len(data):
             self.chunks.append(data)
             self.size += len(data)
@@ -108,6 +121,18 @@ class _TrackBuffer:
         if excess > 0:
             self._pop(excess)
             self.dropped += excess
+
+    def _drop_last(self, count: int) -> None:
+        """Forget the last `count` buffered samples."""
+        while count > 0 and self.chunks:
+            tail = self.chunks[-1]
+            if len(tail) <= count:
+                self.chunks.pop()
+            else:
+                self.chunks[-1] = tail[: len(tail) - count]
+            removed = min(len(tail), count)
+            count -= removed
+            self.size -= removed
 
     def _pop(self, count: int) -> list[np.ndarray]:
         """The first `count` samples (fewer if there are not as many), as arrays in order."""

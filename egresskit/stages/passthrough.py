@@ -16,7 +16,7 @@ from av.stream import Stream
 from livekit.protocol import models
 
 from egresskit.pipeline import EOS, Link, OutputPort, SourceClosed, Stage
-from egresskit.rooms.encoded import EncodedFrame
+from egresskit.rooms.encoded import OPUS_RATE, EncodedFrame, opus_samples
 from egresskit.rooms.local import LocalTrack
 from egresskit.stages.media import EncodedPacket
 from egresskit.stages.muxer import MP4_OPTIONS, FileWriter, creation_time
@@ -27,7 +27,6 @@ PASSTHROUGH_FORMATS: dict[str, tuple[str, dict[str, str], str]] = {
     "video/vp8": ("webm", {}, "vp8"),
     "audio/opus": ("ogg", {}, "libopus"),
 }
-OPUS_RATE = 48_000
 # The capture time of a track's first frame is estimated again this long after it
 # arrived: by then the track's timeline (the smallest delay seen) has settled, also for
 # a track published just before its egress started (estimates 10-60 ms late at first).
@@ -60,28 +59,6 @@ class RtpTimeline:
             self.position += step
         self._last = timestamp
         return self.position
-
-
-def opus_samples(packet: bytes) -> int:
-    """Samples at 48 kHz in one Opus packet, from its TOC byte (RFC 6716 section 3.1)."""
-    if not packet:
-        return 0
-    toc = packet[0]
-    config = toc >> 3
-    if config < 12:  # SILK: 10, 20, 40, 60 ms
-        frame = (480, 960, 1920, 2880)[config % 4]
-    elif config < 16:  # hybrid: 10, 20 ms
-        frame = (480, 960)[config % 2]
-    else:  # CELT: 2.5, 5, 10, 20 ms
-        frame = (120, 240, 480, 960)[config % 4]
-    code = toc & 0x03
-    if code == 0:
-        count = 1
-    elif code in (1, 2):
-        count = 2
-    else:
-        count = packet[1] & 0x3F if len(packet) > 1 else 0
-    return frame * count
 
 
 class EncodedTrackSource(Stage):
