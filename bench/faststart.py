@@ -35,7 +35,9 @@ def recording(minutes: int) -> tuple[str, float]:
             stream = encoder.header().add_to(container)
             written = 0
             for index in range(count + 1):
-                packets = encoder.context.encode(frames[index % len(frames)] if index < count else None)
+                packets = encoder.context.encode(
+                    frames[index % len(frames)] if index < count else None
+                )
                 for packet in packets:
                     # zerolatency has no B-frames: packets come in frame order, one per frame
                     packet.pts = packet.dts = written

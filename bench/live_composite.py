@@ -258,7 +258,9 @@ def main() -> None:
     )
     print("targets: <= 0.6 core, <= 200 MB")
     if dropping:
-        print(f"{dropping} of {args.rounds} rounds had drops: their figures are scaled, not measured")
+        print(
+            f"{dropping} of {args.rounds} rounds had drops: their figures are scaled, not measured"
+        )
         raise SystemExit(1)
 
 

@@ -285,7 +285,11 @@ async def recorder_tracks(url: str, key: str, secret: str, out_dir: Path, second
     rooms, graphs, sources = [], [], []
     for index, (sid, kind) in enumerate(sids):
         room = await LiveKitRoom.connect(
-            url, key, secret, ROOM, identity=f"EG_{index:03d}",
+            url,
+            key,
+            secret,
+            ROOM,
+            identity=f"EG_{index:03d}",
             wanted=lambda p, t, s=sid: t.sid == s,
         )
         extension = "webm" if kind == models.TrackType.VIDEO else "ogg"
@@ -376,13 +380,24 @@ async def composite(seconds: float, count: int) -> None:
     files = vp8_inputs(INPUT_SECONDS)  # the same pictures into both rooms (made once)
     with LiveKitServer(log_level="warn") as server:
         pubs = await child(
-            "_publish-livekit", server.url, server.api_key, server.api_secret,
-            str(count), f"{WIDTH}x{HEIGHT}", str(FPS), *map(str, files), wait_line="published",
+            "_publish-livekit",
+            server.url,
+            server.api_key,
+            server.api_secret,
+            str(count),
+            f"{WIDTH}x{HEIGHT}",
+            str(FPS),
+            *map(str, files),
+            wait_line="published",
         )
         await asyncio.sleep(1.0)
         recorder = await child(
-            "_record-livekit", server.url, server.api_key, server.api_secret,
-            str(out / "livekit.mp4"), str(seconds),
+            "_record-livekit",
+            server.url,
+            server.api_key,
+            server.api_secret,
+            str(out / "livekit.mp4"),
+            str(seconds),
         )
         try:
             livekit = await result_of(recorder, seconds + 180)
@@ -403,22 +418,34 @@ async def composite(seconds: float, count: int) -> None:
         await stop(pubs)
     ratio = livekit["cpu_per_media_s"] / embedded["cpu_per_media_s"]
     print(f"{count} publishers {WIDTH}x{HEIGHT}@{FPS}, 1280x720@30 grid, {seconds:.0f} s each")
-    print(f"  LiveKit room   {livekit['cpu_per_media_s']:.3f} core per media second, "
-          f"RSS {livekit['rss_mb']:.0f} MB")
-    print(f"  embedded room  {embedded['cpu_per_media_s']:.3f} core per media second, "
-          f"RSS {embedded['rss_mb']:.0f} MB")
+    print(
+        f"  LiveKit room   {livekit['cpu_per_media_s']:.3f} core per media second, "
+        f"RSS {livekit['rss_mb']:.0f} MB"
+    )
+    print(
+        f"  embedded room  {embedded['cpu_per_media_s']:.3f} core per media second, "
+        f"RSS {embedded['rss_mb']:.0f} MB"
+    )
     print(f"  ratio LiveKit / embedded: {ratio:.2f} (target at most {CPU_RATIO_TARGET})")
     for name, result in (("LiveKit", livekit), ("embedded", embedded)):
-        print(f"  {name}: {result['packets_per_s']:.0f} RTP packets/s received; "
-              f"core per media second by thread: {result['threads']}")
+        print(
+            f"  {name}: {result['packets_per_s']:.0f} RTP packets/s received; "
+            f"core per media second by thread: {result['threads']}"
+        )
 
 
 async def tracks(seconds: float, count: int) -> None:
     out = Path(tempfile.mkdtemp(prefix="egresskit-bench-"))
     with LiveKitServer(log_level="warn") as server:
         pubs = await child(
-            "_publish-livekit", server.url, server.api_key, server.api_secret,
-            str((count + 1) // 2), "320x180", "15", wait_line="published",
+            "_publish-livekit",
+            server.url,
+            server.api_key,
+            server.api_secret,
+            str((count + 1) // 2),
+            "320x180",
+            "15",
+            wait_line="published",
         )
         await asyncio.sleep(1.0)
         recorder = await child(
@@ -444,16 +471,24 @@ async def tracks(seconds: float, count: int) -> None:
         f"{result['link_dropped']} frames dropped between receiver and egress, "
         f"{result['ended_early']} egresses ended early, {len(result['failed'])} failed"
     )
-    print(f"  gaps in the files' timestamps: {result['missing']} frames "
-          "(beyond the drops above: never sent, the publishers' process behind)")
-    print(f"{n} track egresses (VP8 320x180@15 -> WebM, Opus -> Ogg) of one LiveKit room, "
-          f"{seconds:.0f} s; failed: {result['failed'] or 'none'}")
+    print(
+        f"  gaps in the files' timestamps: {result['missing']} frames "
+        "(beyond the drops above: never sent, the publishers' process behind)"
+    )
+    print(
+        f"{n} track egresses (VP8 320x180@15 -> WebM, Opus -> Ogg) of one LiveKit room, "
+        f"{seconds:.0f} s; failed: {result['failed'] or 'none'}"
+    )
     print(f"  process: {result['cores']:.3f} cores recording, {result['idle_cores']:.3f} idle")
-    print(f"  per egress: {per_cpu:.4f} core (target {TRACK_CPU_TARGET}, "
-          f"ratio {per_cpu / TRACK_CPU_TARGET:.2f}), RSS {per_rss:.1f} MB "
-          f"(target {TRACK_RSS_TARGET_MB}, ratio {per_rss / TRACK_RSS_TARGET_MB:.2f})")
-    print(f"  smallest file {min(result['sizes'])} bytes; most frames missing: "
-          f"{result['missing_by_file']}")
+    print(
+        f"  per egress: {per_cpu:.4f} core (target {TRACK_CPU_TARGET}, "
+        f"ratio {per_cpu / TRACK_CPU_TARGET:.2f}), RSS {per_rss:.1f} MB "
+        f"(target {TRACK_RSS_TARGET_MB}, ratio {per_rss / TRACK_RSS_TARGET_MB:.2f})"
+    )
+    print(
+        f"  smallest file {min(result['sizes'])} bytes; most frames missing: "
+        f"{result['missing_by_file']}"
+    )
 
 
 def main() -> None:
@@ -462,7 +497,9 @@ def main() -> None:
         if command == "_publish-livekit":
             url, key, secret, count, size, fps, *files = args
             asyncio.run(
-                publish_livekit(url, key, secret, int(count), size, int(fps), list(map(Path, files)))
+                publish_livekit(
+                    url, key, secret, int(count), size, int(fps), list(map(Path, files))
+                )
             )
         elif command == "_publish-whip":
             asyncio.run(publish_whip(args[0], int(args[1]), list(map(Path, args[2:]))))

@@ -84,7 +84,8 @@ async def time_to_active(
     times = []
     for run in range(runs):
         request = api.RoomCompositeEgressRequest(
-            room_name=ROOM, layout="grid",
+            room_name=ROOM,
+            layout="grid",
             file_outputs=[api.EncodedFileOutput(filepath=f"{name}-{run}.mp4")],
         )
         began, began_ns = time.perf_counter(), time.time_ns()
@@ -109,11 +110,25 @@ async def serve_process(livekit, output_dir: Path) -> tuple[asyncio.subprocess.P
     env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
     env.update(PYTHONPATH=str(REPO), EGRESSKIT_LIVEKIT_API_SECRET=livekit.api_secret)
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "egresskit", "serve", "--port", str(port),
-        "--api-key", "bench", "--api-secret", "bench-secret-0123456789abcdef0123",
-        "--output-dir", str(output_dir), "--livekit-url", livekit.url,
-        "--livekit-api-key", livekit.api_key,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, env=env,
+        sys.executable,
+        "-m",
+        "egresskit",
+        "serve",
+        "--port",
+        str(port),
+        "--api-key",
+        "bench",
+        "--api-secret",
+        "bench-secret-0123456789abcdef0123",
+        "--output-dir",
+        str(output_dir),
+        "--livekit-url",
+        livekit.url,
+        "--livekit-api-key",
+        livekit.api_key,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        env=env,
     )
     url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as http:
@@ -152,11 +167,15 @@ async def start(args: argparse.Namespace, livekit, redis, directory: Path) -> No
     w_median, w_p90 = quantiles(through_worker)
     s_median, s_p90 = quantiles(through_serve)
     print(f"StartRoomCompositeEgress -> ACTIVE, {args.runs} runs each")
-    print(f"  via livekit-server + worker: median {w_median * 1000:.0f} ms, p90 {w_p90 * 1000:.0f} ms")
+    print(
+        f"  via livekit-server + worker: median {w_median * 1000:.0f} ms, p90 {w_p90 * 1000:.0f} ms"
+    )
     for index, phase in enumerate(PHASES):
         median = statistics.median(p[index] for p in phases)
         print(f"    {phase}: median {median * 1000:.0f} ms")
-    print(f"  egresskit serve (reference): median {s_median * 1000:.0f} ms, p90 {s_p90 * 1000:.0f} ms")
+    print(
+        f"  egresskit serve (reference): median {s_median * 1000:.0f} ms, p90 {s_p90 * 1000:.0f} ms"
+    )
     print(f"  ratio worker / serve: median {w_median / s_median:.2f}, p90 {w_p90 / s_p90:.2f}")
     ok = w_median <= TARGET_S and w_p90 <= TARGET_S
     print(f"  target <= {TARGET_S:.0f} s: {'met' if ok else 'NOT met'}")
@@ -164,9 +183,22 @@ async def start(args: argparse.Namespace, livekit, redis, directory: Path) -> No
 
 def frames_and_duration(path: Path) -> tuple[int, float]:
     out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_packets",
-         "-show_entries", "stream=nb_read_packets:format=duration", "-of", "json", str(path)],
-        capture_output=True, text=True, check=True,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-count_packets",
+            "-show_entries",
+            "stream=nb_read_packets:format=duration",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     data = json.loads(out.stdout)
     return int(data["streams"][0]["nb_read_packets"]), float(data["format"]["duration"])
@@ -176,7 +208,9 @@ async def dropped(port: int) -> int:
     async with aiohttp.ClientSession() as http:
         async with http.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
-    return sum(int(float(v)) for v in re.findall(r"egresskit_worker_dropped_frames\{.*\} (\S+)", text))
+    return sum(
+        int(float(v)) for v in re.findall(r"egresskit_worker_dropped_frames\{.*\} (\S+)", text)
+    )
 
 
 PUBLISHERS = """
@@ -204,8 +238,12 @@ asyncio.run(main())
 
 async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) -> None:
     code = PUBLISHERS.format(
-        tests=str(TESTS_DIR), url=livekit.url, key=livekit.api_key, secret=livekit.api_secret,
-        colors=COLORS, room=ROOM,
+        tests=str(TESTS_DIR),
+        url=livekit.url,
+        key=livekit.api_key,
+        secret=livekit.api_secret,
+        colors=COLORS,
+        room=ROOM,
     )
     publishers = await asyncio.create_subprocess_exec(
         sys.executable, "-c", code, stdout=asyncio.subprocess.PIPE
@@ -218,12 +256,18 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
             port = free_port()
             # each process's budget (its share of the cores x 0.8) holds its part of the N
             per_process = math.ceil(n / args.processes)
-            cost = 0.01 if args.processes == 1 else args.cores / args.processes * 0.8 / (
-                per_process + 0.5
+            cost = (
+                0.01
+                if args.processes == 1
+                else args.cores / args.processes * 0.8 / (per_process + 0.5)
             )
             worker = Worker(
-                livekit, redis.address, directory / f"cap{n}", log_level="warning",
-                bind="127.0.0.1", prometheus_port=port,
+                livekit,
+                redis.address,
+                directory / f"cap{n}",
+                log_level="warning",
+                bind="127.0.0.1",
+                prometheus_port=port,
                 cpu_cost={"room_composite_cpu_cost": cost},
             )
             await worker.start(processes=args.processes)
@@ -233,7 +277,8 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
                 infos = [
                     await lk.egress.start_room_composite_egress(
                         api.RoomCompositeEgressRequest(
-                            room_name=ROOM, layout="grid",
+                            room_name=ROOM,
+                            layout="grid",
                             file_outputs=[api.EncodedFileOutput(filepath=f"c{i}.mp4")],
                         )
                     )
@@ -274,7 +319,9 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
                     f"  N={n} #{i}: first media to stop {wall:.2f} s, file {duration:.2f} s, "
                     f"{frames} frames ({fps:.2f} fps){'' if holds else '  FAILS'}"
                 )
-            print(f"N={n}: dropped frames {lost}; {'holds' if good else 'does NOT hold'}", flush=True)
+            print(
+                f"N={n}: dropped frames {lost}; {'holds' if good else 'does NOT hold'}", flush=True
+            )
             if not good:
                 break
             held = n
@@ -285,7 +332,9 @@ async def capacity(args: argparse.Namespace, livekit, redis, directory: Path) ->
 
 
 async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("mode", choices=["start", "capacity"])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--seconds", type=float, default=20)
@@ -293,7 +342,10 @@ async def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--processes", type=int, default=1, help="worker processes")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="egresskit-bench-worker-") as tmp, RedisServer() as redis:
+    with (
+        tempfile.TemporaryDirectory(prefix="egresskit-bench-worker-") as tmp,
+        RedisServer() as redis,
+    ):
         with LiveKitRedisServer(redis.address) as livekit:
             run = start if args.mode == "start" else capacity
             await run(args, livekit, redis, Path(tmp))

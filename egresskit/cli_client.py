@@ -54,9 +54,7 @@ def add_client_commands(commands: argparse._SubParsersAction) -> None:
     _connection_flags(stop)
     stop.add_argument("egress_id")
     stop.add_argument("--discard", action="store_true", help="delete what was recorded")
-    participants = commands.add_parser(
-        "participants", help="replace who a room composite records"
-    )
+    participants = commands.add_parser("participants", help="replace who a room composite records")
     _connection_flags(participants)
     participants.add_argument("egress_id")
     participants.add_argument("--include", action="append", default=[], help="identity")

@@ -90,9 +90,7 @@ class EgressClient:
         """Stop; with `discard`, everything written and uploaded is deleted."""
         return await self._call("StopEgress", request)
 
-    async def update_participants(
-        self, request: UpdateParticipantsRequest
-    ) -> egress_pb.EgressInfo:
+    async def update_participants(self, request: UpdateParticipantsRequest) -> egress_pb.EgressInfo:
         return await self._call("UpdateParticipants", request)
 
     async def _call(self, method: str, request: Message) -> egress_pb.EgressInfo:

@@ -1,6 +1,6 @@
 """Record a room of your LiveKit server into an MP4, as a hidden recorder.
 
-    python examples/record_livekit_room.py ws://127.0.0.1:7880 KEY SECRET my-room out.mp4 10
+python examples/record_livekit_room.py ws://127.0.0.1:7880 KEY SECRET my-room out.mp4 10
 """
 
 import asyncio

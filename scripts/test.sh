@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-test-deps.sh
 ruff check egresskit plugins tests examples bench
+ruff format --check egresskit plugins tests examples bench scripts
 # egresskit and each plugin's package; settings in pyproject.toml [tool.mypy]
 mypy egresskit $(find plugins -mindepth 2 -maxdepth 2 -type d -name 'egresskit_*' ! -name '*.egg-info')
 python3 -m pytest -q -p no:cacheprovider tests plugins "$@"

@@ -200,9 +200,7 @@ class ChromiumPublisher:
 
 def publish_page_app(publisher_box: list[ChromiumPublisher], media: str) -> web.Application:
     async def page(request: web.Request) -> web.Response:
-        return web.Response(
-            text=PUBLISH_PAGE.replace("/*MEDIA*/", media), content_type="text/html"
-        )
+        return web.Response(text=PUBLISH_PAGE.replace("/*MEDIA*/", media), content_type="text/html")
 
     async def status(request: web.Request) -> web.Response:
         report = json.loads(await request.text())

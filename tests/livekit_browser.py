@@ -65,9 +65,19 @@ def solid_y4m(path: Path, color: tuple[int, int, int]) -> None:
     hex_color = "0x" + "".join(f"{c:02X}" for c in color)
     subprocess.run(
         [
-            "ffmpeg", "-v", "error", "-f", "lavfi",
-            "-i", f"color=c={hex_color}:s=640x360:r=15", "-t", "2",
-            "-pix_fmt", "yuv420p", "-y", str(path),
+            "ffmpeg",
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            f"color=c={hex_color}:s=640x360:r=15",
+            "-t",
+            "2",
+            "-pix_fmt",
+            "yuv420p",
+            "-y",
+            str(path),
         ],
         check=True,
         timeout=60,

@@ -124,7 +124,9 @@ class SdkPublisher:
             rgba[:, :, 3] = 255
             if self.stamp:
                 write_stamp(rgba, self.frames_sent)
-            frame = rtc.VideoFrame(self.width, self.height, rtc.VideoBufferType.RGBA, rgba.tobytes())
+            frame = rtc.VideoFrame(
+                self.width, self.height, rtc.VideoBufferType.RGBA, rgba.tobytes()
+            )
             source.capture_frame(frame, timestamp_us=int(t * 1e6))
             self.frames_sent += 1
             n += 1

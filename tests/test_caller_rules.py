@@ -153,7 +153,9 @@ async def test_request_storage_never_carries_the_servers_credentials(
         ):
             with pytest.raises(api.TwirpError) as refused:
                 await client.egress.start_room_composite_egress(
-                    room_request(file_outputs=[egress_pb.EncodedFileOutput(filepath="r.mp4", s3=upload)])
+                    room_request(
+                        file_outputs=[egress_pb.EncodedFileOutput(filepath="r.mp4", s3=upload)]
+                    )
                 )
             assert refused.value.code == "invalid_argument"
             assert "own credentials" in refused.value.message
@@ -273,9 +275,7 @@ async def test_default_policy_refuses_local_streams_and_storage_endpoints(aiohtt
 
 async def test_the_operator_can_allow_a_network(aiohttp_server, tmp_path):
     """`egress_network.allow` admits a private network the defaults deny."""
-    base = await start_service(
-        aiohttp_server, tmp_path, egress_network={"allow": ["10.9.0.0/16"]}
-    )
+    base = await start_service(aiohttp_server, tmp_path, egress_network={"allow": ["10.9.0.0/16"]})
     allowed = room_request(webhooks=[models_pb.WebhookConfig(url="http://10.9.1.1/hook")])
     refused = await refusal(base, allowed)
     assert refused.code == "not_found"  # past the policy: the room does not exist
@@ -456,9 +456,7 @@ async def test_a_caller_cannot_pick_another_keys_secret_for_its_webhooks(aiohttp
     app.router.add_post("/hook", hook)
     receiver = await aiohttp_server(app, host="127.0.0.1")
     hook_url = str(receiver.make_url("/hook"))
-    base = await start_service(
-        aiohttp_server, tmp_path, extra_keys={OTHER_KEY: OTHER_SECRET}
-    )
+    base = await start_service(aiohttp_server, tmp_path, extra_keys={OTHER_KEY: OTHER_SECRET})
     # The second key's holder asks for the first key (the server's) and for an unknown key.
     for signing_key in (API_KEY, "no-such-key"):
         request = room_request(

@@ -107,7 +107,9 @@ async def test_watch_shows_an_aiortc_publishers_colour(tmp_path: Path):
             )
             color = await page.evaluate(SAMPLE_CENTRE, "watch-video")
             assert colors_close(tuple(color), ORANGE), color
-            size = await page.evaluate("[...['videoWidth', 'videoHeight']].map(k => document.getElementById('watch-video')[k])")
+            size = await page.evaluate(
+                "[...['videoWidth', 'videoHeight']].map(k => document.getElementById('watch-video')[k])"
+            )
             assert size == [640, 360]
             assert await page.locator("#error").is_hidden()
 
@@ -215,7 +217,9 @@ async def test_update_layout_from_the_page_within_200_ms(aiohttp_server, tmp_pat
     assert before and max(before) < 40, "grid should leave the probe on the dark background"
     switched = [t for t, _, b in series if t >= called_at and b > 60]
     assert switched, "the layout never changed"
-    assert switched[0] - called_at <= 0.2, f"switched {switched[0] - called_at:.3f} s after the click"
+    assert switched[0] - called_at <= 0.2, (
+        f"switched {switched[0] - called_at:.3f} s after the click"
+    )
 
 
 async def test_hls_recording_plays_in_the_page(tmp_path: Path):

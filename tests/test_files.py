@@ -86,7 +86,9 @@ async def test_ranges_and_tokens(files_server, caplog):
             assert (response.status, await response.read()) == (206, CONTENT[-16:])
         async with http.get(url) as response:
             assert response.status == 401
-        async with http.get(url, headers={"Authorization": f"Bearer {token({'roomList': True})}"}) as response:
+        async with http.get(
+            url, headers={"Authorization": f"Bearer {token({'roomList': True})}"}
+        ) as response:
             assert response.status == 403
         # The token as a path prefix, as the console's <video> uses it; kept out of the log.
         prefixed = token()

@@ -39,8 +39,17 @@ def test_flags_env_and_yaml(tmp_path):
     assert from_env.livekit_api_secret == "ysecret"
 
     flags = build_parser().parse_args(
-        ["serve", "--config", str(path), "--livekit-url", "ws://flag:7880",
-         "--livekit-api-key", "fk", "--livekit-api-secret", "fsecret"]
+        [
+            "serve",
+            "--config",
+            str(path),
+            "--livekit-url",
+            "ws://flag:7880",
+            "--livekit-api-key",
+            "fk",
+            "--livekit-api-secret",
+            "fsecret",
+        ]
     )
     from_flags = load_config(flags, env=env)
     assert (from_flags.livekit_url, from_flags.livekit_api_key) == ("ws://flag:7880", "fk")
@@ -53,7 +62,10 @@ def test_flags_env_and_yaml(tmp_path):
     [
         ({"livekit_url": "ws://h:7880"}, "needs all of"),
         ({"livekit_url": "ws://h:7880", "livekit_api_key": "k"}, "needs all of"),
-        ({"livekit_url": "ftp://h", "livekit_api_key": "k", "livekit_api_secret": "s"}, "livekit_url"),
+        (
+            {"livekit_url": "ftp://h", "livekit_api_key": "k", "livekit_api_secret": "s"},
+            "livekit_url",
+        ),
     ],
 )
 def test_incomplete_or_bad_settings(settings, message):

@@ -68,12 +68,22 @@ class Service:
         env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
         env["EGRESSKIT_LIVEKIT_API_SECRET"] = self.livekit.api_secret  # secrets not on argv
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "egresskit.cli", "serve",
-            "--port", str(self.port),
-            "--api-key", API_KEY, "--api-secret", API_SECRET,
-            "--output-dir", str(self.output_dir),
-            "--livekit-url", self.livekit_url,
-            "--livekit-api-key", self.livekit.api_key,
+            sys.executable,
+            "-m",
+            "egresskit.cli",
+            "serve",
+            "--port",
+            str(self.port),
+            "--api-key",
+            API_KEY,
+            "--api-secret",
+            API_SECRET,
+            "--output-dir",
+            str(self.output_dir),
+            "--livekit-url",
+            self.livekit_url,
+            "--livekit-api-key",
+            self.livekit.api_key,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,
             env=env,
@@ -149,7 +159,9 @@ async def test_room_composite_of_two_sdk_publishers(livekit_server, service, lka
         livekit_server, "standup", ("alice", RED, RED_TONE), ("bob", BLUE, BLUE_TONE)
     )
     try:
-        info = await lkapi.egress.start_room_composite_egress(file_request("standup", "standup.mp4"))
+        info = await lkapi.egress.start_room_composite_egress(
+            file_request("standup", "standup.mp4")
+        )
         started = time.monotonic()
         assert info.room_name == "standup"
         assert info.room_id.startswith("RM_")
@@ -188,7 +200,8 @@ async def test_unknown_room_is_not_found(service, lkapi):
     with pytest.raises(api.TwirpError) as caught:
         await lkapi.egress.start_track_egress(
             egress_pb.TrackEgressRequest(
-                room_name="nobody-here", track_id="TR_missing",
+                room_name="nobody-here",
+                track_id="TR_missing",
                 file=egress_pb.DirectFileOutput(filepath="x.ogg"),
             )
         )
@@ -264,7 +277,9 @@ class DecodedProbe:
             times, levels = [], []
             for frame in self._frames["audio"]:
                 mono = frame.to_ndarray().reshape(-1, len(frame.layout.channels))[:, 0]
-                times.append(self.audio.frame_time(frame) + np.arange(len(mono)) / frame.sample_rate)
+                times.append(
+                    self.audio.frame_time(frame) + np.arange(len(mono)) / frame.sample_rate
+                )
                 levels.append(np.abs(mono.astype(np.float64)))
             beeps = self._onsets(list(np.concatenate(times)), list(np.concatenate(levels)))
         finally:
@@ -383,7 +398,9 @@ async def test_late_joiner_changes_the_grid_without_a_gap(livekit_server, servic
 def max_pts_gap(path) -> float:
     with av.open(str(path)) as container:
         video = container.streams.video[0]
-        times = [float(p.pts * video.time_base) for p in container.demux(video) if p.pts is not None]
+        times = [
+            float(p.pts * video.time_base) for p in container.demux(video) if p.pts is not None
+        ]
     times.sort()
     return max(b - a for a, b in zip(times, times[1:], strict=False))
 
@@ -480,8 +497,9 @@ async def test_browser_publisher_is_in_the_composite(livekit_server, service, lk
 
 async def test_deleted_room_ends_the_egress_cleanly(livekit_server, service, lkapi):
     pub = await SdkPublisher(livekit_server, "gone", "alice", color=RED, tone=RED_TONE).start()
-    server_api = api.LiveKitAPI(livekit_server.http_url, livekit_server.api_key,
-                                livekit_server.api_secret)
+    server_api = api.LiveKitAPI(
+        livekit_server.http_url, livekit_server.api_key, livekit_server.api_secret
+    )
     try:
         await asyncio.sleep(0.5)
         info = await lkapi.egress.start_room_composite_egress(file_request("gone", "gone.mp4"))

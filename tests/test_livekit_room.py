@@ -78,7 +78,10 @@ async def test_late_publisher_appears_in_roster(livekit_server):
 async def test_bad_secret_is_a_clear_error(livekit_server):
     with pytest.raises(LiveKitError, match="refused|401"):
         await LiveKitRoom.connect(
-            livekit_server.url, livekit_server.api_key, "wrong-secret-wrong-secret-wrong", "r3",
+            livekit_server.url,
+            livekit_server.api_key,
+            "wrong-secret-wrong-secret-wrong",
+            "r3",
             identity="EG_x",
         )
 
@@ -88,13 +91,22 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "record_livekit_roo
 
 @pytest.mark.slow
 async def test_example_records_a_livekit_room(livekit_server, tmp_path):
-    alice = await SdkPublisher(livekit_server, "example", "alice", color=(200, 40, 40), tone=440).start()
+    alice = await SdkPublisher(
+        livekit_server, "example", "alice", color=(200, 40, 40), tone=440
+    ).start()
     out = tmp_path / "example.mp4"
     try:
         process = await asyncio.create_subprocess_exec(
-            sys.executable, str(EXAMPLE), livekit_server.url, livekit_server.api_key,
-            livekit_server.api_secret, "example", str(out), "3",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            sys.executable,
+            str(EXAMPLE),
+            livekit_server.url,
+            livekit_server.api_key,
+            livekit_server.api_secret,
+            "example",
+            str(out),
+            "3",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
         )
         stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
     finally:
@@ -127,7 +139,9 @@ async def test_speaker_layout_follows_livekits_speakers(livekit_server, tmp_path
         room = await join(livekit_server, room_name)
         try:
             graph, stages = composite_graph(
-                room, [FileOutput(str(out))], layout="speaker",
+                room,
+                [FileOutput(str(out))],
+                layout="speaker",
                 audio=AudioEncoding() if audio else None,
             )
             await graph.start()
@@ -154,7 +168,9 @@ async def test_session_the_server_lost_is_joined_again(livekit_server):
     resuming is refused, so the room joins afresh and the tracks come back with their media."""
     from livekit.protocol import rtc as rtc_pb
 
-    alice = await SdkPublisher(livekit_server, "rejoin", "alice", color=(0, 160, 0), tone=440).start()
+    alice = await SdkPublisher(
+        livekit_server, "rejoin", "alice", color=(0, 160, 0), tone=440
+    ).start()
     try:
         room = await join(livekit_server, "rejoin")
         try:
@@ -186,7 +202,9 @@ async def test_dropped_signalling_is_resumed_with_an_ice_lite_server(tmp_path):
 
     with LiveKitServer(ice_lite=True) as server:
         async with SignalRelay(server) as relay:
-            alice = await SdkPublisher(server, "lite", "alice", color=(0, 0, 255), tone=None).start()
+            alice = await SdkPublisher(
+                server, "lite", "alice", color=(0, 0, 255), tone=None
+            ).start()
             try:
                 room = await LiveKitRoom.connect(
                     relay.url, server.api_key, server.api_secret, "lite", identity="EG_lite"

@@ -71,8 +71,13 @@ def stamps(path) -> list[int]:
 
 async def test_h264_track_passthrough_keeps_every_frame(service, lkapi, livekit_server):
     pub = await SdkPublisher(
-        livekit_server, "h264", "alice", color=RED, tone=None,
-        video_codec=rtc.VideoCodec.H264, stamp=True,
+        livekit_server,
+        "h264",
+        "alice",
+        color=RED,
+        tone=None,
+        video_codec=rtc.VideoCodec.H264,
+        stamp=True,
     ).start()
     try:
         await asyncio.sleep(0.5)
@@ -165,11 +170,17 @@ async def test_track_egress_survives_joining_again(service, lkapi, livekit_serve
     ("codec", "kind", "extension", "codec_name"),
     [(rtc.VideoCodec.VP8, "video", "webm", "vp8"), (None, "audio", "ogg", "opus")],
 )
-async def test_vp8_and_opus_tracks(service, lkapi, livekit_server, codec, kind, extension, codec_name):
+async def test_vp8_and_opus_tracks(
+    service, lkapi, livekit_server, codec, kind, extension, codec_name
+):
     room = f"track-{extension}"
     pub = await SdkPublisher(
-        livekit_server, room, "alice", color=RED if kind == "video" else None,
-        tone=440.0 if kind == "audio" else None, video_codec=codec or rtc.VideoCodec.VP8,
+        livekit_server,
+        room,
+        "alice",
+        color=RED if kind == "video" else None,
+        tone=440.0 if kind == "audio" else None,
+        video_codec=codec or rtc.VideoCodec.VP8,
     ).start()
     try:
         await asyncio.sleep(0.5)
@@ -298,8 +309,13 @@ async def test_unreachable_livekit_server_is_unavailable(aiohttp_server, tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     config = ServiceConfig(
-        port=0, api_key=API_KEY, api_secret=API_SECRET, output_dir=tmp_path,
-        livekit_url=f"ws://127.0.0.1:{port}", livekit_api_key="k", livekit_api_secret="s" * 32,
+        port=0,
+        api_key=API_KEY,
+        api_secret=API_SECRET,
+        output_dir=tmp_path,
+        livekit_url=f"ws://127.0.0.1:{port}",
+        livekit_api_key="k",
+        livekit_api_secret="s" * 32,
     )
     server = await aiohttp_server(create_app(config), host="127.0.0.1")
     client = api.LiveKitAPI(str(server.make_url("")).rstrip("/"), API_KEY, API_SECRET)
@@ -372,7 +388,8 @@ async def test_segments_and_images_of_a_livekit_room(service, lkapi, livekit_ser
     segments = [line for line in playlist.splitlines() if line.endswith(".ts")]
     assert len(segments) >= 2, playlist
     assert colors_close(
-        region_color(frame_at(service.output_dir / "hls" / segments[1], 1e6), *FULL), RED  # its last
+        region_color(frame_at(service.output_dir / "hls" / segments[1], 1e6), *FULL),
+        RED,  # its last
     )
     images = sorted((service.output_dir / "img").glob("snap*"))
     assert len(images) >= 2, images

@@ -109,10 +109,7 @@ def test_hls_names():
 
 def test_image_names():
     assert image_name("snap", ImageSuffix.INDEX, 12, WHEN) == "snap_00012.jpeg"
-    assert (
-        image_name("snap", ImageSuffix.TIMESTAMP, 12, WHEN)
-        == "snap_20240309050503045.jpeg"
-    )
+    assert image_name("snap", ImageSuffix.TIMESTAMP, 12, WHEN) == "snap_20240309050503045.jpeg"
     assert image_name("snap", "none_overwrite", 12, WHEN) == "snap.jpeg"
 
 

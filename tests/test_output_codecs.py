@@ -83,7 +83,9 @@ async def test_vp9_and_av1_hls_segments_are_fragmented_mp4(tmp_path, codec):
         ],
         advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=30),
     )
-    planned = plan(dataclasses.replace(validate(request), video_codec=codec), "EG_h", rooms, tmp_path)
+    planned = plan(
+        dataclasses.replace(validate(request), video_codec=codec), "EG_h", rooms, tmp_path
+    )
     await planned.graph.start()
     await asyncio.sleep(3.2)
     assert await planned.graph.stop() is GraphState.COMPLETE, planned.graph.error

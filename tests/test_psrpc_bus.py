@@ -134,10 +134,17 @@ async def test_handler_errors_travel_as_psrpc_codes(buses):
     await server.register(STOP_EGRESS, handler, ["EG_broken"])
     async with RPCClient(buses(), "EgressHandler") as client:
         with pytest.raises(PsrpcError) as missing:
-            await client.call(STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_missing"), ["EG_missing"])
+            await client.call(
+                STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_missing"), ["EG_missing"]
+            )
         with pytest.raises(PsrpcError) as broken:
-            await client.call(STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_broken"), ["EG_broken"])
-    assert (missing.value.code, missing.value.message) == ("not_found", "egress EG_missing not found")
+            await client.call(
+                STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_broken"), ["EG_broken"]
+            )
+    assert (missing.value.code, missing.value.message) == (
+        "not_found",
+        "egress EG_missing not found",
+    )
     assert (broken.value.code, broken.value.message) == ("internal", "internal error")
     await server.close()
 
@@ -167,7 +174,9 @@ async def test_expired_request_is_dropped_and_a_live_one_claimed(buses):
     await driver.publish("EgressInternal|StartEgress|REQ", request)
     claim = await asyncio.wait_for(claims.get(), 5)  # the first claim, however busy the host
     assert (claim.request_id, claim.server_id, claim.affinity) == (
-        request.request_id, worker.rpc.id, 0.5
+        request.request_id,
+        worker.rpc.id,
+        0.5,
     )
     await driver.publish(
         "EgressInternal|StartEgress|RCLAIM",
@@ -193,8 +202,13 @@ async def test_list_active_egress_is_answered_by_every_worker_without_claims(bus
     sent = now_ns()
     await driver.publish(
         request_channel("EgressInternal", "ListActiveEgress", [""]),
-        Request(request_id="REQ_list00000000", client_id="CLI_lister000000", sent_at=sent,
-                expiry=sent + 3_000_000_000, multi=True),
+        Request(
+            request_id="REQ_list00000000",
+            client_id="CLI_lister000000",
+            sent_at=sent,
+            expiry=sent + 3_000_000_000,
+            multi=True,
+        ),
     )
     answers = await drain(responses)
     assert sorted(
@@ -215,7 +229,9 @@ async def test_egress_handlers_live_as_long_as_their_egress(buses):
 
     await worker.add_egress("EG_live", stop, stop)
     async with RPCClient(buses(), "EgressHandler") as client:
-        info = await client.call(STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_live"), ["EG_live"])
+        info = await client.call(
+            STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_live"), ["EG_live"]
+        )
         assert info.status == lk.EGRESS_ENDING
         with pytest.raises(PsrpcError, match="no response from servers"):
             await client.call(STOP_EGRESS, lk.StopEgressRequest(egress_id="EG_other"), ["EG_other"])

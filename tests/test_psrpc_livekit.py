@@ -57,7 +57,9 @@ async def test_livekit_server_dispatches_egress_to_egresskit(livekit, lkapi, bus
     async def stop(request: lk.StopEgressRequest) -> lk.EgressInfo:
         stopped.append(request)
         return lk.EgressInfo(
-            egress_id=request.egress_id, room_id=room.sid, room_name=room.name,
+            egress_id=request.egress_id,
+            room_id=room.sid,
+            room_name=room.name,
             status=lk.EGRESS_ENDING,
         )
 

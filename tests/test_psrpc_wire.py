@@ -91,7 +91,9 @@ def test_channel_rules():
     assert sanitise("🚀_É") == "U+0001f680_u+00c9"
     assert sanitise("软件") == "u+8f6fu+4ef6"
     # an empty topic (livekit-server's StartEgress) adds nothing; a cluster id adds a segment
-    assert request_channel("EgressInternal", "StartEgress", [""]) == "EgressInternal|StartEgress|REQ"
+    assert (
+        request_channel("EgressInternal", "StartEgress", [""]) == "EgressInternal|StartEgress|REQ"
+    )
     assert request_channel("EgressInternal", "StartEgress", ["eu-1"]) == (
         "EgressInternal|StartEgress|euu+002d1|REQ"
     )

@@ -211,7 +211,9 @@ async def test_room_composites_past_the_cpu_budget_are_refused(tmp_path):
             # Saturated: health answers at once and shows what is left. Timed from another
             # process: this one's loop is busy sending the publisher's media.
             latencies = await healthz_latencies(service.port, 10)
-            print(f"\n/healthz while saturated: {', '.join(f'{t * 1e3:.0f}' for t in latencies)} ms")
+            print(
+                f"\n/healthz while saturated: {', '.join(f'{t * 1e3:.0f}' for t in latencies)} ms"
+            )
             assert statistics.median(latencies) < 0.1
             health = await service.health()
             assert health["active_egress"] == fit
@@ -232,7 +234,9 @@ async def test_room_composites_past_the_cpu_budget_are_refused(tmp_path):
             assert final.status == egress_pb.EGRESS_COMPLETE, final.error
             again = await lkapi.egress.start_room_composite_egress(composite("after.mp4"))
             for info in [*running[1:], again]:
-                await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+                await lkapi.egress.stop_egress(
+                    egress_pb.StopEgressRequest(egress_id=info.egress_id)
+                )
         finally:
             await lkapi.aclose()
             await publisher.close()

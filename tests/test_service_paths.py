@@ -148,8 +148,10 @@ class Case:
 @st.composite
 def _cases(draw) -> Case:
     kind = draw(st.sampled_from(KINDS))
-    outputs = {"file"} if kind == "track" else draw(
-        st.sets(st.sampled_from(["file", "segments", "images"]), min_size=1)
+    outputs = (
+        {"file"}
+        if kind == "track"
+        else draw(st.sets(st.sampled_from(["file", "segments", "images"]), min_size=1))
     )
     return Case(
         kind=kind,
@@ -255,7 +257,9 @@ async def _start(client: api.LiveKitAPI, case: Case, layout: Layout, tracks: dic
         source = {
             "media": egress_pb.MediaSource(
                 participant_video=egress_pb.ParticipantVideo(identity=case.identity),
-                audio=egress_pb.AudioConfig(routes=[egress_pb.AudioRoute(track_id=tracks["audio"])]),
+                audio=egress_pb.AudioConfig(
+                    routes=[egress_pb.AudioRoute(track_id=tracks["audio"])]
+                ),
             )
         }
     return await egress.start_egress(
@@ -298,7 +302,9 @@ async def _record(service, case: Case) -> None:
     app, layout, client = service.app_, service.layout, service.client
     layout.plant()
     room = app[ROOMS].get_or_create(case.room)
-    video = await room.publish(SyntheticVideoTrack((200, 40, 40), 160, 90, 10), identity=case.identity)
+    video = await room.publish(
+        SyntheticVideoTrack((200, 40, 40), 160, 90, 10), identity=case.identity
+    )
     audio = await room.publish(SineAudioTrack(440.0), identity=case.identity)
     tracks = {"video": video.sid, "audio": audio.sid, "whip_audio": service.whip_audio}
     try:
@@ -345,8 +351,19 @@ def _assert_results_inside(info: egress_pb.EgressInfo, root: Path) -> None:
 )
 @example(case=Case("start_template", "r", "p", None, "hls/part", "x", "{base}/outside/l", None, 0))
 @example(case=Case("participant", "r", "p", "link/x.mp4", "x/..", "pl.m3u8", "", "link/i", 0))
-@example(case=Case("track_composite", "..", "../..", "{room_name}/{publisher_identity}", "seg",
-                   "", "", "img", 0))
+@example(
+    case=Case(
+        "track_composite",
+        "..",
+        "../..",
+        "{room_name}/{publisher_identity}",
+        "seg",
+        "",
+        "",
+        "img",
+        0,
+    )
+)
 @example(case=Case("track", "r", "p", "{publisher_identity}/{track_id}", None, "", "", None, 0))
 async def test_no_request_writes_outside_the_output_root(service, case):
     await _record(service, case)
@@ -361,7 +378,10 @@ async def test_no_request_writes_outside_the_output_root(service, case):
     ("segments", "field"),
     [
         ({"playlist_name": "../../outside/pl.m3u8"}, "segment_outputs[0].playlist_name"),
-        ({"live_playlist_name": "{base}/outside/live.m3u8"}, "segment_outputs[0].live_playlist_name"),
+        (
+            {"live_playlist_name": "{base}/outside/live.m3u8"},
+            "segment_outputs[0].live_playlist_name",
+        ),
         ({"filename_prefix": "part", "playlist_name": "pl"}, "segment_outputs[0].playlist_name"),
         ({"filename_prefix": "link/part"}, "segment_outputs[0].filename_prefix"),
         ({"filename_prefix": "seg"}, "segment_outputs[0].filename_prefix"),  # seg_00000.ts

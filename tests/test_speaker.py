@@ -84,7 +84,9 @@ def test_a_servers_speakers_decide_when_nothing_is_measured():
     tracker.announce([("b", LOUD), ("a", TALK)])
     assert tracker.active == "b" and tracker.speaking("a")
     tracker.announce([])
-    assert tracker.active == "b" and not tracker.speaking("b")  # the floor stays until someone talks
+    assert tracker.active == "b" and not tracker.speaking(
+        "b"
+    )  # the floor stays until someone talks
 
 
 def test_announced_speakers_join_measured_levels_under_the_same_rule():

@@ -110,9 +110,7 @@ async def test_file_and_hls_segments_land_on_nginx_webdav(aiohttp_server, tmp_pa
             )
             await wait_status(lkapi, started.egress_id, [egress_pb.EGRESS_ACTIVE])
             await asyncio.sleep(3.5)
-            await lkapi.egress.stop_egress(
-                egress_pb.StopEgressRequest(egress_id=started.egress_id)
-            )
+            await lkapi.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=started.egress_id))
             info = await wait_status(
                 lkapi, started.egress_id, [egress_pb.EGRESS_COMPLETE], timeout=60
             )

@@ -127,6 +127,7 @@ async def test_per_request_webhooks_are_signed_with_the_callers_key(receiver):
 
 async def test_webhooks_do_not_follow_redirects(receiver, aiohttp_server):
     app = web.Application()
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPTemporaryRedirect(receiver.url("/hook"))
 

@@ -113,9 +113,7 @@ def composite(room: str, filepath: str = "{room_name}-{time}.mp4"):
     )
 
 
-async def test_room_composite_through_livekit_server(
-    livekit, lkapi, workers, publish, webhooks
-):
+async def test_room_composite_through_livekit_server(livekit, lkapi, workers, publish, webhooks):
     worker = await workers()
     await publish("worker-room", ("alice", RED), ("bob", BLUE))
 
@@ -197,9 +195,7 @@ async def test_composites_spread_one_per_worker_and_survive_a_killed_worker(
     from test_worker import free_port as port
 
     one = budget_for("room_composite_cpu_cost", 1)
-    pool = [
-        await workers(name, bind="127.0.0.1", health_port=port(), **one) for name in ("a", "b")
-    ]
+    pool = [await workers(name, bind="127.0.0.1", health_port=port(), **one) for name in ("a", "b")]
     await publish("spread", ("alice", RED))
     first = await lkapi.egress.start_room_composite_egress(composite("spread", "first.mp4"))
     second = await lkapi.egress.start_room_composite_egress(composite("spread", "second.mp4"))
@@ -271,13 +267,21 @@ async def test_sigterm_drains_to_a_complete_file_and_claims_nothing(
 @pytest.mark.skipif(not shutil.which("node"), reason="node is not installed")
 async def test_node_sdk_through_livekit_server(livekit, lkapi, workers, publish):
     if not (NODE_DIR / "node_modules" / "livekit-server-sdk").exists():
-        pytest.skip("livekit-server-sdk is not installed (scripts/install-test-deps.sh installs it)")
+        pytest.skip(
+            "livekit-server-sdk is not installed (scripts/install-test-deps.sh installs it)"
+        )
     worker = await workers()
     await publish("node-room", ("alice", RED))
     proc = await asyncio.create_subprocess_exec(
-        "node", str(NODE_DIR / "egress_client.mjs"),
-        livekit.http_url, livekit.api_key, livekit.api_secret, "node-room",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=NODE_DIR,
+        "node",
+        str(NODE_DIR / "egress_client.mjs"),
+        livekit.http_url,
+        livekit.api_key,
+        livekit.api_secret,
+        "node-room",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=NODE_DIR,
     )
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
@@ -291,9 +295,7 @@ async def test_node_sdk_through_livekit_server(livekit, lkapi, workers, publish)
     assert stream(ffprobe(result.location), "video")["width"] == 1280
 
 
-async def test_update_stream_through_livekit_server(
-    livekit, lkapi, workers, publish, rtmp_server
-):
+async def test_update_stream_through_livekit_server(livekit, lkapi, workers, publish, rtmp_server):
     """UpdateStream at livekit-server reaches the worker running the egress (its id's topic)."""
     worker = await workers()
     await publish("stream-room", ("alice", RED))
@@ -413,7 +415,8 @@ async def test_every_request_kind_through_livekit_server(livekit, lkapi, workers
     with pytest.raises(api.TwirpError) as missing:
         await lkapi.egress.start_track_egress(
             api.TrackEgressRequest(
-                room_name="kinds", track_id="TR_missing",
+                room_name="kinds",
+                track_id="TR_missing",
                 file=api.DirectFileOutput(filepath="missing.ogg"),
             )
         )
@@ -442,9 +445,15 @@ async def test_one_process_per_core_under_a_restarting_parent(livekit, redis_ser
 
     port = free_port()
     worker = Worker(
-        livekit, redis_server.address, tmp_path / "pool",
-        bind="127.0.0.1", health_port=port, prometheus_port=port,
-        insecure=True, template_base="http://127.0.0.1:1/", redis_pool_hint=None,
+        livekit,
+        redis_server.address,
+        tmp_path / "pool",
+        bind="127.0.0.1",
+        health_port=port,
+        prometheus_port=port,
+        insecure=True,
+        template_base="http://127.0.0.1:1/",
+        redis_pool_hint=None,
     )
     await worker.start(processes=2)
     try:

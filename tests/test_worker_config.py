@@ -55,17 +55,25 @@ def write(tmp_path: Path, text: str) -> Path:
 def test_a_livekit_egress_file_loads_unchanged(tmp_path):
     config = load_worker_config(str(write(tmp_path, EGRESS_YAML)), {})
     assert (config.api_key, config.api_secret, config.ws_url) == (
-        "APIkey", "very-secret-value", "wss://livekit.example.com",
+        "APIkey",
+        "very-secret-value",
+        "wss://livekit.example.com",
     )
     assert (config.redis.address, config.redis.username, config.redis.db) == (
-        "10.0.0.5:6380", "egress", 2,
+        "10.0.0.5:6380",
+        "egress",
+        2,
     )
     assert config.redis.use_tls and config.redis.password == "redis-secret"
     assert (config.health_port, config.prometheus_port, config.cluster_id) == (8080, 9090, "eu-1")
     assert config.log_level == "debug"
     assert config.storage == {
-        "s3": {"access_key": "AK", "secret": "s3-secret", "region": "eu-west-1",
-               "bucket": "recordings"}
+        "s3": {
+            "access_key": "AK",
+            "secret": "s3-secret",
+            "region": "eu-west-1",
+            "bucket": "recordings",
+        }
     }
     assert config.cpu_costs.max_cpu_utilization == 0.6
     assert config.cpu_costs.room_composite_cpu_cost == 1.5
@@ -91,7 +99,9 @@ def test_config_body_and_livekit_environment(tmp_path):
     }
     config = load_worker_config(None, env)
     assert (config.api_key, config.ws_url, config.redis.address) == (
-        "k", "ws://127.0.0.1:7880", "127.0.0.1:6379",
+        "k",
+        "ws://127.0.0.1:7880",
+        "127.0.0.1:6379",
     )
     path = write(tmp_path, EGRESS_YAML)
     assert load_worker_config(None, {"EGRESS_CONFIG_FILE": str(path)}).cluster_id == "eu-1"
@@ -103,11 +113,18 @@ def test_config_body_and_livekit_environment(tmp_path):
         ("api_key: k\napi_secret: s\nws_url: ws://h\n", "redis: {address: host:port} is required"),
         ("redis: {address: h:1}\n", "api_key, api_secret, ws_url required"),
         (EGRESS_YAML + "azure: {account_name: a}\n", "one default storage, not s3, azure"),
-        (EGRESS_YAML.replace("max_cpu_utilization: 0.6", "max_cpu_utilization: 3"),
-         "max_cpu_utilization must be above 0 and at most 1"),
-        (EGRESS_YAML.replace("track_cpu_cost: 0.05", "track_cpu_cost: lots"),
-         "track_cpu_cost must be a number"),
-        (EGRESS_YAML.replace("pool_size: 20", "pool_sise: 20"), "unknown redis setting(s) pool_sise"),
+        (
+            EGRESS_YAML.replace("max_cpu_utilization: 0.6", "max_cpu_utilization: 3"),
+            "max_cpu_utilization must be above 0 and at most 1",
+        ),
+        (
+            EGRESS_YAML.replace("track_cpu_cost: 0.05", "track_cpu_cost: lots"),
+            "track_cpu_cost must be a number",
+        ),
+        (
+            EGRESS_YAML.replace("pool_size: 20", "pool_sise: 20"),
+            "unknown redis setting(s) pool_sise",
+        ),
         ("- a list\n", "must be a mapping"),
     ],
 )
@@ -121,7 +138,10 @@ def test_the_command_refuses_a_bad_configuration_readably(tmp_path):
     path = write(tmp_path, yaml.safe_dump({"api_key": "k", "api_secret": "s", "ws_url": "ws://h"}))
     done = subprocess.run(
         [sys.executable, "-m", "egresskit", "worker", "--config", str(path)],
-        capture_output=True, text=True, timeout=60, env={"PYTHONPATH": str(ROOT), "PATH": ""},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PYTHONPATH": str(ROOT), "PATH": ""},
     )
     assert done.returncode == 2
     assert "redis: {address: host:port} is required" in done.stderr

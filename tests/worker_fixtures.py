@@ -47,9 +47,17 @@ class Worker:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.log_path.open("ab") as log:
             self.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "egresskit", "worker",
-                "--config", str(self.config_path), "--processes", str(processes),
-                stdout=asyncio.subprocess.PIPE, stderr=log, env=env,
+                sys.executable,
+                "-m",
+                "egresskit",
+                "worker",
+                "--config",
+                str(self.config_path),
+                "--processes",
+                str(processes),
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                env=env,
             )
         assert self.process.stdout is not None
         ready = 0

@@ -81,7 +81,9 @@ class CpuCosts:
         if spec.page is not None or template:  # a browser records the page
             return self.web_cpu_cost
         if spec.kind == "room_composite":
-            return self.room_composite_cpu_cost if spec.video else self.audio_room_composite_cpu_cost
+            return (
+                self.room_composite_cpu_cost if spec.video else self.audio_room_composite_cpu_cost
+            )
         if spec.kind == "track":
             return self.track_cpu_cost
         if spec.kind == "participant" or (

@@ -75,7 +75,6 @@ class EncodingSettings:
         return _apply_advanced(base, advanced, default_audio_codec)
 
 
-
 _PRESETS: dict[int, tuple[int, int, int, int]] = {
     egress_pb.H264_720P_30: (1280, 720, 30, 3000),
     egress_pb.H264_720P_60: (1280, 720, 60, 4500),

@@ -107,9 +107,7 @@ async def follow_room(session: EgressSession, room: LiveKitRoom) -> None:
         seen = 0
         while not finished.done():
             waiting: set[asyncio.Future[Any]] = {finished, room.ended}
-            done, _ = await asyncio.wait(
-                waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED
-            )
+            done, _ = await asyncio.wait(waiting, timeout=1.0, return_when=asyncio.FIRST_COMPLETED)
             if len(room.warnings) != seen:
                 seen = len(room.warnings)
                 session.set_details("; ".join(room.warnings))

@@ -416,7 +416,9 @@ class EgressManager:
 
     def dropped_frames(self) -> int:
         running = (s for s in self._sessions.values() if isinstance(s, EgressSession))
-        return self._ended_dropped + sum(link.dropped for s in running for link in s.plan.graph.links)
+        return self._ended_dropped + sum(
+            link.dropped for s in running for link in s.plan.graph.links
+        )
 
     def upload_bytes(self) -> int:
         return sum(s.upload_bytes for s in self._sessions.values())

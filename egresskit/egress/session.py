@@ -178,7 +178,9 @@ class EgressSession:
             # Kept until the playlists listing it are stored (_release_local_copies).
             self._announce(directory, path, keep_local=True)
 
-    def _announce(self, directory: PlannedDirectory, path: Path, *, keep_local: bool = False) -> None:
+    def _announce(
+        self, directory: PlannedDirectory, path: Path, *, keep_local: bool = False
+    ) -> None:
         """Upload a written file, unless the egress is being discarded."""
         if not self._discard:
             self._delivery.announce(directory, path, keep_local=keep_local)

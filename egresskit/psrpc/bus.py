@@ -194,7 +194,9 @@ class Subscription:
                     if not await self.bus.acquire_lock(payload):
                         continue
                 except aioredis.RedisError as exc:
-                    log.warning("psrpc: %s: queue lock failed, message skipped: %s", self.channel, exc)
+                    log.warning(
+                        "psrpc: %s: queue lock failed, message skipped: %s", self.channel, exc
+                    )
                     continue
             try:
                 return decode(payload)
@@ -277,9 +279,7 @@ class Bus:
     async def acquire_lock(self, payload: bytes) -> bool:
         """psrpc's queue lock: the first receiver to SETNX the payload's hash (5 s) wins."""
         return bool(
-            await self.redis.set(
-                lock_key(payload), secrets.randbits(63), nx=True, ex=LOCK_EXPIRY_S
-            )
+            await self.redis.set(lock_key(payload), secrets.randbits(63), nx=True, ex=LOCK_EXPIRY_S)
         )
 
     async def _read(self) -> None:

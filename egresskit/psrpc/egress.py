@@ -33,12 +33,19 @@ from egresskit.psrpc.rpc import (
 log = logging.getLogger(__name__)
 
 START_EGRESS = Method(
-    "EgressInternal", "StartEgress", rpc_egress_pb2.StartEgressRequest, lk.EgressInfo,
-    affinity=True, claim=True,
+    "EgressInternal",
+    "StartEgress",
+    rpc_egress_pb2.StartEgressRequest,
+    lk.EgressInfo,
+    affinity=True,
+    claim=True,
 )
 LIST_ACTIVE_EGRESS = Method(
-    "EgressInternal", "ListActiveEgress", rpc_egress_pb2.ListActiveEgressRequest,
-    rpc_egress_pb2.ListActiveEgressResponse, multi=True,
+    "EgressInternal",
+    "ListActiveEgress",
+    rpc_egress_pb2.ListActiveEgressRequest,
+    rpc_egress_pb2.ListActiveEgressResponse,
+    multi=True,
 )
 STOP_EGRESS = Method(
     "EgressHandler", "StopEgress", lk.StopEgressRequest, lk.EgressInfo, claim=True, queue=True
@@ -178,7 +185,9 @@ class IOInfoClient:
                     raise
                 log.warning(
                     "psrpc: UpdateEgress %s failed (%s), retrying in %.2f s",
-                    info.egress_id, exc, backoff,
+                    info.egress_id,
+                    exc,
+                    backoff,
                 )
             await asyncio.sleep(backoff * random.uniform(1.0, 1.25))
             backoff = min(backoff * 2, self.max_backoff_s)

@@ -117,6 +117,7 @@ def default_selection(method: Method[Any, Any]) -> Selection:
         return Selection(affinity_timeout_s=1.0, short_circuit_s=0.2)
     return Selection(accept_first=True)
 
+
 Handler = Callable[[Req], Awaitable[Resp]]
 Affinity = Callable[[Req], float]
 
@@ -227,7 +228,9 @@ class RPCServer:
         except Exception:  # an affinity function or Redis failed: the client times out
             log.exception(
                 "psrpc: %s.%s request %s dropped",
-                reg.method.service, reg.method.name, request.request_id,
+                reg.method.service,
+                reg.method.name,
+                request.request_id,
             )
 
     async def _handle(self, reg: _Registration[Req, Resp], request: Request) -> None:
@@ -236,9 +239,7 @@ class RPCServer:
         try:
             body.ParseFromString(request.raw_request)
         except DecodeError as exc:
-            await self._respond(
-                method, request, error=(ErrorCode.MALFORMED_REQUEST, str(exc))
-            )
+            await self._respond(method, request, error=(ErrorCode.MALFORMED_REQUEST, str(exc)))
             return
         if method.claim and not await self._claim(reg, request, body):
             return

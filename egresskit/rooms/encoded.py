@@ -615,7 +615,9 @@ class EncodedReceiver:
             return
         mime_type = codec.mimeType
         keyframe = is_keyframe(mime_type, jitter_frame.data)
-        frame = EncodedFrame(bytes(jitter_frame.data), timestamp, codec.clockRate, keyframe, mime_type)
+        frame = EncodedFrame(
+            bytes(jitter_frame.data), timestamp, codec.clockRate, keyframe, mime_type
+        )
         waiting = False
         for subscription in self._subscriptions:
             if not subscription.synced:

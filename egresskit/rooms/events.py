@@ -49,5 +49,10 @@ class SpeakersChanged:
 
 
 RoomEvent = (
-    ParticipantJoined | ParticipantLeft | TrackPublished | TrackUnpublished | TrackMuted | SpeakersChanged
+    ParticipantJoined
+    | ParticipantLeft
+    | TrackPublished
+    | TrackUnpublished
+    | TrackMuted
+    | SpeakersChanged
 )

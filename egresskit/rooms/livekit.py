@@ -396,8 +396,12 @@ class LiveKitRoom(LocalRoom):
             try:
                 if resume:
                     await signal.connect(
-                        self.url, self._token, reconnect=True, sid=self._participant_sid,
-                        ping=self._ping, timeout=timeout,
+                        self.url,
+                        self._token,
+                        reconnect=True,
+                        sid=self._participant_sid,
+                        ping=self._ping,
+                        timeout=timeout,
                     )
                 else:
                     joined = await signal.connect(self.url, self._token, timeout=timeout)
@@ -485,7 +489,9 @@ class LiveKitRoom(LocalRoom):
             if info.state == models.ParticipantInfo.DISCONNECTED:
                 await self._participant_left(info)
                 continue
-            self.join(info.identity, name=info.name, metadata=info.metadata, kind=info.kind, sid=info.sid)
+            self.join(
+                info.identity, name=info.name, metadata=info.metadata, kind=info.kind, sid=info.sid
+            )
             participant = self.participants[info.identity]
             participant.name, participant.metadata = info.name, info.metadata
             current = {t.sid for t in info.tracks}
@@ -751,7 +757,9 @@ class LiveKitRoom(LocalRoom):
         mime_type = PUBLISHED_AS.get(info.mime_type.lower(), info.mime_type) or next(
             (c.mimeType for c in transceiver._codecs if c.name.lower() != "rtx"), None
         )
-        self.join(participant.identity, name=participant.name, kind=participant.kind, sid=participant.sid)
+        self.join(
+            participant.identity, name=participant.name, kind=participant.kind, sid=participant.sid
+        )
         track = await self.publish(
             _SignalledTrack(transceiver.kind),
             identity=participant.identity,

@@ -83,7 +83,9 @@ def rtc_url(server_url: str, token: str, *, reconnect: bool = False, sid: str = 
     parts = urlsplit(server_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
     if scheme not in ("ws", "wss"):
-        raise ValueError(f"LiveKit URL must be ws://, wss://, http:// or https://, not {server_url!r}")
+        raise ValueError(
+            f"LiveKit URL must be ws://, wss://, http:// or https://, not {server_url!r}"
+        )
     query = {
         "access_token": token,
         "auto_subscribe": "0",
@@ -133,14 +135,18 @@ class SignalClient:
         try:
             self._ws = await asyncio.wait_for(
                 self._session.ws_connect(
-                    url, timeout=aiohttp.ClientWSTimeout(ws_close=5.0), max_msg_size=0,
+                    url,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5.0),
+                    max_msg_size=0,
                     autoping=True,
                 ),
                 timeout,
             )
         except aiohttp.WSServerHandshakeError as exc:
             await self._session.close()
-            raise SignalError(f"LiveKit server refused to join: HTTP {exc.status} {exc.message}") from None
+            raise SignalError(
+                f"LiveKit server refused to join: HTTP {exc.status} {exc.message}"
+            ) from None
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
             await self._session.close()
             reason = str(exc).replace(token, "<token>")  # the URL carries it
@@ -227,7 +233,11 @@ class SignalClient:
                 response = rtc_pb.SignalResponse()
                 response.ParseFromString(message.data)
                 return response
-            if message.type in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+            if message.type in (
+                aiohttp.WSMsgType.TEXT,
+                aiohttp.WSMsgType.PING,
+                aiohttp.WSMsgType.PONG,
+            ):
                 continue  # binary protocol only; control frames are aiohttp's
             reason = "LiveKit server closed the signalling connection"
             if message.type == aiohttp.WSMsgType.ERROR:
@@ -242,7 +252,9 @@ class SignalClient:
                 if which in ("pong_resp", "pong"):
                     self._last_pong = time.monotonic()
                     if which == "pong_resp":
-                        self.rtt_ms = int(time.time() * 1000) - response.pong_resp.last_ping_timestamp
+                        self.rtt_ms = (
+                            int(time.time() * 1000) - response.pong_resp.last_ping_timestamp
+                        )
                     continue
                 await self._responses.put(response)
         except SignalClosed as exc:

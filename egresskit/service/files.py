@@ -28,7 +28,9 @@ TOKEN_PREFIX = ".token/"
 _TOKEN_IN_PATH = re.compile(r"/\.token/[^/\s?]+")
 
 
-def files_app(root: Path, keys: Mapping[str, str], *, max_token_ttl_s: float = 0) -> web.Application:
+def files_app(
+    root: Path, keys: Mapping[str, str], *, max_token_ttl_s: float = 0
+) -> web.Application:
     """The files endpoint, to mount with `app.add_subapp("/files", files_app(...))`."""
     tokens = VerifiedTokens(keys, max_ttl=max_token_ttl_s)
     base = root.resolve()

@@ -130,9 +130,7 @@ def render_live_playlist(
     """The sliding-window playlist: the newest `window` segments, MEDIA-SEQUENCE rising."""
     shown = list(segments[-window:])
     first = shown[0].index if shown else 0
-    lines = _versioned(
-        _header(segments, target_duration, media_sequence=first, event=False), init
-    )
+    lines = _versioned(_header(segments, target_duration, media_sequence=first, event=False), init)
     hidden = segments[: len(segments) - len(shown)]
     discontinuities = sum(s.discontinuity for s in hidden)
     if discontinuities:

@@ -236,7 +236,9 @@ class Mp4Muxer(FileMuxer):
         try:
             remux_faststart(self.path)
         except (OSError, av.FFmpegError) as exc:
-            log.warning("%s: faststart failed, the file keeps its index at the end: %s", self.name, exc)
+            log.warning(
+                "%s: faststart failed, the file keeps its index at the end: %s", self.name, exc
+            )
         self.faststart_s = time.monotonic() - started
 
     def stats(self) -> dict[str, float]:
@@ -252,9 +254,10 @@ def remux_faststart(path: Path) -> None:
     """
     partial = temporary_beside(path)
     try:
-        with av.open(str(path)) as source, av.open(
-            str(partial), "w", format="mp4", options=FASTSTART_OPTIONS
-        ) as target:
+        with (
+            av.open(str(path)) as source,
+            av.open(str(partial), "w", format="mp4", options=FASTSTART_OPTIONS) as target,
+        ):
             target.metadata.update(source.metadata)
             streams = {s.index: target.add_stream_from_template(s) for s in source.streams}
             for packet in source.demux():

@@ -120,6 +120,8 @@ def _describe(exc: BaseException, url: str) -> str:
 
 
 _STOP = object()
+
+
 class _UrlWriter:
     """One destination: a bounded queue and a thread that owns the container.
 

@@ -100,7 +100,9 @@ def temporary_beside(path: Path) -> Path:
     return Path(name)
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object], *, sync: bool = False) -> None:
+def write_atomically(
+    path: Path, write: Callable[[BinaryIO], object], *, sync: bool = False
+) -> None:
     """Replace `path` with what `write` puts in a file: readers see the old file or the new one.
 
     The rename replaces a symlink at `path` rather than writing through it.

@@ -32,25 +32,59 @@ log = logging.getLogger(__name__)
 STORAGE_SECTIONS = ("s3", "azure", "gcp", "alioss")
 REDIS_KEYS = frozenset(
     {
-        "address", "username", "password", "db", "use_tls", "tls",
-        "sentinel_master_name", "sentinel_username", "sentinel_password",
-        "sentinel_addresses", "cluster_addresses", "dial_timeout", "read_timeout",
-        "write_timeout", "max_redirects", "pool_timeout", "pool_size",
+        "address",
+        "username",
+        "password",
+        "db",
+        "use_tls",
+        "tls",
+        "sentinel_master_name",
+        "sentinel_username",
+        "sentinel_password",
+        "sentinel_addresses",
+        "cluster_addresses",
+        "dial_timeout",
+        "read_timeout",
+        "write_timeout",
+        "max_redirects",
+        "pool_timeout",
+        "pool_size",
     }
 )
 # Redis keys read here; the others (timeouts, pool sizes, cluster) keep redis-py defaults.
 REDIS_USED = frozenset(
     {
-        "address", "username", "password", "db", "use_tls", "tls",
-        "sentinel_master_name", "sentinel_username", "sentinel_password", "sentinel_addresses",
+        "address",
+        "username",
+        "password",
+        "db",
+        "use_tls",
+        "tls",
+        "sentinel_master_name",
+        "sentinel_username",
+        "sentinel_password",
+        "sentinel_addresses",
     }
 )
 _USED = frozenset(
     {
-        "api_key", "api_secret", "ws_url", "redis", "cluster_id", "health_port",
-        "prometheus_port", "log_level", "cpu_cost", *STORAGE_SECTIONS,
+        "api_key",
+        "api_secret",
+        "ws_url",
+        "redis",
+        "cluster_id",
+        "health_port",
+        "prometheus_port",
+        "log_level",
+        "cpu_cost",
+        *STORAGE_SECTIONS,
         # egresskit's own
-        "bind", "output_dir", "storage", "backup_storage", "max_duration_s", "drain_timeout_s",
+        "bind",
+        "output_dir",
+        "storage",
+        "backup_storage",
+        "max_duration_s",
+        "drain_timeout_s",
         "egress_network",
     }
 )
@@ -135,7 +169,9 @@ def load_worker_config(path: str | None, env: Mapping[str, str]) -> WorkerConfig
     elif env.get("EGRESS_CONFIG_BODY"):
         text, source = env["EGRESS_CONFIG_BODY"], "EGRESS_CONFIG_BODY"
     else:
-        raise ConfigError("no configuration: pass --config, EGRESS_CONFIG_FILE or EGRESS_CONFIG_BODY")
+        raise ConfigError(
+            "no configuration: pass --config, EGRESS_CONFIG_FILE or EGRESS_CONFIG_BODY"
+        )
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError:
@@ -145,7 +181,9 @@ def load_worker_config(path: str | None, env: Mapping[str, str]) -> WorkerConfig
     return parse_worker_config(data, env, source)
 
 
-def parse_worker_config(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> WorkerConfig:
+def parse_worker_config(
+    data: Mapping[str, Any], env: Mapping[str, str], source: str
+) -> WorkerConfig:
     def setting(name: str, value: Any, kind: type) -> Any:
         try:
             if kind is bool and not isinstance(value, bool):
@@ -156,7 +194,8 @@ def parse_worker_config(data: Mapping[str, Any], env: Mapping[str, str], source:
 
     values: dict[str, Any] = {}
     for name, variable in (
-        ("api_key", "LIVEKIT_API_KEY"), ("api_secret", "LIVEKIT_API_SECRET"),
+        ("api_key", "LIVEKIT_API_KEY"),
+        ("api_secret", "LIVEKIT_API_SECRET"),
         ("ws_url", "LIVEKIT_WS_URL"),
     ):
         values[name] = setting(name, data.get(name) or env.get(variable, ""), str)
@@ -168,8 +207,10 @@ def parse_worker_config(data: Mapping[str, Any], env: Mapping[str, str], source:
     unused: list[str] = sorted(str(k) for k in set(data) - _USED)
 
     redis_section = data.get("redis") or {}
-    if not isinstance(redis_section, Mapping) or not redis_section.get("address") and not (
-        redis_section.get("sentinel_master_name")
+    if (
+        not isinstance(redis_section, Mapping)
+        or not redis_section.get("address")
+        and not (redis_section.get("sentinel_master_name"))
     ):
         raise ConfigError(f"{source}: redis: {{address: host:port}} is required")
     unknown = sorted(set(redis_section) - REDIS_KEYS)

@@ -49,8 +49,9 @@ async def _bounded(step: Awaitable[None], what: str) -> None:
     try:
         await asyncio.wait_for(step, REDIS_STEP_TIMEOUT_S)
     except TimeoutError:
-        log.warning("%s took longer than %.0f s (Redis unreachable?): going on", what,
-                    REDIS_STEP_TIMEOUT_S)
+        log.warning(
+            "%s took longer than %.0f s (Redis unreachable?): going on", what, REDIS_STEP_TIMEOUT_S
+        )
 
 
 def psrpc_error(exc: Exception) -> PsrpcError:
@@ -138,7 +139,9 @@ class WorkerProcess:
         await self.server.serve(self._start, self._affinity, self._list_active)
         self._sampler = asyncio.create_task(self._sample_cpu())
         log.info(
-            "egress worker %d serving on Redis (CPU budget %.2f)", os.getpid(), self.admission.budget
+            "egress worker %d serving on Redis (CPU budget %.2f)",
+            os.getpid(),
+            self.admission.budget,
         )
 
     async def drain(self) -> None:
@@ -184,9 +187,7 @@ class WorkerProcess:
 
     def _affinity(self, request: StartEgressRequest) -> float:
         fits = self._fits(request)
-        return start_affinity(
-            draining=self.draining, fits=fits, active=len(self.manager.active())
-        )
+        return start_affinity(draining=self.draining, fits=fits, active=len(self.manager.active()))
 
     async def _start(self, request: StartEgressRequest) -> egress_pb.EgressInfo:
         if self.draining:

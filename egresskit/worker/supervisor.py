@@ -91,7 +91,9 @@ class _Child:
         self.restarts = 0
 
 
-async def supervise(config: WorkerConfig, processes: int, cores: float, child_args: Sequence[str]) -> int:
+async def supervise(
+    config: WorkerConfig, processes: int, cores: float, child_args: Sequence[str]
+) -> int:
     """Run `processes` children (`python -m egresskit worker <child_args> --child ...`)."""
     stop = _stop_event()
     children = [_Child(i) for i in range(processes)]
@@ -101,8 +103,15 @@ async def supervise(config: WorkerConfig, processes: int, cores: float, child_ar
         while not stop.is_set():
             read_fd, write_fd = os.pipe()
             child.process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "egresskit", "worker", *child_args,
-                "--child-status-fd", str(write_fd), "--child-cores", str(share),
+                sys.executable,
+                "-m",
+                "egresskit",
+                "worker",
+                *child_args,
+                "--child-status-fd",
+                str(write_fd),
+                "--child-cores",
+                str(share),
                 pass_fds=(write_fd,),
             )
             os.close(write_fd)
@@ -115,7 +124,9 @@ async def supervise(config: WorkerConfig, processes: int, cores: float, child_ar
             child.restarts += 1
             log.error(
                 "worker process %d (pid %d) exited with %s: restarting",
-                child.index, child.process.pid, code,
+                child.index,
+                child.process.pid,
+                code,
             )
             await asyncio.sleep(RESTART_DELAY_S)
 
@@ -141,9 +152,7 @@ async def _read_status(child: _Child, fd: int) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     pipe = os.fdopen(fd, "rb")
-    transport, _ = await loop.connect_read_pipe(
-        lambda: asyncio.StreamReaderProtocol(reader), pipe
-    )
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
     try:
         while line := await reader.readline():
             with contextlib.suppress(ValueError):
