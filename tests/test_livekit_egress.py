@@ -363,6 +363,9 @@ async def test_av_offset_of_a_flash_and_beep(livekit_server, service, lkapi):
     assert len(added) >= 3, (recorded, published)
     # a flash shows on the first output frame at or after it: video up to 33 ms later
     assert -0.040 <= median(added) <= 0.010, f"the composite moved audio: {seen} ms"
+    # and the bound on what a viewer of the file sees, publisher's share included
+    offsets = [offset for _, offset in recorded]
+    assert abs(median(offsets)) <= 0.040, f"audio against video in the file: {seen} ms"
 
 
 async def test_late_joiner_changes_the_grid_without_a_gap(livekit_server, service, lkapi):
