@@ -30,27 +30,6 @@ log = logging.getLogger(__name__)
 
 # livekit/egress's default-storage sections, each an egresskit storage backend of that name.
 STORAGE_SECTIONS = ("s3", "azure", "gcp", "alioss")
-REDIS_KEYS = frozenset(
-    {
-        "address",
-        "username",
-        "password",
-        "db",
-        "use_tls",
-        "tls",
-        "sentinel_master_name",
-        "sentinel_username",
-        "sentinel_password",
-        "sentinel_addresses",
-        "cluster_addresses",
-        "dial_timeout",
-        "read_timeout",
-        "write_timeout",
-        "max_redirects",
-        "pool_timeout",
-        "pool_size",
-    }
-)
 # Redis keys read here; the others (timeouts, pool sizes, cluster) keep redis-py defaults.
 REDIS_USED = frozenset(
     {
@@ -64,6 +43,18 @@ REDIS_USED = frozenset(
         "sentinel_username",
         "sentinel_password",
         "sentinel_addresses",
+    }
+)
+# Every key of livekit/egress's redis section: the others pass validation, unused.
+REDIS_KEYS = REDIS_USED | frozenset(
+    {
+        "cluster_addresses",
+        "dial_timeout",
+        "read_timeout",
+        "write_timeout",
+        "max_redirects",
+        "pool_timeout",
+        "pool_size",
     }
 )
 _USED = frozenset(
