@@ -37,7 +37,8 @@ public `RtpPacket`, `HeaderExtensionsMap`, `wrap_rtx` and RTCP packet classes:
   `stop()` has nothing to stop);
 - `RTCRtpSender._ssrc` and `_rtx_ssrc`, the SSRCs its SDP announced;
 - aiortc's packetizers `Vp8Encoder._packetize` and
-  `H264Encoder._split_bitstream` / `_packetize` (no codec is created);
+  `H264Encoder._split_bitstream` / `_packetize`, whose call of
+  `_packetize_fu_a` a subclass overrides (no codec is created);
 - `RTCDtlsTransport._register_rtp_sender` / `_unregister_rtp_sender`
   (RTCP routing by SSRC: any object with `_ssrc` and a coroutine
   `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending,
@@ -53,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import struct
 import time
@@ -61,7 +63,7 @@ from collections import deque
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import FU_A_HEADER_SIZE, NAL_TYPE_FU_A, PACKET_MAX, H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import (
@@ -97,6 +99,34 @@ _HEAD = struct.Struct("!BBHI")  # first byte, marker + payload type, sequence nu
 _NTP_UNIT = 1 << 32
 
 
+class _EqualFragments(H264Encoder):
+    """aiortc's H.264 packetizer (single NAL units, STAP-A), with FU-A fragments of one size.
+
+    aiortc cuts a large NAL unit into fragments one byte apart in size (the
+    first ones a byte longer), so a slice's packets are two runs of equal
+    size, two `sendmsg` with UDP GSO per slice and viewer
+    (`egresskit.rooms.udp.DatagramSender`). Here every fragment but the
+    last has the same size and the last is shorter or equal: one run, one
+    `sendmsg`. The count of fragments is aiortc's (none over PACKET_MAX).
+    Only the classmethods are used: no codec is built.
+    """
+
+    @staticmethod
+    def _packetize_fu_a(data: bytes) -> list[bytes]:
+        """RFC 6184 section 5.8: the NAL header's F and NRI in the FU indicator, its type in
+        the FU header, with the start bit on the first fragment and the end bit on the last."""
+        payload = len(data) - 1
+        size = math.ceil(payload / math.ceil(payload / (PACKET_MAX - FU_A_HEADER_SIZE)))
+        indicator = (data[0] & 0xE0) | NAL_TYPE_FU_A
+        nal_type = data[0] & 0x1F
+        starts = range(1, len(data), size)
+        return [
+            bytes((indicator, nal_type | (start == 1) << 7 | (start == starts[-1]) << 6))
+            + data[start : start + size]
+            for start in starts
+        ]
+
+
 class Packetizer:
     """RTP payloads of already encoded frames, with aiortc's packetizers (no codec is built)."""
 
@@ -115,7 +145,7 @@ class Packetizer:
             self._picture_id = (self._picture_id + 1) % (1 << 15)
             return payloads
         if self.mime_type == "video/h264":
-            return H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
+            return _EqualFragments._packetize(_EqualFragments._split_bitstream(frame.data))
         return [frame.data]
 
 
