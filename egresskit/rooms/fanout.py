@@ -245,7 +245,7 @@ class ViewerStream:
         if datagrams is None:
             return True
         timestamp = (self._timestamp_origin + frame.timestamp) & 0xFFFFFFFF
-        packed, sizes = buffer.protect_frame(
+        packed, runs = buffer.protect_frame(
             self._dtls._tx_srtp,
             self._header,
             self._first_byte,
@@ -255,11 +255,12 @@ class ViewerStream:
             self._tail,
             frame.payloads,
         )
-        datagrams.send(packed, sizes)
+        datagrams.send(packed, runs)
         self._remember(self._sequence, timestamp, frame.payloads)
-        self._sequence = (self._sequence + len(sizes)) & 0xFFFF
+        count = len(frame.payloads)
+        self._sequence = (self._sequence + count) & 0xFFFF
         self.last_timestamp = timestamp
-        self.packets += len(sizes)
+        self.packets += count
         self.octets += frame.size
         return True
 
