@@ -6,17 +6,22 @@ through `datetime`, serializes header extensions and awaits four coroutines
 down to the socket. Ten WHEP viewers of one 720p track (2.5 Mbps, about
 2,800 packets a second in all) cost the service 0.11-0.24 core that way on
 a busy 2-core machine (bench/whep_viewers.py). Here a `TrackFanout`
-packetizes a frame once; for each viewer's `ViewerStream` an
-`egresskit.rooms.srtp.FrameBuffer` writes each packet (the RTP header, whose
-extensions are the same on every packet: the stream's MID; then the shared
-payload) right behind the one before and protects it in place with the
-viewer's SRTP session, and the socket gets the frame in few system calls
-(`egresskit.rooms.udp.DatagramSender`). That costs about 13 µs of the
-service's CPU per packet and viewer (the same bench at load 6-8, measured
-in `TrackFanout._send`), roughly half of it the kernel's sends (on
-loopback they include the delivery to the viewer) and a third libsrtp;
-with a `bytes` object per packet and pylibsrtp's `Session.protect` it was
-21 µs. No abs-send-time is sent: it only feeds the viewer's bandwidth
+packetizes a frame once (H.264 fragments of one size, `_EqualFragments`),
+and an `egresskit.rooms.srtp.FrameBuffer` lays its packets out once: the
+payloads back to back, with room for each one's RTP header (whose
+extensions are the same on every packet: the stream's MID) and SRTP
+trailer. For each viewer's `ViewerStream` it copies them in at once, writes
+the headers and protects the packets in place with the viewer's SRTP
+session, and the socket gets the frame in one system call per slice
+(`egresskit.rooms.udp.DatagramSender`, UDP GSO). In-process, with loopback
+receivers at load 2-3, that costs 7-10 µs of CPU per packet and viewer,
+about half of it libsrtp and most of the rest the kernel's sends (on
+loopback they include the delivery to the viewer); with a header, payload
+copy and size per packet and aiortc's fragments (two sizes per slice) it
+was 8-11 µs (in the bench at load 6-8: 13 µs, and 21 µs with a `bytes`
+object per packet and pylibsrtp's `Session.protect`). The bench sees about
+twice the in-process figure per packet in the service (RTCP, ICE and the
+event loop besides). No abs-send-time is sent: it only feeds the viewer's bandwidth
 estimate, which a passthrough sender cannot act on.
 
 aiortc still does SDP, ICE, DTLS and the SRTP keys, and parses the
