@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import sys
@@ -136,6 +137,9 @@ def _announce(config: ServiceConfig, room: str | None = None) -> None:
 def serve(config: ServiceConfig) -> None:
     app = create_app(config)
     _announce(config)
+    # What start-up built lives as long as the process: out of the cyclic collector's full
+    # passes, which otherwise walk it all (perf: ~40% of the service's CPU with 10 WHEP viewers).
+    gc.freeze()
     web.run_app(
         app,
         host=config.bind,

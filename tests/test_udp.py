@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from egresskit.rooms.udp import DatagramSender
+from egresskit.rooms.udp import DatagramSender, datagram_runs
 
 # runs of equal sizes, a shorter one closing a run, a larger one starting the next, a single one
 DATAGRAMS = [b"a" * 1200] * 3 + [b"b" * 900, b"c" * 1250, b"d" * 1250, b"e"]
@@ -25,7 +25,7 @@ async def test_back_to_back_datagrams_arrive_as_sent(segmenting: bool):
     sender = DatagramSender(transport, receiver.getsockname())
     sender._segmenting = segmenting  # as after the kernel refused UDP_SEGMENT
     try:
-        sender.send(memoryview(b"".join(DATAGRAMS)), [len(d) for d in DATAGRAMS])
+        sender.send(memoryview(b"".join(DATAGRAMS)), datagram_runs([len(d) for d in DATAGRAMS]))
         sender.send_one(b"rtcp")
         received = [receiver.recv(2048) for _ in range(len(DATAGRAMS) + 1)]
     finally:

@@ -7,10 +7,13 @@ import sys
 
 import aiohttp
 import aiortc.rtcrtpsender
+import av
 import pytest
 from aiohttp import web
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.codecs.h264 import NAL_TYPE_FU_A, PACKET_MAX, H264PayloadDescriptor
 from aiortc.mediastreams import MediaStreamError
+from h264_source import make_h264_file, read_h264_packets
 from publishers import (
     WHIP_API_KEY,
     WHIP_API_SECRET,
@@ -25,6 +28,8 @@ from publishers import (
 from yarl import URL
 
 from egresskit.rooms import RoomManager, whip_app
+from egresskit.rooms.encoded import EncodedFrame
+from egresskit.rooms.fanout import Packetizer
 from egresskit.rooms.whep import whep_app
 from egresskit.tokens import create_token
 
@@ -241,3 +246,31 @@ async def test_lost_packets_are_resent_and_key_frame_requests_reach_the_publishe
             assert len(requests) > before
         finally:
             await pc.close()
+
+
+def test_h264_fragments_are_one_size_and_rebuild_the_stream(tmp_path):
+    """Large NAL units go out as FU-A fragments of one size (one GSO send per slice), marked
+    start and end, that aiortc's depacketizer turns back into a stream decoding as the original."""
+    units = read_h264_packets(make_h264_file(tmp_path / "in.h264", seconds=0.5))
+    packetizer = Packetizer("video/H264")
+    original, rebuilt = av.CodecContext.create("h264", "r"), av.CodecContext.create("h264", "r")
+    fragmented = []
+    for index, unit in enumerate(units):
+        payloads = packetizer.pack(
+            EncodedFrame(unit, index * 3000, 90_000, index == 0, "video/H264")
+        )
+        assert max(map(len, payloads)) <= PACKET_MAX
+        for payload in payloads:
+            if payload[0] & 0x1F == NAL_TYPE_FU_A:
+                if payload[1] & 0x80:
+                    fragmented.append([])
+                fragmented[-1].append(payload)
+        stream = b"".join(H264PayloadDescriptor.parse(payload)[1] for payload in payloads)
+        for before, after in zip(
+            original.decode(av.Packet(unit)), rebuilt.decode(av.Packet(stream)), strict=True
+        ):
+            assert (before.to_ndarray() == after.to_ndarray()).all()
+    assert len(fragmented) >= len(units)  # every frame had a slice larger than a packet
+    for nal in fragmented:
+        assert [p[1] & 0xC0 for p in nal] == [0x80] + [0] * (len(nal) - 2) + [0x40]
+        assert len({len(p) for p in nal[:-1]}) == 1 and len(nal[-1]) <= len(nal[0])

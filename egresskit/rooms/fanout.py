@@ -6,17 +6,22 @@ through `datetime`, serializes header extensions and awaits four coroutines
 down to the socket. Ten WHEP viewers of one 720p track (2.5 Mbps, about
 2,800 packets a second in all) cost the service 0.11-0.24 core that way on
 a busy 2-core machine (bench/whep_viewers.py). Here a `TrackFanout`
-packetizes a frame once; for each viewer's `ViewerStream` an
-`egresskit.rooms.srtp.FrameBuffer` writes each packet (the RTP header, whose
-extensions are the same on every packet: the stream's MID; then the shared
-payload) right behind the one before and protects it in place with the
-viewer's SRTP session, and the socket gets the frame in few system calls
-(`egresskit.rooms.udp.DatagramSender`). That costs about 13 µs of the
-service's CPU per packet and viewer (the same bench at load 6-8, measured
-in `TrackFanout._send`), roughly half of it the kernel's sends (on
-loopback they include the delivery to the viewer) and a third libsrtp;
-with a `bytes` object per packet and pylibsrtp's `Session.protect` it was
-21 µs. No abs-send-time is sent: it only feeds the viewer's bandwidth
+packetizes a frame once (H.264 fragments of one size, `_EqualFragments`),
+and an `egresskit.rooms.srtp.FrameBuffer` lays its packets out once: the
+payloads back to back, with room for each one's RTP header (whose
+extensions are the same on every packet: the stream's MID) and SRTP
+trailer. For each viewer's `ViewerStream` it copies them in at once, writes
+the headers and protects the packets in place with the viewer's SRTP
+session, and the socket gets the frame in one system call per slice
+(`egresskit.rooms.udp.DatagramSender`, UDP GSO). In-process, with loopback
+receivers at load 2-3, that costs 7-10 µs of CPU per packet and viewer,
+about half of it libsrtp and most of the rest the kernel's sends (on
+loopback they include the delivery to the viewer); with a header, payload
+copy and size per packet and aiortc's fragments (two sizes per slice) it
+was 8-11 µs (in the bench at load 6-8: 13 µs, and 21 µs with a `bytes`
+object per packet and pylibsrtp's `Session.protect`). The bench sees about
+twice the in-process figure per packet in the service (RTCP, ICE and the
+event loop besides). No abs-send-time is sent: it only feeds the viewer's bandwidth
 estimate, which a passthrough sender cannot act on.
 
 aiortc still does SDP, ICE, DTLS and the SRTP keys, and parses the
@@ -37,7 +42,8 @@ public `RtpPacket`, `HeaderExtensionsMap`, `wrap_rtx` and RTCP packet classes:
   `stop()` has nothing to stop);
 - `RTCRtpSender._ssrc` and `_rtx_ssrc`, the SSRCs its SDP announced;
 - aiortc's packetizers `Vp8Encoder._packetize` and
-  `H264Encoder._split_bitstream` / `_packetize` (no codec is created);
+  `H264Encoder._split_bitstream` / `_packetize`, whose call of
+  `_packetize_fu_a` a subclass overrides (no codec is created);
 - `RTCDtlsTransport._register_rtp_sender` / `_unregister_rtp_sender`
   (RTCP routing by SSRC: any object with `_ssrc` and a coroutine
   `_handle_rtcp_packet`) and `_tx_srtp` (the pylibsrtp session for sending,
@@ -53,6 +59,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import secrets
 import struct
 import time
@@ -61,7 +68,7 @@ from collections import deque
 from aiortc import RTCRtpSender
 from aiortc.clock import current_ntp_time
 from aiortc.codecs import is_rtx
-from aiortc.codecs.h264 import H264Encoder
+from aiortc.codecs.h264 import FU_A_HEADER_SIZE, NAL_TYPE_FU_A, PACKET_MAX, H264Encoder
 from aiortc.codecs.vpx import Vp8Encoder
 from aiortc.rtcrtpparameters import RTCRtpSendParameters
 from aiortc.rtp import (
@@ -97,6 +104,34 @@ _HEAD = struct.Struct("!BBHI")  # first byte, marker + payload type, sequence nu
 _NTP_UNIT = 1 << 32
 
 
+class _EqualFragments(H264Encoder):
+    """aiortc's H.264 packetizer (single NAL units, STAP-A), with FU-A fragments of one size.
+
+    aiortc cuts a large NAL unit into fragments one byte apart in size (the
+    first ones a byte longer), so a slice's packets are two runs of equal
+    size, two `sendmsg` with UDP GSO per slice and viewer
+    (`egresskit.rooms.udp.DatagramSender`). Here every fragment but the
+    last has the same size and the last is shorter or equal: one run, one
+    `sendmsg`. The count of fragments is aiortc's (none over PACKET_MAX).
+    Only the classmethods are used: no codec is built.
+    """
+
+    @staticmethod
+    def _packetize_fu_a(data: bytes) -> list[bytes]:
+        """RFC 6184 section 5.8: the NAL header's F and NRI in the FU indicator, its type in
+        the FU header, with the start bit on the first fragment and the end bit on the last."""
+        payload = len(data) - 1
+        size = math.ceil(payload / math.ceil(payload / (PACKET_MAX - FU_A_HEADER_SIZE)))
+        indicator = (data[0] & 0xE0) | NAL_TYPE_FU_A
+        nal_type = data[0] & 0x1F
+        starts = range(1, len(data), size)
+        return [
+            bytes((indicator, nal_type | (start == 1) << 7 | (start == starts[-1]) << 6))
+            + data[start : start + size]
+            for start in starts
+        ]
+
+
 class Packetizer:
     """RTP payloads of already encoded frames, with aiortc's packetizers (no codec is built)."""
 
@@ -115,7 +150,7 @@ class Packetizer:
             self._picture_id = (self._picture_id + 1) % (1 << 15)
             return payloads
         if self.mime_type == "video/h264":
-            return H264Encoder._packetize(H264Encoder._split_bitstream(frame.data))
+            return _EqualFragments._packetize(_EqualFragments._split_bitstream(frame.data))
         return [frame.data]
 
 
@@ -215,7 +250,7 @@ class ViewerStream:
         if datagrams is None:
             return True
         timestamp = (self._timestamp_origin + frame.timestamp) & 0xFFFFFFFF
-        packed, sizes = buffer.protect_frame(
+        packed, runs = buffer.protect_frame(
             self._dtls._tx_srtp,
             self._header,
             self._first_byte,
@@ -225,11 +260,12 @@ class ViewerStream:
             self._tail,
             frame.payloads,
         )
-        datagrams.send(packed, sizes)
+        datagrams.send(packed, runs)
         self._remember(self._sequence, timestamp, frame.payloads)
-        self._sequence = (self._sequence + len(sizes)) & 0xFFFF
+        count = len(frame.payloads)
+        self._sequence = (self._sequence + count) & 0xFFFF
         self.last_timestamp = timestamp
-        self.packets += len(sizes)
+        self.packets += count
         self.octets += frame.size
         return True
 

@@ -3,13 +3,15 @@
 pylibsrtp's `Session.protect` takes and returns `bytes`: per packet it
 checks its argument, allocates a length cell, copies the packet into the
 session's buffer, calls libsrtp and copies the result out again. A WHEP
-fan-out protects every packet of every frame once per viewer (about 2,600
+fan-out protects every packet of every frame once per viewer (about 2,800
 packets a second for ten viewers of a 720p track), and those steps cost
-about as much as the encryption. `FrameBuffer` writes each packet of a frame
-(header, then payload) right behind the one before, has libsrtp protect it
-in place, and hands the socket the protected packets as one view, back to
-back, with their sizes (`DatagramSender.send`): nothing is copied
-between the payload's copy into the buffer and the kernel.
+about as much as the encryption. `FrameBuffer` lays a frame's packets out
+back to back, room left for each one's RTP header and SRTP trailer, once
+per track and trailer length (`FrameLayout`); per viewer one copy puts the
+payloads in place, and per packet only the header is written and libsrtp
+protects the packet in place. The socket gets the protected packets as one
+view with the runs to send (`egresskit.rooms.udp.DatagramSender.send`),
+worked out with the layout.
 
 pylibsrtp internals touched (pylibsrtp 1.0): its cffi `_binding` (`ffi`,
 `lib.srtp_protect`) and `Session._srtp`, the libsrtp session.
@@ -19,11 +21,41 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from itertools import accumulate
 
 from pylibsrtp import SRTP_MAX_TRAILER_LEN, Error, Session
 from pylibsrtp._binding import ffi, lib
 
+from egresskit.rooms.udp import datagram_runs
+
 INITIAL_BYTES = 64 * 1024
+_MARKER = 0x80
+
+
+class FrameLayout:
+    """Where a frame's packets lie once protected, for one RTP header size and SRTP trailer length.
+
+    The first packet starts the buffer; `image` is what follows it before
+    protection (each later packet: room for its header, its payload, room
+    for its trailer), copied to `start` for each viewer.
+    """
+
+    def __init__(
+        self, payloads: Sequence[bytes], header_size: int, trailer: int, cdata: object
+    ) -> None:
+        sizes = [header_size + len(payload) + trailer for payload in payloads]
+        offsets = list(accumulate(sizes, initial=0))
+        self.runs = datagram_runs(sizes)
+        self.start, self.end = offsets[1], offsets[-1]
+        self.last_size = sizes[-1]
+        header, trailing = bytes(header_size), bytes(trailer)
+        self.image = b"".join(part for p in payloads[1:] for part in (header, p, trailing))
+        last = len(payloads) - 1
+        # (where libsrtp gets it, where its header goes, its size unprotected, its marker bit)
+        self.packets = [
+            (cdata + offsets[i], offsets[i], sizes[i] - trailer, _MARKER if i == last else 0)  # type: ignore[operator]
+            for i in range(1, len(payloads))
+        ]
 
 
 class FrameBuffer:
@@ -32,6 +64,8 @@ class FrameBuffer:
     def __init__(self) -> None:
         self._allocate(INITIAL_BYTES)
         self._length = ffi.new("int *")
+        self._payloads: Sequence[bytes] = ()
+        self._layouts: dict[tuple[int, int], FrameLayout] = {}
 
     def _allocate(self, size: int) -> None:
         self._cdata = ffi.new("char[]", size)
@@ -47,31 +81,40 @@ class FrameBuffer:
         timestamp: int,
         tail: bytes,
         payloads: Sequence[bytes],
-    ) -> tuple[memoryview, list[int]]:
-        """The frame's SRTP packets back to back, and their sizes.
+    ) -> tuple[memoryview, list[tuple[int, int, int]]]:
+        """The frame's SRTP packets back to back, and the runs to send them in.
 
         Packet i has the RTP header `header` packs from the first byte, the
         payload type (with the marker bit on the last packet), sequence number
         `sequence + i`, the timestamp and the tail (SSRC and header
         extensions). The view stays valid until the next call.
         """
-        needed = sum(map(len, payloads)) + len(payloads) * (header.size + SRTP_MAX_TRAILER_LEN)
-        if needed > len(self._view):
-            self._allocate(2 * needed)
+        if payloads is not self._payloads:  # a new frame
+            self._payloads, self._layouts = payloads, {}
+            needed = sum(map(len, payloads)) + len(payloads) * (header.size + SRTP_MAX_TRAILER_LEN)
+            if needed > len(self._view):
+                self._allocate(2 * needed)
         view, cdata, length, pack = self._view, self._cdata, self._length, header.pack_into
-        protect, srtp, header_size = lib.srtp_protect, session._srtp[0], header.size
-        sizes = []
-        offset, last = 0, len(payloads) - 1
-        for index, payload in enumerate(payloads):
-            marker = 0x80 if index == last else 0
-            pack(view, offset, first_byte, marker | payload_type, sequence, timestamp, tail)
-            end = offset + header_size + len(payload)
-            view[offset + header_size : end] = payload
-            length[0] = end - offset
-            status = protect(srtp, cdata + offset, length)
-            if status:
-                raise Error(f"libsrtp could not protect a packet (status {status})")
-            sizes.append(length[0])
-            offset += length[0]
+        protect, srtp = lib.srtp_protect, session._srtp[0]
+        # The first packet goes first: the trailer libsrtp gives it places the others.
+        marker = _MARKER if len(payloads) == 1 else 0
+        pack(view, 0, first_byte, marker | payload_type, sequence, timestamp, tail)
+        end = header.size + len(payloads[0])
+        view[header.size : end] = payloads[0]
+        length[0] = end
+        if status := protect(srtp, cdata, length):
+            raise Error(f"libsrtp could not protect a packet (status {status})")
+        key = (header.size, length[0] - end)
+        layout = self._layouts.get(key)
+        if layout is None:
+            layout = self._layouts[key] = FrameLayout(payloads, *key, cdata)
+        view[layout.start : layout.end] = layout.image
+        for packet, offset, size, marker in layout.packets:
             sequence = (sequence + 1) & 0xFFFF
-        return view[:offset], sizes
+            pack(view, offset, first_byte, marker | payload_type, sequence, timestamp, tail)
+            length[0] = size
+            if status := protect(srtp, packet, length):
+                raise Error(f"libsrtp could not protect a packet (status {status})")
+        if length[0] != layout.last_size:
+            raise Error("libsrtp gave a frame's packets trailers of different lengths")
+        return view[: layout.end], layout.runs
