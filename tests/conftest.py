@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from aiohttp import web
 from publishers import WHIP_API_KEY, WHIP_API_SECRET
@@ -16,6 +18,23 @@ from storage_servers import (  # noqa: F401 - storage fixtures, shared with plug
 )
 
 from egresskit.rooms import RoomManager, whip_app
+
+# --- scheduling ------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def normal_scheduling():
+    """Each test starts and ends on normal scheduling.
+
+    The suite's process was seen on SCHED_FIFO 99 after in-process livekit SDK
+    publishers ran (its native threads ask for real-time priority); every
+    process started afterwards (the service, ffmpeg, Xvfb, Chromium) inherited
+    it, and a Chromium spinning in the kernel starved both cores for minutes.
+    """
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    yield
+    os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
 
 # --- rooms and WHIP (egresskit/rooms) -------------------------------------------
 

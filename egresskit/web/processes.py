@@ -53,9 +53,16 @@ def missing_packages() -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """In the child before exec: SIGKILL when the thread that started it ends."""
+    """In the child before exec: SIGKILL when the thread that started it ends.
+
+    Also back to normal scheduling: a caller on SCHED_FIFO (seen in a process
+    that had run the livekit real-time SDK's publishers) would pass it on, and
+    a real-time browser that spins starves the host.
+    """
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
 class WorkDir:
