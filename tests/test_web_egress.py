@@ -285,6 +285,31 @@ def assert_template_recording(path: Path, duration: float) -> None:
     assert right[0] > 150 and right[2] < 90, f"UpdateLayout did not reach the page: {right}"
 
 
+async def record_template(client, room: str, url, **request) -> egress_pb.EgressInfo:
+    """A 640x360 composite of `room` through the template at `url`: 3 s, then speaker, 2 s more."""
+    info = await client.egress.start_room_composite_egress(
+        egress_pb.RoomCompositeEgressRequest(
+            room_name=room,
+            custom_base_url=str(url),
+            # small: the publishers' VP8 encoders share the machine's two cores
+            advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=15),
+            file_outputs=[egress_pb.EncodedFileOutput(filepath="{room_name}.mp4")],
+            **request,
+        )
+    )
+    active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
+    assert active.status == egress_pb.EGRESS_ACTIVE, active.error
+    await asyncio.sleep(3)
+    await client.egress.update_layout(
+        egress_pb.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker")
+    )
+    await asyncio.sleep(2)
+    await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
+    final = await wait_status(client, info.egress_id, DONE)
+    assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+    return final
+
+
 async def test_a_template_page_that_fails_never_shows_its_token(service, pages):
     """The page's address carries the recorder token the service made: errors show it masked."""
     service.app[ROOMS].get_or_create("quiet")
@@ -313,26 +338,7 @@ async def test_custom_template_of_an_embedded_room_records_both_publishers(servi
         await join(base, "tpl", "bob", (30, 30, 220), 660.0),
     ]
     try:
-        info = await client.egress.start_room_composite_egress(
-            egress_pb.RoomCompositeEgressRequest(
-                room_name="tpl",
-                layout="grid",
-                custom_base_url=str(pages.make_url("/template")),
-                # small: the publishers' VP8 encoders share this process and its two cores
-                advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=15),
-                file_outputs=[egress_pb.EncodedFileOutput(filepath="{room_name}.mp4")],
-            )
-        )
-        active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
-        assert active.status == egress_pb.EGRESS_ACTIVE, active.error
-        await asyncio.sleep(3)
-        await client.egress.update_layout(
-            egress_pb.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker")
-        )
-        await asyncio.sleep(2)
-        await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
-        final = await wait_status(client, info.egress_id, DONE)
-        assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+        final = await record_template(client, "tpl", pages.make_url("/template"), layout="grid")
         assert final.room_composite.layout == "speaker"
     finally:
         for publisher in publishers:
@@ -376,24 +382,7 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
                 publishers.append(
                     await SdkPublisher(livekit, "lk-tpl", identity, color=colour, tone=tone).start()
                 )
-            info = await client.egress.start_room_composite_egress(
-                egress_pb.RoomCompositeEgressRequest(
-                    room_name="lk-tpl",
-                    custom_base_url=str(pages.make_url("/livekit-template")),
-                    advanced=egress_pb.EncodingOptions(width=640, height=360, framerate=15),
-                    file_outputs=[egress_pb.EncodedFileOutput(filepath="{room_name}.mp4")],
-                )
-            )
-            active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
-            assert active.status == egress_pb.EGRESS_ACTIVE, active.error
-            await asyncio.sleep(3)
-            await client.egress.update_layout(
-                egress_pb.UpdateLayoutRequest(egress_id=info.egress_id, layout="speaker")
-            )
-            await asyncio.sleep(2)
-            await client.egress.stop_egress(egress_pb.StopEgressRequest(egress_id=info.egress_id))
-            final = await wait_status(client, info.egress_id, DONE)
-            assert final.status == egress_pb.EGRESS_COMPLETE, final.error
+            await record_template(client, "lk-tpl", pages.make_url("/livekit-template"))
         finally:
             for publisher in publishers:
                 await publisher.stop()
