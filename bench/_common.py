@@ -49,6 +49,30 @@ def vp8_inputs(seconds: int) -> list[Path]:
     return paths
 
 
+def opus_inputs(seconds: int, frequencies: list[int]) -> list[Path]:
+    """Stereo 48 kHz Opus tones of `seconds` each (one per frequency), made once with the ffmpeg CLI.
+
+    The live benches' publishers send these tones (tests/publishers.py SineAudioTrack,
+    aiortc's stereo Opus), so the offline reference decodes and mixes the same audio.
+    """
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for frequency in frequencies:
+        path = OUT_DIR / f"input-tone-{frequency}hz-{seconds}s.ogg"
+        if not path.exists():
+            partial = path.with_suffix(".partial.ogg")
+            subprocess.run(
+                ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"]
+                + ["-i", f"sine=frequency={frequency}:sample_rate=48000", "-t", str(seconds)]
+                + ["-ac", "2", "-c:a", "libopus", "-b:a", "64k", str(partial)],
+                check=True,
+                timeout=600,
+            )
+            partial.rename(path)
+        paths.append(path)
+    return paths
+
+
 @dataclass(frozen=True)
 class CpuTimes:
     """User + system CPU seconds of this process and of its waited-for children."""

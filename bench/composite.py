@@ -22,6 +22,7 @@ import math
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from livekit.protocol import models
 
 from egresskit import Graph, LinkPolicy, Mp4Muxer, Stage, VideoCompositor, VideoEncoder
 from egresskit.pipeline import GraphClock, Link
-from egresskit.stages.encoder import VideoEncoding
+from egresskit.stages.encoder import AudioEncoding, VideoEncoding
 from egresskit.stages.layout import GRID, fit, place
 from egresskit.stages.media import TrackFrame, TrackInfo, TrackStarted
 
@@ -223,22 +224,37 @@ async def egresskit_grid(inputs: list[Path], out: Path, encoding: VideoEncoding)
 
 
 def ffmpeg_grid(
-    inputs: list[Path], out: Path, encoding: VideoEncoding, seconds: float | None = None
+    inputs: list[Path],
+    out: Path,
+    encoding: VideoEncoding,
+    seconds: float | None = None,
+    audio: Sequence[Path] = (),
 ) -> None:
-    """The reference: ffmpeg's own decode + xstack + libx264 (of the first `seconds`)."""
+    """The reference: ffmpeg's own decode + xstack + libx264 (of the first `seconds`).
+
+    With `audio`, also what a room composite does with its participants' sound:
+    decode each, mix them (amix) and encode AAC (AudioEncoding's defaults).
+    """
     gop = round(encoding.keyframe_interval_s * encoding.fps)
     x264_params = (
         f"keyint={gop}:min-keyint={gop}:scenecut=0"
         f":vbv-maxrate={encoding.bitrate_kbps}:vbv-bufsize={encoding.bitrate_kbps * 2}"
     )
     command = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
-    for path in inputs:
+    for path in [*inputs, *audio]:
         command += ["-i", str(path)]
+    graph = "[0:v][1:v][2:v][3:v]xstack=inputs=4:layout=0_0|w0_0|0_h0|w0_h0[grid]"
+    maps = ["-map", "[grid]"]
+    if audio:
+        sound = AudioEncoding()
+        mixed = "".join(f"[{len(inputs) + i}:a]" for i in range(len(audio)))
+        graph += f";{mixed}amix=inputs={len(audio)}:normalize=0[mix]"
+        maps += ["-map", "[mix]", "-c:a", sound.codec, "-b:a", f"{sound.bitrate_kbps}k"]
+        maps += ["-ar", str(sound.sample_rate), "-ac", "2"]
     command += [
         "-filter_complex",
-        "[0:v][1:v][2:v][3:v]xstack=inputs=4:layout=0_0|w0_0|0_h0|w0_h0[grid]",
-        "-map",
-        "[grid]",
+        graph,
+        *maps,
         "-c:v",
         "libx264",
         "-preset",

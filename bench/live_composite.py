@@ -10,8 +10,9 @@ median of the rounds: the recording process's CPU (user + sys, every thread:
 WebRTC receive and decode included) per media second, and its peak RSS.
 The publishers' CPU is shown for context. CPU seconds stretch when the
 machine is shared, so each round also measures a reference in the same run:
-the ffmpeg CLI making the same grid from the same files offline (decode +
-xstack + libx264, no WebRTC), and prints the ratio to it.
+the ffmpeg CLI making the same recording from the same files offline (VP8
+decode + xstack + libx264, and the publishers' four Opus tones decoded, mixed
+by amix and encoded to AAC; no WebRTC), and prints the ratio to it.
 
 A figure counts only when its run did the whole work: each round's
 headline says what was dropped (source frames that never reached the
@@ -41,6 +42,7 @@ from _common import (
     CpuTimes,
     ThreadCpu,
     median,
+    opus_inputs,
     peak_rss_mb,
     print_threads,
     spread,
@@ -147,7 +149,7 @@ async def publish(url: str, publishers: int, seconds: int) -> None:
             identity = f"publisher-{index}"
             token = make_publisher_token(API_KEY, API_SECRET, ROOM, identity)
             camera = MediaPlayer(str(files[index % len(files)]), loop=True, decode=False)
-            tracks = [camera.video, SineAudioTrack(300 + 200 * index)]
+            tracks = [camera.video, SineAudioTrack(tone_hz(index))]
             sessions.append(await whip_publish(url, ROOM, token, tracks))
         print("published", flush=True)
         await stop.wait()
@@ -155,6 +157,11 @@ async def publish(url: str, publishers: int, seconds: int) -> None:
         for session in sessions:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(session.close(), 10)
+
+
+def tone_hz(index: int) -> int:
+    """The frequency publisher `index` sends (and the reference mixes)."""
+    return 300 + 200 * index
 
 
 # --- the orchestrator ---------------------------------------------------------------------
@@ -210,6 +217,7 @@ def main() -> None:
         return
 
     inputs = vp8_inputs(INPUT_SECONDS)  # made once, before anything is measured
+    tones = opus_inputs(INPUT_SECONDS, [tone_hz(i) for i in range(len(inputs))])
     cores, rss, references, dropping = [], [], [], 0
     for round_ in range(1, args.rounds + 1):
         report, publishers_cpu = run_round(args.seconds, args.publishers, args.threads)
@@ -217,7 +225,9 @@ def main() -> None:
         video_s = report["frames"] / 30
         drops = round_drops(report, args.publishers)
         before = CpuTimes.now()
-        ffmpeg_grid(inputs, OUT_DIR / "live-reference.mp4", VideoEncoding(), args.seconds)
+        ffmpeg_grid(
+            inputs, OUT_DIR / "live-reference.mp4", VideoEncoding(), args.seconds, audio=tones
+        )
         reference = (CpuTimes.now() - before).children / args.seconds
         references.append(reference)
         if drops:
@@ -253,7 +263,7 @@ def main() -> None:
     print(f"peak RSS: {median(rss):.0f} MB (runs: {spread(rss)})")
     ratios = [c / r for c, r in zip(cores, references, strict=True)]
     print(
-        f"ffmpeg CLI offline reference (same grid, same files): {median(references):.3f} core; "
+        f"ffmpeg CLI offline reference (same grid and sound, same files): {median(references):.3f} core; "
         f"ratio recording process / reference {median(ratios):.2f} (runs: {spread(ratios)})"
     )
     print("targets: <= 0.6 core, <= 200 MB")
