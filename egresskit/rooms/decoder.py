@@ -98,6 +98,7 @@ class TrackDecoder:
         self._on_error = on_error
         self._context: av.AudioCodecContext | av.VideoCodecContext | None = None
         self._mime_type = ""
+        self._time_base = Fraction(1, 90_000)  # 1 / the clock rate of the frames put
         self.name = f"decode {kind}"
         # SimpleQueue: a C queue, much cheaper per item than queue.Queue's Condition.
         self._queue: queue.SimpleQueue[EncodedFrame | None] | None = None
@@ -133,7 +134,9 @@ class TrackDecoder:
                 self._mime_type = frame.mime_type
             packet = av.Packet(frame.data)
             packet.pts = frame.timestamp
-            packet.time_base = Fraction(1, frame.clock_rate)
+            if self._time_base.denominator != frame.clock_rate:
+                self._time_base = Fraction(1, frame.clock_rate)
+            packet.time_base = self._time_base
             frames = context.decode(packet)
         except (av.FFmpegError, UnsupportedCodec) as exc:
             log.debug("%s: frame not decoded: %s", self.name, exc)

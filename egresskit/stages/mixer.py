@@ -86,7 +86,9 @@ class _TrackBuffer:
         else:
             outputs = self.resampler.resample(frame)
         for out in outputs:
-            data = out.to_ndarray().reshape(-1, CHANNELS)
+            # the packed plane as it is (`to_ndarray` stacks planes: several times the cost)
+            data = np.frombuffer(out.planes[0], np.int16, out.samples * CHANNELS)
+            data = data.reshape(-1, CHANNELS)
             self._place(data, position)
             position += len(data)
 
