@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +25,7 @@ from egresskit.pipeline import (
     UpstreamEvent,
 )
 from egresskit.pipeline.clock import GraphClock
+from egresskit.pipeline.offload import OffloadThread
 
 
 async def test_leaky_link_drops_the_oldest_and_counts():
@@ -256,3 +259,39 @@ def test_clock_media_time_leaves_pauses_out():
     assert clock.media_time(t0 + 6.0) == 3.0 and not clock.in_pause(t0 + 6.0)
     assert clock.wall_ns(1.0) == clock.started_at_ns + 1_000_000_000
     assert clock.wall_ns(3.0) == clock.started_at_ns + 6_000_000_000
+
+
+async def test_offloaded_calls_run_in_order_on_one_thread_and_closing_cancels_the_rest():
+    worker = OffloadThread("offload-test")
+    threads: list[str] = []
+    gate = threading.Event()
+
+    def call(value: int) -> int:
+        threads.append(threading.current_thread().name)
+        gate.wait(5)
+        return value * 2
+
+    first = asyncio.ensure_future(worker.run(functools.partial(call, 1)))
+    second = asyncio.ensure_future(worker.run(functools.partial(call, 2)))
+    gate.set()
+    assert await asyncio.gather(first, second) == [2, 4]
+    assert threads == ["offload-test", "offload-test"]
+
+    def fails() -> None:
+        raise ValueError("bad frame")
+
+    with pytest.raises(ValueError, match="bad frame"):
+        await worker.run(fails)
+
+    gate.clear()
+    running = asyncio.ensure_future(worker.run(functools.partial(call, 3)))
+    queued = asyncio.ensure_future(worker.run(functools.partial(call, 4)))
+    await asyncio.sleep(0.05)  # the first has begun and waits on the gate
+    worker.close()
+    gate.set()
+    assert await running == 6  # a call that had begun ends normally
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert threads.count("offload-test") == 3  # the queued call never ran
+    with pytest.raises(RuntimeError, match="closed"):
+        await worker.run(functools.partial(call, 5))

@@ -109,7 +109,7 @@ class Graph:
                 await asyncio.shield(stage.cleanup())
             except Exception:
                 log.exception("graph %s: cleanup of %s failed", self.name, stage.name)
-            stage.close_executor()
+            stage.close_offload()
 
     def _fail(self, stage: Stage, exc: BaseException) -> None:
         if self.state.ended or self.error is not None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from egresskit.pipeline.events import StageEvent, UpstreamEvent
 from egresskit.pipeline.link import EOS, EndOfStream, Link
+from egresskit.pipeline.offload import OffloadThread
 
 if TYPE_CHECKING:
     from egresskit.pipeline.bus import Bus
@@ -101,7 +101,7 @@ class Stage:
         self.stopping = asyncio.Event()
         self.inputs: dict[str, InputPort[Any]] = {}
         self.outputs: dict[str, OutputPort[Any]] = {}
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._offload: OffloadThread | None = None
 
     def add_input(self, name: str) -> InputPort[Any]:
         """A new input; annotate the attribute it is kept in with its item type
@@ -166,10 +166,9 @@ class Stage:
         One thread per stage keeps codec calls serialized (codec contexts are
         not thread-safe) while the event loop stays free.
         """
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=self.name)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, functools.partial(fn, *args, **kwargs))
+        if self._offload is None:
+            self._offload = OffloadThread(self.name)
+        return await self._offload.run(functools.partial(fn, *args, **kwargs))
 
     async def cleanup(self) -> None:
         """Release resources after `run` ended for any reason (also on cancel)."""
@@ -182,10 +181,11 @@ class Stage:
         file). The stage never runs again afterwards.
         """
 
-    def close_executor(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+    def close_offload(self) -> None:
+        """End the worker thread once its current call returns; calls not begun are cancelled."""
+        if self._offload is not None:
+            self._offload.close()
+            self._offload = None
 
     def stats(self) -> dict[str, Any]:
         return {}

@@ -87,7 +87,7 @@ class _TrackBuffer:
             outputs = self.resampler.resample(frame)
         for out in outputs:
             # the packed plane as it is (`to_ndarray` stacks planes: several times the cost)
-            data = np.frombuffer(out.planes[0], np.int16, out.samples * CHANNELS)
+            data = np.frombuffer(memoryview(out.planes[0]), np.int16, out.samples * CHANNELS)
             data = data.reshape(-1, CHANNELS)
             self._place(data, position)
             position += len(data)
