@@ -54,7 +54,8 @@ async def record(kind: str, output_dir: Path) -> dict[str, Recorded]:
     if kind == "chromium":
         return await record_from_chromium(output_dir, SECONDS)
     extra = (str(JITTER_MS), str(LOSS)) if kind == "impaired" else ()
-    return await record_from_aiortc(output_dir, SECONDS, *extra)
+    results, _ = await record_from_aiortc(output_dir, SECONDS, *extra)
+    return results
 
 
 def main() -> None:
