@@ -34,8 +34,7 @@ from livekit.protocol import models
 from livekit.protocol import room as room_pb
 from media_checks import av_offsets, ffprobe, longest_freeze, luma_frames
 from publishers import make_publisher_token
-from service_fixtures import API_KEY, API_SECRET, wait_status
-from test_cli import child_env, free_port, start, stop, wait_healthy
+from service_fixtures import API_KEY, API_SECRET, child_env, serve, stop, wait_status
 
 from egresskit.rooms.encoded import MAX_PACKET_WAIT_S
 from egresskit.stages.media import PLAYOUT_DELAY_S
@@ -48,22 +47,6 @@ CHROMIUM_SETTLE_S = 5.0
 PERIOD_S = flash_beep.PERIOD_S
 # Small outputs: three encodes at once on a shared 2-core machine.
 ENCODING = egress_pb.EncodingOptions(width=640, height=360, framerate=30, video_bitrate=600)
-
-
-async def serve(output_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    port = free_port()
-    proc = await start(
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--output-dir",
-        str(output_dir),
-        env=child_env(EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET),
-    )
-    await wait_healthy(proc, port)
-    return proc, f"http://127.0.0.1:{port}"
 
 
 async def publish_flash_beep(base: str, *extra: str) -> asyncio.subprocess.Process:
@@ -231,18 +214,18 @@ async def record_from_aiortc(
 ) -> tuple[dict[str, Recorded], dict]:
     """Recordings of tests/flash_beep.py (given `extra` arguments: jitter, loss), and
     what the publisher reported on exit (an impaired one: its losses, see flash_beep.py)."""
-    service, base = await serve(output_dir)
+    service = await serve(output_dir)
     publisher = None
-    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     try:
-        publisher = await publish_flash_beep(base, *extra)
+        publisher = await publish_flash_beep(service.url, *extra)
         results = await record_all_three(client, seconds, kinds)
         return results, await publisher_report(publisher)
     finally:
         await client.aclose()
         if publisher is not None:
             await stop(publisher)
-        await stop(service)
+        await service.stop()
 
 
 async def publisher_report(publisher: asyncio.subprocess.Process) -> dict:
@@ -259,11 +242,11 @@ async def record_from_chromium(
     output_dir: Path, seconds: float, kinds: tuple[str, ...] = KINDS, settle: float = 0.0
 ) -> dict[str, Recorded]:
     """Recordings of a Chromium page publishing FLASH_BEEP over WHIP."""
-    service, base = await serve(output_dir)
-    client = api.LiveKitAPI(base, API_KEY, API_SECRET)
+    service = await serve(output_dir)
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     try:
         token = make_publisher_token(API_KEY, API_SECRET, ROOM, IDENTITY)
-        async with chromium_publisher(base, ROOM, token, FLASH_BEEP) as browser:
+        async with chromium_publisher(service.url, ROOM, token, FLASH_BEEP) as browser:
             await browser.wait_published(30)
             # libwebrtc reports on audio every ~5 s: until its first report the audio
             # is placed by arrivals alone, and the first pairs read 10-30 ms apart from
@@ -272,7 +255,7 @@ async def record_from_chromium(
             return await record_all_three(client, seconds, kinds)
     finally:
         await client.aclose()
-        await stop(service)
+        await service.stop()
 
 
 @pytest.mark.slow

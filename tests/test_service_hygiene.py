@@ -14,8 +14,17 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import room as room_pb
 from publishers import SineAudioTrack, WhipError, make_publisher_token, whip_publish
-from service_fixtures import API_KEY, API_SECRET, join, service_config
-from test_cli import child_env, free_port, start, stop, wait_healthy
+from service_fixtures import (
+    API_KEY,
+    API_SECRET,
+    child_env,
+    free_port,
+    join,
+    service_config,
+    start,
+    stop,
+    wait_healthy,
+)
 
 from egresskit.service.app import HEADER_TIMEOUT_S, create_app
 from egresskit.tokens import create_token
