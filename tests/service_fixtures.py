@@ -184,7 +184,19 @@ class Served:
         return f"http://127.0.0.1:{self.port}"
 
     async def stop(self) -> None:
+        """Kill it (the test is done with it)."""
         await stop(self.process)
+
+    async def terminate(self, timeout: float = 40.0) -> str:
+        """SIGTERM, as a deployment stops it: drained, or killed after `timeout`; its log."""
+        if self.process.returncode is None:
+            self.process.terminate()
+        try:
+            _, err = await asyncio.wait_for(self.process.communicate(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            _, err = await self.process.communicate()
+        return err.decode(errors="replace")
 
 
 async def serve(output_dir: Path, *flags: str, port: int | None = None, **env: str) -> Served:

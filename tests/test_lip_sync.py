@@ -325,23 +325,26 @@ def check_recoveries(path: Path, recorded: Recorded, report: dict) -> str:
 def recovery(frames: list[tuple[float, bool, bool]], at: float) -> float:
     """When the picture is right and moving again after a loss at `at` (recording time).
 
-    The loss's frames that are frozen or wrong (its own, those waiting for its
-    retransmission, those decoded without it) start within RECOVERY_S; runs of up
-    to two good frames among them (frames that came through) do not end them.
+    Every frame that is frozen or wrong until RECOVERY_S after the loss counts
+    (its own, those waiting for its retransmission, those decoded without it),
+    and so does a run of them that goes on past that, through gaps of up to two
+    good frames (frames that came through): the picture is back once three good
+    frames follow the last of them.
     """
+    limit = at + RECOVERY_S
     last_bad = None
     good_since = 0
     for t, right, moved in frames:
         if t < at - 2 / 30:
             continue
-        if not (right and moved):
-            if last_bad is None and t > at + RECOVERY_S:
-                return at  # nothing went wrong in time: nothing to recover from
-            last_bad, good_since = t, 0
-        elif last_bad is not None:
+        if right and moved:
             good_since += 1
-            if good_since > 2:
+            if t > limit and good_since > 2:
                 break
+        elif t <= limit or (last_bad is not None and good_since <= 2):
+            last_bad, good_since = t, 0
+        else:
+            break  # a new run, begun after the loss's time
     if last_bad is None:
         return at
     return next((t for t, right, moved in frames if t > last_bad and right and moved), math.inf)
