@@ -95,8 +95,10 @@ class Recorded:
 
 # The flash is seen at frame granularity: at 30 fps its onset lands up to half a frame
 # from its capture time, by where the publisher's frames fall on the output grid, a
-# constant for one recording. Decoded audio is exact (the steady +21.5 ms read before
-# was Opus's 6.5 ms encoder delay plus that phase). Two runs read -13..+15 ms.
+# constant for one recording, and for each kind its own (Chromium, one run: room +3,
+# participant +23, track composite +7 ms). Decoded audio is exact (the steady +21.5 ms
+# read before was Opus's 6.5 ms encoder delay plus that phase). Two aiortc runs read
+# -13..+15 ms.
 FRAME_PHASE_S = 0.5 / 30
 # The bounds: 20 ms from clean publishers, 40 ms with jitter and loss.
 CLEAN_S, IMPAIRED_S = 0.020, 0.040
@@ -112,9 +114,10 @@ MAX_FREEZE_S = 1.0
 # retransmission, gives up with the next packet (a frame) and asks for a key frame,
 # which comes through the same relay (a frame and the jitter), then shows; plus 0.25 s
 # for a key frame packet that the 2 % loss took and NACK brought back, or a busy
-# host. Read: 0.37-0.56 s. Asking again (KEYFRAME_REQUEST_INTERVAL_S, 1 s later) or
-# the sender's own next key frame (aiortc's VP8: every 3000 frames) would take longer:
-# this is the key frame asked for at once.
+# host. Read (load 2-5): asked 0.30-0.55 s, right again 0.33-0.56 s after the loss.
+# Asking again (KEYFRAME_REQUEST_INTERVAL_S, 1 s later) or the sender's own next key
+# frame (aiortc's VP8: every 3000 frames) would take longer: this is the key frame
+# asked for at once.
 RECOVERY_S = MAX_PACKET_WAIT_S + 2 * JITTER_MS / 1000 + 3 / 30 + 0.25
 # Mean luma change (0-255) below which two frames are the same picture (see longest_freeze).
 STILL = 0.3
