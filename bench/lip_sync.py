@@ -6,8 +6,8 @@
 
 The service runs as its own process and records a room composite, a participant
 egress and a track composite at once through livekit-api (the recordings of
-tests/test_lip_sync.py, which holds Chromium and the impaired network to the
-same bounds over a shorter recording). Each file's line gives the flash/beep
+tests/test_lip_sync.py, which records the impaired network's participant
+egress only, for 12 s). Each file's line gives the flash/beep
 pairs found (the drops: a pair the file lost is a pair not measured), the median
 and worst audio minus video offset, the drift from the first to the last
 quarter, the duration against wall time and the longest freeze, then whether it
@@ -54,7 +54,8 @@ async def record(kind: str, output_dir: Path) -> dict[str, Recorded]:
     if kind == "chromium":
         return await record_from_chromium(output_dir, SECONDS)
     extra = (str(JITTER_MS), str(LOSS)) if kind == "impaired" else ()
-    return await record_from_aiortc(output_dir, SECONDS, *extra)
+    results, _ = await record_from_aiortc(output_dir, SECONDS, *extra)
+    return results
 
 
 def main() -> None:

@@ -7,4 +7,4 @@ ruff check egresskit plugins tests examples bench
 ruff format --check egresskit plugins tests examples bench scripts
 # egresskit and each plugin's package; settings in pyproject.toml [tool.mypy]
 mypy egresskit $(find plugins -mindepth 2 -maxdepth 2 -type d -name 'egresskit_*' ! -name '*.egg-info')
-python3 -m pytest -q -p no:cacheprovider tests plugins "$@"
+python3 -m pytest -q -p no:cacheprovider --durations=30 tests plugins "$@"

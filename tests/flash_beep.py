@@ -13,12 +13,16 @@ prints "published" once the answer is applied and publishes until killed
 (SIGTERM/SIGINT). With JITTER_MS and LOSS, media goes through a
 `ImpairingRelay` on 127.0.0.1 that delays each RTP/RTCP packet sent to the
 service by 0 to JITTER_MS (order kept, as on one network path) and drops
-a LOSS fraction of them.
+a LOSS fraction of them; besides, every `LOST_FOR_GOOD_EVERY_S` it loses one
+video packet for good (every retransmission of it too), which only a key
+frame repairs. On exit it then prints a JSON line: the media times (s) of
+those losses and of the key frame requests (PLI/FIR) it received.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import random
 import re
@@ -43,6 +47,8 @@ AUDIO_FRAME = 960  # 20 ms
 VIDEO_CLOCK = 90_000
 DARK, WHITE, BAR = 40, 235, 128  # luma
 BAR_WIDTH = 8
+# Midway between two flashes, so the picture has recovered before the next one.
+LOST_FOR_GOOD_EVERY_S, LOST_FOR_GOOD_PHASE_S = 2 * PERIOD_S, PERIOD_S / 4
 
 
 class _SharedPace:
@@ -50,6 +56,9 @@ class _SharedPace:
 
     def __init__(self) -> None:
         self.start = time.monotonic()
+
+    def media_time(self) -> float:
+        return time.monotonic() - self.start
 
     async def wait_for(self, media_time: float) -> None:
         delay = self.start + media_time - time.monotonic()
@@ -150,13 +159,22 @@ class ImpairingRelay:
     """
 
     CANDIDATE = re.compile(r"(a=candidate:\S+ \d+ udp \d+ )(\d+\.\d+\.\d+\.\d+) (\d+)", re.I)
+    RTPMAP = re.compile(r"a=rtpmap:(\d+) ([\w-]+)/", re.I)
 
-    def __init__(self, jitter_s: float, loss: float) -> None:
+    def __init__(self, jitter_s: float, loss: float, pace: _SharedPace) -> None:
         self.jitter_s = jitter_s
         self.loss = loss
+        self.pace = pace
         self._sockets: dict[tuple[str, int], _Socket] = {}  # by the address it stands for
         self._last_departure = 0.0
         self.delayed = self.dropped = 0
+        # payload types of the answer's video section: media, and retransmissions (RTX)
+        self._video_types: set[int] = set()
+        self._rtx_types: set[int] = set()
+        self._lost_for_good: set[int] = set()  # RTP timestamps
+        self._lost_sequences: set[int] = set()
+        self.lost_for_good_at: list[float] = []  # media times
+        self._next_loss_at = LOST_FOR_GOOD_EVERY_S + LOST_FOR_GOOD_PHASE_S
 
     async def rewrite(self, sdp: str, toward_service: bool) -> str:
         """`sdp` with every IPv4 candidate replaced by a relay socket on 127.0.0.1 standing for it.
@@ -164,6 +182,11 @@ class ImpairingRelay:
         Candidates are this machine's addresses (loopback or its own
         interfaces), so the relay's traffic never leaves the machine.
         """
+        if toward_service:
+            video = sdp[sdp.find("m=video") :] if "m=video" in sdp else ""
+            for payload_type, name in self.RTPMAP.findall(video.split("m=audio")[0]):
+                kind = self._rtx_types if name.lower() == "rtx" else self._video_types
+                kind.add(int(payload_type))
         loop = asyncio.get_running_loop()
         ports = {}
         for match in self.CANDIDATE.finditer(sdp):
@@ -187,7 +210,7 @@ class ImpairingRelay:
         if not socket.toward_service or not 128 <= data[0] < 192:
             via.transport.sendto(data, socket.stands_for)
             return
-        if random.random() < self.loss:
+        if random.random() < self.loss or self._loses_for_good(data):
             self.dropped += 1
             return
         loop = asyncio.get_running_loop()
@@ -200,12 +223,38 @@ class ImpairingRelay:
         self.delayed += 1
         loop.call_at(departure, via.transport.sendto, data, socket.stands_for)
 
+    def _loses_for_good(self, packet: bytes) -> bool:
+        """Whether `packet` is the video packet lost now, or one lost before or its resending.
+
+        The payload is encrypted (SRTP), so a retransmission (RTX, RFC 4588) is
+        known by its header's timestamp, its original's: every packet of the frame
+        that lost a packet is lost for good when resent.
+        """
+        payload_type = packet[1] & 0x7F
+        timestamp = int.from_bytes(packet[4:8], "big")
+        if payload_type in self._rtx_types:
+            return timestamp in self._lost_for_good
+        if payload_type not in self._video_types:
+            return False
+        sequence = int.from_bytes(packet[2:4], "big")
+        if sequence in self._lost_sequences:  # resent without RTX
+            return True
+        now = self.pace.media_time()
+        if now < self._next_loss_at:
+            return False
+        self._next_loss_at += LOST_FOR_GOOD_EVERY_S
+        self._lost_for_good.add(timestamp)
+        self._lost_sequences.add(sequence)
+        self.lost_for_good_at.append(now)
+        return True
+
 
 async def main(base_url: str, room: str, token: str, jitter_ms: str = "", loss: str = "") -> None:
     pace = _SharedPace()
     filters = {}
+    relay = None
     if jitter_ms:
-        relay = ImpairingRelay(float(jitter_ms) / 1000, float(loss))
+        relay = ImpairingRelay(float(jitter_ms) / 1000, float(loss), pace)
         filters = {
             "offer_filter": lambda sdp: relay.rewrite(sdp, toward_service=False),
             "answer_filter": lambda sdp: relay.rewrite(sdp, toward_service=True),
@@ -214,12 +263,28 @@ async def main(base_url: str, room: str, token: str, jitter_ms: str = "", loss: 
         base_url, room, token, [FlashTrack(pace), BeepTrack(pace)], **filters
     )
     print("published", flush=True)
+    requested_at: list[float] = []
+    for sender in session.pc.getSenders():
+        if sender.track is not None and sender.track.kind == "video":
+            # aiortc calls this on every PLI or FIR it receives
+            send_keyframe = sender._send_keyframe
+            sender._send_keyframe = lambda s=send_keyframe: (
+                requested_at.append(pace.media_time()),
+                s(),
+            )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     await session.close()
+    if relay is not None:
+        report = {
+            "start": pace.start,
+            "lost_for_good": relay.lost_for_good_at,
+            "keyframe_requests": requested_at,
+        }
+        print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

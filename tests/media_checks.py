@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import av
@@ -92,18 +95,65 @@ def tone_strengths(samples: np.ndarray, rate: int, freqs: list[float]) -> list[f
     return out
 
 
+# Limited-range luma (16-235) onto the full range that `to_ndarray(format="gray")` gives.
+_LIMITED_BLACK, _LIMITED_SCALE = 16, 255 / 219
+
+
+def luma_frames(path: str | Path) -> Iterator[tuple[float, np.ndarray]]:
+    """(time, luma on the full 0-255 range as float32) of each video frame.
+
+    Decoded on FFmpeg's threads; a yuv420p frame's luma is read from its first
+    plane in place, which costs a quarter of converting the frame to gray.
+    """
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        video.thread_type = "AUTO"
+        for frame in container.decode(video):
+            if frame.format.name == "yuv420p":
+                plane = frame.planes[0]
+                rows = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+                luma = rows[: frame.height, : frame.width].astype(np.float32)
+                luma = np.clip((luma - _LIMITED_BLACK) * _LIMITED_SCALE, 0, 255)
+            else:
+                luma = frame.to_ndarray(format="gray").astype(np.float32)
+            yield float(frame.time), luma
+
+
+@dataclass(frozen=True)
+class Picture:
+    """Per frame of a video: its time, mean luma and mean luma change from the frame before."""
+
+    times: list[float]
+    levels: list[float]
+    changes: list[float]  # the first frame's is infinite
+
+
+@functools.lru_cache(maxsize=8)
+def _picture(path: str, modified_ns: int, size: int) -> Picture:
+    times, levels, changes = [], [], []
+    previous = None
+    for time, luma in luma_frames(path):
+        times.append(time)
+        levels.append(float(luma.mean()))
+        changes.append(float(np.abs(luma - previous).mean()) if previous is not None else np.inf)
+        previous = luma
+    return Picture(times, levels, changes)
+
+
+def picture(path: str | Path) -> Picture:
+    """`Picture` of a file, decoded once for every check of the same file."""
+    status = Path(path).stat()
+    return _picture(str(path), status.st_mtime_ns, status.st_size)
+
+
 def flash_onsets(path: str | Path) -> list[float]:
     """Times (s) of the frames where the picture turns bright after being dark.
 
     Bright and dark are split halfway between the darkest and brightest
     mean luma of the recording.
     """
-    times, levels = [], []
-    with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.video[0]):
-            luma = frame.to_ndarray(format="gray")
-            times.append(float(frame.time))
-            levels.append(float(luma.mean()))
+    seen = picture(path)
+    times, levels = seen.times, seen.levels
     assert levels, f"no video in {path}"
     threshold = (min(levels) + max(levels)) / 2
     assert max(levels) - min(levels) > 50, f"no flash in {path}: luma {min(levels)}-{max(levels)}"
@@ -150,14 +200,12 @@ def av_offsets(path: str | Path, max_offset: float = 0.5) -> list[tuple[float, f
 
 def longest_freeze(path: str | Path, still: float = 0.3) -> float:
     """The longest time (s) the picture did not change (mean luma difference below `still`)."""
-    longest, frozen_since, previous, previous_time = 0.0, None, None, 0.0
-    with av.open(str(path)) as container:
-        for frame in container.decode(container.streams.video[0]):
-            luma = frame.to_ndarray(format="gray").astype(np.int16)
-            if previous is not None and np.abs(luma - previous).mean() < still:
-                frozen_since = frozen_since if frozen_since is not None else previous_time
-                longest = max(longest, float(frame.time) - frozen_since)
-            else:
-                frozen_since = None
-            previous, previous_time = luma, float(frame.time)
+    seen = picture(path)
+    longest, frozen_since = 0.0, None
+    for i in range(1, len(seen.times)):
+        if seen.changes[i] < still:
+            frozen_since = frozen_since if frozen_since is not None else seen.times[i - 1]
+            longest = max(longest, seen.times[i] - frozen_since)
+        else:
+            frozen_since = None
     return longest

@@ -5,14 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import shutil
 import signal
-import socket
 import struct
-import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 from livekit import api
 from livekit.protocol import egress as egress_pb
@@ -23,76 +19,27 @@ from publishers import (
     colors_close,
     whip_publish,
 )
-from service_fixtures import API_KEY, API_SECRET, join, wait_status
+from service_fixtures import (
+    API_KEY,
+    API_SECRET,
+    STARTUP_TIMEOUT,
+    child_env,
+    free_port,
+    healthy,
+    join,
+    serve,
+    start,
+    stop,
+    wait_healthy,
+    wait_status,
+)
 
 from egresskit.egress.session import SHUTDOWN
 
 RED = (220, 40, 40)
-STARTUP_TIMEOUT = 30.0
 # One progress line of `egresskit record`: status, elapsed seconds, megabytes, frames per second.
 PROGRESS = re.compile(r"(STARTING|ACTIVE|ENDING)\s+([\d.]+) s\s+([\d.]+) MB\s+([\d.]+) fps")
 WHIP_LINE = re.compile(r"publish with WHIP: POST (\S+)/whip/(\S+)\s+Authorization: Bearer (\S+)")
-
-
-def egresskit_command() -> list[str]:
-    """The installed console script, or the module when only the source tree is importable."""
-    script = shutil.which("egresskit")
-    return [script] if script else [sys.executable, "-m", "egresskit.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def child_env(**variables: str) -> dict[str, str]:
-    """This environment without any EGRESSKIT_ setting, plus `variables`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(variables)
-    return env
-
-
-async def start(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
-    return await asyncio.create_subprocess_exec(
-        *egresskit_command(),
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env or child_env(),
-        cwd=cwd,
-    )
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    """Kill a child the test no longer needs (bounded wait)."""
-    if proc.returncode is None:
-        proc.kill()
-        await asyncio.wait_for(proc.wait(), 10)
-
-
-async def healthy(port: int) -> bool:
-    """Whether an egresskit service answers /healthz on `port`."""
-    try:
-        async with (
-            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http,
-            http.get(f"http://127.0.0.1:{port}/healthz") as response,
-        ):
-            return response.status == 200 and (await response.json())["status"] == "ok"
-    except aiohttp.ClientConnectionError:
-        return False
-
-
-async def wait_healthy(proc: asyncio.subprocess.Process, port: int) -> None:
-    async def poll() -> None:
-        while not await healthy(port):
-            if proc.returncode is not None:
-                err = await proc.stderr.read()
-                raise AssertionError(f"egresskit exited {proc.returncode}: {err.decode()[-2000:]}")
-            await asyncio.sleep(0.1)
-
-    await asyncio.wait_for(poll(), STARTUP_TIMEOUT)
 
 
 def top_level_boxes(path: Path) -> list[str]:
@@ -258,25 +205,12 @@ async def test_serve_flags_beat_environment_beat_yaml(tmp_path):
 
 @pytest.mark.slow
 async def test_sigterm_finishes_the_recording(tmp_path, webhooks):
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
-    proc = await start(
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--output-dir",
-        str(out),
-        "--webhook-url",
-        webhooks.url,
-        env=child_env(EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET),
-    )
+    service = await serve(out, "--webhook-url", webhooks.url)
+    proc, base = service.process, service.url
     publisher = None
     client = api.LiveKitAPI(base, API_KEY, API_SECRET)
     try:
-        await wait_healthy(proc, port)
         publisher = await join(base, "shutdown", "alice", RED, 440.0)
         info = await client.egress.start_room_composite_egress(
             egress_pb.RoomCompositeEgressRequest(

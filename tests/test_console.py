@@ -234,7 +234,7 @@ async def test_hls_recording_plays_in_the_page(tmp_path: Path):
             await page.click("#record-start")
             row = page.locator("#egress-list tr")
             await row.locator("td.status", has_text="ACTIVE").wait_for(timeout=WAIT_MS)
-            await asyncio.sleep(8)
+            await asyncio.sleep(5)  # two segments: a full one (4 s by default) and the rest
             await row.locator("button.stop").click()
             recording = page.locator("#recording-list li.recording", has_text="complete")
             await recording.wait_for(timeout=WAIT_MS)

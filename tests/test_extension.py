@@ -26,8 +26,17 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import ffprobe
 from publishers import make_publisher_token, whip_publish
-from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
-from test_cli import child_env, free_port, start, stop, wait_healthy
+from service_fixtures import (
+    API_KEY,
+    API_SECRET,
+    child_env,
+    join,
+    serve,
+    service_config,
+    start,
+    stop,
+    wait_status,
+)
 
 from egresskit.client import (
     EgressClient,
@@ -211,23 +220,9 @@ async def test_discard_deletes_local_files_and_objects_already_uploaded(
     tmp_path, moto_server, s3_bucket
 ):
     """`egresskit serve` in its own process, egresskit.client and the CLI, moto as S3."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     out = tmp_path / "out"
-    proc = await start(
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--output-dir",
-        str(out),
-        env=child_env(
-            EGRESSKIT_API_KEY=API_KEY,
-            EGRESSKIT_API_SECRET=API_SECRET,
-            EGRESSKIT_EGRESS_NETWORK='{"allow": ["127.0.0.0/8"]}',
-        ),
-    )
+    service = await serve(out, EGRESSKIT_EGRESS_NETWORK='{"allow": ["127.0.0.0/8"]}')
+    base = service.url
     s3 = egress_pb.S3Upload(
         access_key="testing",
         secret="testing",
@@ -239,7 +234,6 @@ async def test_discard_deletes_local_files_and_objects_already_uploaded(
     objects = moto_server.boto3_client()
     publisher = None
     try:
-        await wait_healthy(proc, port)
         publisher = await join(base, "discard", "alice", (200, 40, 40), 440.0)
         async with EgressClient(base, API_KEY, API_SECRET) as client:
             info = await client.start_room_composite_egress(
@@ -299,7 +293,7 @@ async def test_discard_deletes_local_files_and_objects_already_uploaded(
     finally:
         if publisher is not None:
             await publisher.close()
-        await stop(proc)
+        await service.stop()
 
 
 # --- include / exclude ------------------------------------------------------------------------

@@ -8,13 +8,9 @@ unmodified `livekit-api` SDK at its own URL.
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import av
 import numpy as np
 import pytest
@@ -24,21 +20,19 @@ from livekit_publishers import SdkPublisher, SdkPublisherProcess
 from livekit_server import LiveKitServer, SignalRelay, unavailable_reason
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream, tone_strengths
 from publishers import colors_close
-from service_fixtures import wait_status
+from service_fixtures import API_KEY, API_SECRET, Served, serve, wait_status
 
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(bool(unavailable_reason()), reason=unavailable_reason()),
 ]
 
-API_KEY, API_SECRET = "egresskit-key", "egresskit-secret-of-sufficient-length-0123"
 RED, RED_TONE = (220, 40, 40), 440.0
 BLUE, BLUE_TONE = (40, 60, 220), 1000.0
 TILE_LEFT = (100, 220, 540, 500)  # inside the left tile of a two-tile 1280x720 grid
 TILE_RIGHT = (740, 220, 1180, 500)
 FULL = (300, 150, 980, 570)  # inside a single full-frame tile
 DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
-STARTUP_TIMEOUT_S = 30.0
 
 
 @pytest.fixture
@@ -47,73 +41,31 @@ def livekit_server():
         yield server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
-    """`python -m egresskit.cli serve` recording the rooms of `livekit`."""
+    """`egresskit serve` (service_fixtures.serve) recording the rooms of `livekit`."""
 
     def __init__(self, livekit: LiveKitServer, output_dir: Path, livekit_url: str = "") -> None:
-        self.port = free_port()
         self.livekit_url = livekit_url or livekit.url
-        self.url = f"http://127.0.0.1:{self.port}"
         self.output_dir = output_dir
         self.livekit = livekit
-        self.process: asyncio.subprocess.Process | None = None
+        self.url = ""
+        self.served: Served | None = None
 
     async def start(self) -> Service:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
-        env["EGRESSKIT_LIVEKIT_API_SECRET"] = self.livekit.api_secret  # secrets not on argv
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "egresskit.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--api-key",
-            API_KEY,
-            "--api-secret",
-            API_SECRET,
-            "--output-dir",
-            str(self.output_dir),
+        self.served = await serve(
+            self.output_dir,
             "--livekit-url",
             self.livekit_url,
             "--livekit-api-key",
             self.livekit.api_key,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
+            EGRESSKIT_LIVEKIT_API_SECRET=self.livekit.api_secret,  # secrets not on argv
         )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.process.returncode is not None:
-                    err = await self.process.stderr.read()
-                    raise AssertionError(f"egresskit exited: {err.decode()[-2000:]}")
-                try:
-                    async with http.get(f"{self.url}/healthz") as response:
-                        if response.status == 200:
-                            return self
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-        raise AssertionError("egresskit did not start")
+        self.url = self.served.url
+        return self
 
     async def stop(self) -> str:
         """Stop the service; returns its log."""
-        if self.process is None:
-            return ""
-        if self.process.returncode is None:
-            self.process.terminate()
-        try:
-            _, err = await asyncio.wait_for(self.process.communicate(), 30)
-        except TimeoutError:
-            self.process.kill()
-            _, err = await self.process.communicate()
-        return err.decode(errors="replace")
+        return "" if self.served is None else await self.served.terminate(30)
 
 
 @pytest.fixture

@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 import math
 import os
-import socket
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import aiohttp
@@ -18,7 +16,7 @@ import pytest
 from livekit import api
 from livekit.api.twirp_client import TwirpError
 from livekit.protocol import egress as egress_pb
-from service_fixtures import API_KEY, API_SECRET, join, wait_status
+from service_fixtures import API_KEY, API_SECRET, Served, join, serve, wait_status
 
 from egresskit.egress.admission import Admission, CpuCosts
 from egresskit.egress.errors import NotEnoughCpu
@@ -27,66 +25,26 @@ from egresskit.service.config import ConfigError, load_config
 
 RED, BLUE = (220, 40, 40), (40, 60, 220)
 DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
-STARTUP_TIMEOUT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class ServiceProcess:
-    """`python -m egresskit.cli serve` in a child process, with this checkout's code."""
+    """`egresskit serve` in a child process (service_fixtures.serve), drained on exit."""
 
     def __init__(self, output_dir: Path, *extra: str) -> None:
         self.output_dir = output_dir
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
         self.extra = extra
-        self.proc: asyncio.subprocess.Process | None = None
+        self.served: Served | None = None
 
     async def __aenter__(self) -> ServiceProcess:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("EGRESSKIT_")}
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH")]))
-        self.proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "egresskit.cli",
-            "serve",
-            "--port",
-            str(self.port),
-            "--api-key",
-            API_KEY,
-            "--api-secret",
-            API_SECRET,
-            "--output-dir",
-            str(self.output_dir),
-            "--log-level",
-            "warning",
-            *self.extra,
-            env=env,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while (await self.health()) is None:
-            if self.proc.returncode is not None:
-                err = await self.proc.stderr.read()
-                raise AssertionError(f"egresskit exited {self.proc.returncode}: {err.decode()}")
-            assert time.monotonic() < deadline, "egresskit did not answer /healthz"
-            await asyncio.sleep(0.1)
+        self.served = await serve(self.output_dir, "--log-level", "warning", *self.extra)
+        self.proc = self.served.process
+        self.port = self.served.port
+        self.base = self.served.url
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 40)
-            except TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
+        assert self.served is not None
+        await self.served.terminate()
 
     @property
     def process(self) -> psutil.Process:

@@ -21,8 +21,7 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models
 from media_checks import av_offsets, ffprobe
-from service_fixtures import API_KEY, API_SECRET, wait_status
-from test_cli import stop
+from service_fixtures import API_KEY, API_SECRET, stop, wait_status
 from test_lip_sync import publish_flash_beep, published_tracks, serve
 
 STAGGER_S = 1.5

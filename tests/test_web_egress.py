@@ -22,8 +22,7 @@ import pytest
 from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import audio_samples, ffprobe, frame_at, region_color, stream
-from service_fixtures import API_KEY, API_SECRET, join, service_config, wait_status
-from test_cli import child_env, free_port, start, stop, wait_healthy
+from service_fixtures import API_KEY, API_SECRET, join, serve, service_config, wait_status
 from web_pages import EGRESS_SDK, LIVEKIT_CLIENT, browser_leftovers, page_server, read_counter
 
 from egresskit.service.app import ROOMS, create_app
@@ -35,6 +34,8 @@ pytestmark = [
 ]
 
 DONE = (egress_pb.EGRESS_COMPLETE, egress_pb.EGRESS_FAILED, egress_pb.EGRESS_ABORTED)
+# `egresskit serve`'s egress_network for the tests' pages and receivers on loopback
+LOOPBACK_ONLY = "{allow: [127.0.0.0/8]}"
 
 
 @pytest.fixture
@@ -361,22 +362,19 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
 
     if livekit_unavailable() or not LIVEKIT_CLIENT.exists() or not EGRESS_SDK.exists():
         pytest.skip("needs livekit-server and tests/node (scripts/install-test-deps.sh)")
-    port = free_port()
     with LiveKitServer() as livekit:
-        proc = await start(
-            "serve", "--bind", "127.0.0.1", "--port", str(port), "--output-dir", str(tmp_path),
-            "--livekit-url", livekit.url, "--livekit-api-key", livekit.api_key,
-            env=child_env(
-                EGRESSKIT_API_KEY=API_KEY,
-                EGRESSKIT_API_SECRET=API_SECRET,
-                EGRESSKIT_LIVEKIT_API_SECRET=livekit.api_secret,
-                EGRESSKIT_EGRESS_NETWORK="{allow: [127.0.0.0/8]}",
-            ),
-        )  # fmt: skip
-        client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+        service = await serve(
+            tmp_path,
+            "--livekit-url",
+            livekit.url,
+            "--livekit-api-key",
+            livekit.api_key,
+            EGRESSKIT_LIVEKIT_API_SECRET=livekit.api_secret,
+            EGRESSKIT_EGRESS_NETWORK=LOOPBACK_ONLY,
+        )
+        client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
         publishers = []
         try:
-            await wait_healthy(proc, port)
             people = (("alice", (220, 30, 30), 440.0), ("bob", (30, 30, 220), 660.0))
             for identity, colour, tone in people:
                 publishers.append(
@@ -387,7 +385,7 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
             for publisher in publishers:
                 await publisher.stop()
             await client.aclose()
-            await stop(proc)
+            await service.stop()
     await no_leftovers()
     path = tmp_path / "lk-tpl.mp4"
     assert_template_recording(path, float(stream(ffprobe(path), "video")["duration"]))
@@ -398,28 +396,13 @@ async def test_custom_template_of_a_livekit_room_with_the_egress_sdk(tmp_path, p
 
 async def test_serve_awaits_start_signal_and_ends_on_end_recording(tmp_path, pages):
     """The page is red until it logs START_RECORDING after 2 s (green), END_RECORDING 3 s later."""
-    port = free_port()
     out = tmp_path / "out"
-    proc = await start(
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--output-dir",
-        str(out),
-        env=child_env(
-            EGRESSKIT_API_KEY=API_KEY,
-            EGRESSKIT_API_SECRET=API_SECRET,
-            EGRESSKIT_EGRESS_NETWORK="{allow: [127.0.0.0/8]}",
-        ),
-    )
-    client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+    service = await serve(out, EGRESSKIT_EGRESS_NETWORK=LOOPBACK_ONLY)
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     try:
-        await wait_healthy(proc, port)
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/healthz") as response,
+            http.get(f"{service.url}/healthz") as response,
         ):
             assert (await response.json())["browser"] == {"available": True, "missing_packages": []}
         info = await client.egress.start_web_egress(
@@ -434,7 +417,7 @@ async def test_serve_awaits_start_signal_and_ends_on_end_recording(tmp_path, pag
         await no_leftovers()
     finally:
         await client.aclose()
-        await stop(proc)
+        await service.stop()
     path = out / "signal.mp4"
     duration = float(stream(ffprobe(path), "video")["duration"])
     assert 2.5 <= duration <= 4.0, duration
@@ -445,25 +428,12 @@ async def test_serve_awaits_start_signal_and_ends_on_end_recording(tmp_path, pag
 
 
 async def test_serve_without_a_browser_answers_unavailable(tmp_path):
-    port = free_port()
-    proc = await start(
-        "serve",
-        "--bind",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--output-dir",
-        str(tmp_path / "out"),
-        env=child_env(
-            EGRESSKIT_API_KEY=API_KEY, EGRESSKIT_API_SECRET=API_SECRET, PATH=str(tmp_path)
-        ),
-    )
-    client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+    service = await serve(tmp_path / "out", PATH=str(tmp_path))
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     try:
-        await wait_healthy(proc, port)
         async with (
             aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{port}/healthz") as response,
+            http.get(f"{service.url}/healthz") as response,
         ):
             browser = (await response.json())["browser"]
         assert browser["available"] is False and "chromium" in browser["missing_packages"]
@@ -481,25 +451,18 @@ async def test_serve_without_a_browser_answers_unavailable(tmp_path):
         assert list(listed.items) == []
     finally:
         await client.aclose()
-        await stop(proc)
+        await service.stop()
 
 
 async def test_a_killed_service_leaves_nothing_once_restarted(tmp_path, pages):
     """SIGKILL mid-recording: the helpers die with the service; the next start clears the rest."""
     # short: Chromium's and PulseAudio's sockets live there (a socket path has <= 107 bytes)
     short = Path(tempfile.mkdtemp(prefix="ek-", dir="/tmp"))
-    port = free_port()
-    env = child_env(
-        EGRESSKIT_API_KEY=API_KEY,
-        EGRESSKIT_API_SECRET=API_SECRET,
-        EGRESSKIT_EGRESS_NETWORK="{allow: [127.0.0.0/8]}",
-        TMPDIR=str(short),  # the service's web egress directories go here
-    )
-    args = ("serve", "--bind", "127.0.0.1", "--port", str(port), "--output-dir", str(tmp_path))
-    proc = await start(*args, env=env)
-    client = api.LiveKitAPI(f"http://127.0.0.1:{port}", API_KEY, API_SECRET)
+    # the service's web egress directories go to TMPDIR
+    env = {"EGRESSKIT_EGRESS_NETWORK": LOOPBACK_ONLY, "TMPDIR": str(short)}
+    service = await serve(tmp_path, **env)
+    client = api.LiveKitAPI(service.url, API_KEY, API_SECRET)
     try:
-        await wait_healthy(proc, port)
         info = await client.egress.start_web_egress(
             web_request(
                 str(pages.make_url("/counter")),
@@ -509,19 +472,18 @@ async def test_a_killed_service_leaves_nothing_once_restarted(tmp_path, pages):
         active = await wait_status(client, info.egress_id, [egress_pb.EGRESS_ACTIVE, *DONE])
         assert active.status == egress_pb.EGRESS_ACTIVE, active.error
         assert list(short.glob("egresskit-web-*"))
-        proc.kill()
-        await proc.wait()
+        service.process.kill()
+        await service.process.wait()
         for _ in range(50):
             if not [p for p in browser_leftovers() if not p.startswith("/")]:
                 break
             await asyncio.sleep(0.2)
         assert not [p for p in browser_leftovers() if not p.startswith("/")]
         assert list(short.glob("egresskit-web-*")), "nothing left for the watchdog to find"
-        proc = await start(*args, env=env)
-        await wait_healthy(proc, port)
+        service = await serve(tmp_path, port=service.port, **env)
         assert not list(short.glob("egresskit-web-*"))
     finally:
         await client.aclose()
-        await stop(proc)
+        await service.stop()
         shutil.rmtree(short, ignore_errors=True)
     await no_leftovers()

@@ -30,8 +30,7 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from media_checks import frame_at, region_color
 from publishers import colors_close, make_publisher_token
-from service_fixtures import wait_status
-from test_cli import child_env, free_port, start, stop, wait_healthy
+from service_fixtures import child_env, free_port, start, stop, wait_healthy, wait_status
 
 from egresskit.rooms import RoomManager, whip_app
 from egresskit.rooms.whip import filter_candidates

@@ -113,8 +113,12 @@ def create_app(config: ServiceConfig) -> web.Application:
 
     rooms = RoomManager(on_event=on_room_event, empty_timeout_s=config.empty_room_timeout_s)
 
+    egress_observers: list[Callable[[str, EgressSession], None]] = []
+
     def on_event(event: str, session: EgressSession) -> None:
         webhooks.notify(event, session.public_info(), session.webhooks, session.signing_key)
+        for observe in egress_observers:
+            observe(event, session)
 
     manager = EgressManager(
         rooms,
@@ -186,6 +190,7 @@ def create_app(config: ServiceConfig) -> web.Application:
     if config.console_enabled:
         console = Console(config, rooms, manager)
         observers.append(console.on_room_event)
+        egress_observers.append(console.on_egress_event)
         console.add_routes(app)
         app.add_subapp("/files", files_app(config.output_dir, config.keys, max_token_ttl_s=max_ttl))
     app.cleanup_ctx.append(_lifetime)

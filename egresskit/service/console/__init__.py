@@ -12,10 +12,11 @@ memory only. Two routes exist for it:
   console works at once; any other service never sends a secret.
 - `GET /console/events`: server-sent events of the embedded rooms (a
   `rooms` snapshot whenever a participant or track changes) and, every
-  second while egresses run, their progress (`egress`: elapsed, bytes
-  written, dropped frames). It needs a token with `roomList` or `roomAdmin`,
-  as ListRooms does, in the Authorization header (the page reads the stream
-  with fetch, so no token is put in a URL); the progress needs `roomRecord`.
+  second while egresses run and at once when one starts or changes state,
+  their progress (`egress`: elapsed, bytes written, dropped frames). It
+  needs a token with `roomList` or `roomAdmin`, as ListRooms does, in the
+  Authorization header (the page reads the stream with fetch, so no token
+  is put in a URL); the progress needs `roomRecord`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,7 @@ from aiohttp import web
 from livekit.protocol import egress as egress_pb
 
 from egresskit.egress.manager import EgressManager
+from egresskit.egress.session import EgressSession
 from egresskit.rooms import RoomEvent, RoomManager
 from egresskit.service.auth import EGRESS_GRANT, require_grant
 from egresskit.service.config import ServiceConfig
@@ -44,6 +47,14 @@ PROGRESS_INTERVAL_S = 1.0
 KEEPALIVE_S = 15.0
 
 
+@dataclass(eq=False)  # kept in a set, by identity
+class _Stream:
+    """One connected event stream: woken when a room or an egress changes."""
+
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    rooms_changed: bool = True  # the first snapshot
+
+
 class Console:
     """Serves the console page and its event stream."""
 
@@ -54,8 +65,7 @@ class Console:
         self._authorize = require_grant(
             config.keys, ROOM_GRANTS, max_ttl=config.max_token_ttl_s, any_of=True
         )
-        # One wake-up event per connected stream: set when a room changes.
-        self._listeners: set[asyncio.Event] = set()
+        self._streams: set[_Stream] = set()
         self._closing = False
 
     def add_routes(self, app: web.Application) -> None:
@@ -68,12 +78,19 @@ class Console:
     async def _close_streams(self, app: web.Application) -> None:
         """End every event stream, so a graceful shutdown does not wait for them."""
         self._closing = True
-        for listener in self._listeners:
-            listener.set()
+        for stream in self._streams:
+            stream.wake.set()
 
     def on_room_event(self, event: RoomEvent) -> None:
-        for listener in self._listeners:
-            listener.set()
+        for stream in self._streams:
+            stream.rooms_changed = True
+            stream.wake.set()
+
+    def on_egress_event(self, event: str, session: EgressSession) -> None:
+        """An egress started, changed state or ended: streams show it now, not within the
+        keepalive interval they wait while no egress runs."""
+        for stream in self._streams:
+            stream.wake.set()
 
     async def index(self, request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
@@ -97,21 +114,22 @@ class Console:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"}
         )
         await response.prepare(request)
-        changed = asyncio.Event()
-        changed.set()  # the first snapshot
-        self._listeners.add(changed)
+        stream = _Stream()
+        stream.wake.set()  # the first snapshot
+        self._streams.add(stream)
         last_sent = time.monotonic()
         try:
             while True:
                 running = with_egress and bool(self._manager.active())
                 timeout = PROGRESS_INTERVAL_S if running else KEEPALIVE_S
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(changed.wait(), timeout)
+                    await asyncio.wait_for(stream.wake.wait(), timeout)
+                stream.wake.clear()
                 if self._closing:
                     break
                 chunks = []
-                if changed.is_set():
-                    changed.clear()
+                if stream.rooms_changed:
+                    stream.rooms_changed = False
                     chunks.append(_event("rooms", self.rooms_snapshot()))
                 if with_egress:
                     chunks.append(_event("egress", self.egress_progress()))
@@ -123,7 +141,7 @@ class Console:
         except (ConnectionResetError, asyncio.CancelledError):
             pass
         finally:
-            self._listeners.discard(changed)
+            self._streams.discard(stream)
         return response
 
     def rooms_snapshot(self) -> list[dict[str, Any]]:
