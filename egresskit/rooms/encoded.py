@@ -401,8 +401,9 @@ class _VideoFrames:
             self._complete += 1
             if packet.marker:
                 break
-        frame_packets = [packets.pop(uint16_add(self._next, i)) for i in range(self._complete)]
-        self._next, self._complete = uint16_add(self._next, self._complete), 0
+        first = self._next
+        frame_packets = [packets.pop((first + i) & 0xFFFF) for i in range(self._complete)]
+        self._next, self._complete = (first + self._complete) & 0xFFFF, 0
         data = b"".join(p._data for p in frame_packets)  # type: ignore[attr-defined]
         return JitterFrame(data=data, timestamp=head.timestamp)
 

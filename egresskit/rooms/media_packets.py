@@ -52,7 +52,6 @@ from aiortc.codecs.h264 import h264_depayload
 from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpreceiver import StreamStatistics
 from aiortc.rtp import RTCP_PSFB_APP, RtcpPsfbPacket, pack_remb_fci
-from aiortc.utils import uint16_gt
 
 from egresskit.rooms.eager import run_now
 
@@ -265,7 +264,7 @@ class ReceiverPackets:
             log.debug("RTP parsing failed: %s", exc)
             return True
         ssrc = self.ssrc
-        if estimator is not None and packet.abs_send_time is not None:
+        if packet.abs_send_time is not None:
             size = packet.payload_end - packet.payload_start + packet.padding_size
             remb = estimator.add(
                 abs_send_time=packet.abs_send_time, arrival_time_ms=arrival_ms,
@@ -320,8 +319,8 @@ def _add_to_statistics(stats: StreamStatistics, packet: MediaPacket, arrival_ms:
     if stats.base_seq is None:
         stats.base_seq = seq
     max_seq = stats.max_seq
-    if max_seq is not None and not uint16_gt(seq, max_seq):
-        return  # not in order
+    if max_seq is not None and not 0 < (seq - max_seq) & 0xFFFF < 0x8000:
+        return  # not in order (uint16_gt, inline)
     arrival = (arrival_ms - _NTP_TO_UNIX_MS) * stats._clockrate // 1000
     if max_seq is not None and seq < max_seq:
         stats.cycles += 1 << 16
