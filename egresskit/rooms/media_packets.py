@@ -15,14 +15,19 @@ buffer, NACK generator and bandwidth estimate are ours and need only a
 packet's sequence number, timestamp, marker bit and depayloaded bytes.
 `ReceiverPackets.handle` then does what aiortc's coroutine does for a
 media packet of a known, non-RTX payload type, in the same order of
-effects: the bandwidth estimate (abs-send-time read only while an
-estimator is there), the active source's time (`getSynchronizationSources`,
-which key frame requests use; refreshed once a second, its window is 10 s),
-the receiver report's statistics (`StreamStatistics`, with the batch's
-arrival time instead of a clock reading per packet), NACK, depayloading,
-the jitter buffer, PLI and the frame handed to the receiver's queue.
-Everything else (RTX, unknown payload types, a receiver not tapped or no
-longer routed to) takes aiortc's own path.
+effects: the bandwidth estimate (abs-send-time read only while the track's
+estimate runs, see `egresskit.rooms.encoded._GroupedBitrateEstimate`), the
+active source's time (`getSynchronizationSources`, which key frame
+requests use; refreshed once a second, its window is 10 s), the receiver
+report's statistics (`StreamStatistics`, with the batch's arrival time
+instead of a clock reading per packet), NACK, depayloading, the jitter
+buffer, PLI and the frame handed to the receiver's queue. Everything else
+(RTX, unknown payload types, a receiver not tapped or no longer routed
+to) takes aiortc's own path.
+
+Measured in one process on a VP8 track (1.1 kB packets, 4 a frame): 16-20
+us a packet through `RtpPacket.parse` and aiortc's coroutine, 8-10 us
+here; parsing alone 4.9 us against 1.8 (0.9 without abs-send-time).
 
 aiortc internals touched, besides those `egresskit.rooms.encoded` lists:
 `RTCRtpReceiver._enabled`, its name-mangled `__codecs`, `__active_ssrc`,
@@ -256,14 +261,25 @@ class ReceiverPackets:
         if not receiver._enabled:
             return True  # aiortc drops it too
         estimator = receiver._RTCRtpReceiver__remote_bitrate_estimator  # type: ignore[attr-defined]
+        # A passthrough track's estimate (encoded._GroupedBitrateEstimate, not estimating) only
+        # sends a fixed REMB, so the send time is not read (half of parsing a packet: 0.9 us)
+        # and any packet with an extension block stands for one that carries it.
+        estimating = estimator is not None and getattr(estimator, "estimating", True)
         try:
             packet = parse_media_packet(
-                data, length, self._abs_send_time_id if estimator is not None else None
+                data, length, self._abs_send_time_id if estimating else None
             )
         except ValueError as exc:
             log.debug("RTP parsing failed: %s", exc)
             return True
         ssrc = self.ssrc
+        if (
+            estimator is not None
+            and not estimating
+            and data[0] & 0x10
+            and self._abs_send_time_id is not None
+        ):
+            packet.abs_send_time = 0
         if packet.abs_send_time is not None:
             size = packet.payload_end - packet.payload_start + packet.padding_size
             remb = estimator.add(
