@@ -7,8 +7,10 @@ frame), reassembles frames in its jitter buffer, unwraps RTP timestamps
 and puts each `(codec, JitterFrame)` on a private queue read by its decoder
 thread. That thread constructs its decoder on the first frame it is given.
 
-This module is the only place that reaches into aiortc's receiver (`egresskit.rooms.udp`
-reaches its ICE sockets), and it touches:
+This module is where egresskit takes aiortc's receiver over (`egresskit.rooms.intake`
+reaches its ICE sockets; `egresskit.rooms.media_packets` handles a tapped
+receiver's media packets in its stead, and lists what else it reads), and
+it touches:
 
 - `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (name-mangled): replaced
   by a router that copies every reassembled frame to encoded subscribers and,
@@ -45,6 +47,10 @@ reaches its ICE sockets), and it touches:
 - the `(codec, frame)` tuples aiortc queues, and `codec.mimeType` /
   `codec.clockRate` of the `RTCRtpCodecParameters` inside them.
 
+Once tapped (`egresskit.rooms.media_packets.tap`), the receiver's media
+packets reach these stand-ins as `MediaPacket`s, not aiortc's `RtpPacket`s:
+they read only `sequence_number`, `timestamp`, `marker` and `_data`.
+
 tests/test_track_egress.py proves this against the aiortc versions allowed in
 pyproject.toml; widen that range only after those tests pass on a new one.
 """
@@ -65,6 +71,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
+from egresskit.rooms import media_packets
 from egresskit.rooms.decoder import DecodedFrames, FramesCallback, TrackDecoder
 from egresskit.rooms.timeline import SenderClock, TrackTimeline
 
@@ -86,6 +93,7 @@ MAX_PACKET_WAIT_S = 0.25
 # Video packets held at most while a missing one is awaited (aiortc holds 512).
 MAX_BUFFERED = 512
 _WRAP = 1 << 32
+_HALF = 0x8000  # sequence numbers less than this ahead (mod 2**16) are newer (RFC 3550)
 # Shortest interval between two REMB feedbacks to a sender (libwebrtc's too).
 REMB_INTERVAL_MS = 200
 # What a track nobody decodes tells its sender it may send (REMB), and how often:
@@ -208,8 +216,11 @@ class _AudioPackets:
         self._last: int | None = None
 
     def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
-        if self._last is not None and not uint16_gt(packet.sequence_number, self._last):
-            return False, None
+        if (
+            self._last is not None
+            and not 0 < (packet.sequence_number - self._last) & 0xFFFF < _HALF
+        ):
+            return False, None  # not newer (aiortc's uint16_gt, inline on the per-packet path)
         self._last = packet.sequence_number
         return False, JitterFrame(data=packet._data, timestamp=packet.timestamp)  # type: ignore[attr-defined]
 
@@ -233,10 +244,10 @@ class _LostPackets:
         if self.max_seq is None:
             self.max_seq = seq
             return False
-        if not uint16_gt(seq, self.max_seq):
+        gap = ((seq - self.max_seq) & 0xFFFF) - 1
+        if not -1 < gap < _HALF - 1:  # not newer (uint16_gt, inline on the per-packet path)
             self.missing.discard(seq)
             return False
-        gap = uint16_add(seq, -self.max_seq) - 1
         self.max_seq = seq
         if not gap:
             return False
@@ -351,9 +362,9 @@ class _VideoFrames:
         seq = packet.sequence_number
         if self._next is None:
             self._next = seq
-        elif seq != self._next and not uint16_gt(seq, self._next):
+        elif (ahead := (seq - self._next) & 0xFFFF) >= _HALF:
             return False, None  # a frame already handed on or skipped
-        elif uint16_add(seq, -self._next) >= MAX_BUFFERED:
+        elif ahead >= MAX_BUFFERED:
             self._packets.clear()
             self._next, self._complete = seq, 0
             self._packets[seq] = packet
@@ -381,7 +392,7 @@ class _VideoFrames:
         if head is None:
             return None
         while True:
-            seq = uint16_add(self._next, self._complete)
+            seq = (self._next + self._complete) & 0xFFFF
             packet = packets.get(seq)
             if packet is None:
                 return None
@@ -390,8 +401,9 @@ class _VideoFrames:
             self._complete += 1
             if packet.marker:
                 break
-        frame_packets = [packets.pop(uint16_add(self._next, i)) for i in range(self._complete)]
-        self._next, self._complete = uint16_add(self._next, self._complete), 0
+        first = self._next
+        frame_packets = [packets.pop((first + i) & 0xFFFF) for i in range(self._complete)]
+        self._next, self._complete = (first + self._complete) & 0xFFFF, 0
         data = b"".join(p._data for p in frame_packets)  # type: ignore[attr-defined]
         return JitterFrame(data=data, timestamp=head.timestamp)
 
@@ -484,6 +496,7 @@ class EncodedReceiver:
                 if not self._decoding:
                     self._estimate.stop_estimating()  # until someone decodes
                 receiver._RTCRtpReceiver__remote_bitrate_estimator = self._estimate  # type: ignore[attr-defined]
+        media_packets.tap(receiver)
 
     def detach(self) -> None:
         """Stop following the current receiver: its end is no longer this track's end.
