@@ -71,7 +71,7 @@ from aiortc.rtp import RTP_HISTORY_SIZE, RtcpSrPacket, RtpPacket
 from aiortc.utils import uint16_add, uint16_gt
 
 from egresskit.pipeline.link import Link, LinkPolicy
-from egresskit.rooms import media_packets
+from egresskit.rooms import arrival, media_packets
 from egresskit.rooms.decoder import DecodedFrames, FramesCallback, TrackDecoder
 from egresskit.rooms.timeline import SenderClock, TrackTimeline
 
@@ -590,7 +590,7 @@ class EncodedReceiver:
             and packet.ssrc not in self._rtx_ssrcs()
         ):
             info = packet.sender_info
-            self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp)
+            self.timeline.sender_report(info.rtp_timestamp, info.ntp_timestamp, arrival.now())
         await handle(packet)
 
     def _rtx_ssrcs(self) -> dict[int, int]:
@@ -610,17 +610,17 @@ class EncodedReceiver:
         self.frames_received += 1
         if not self._clock_rate_known:
             self.timeline.clock_rate, self._clock_rate_known = codec.clockRate, True
-        # frames are handed on as their last packet arrives: they were captured before now,
+        # frames are handed on as their last packet arrives: they were captured before that,
         # and an audio packet's first sample before its last one
-        now = time.monotonic()
+        now = arrival.now()
         captured_by = now
         if codec.mimeType.lower() == "audio/opus":
             captured_by -= opus_samples(jitter_frame.data) / OPUS_RATE
         self.timeline.arrived(self._rtp_timestamp(jitter_frame.timestamp), captured_by)
         if self._follows is not None:
-            last, arrival = self._follows
+            last, last_arrival = self._follows
             self._follows = None
-            elapsed = max(1, round((now - arrival) * codec.clockRate))
+            elapsed = max(1, round((now - last_arrival) * codec.clockRate))
             self._offset = last + elapsed - jitter_frame.timestamp
         timestamp = jitter_frame.timestamp + self._offset
         self._last_frame = timestamp, now
