@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import itertools
 import socket
 import time
 from types import SimpleNamespace
@@ -68,8 +67,9 @@ async def test_a_packet_read_late_keeps_the_kernels_arrival_time():
         for seq in range(3):
             packet = RtpPacket(payload_type=96, sequence_number=seq, timestamp=seq, ssrc=7)
             packet.payload = b"frame"
+            before = time.monotonic()
             sending.sendto(protect.protect(packet.serialize()), receiving.getsockname())
-            sent.append(time.monotonic())
+            sent.append((before, time.monotonic()))
             await asyncio.sleep(0.05)
         sending.sendto(b"\x00\x01 a STUN message", receiving.getsockname())
         await asyncio.sleep(LATE_S)
@@ -80,10 +80,13 @@ async def test_a_packet_read_late_keeps_the_kernels_arrival_time():
         assert [seq for seq, _, _ in reader.seen] == [0, 1, 2]
         assert aioice.datagrams == [b"\x00\x01 a STUN message"]  # not SRTP: aioice's
         assert dtls._RTCDtlsTransport__rx_packets == 3
-        for (_, _, arrived), at in zip(reader.seen, sent, strict=True):
-            assert at - 0.005 <= arrived <= at + 0.02, (arrived - at, read_at - at)
-        gaps_ms = [b[1] - a[1] for a, b in itertools.pairwise(reader.seen)]  # aiortc's ms clock
-        assert all(40 <= gap <= 75 for gap in gaps_ms), gaps_ms  # sent 50 ms apart
+        for (_, _, arrived), (before, after) in zip(reader.seen, sent, strict=True):
+            # loopback delivers within sendto; the read came LATE_S after the last one
+            assert before - 0.005 <= arrived <= after + 0.005, (arrived - before, read_at - before)
+        for (_, earlier_ms, _), (_, later_ms, _), (sent_1, _), (sent_2, _) in zip(
+            reader.seen, reader.seen[1:], sent, sent[1:], strict=False
+        ):  # on aiortc's ms clock as well
+            assert abs(later_ms - earlier_ms - (sent_2 - sent_1) * 1000) <= 6
         assert arrival.now() >= read_at  # outside a read: the clock
     finally:
         receiving.close()
