@@ -62,6 +62,9 @@ async def test_a_packet_read_late_keeps_the_kernels_arrival_time():
         aioice = _Aioice()
         reader = _Recording(dtls, aioice, transport, receiving)  # type: ignore[arg-type]
         reader.seen = []
+        # Linux turns receive timestamps on for the host in the background when the first
+        # socket asks: a datagram that arrives before that is stamped when it is read
+        await asyncio.sleep(0.1)
         protect = _session(pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
         sent = []
         for seq in range(3):
