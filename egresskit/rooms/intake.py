@@ -14,8 +14,9 @@ data, all of it (up to `MAX_DATAGRAMS_PER_READ`), unprotects SRTP and SRTCP
 itself and calls the receiver's handlers at once. Not on each readiness
 event: the loop woke ~280 times a second for ~600 packets of a live 2x2
 composite, each wakeup with cold caches, and the reader cost ~500 us per
-wakeup; read every 20 ms, the recording process's event loop used 0.20
-instead of 0.26 core (bench/live_composite.py, same window). Recording
+wakeup. Measured on bench/live_composite.py (alternating runs, one window),
+the recording process's event loop used 0.20-0.22 core read every 20 ms,
+0.17-0.18 every 40 ms, against 0.26 on readiness. Recording
 waits a playout delay of 0.5 s anyway. Each datagram keeps its own arrival
 time, the kernel's receive timestamp (SO_TIMESTAMPNS): the bandwidth
 estimate, the receiver statistics (jitter) and the tracks' timelines
@@ -50,6 +51,7 @@ aioice does at once): `egresskit.rooms.eager.run_now` runs them in the reader.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import selectors
 import socket
@@ -71,11 +73,14 @@ from egresskit.rooms.srtp import Unprotect
 
 log = logging.getLogger(__name__)
 
-# How often the sockets are read (see the module docstring).
-RECEIVE_TICK_S = 0.02
-# Datagrams read from one socket per tick: more than a tick of a 30 Mbps sender, and
-# a bound on how long one socket keeps the loop from everything else.
+# How often the sockets are read (see the module docstring): a retransmission asked
+# for waits up to two ticks longer, well inside the 0.25 s a hole is waited for.
+RECEIVE_TICK_S = 0.04
+# Datagrams read from one socket per tick: a tick of a ~60 Mbps sender, and a bound
+# on how long one socket keeps the loop from everything else.
 MAX_DATAGRAMS_PER_READ = 256
+# What a socket may hold between two reads (asked for; the kernel caps it at net.core.rmem_max).
+RECEIVE_BUFFER_BYTES = 1 << 20
 _MAX_DATAGRAM = 1 << 16
 _SSRC = struct.Struct("!I")  # at offset 8 of an RTP header
 # The kernel's receive timestamp of each datagram (Linux: SO_TIMESTAMPNS, a struct timespec).
@@ -183,6 +188,8 @@ class _Reader:
         self.fd: int = transport._sock_fd
         self._unprotect: Unprotect | None = None
         self._handlers: dict[int, ReceiverPackets] = {}  # by SSRC
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         if _SO_TIMESTAMPNS is not None:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
