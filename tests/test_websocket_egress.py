@@ -24,7 +24,6 @@ from egresskit.egress.track_graphs import track_websocket_graph
 from egresskit.pipeline import GraphState, SourceClosed
 from egresskit.rooms import RoomManager
 from egresskit.stages.mixer import SAMPLE_RATE as MIX_RATE
-from egresskit.stages.mixer import TICK_SAMPLES
 
 ROOM = "live-audio"
 WAIT_S = 20.0
@@ -119,7 +118,7 @@ async def test_pcm_and_mute_changes_reach_the_websocket(
     (wall,) = ended_at
     assert abs(samples / RATE - wall) <= 0.03 * wall, (samples / RATE, wall)
     # nothing lost on the way: every tick the mixer made, resampled to the socket's rate
-    assert samples == stages.mixer.frames_out * TICK_SAMPLES * RATE // MIX_RATE
+    assert samples == stages.mixer.samples_out * RATE // MIX_RATE
     assert any(isinstance(m, SourceClosed) for m in messages)
 
     audio = np.frombuffer(pcm, np.int16).reshape(-1, 2)

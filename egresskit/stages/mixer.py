@@ -228,6 +228,7 @@ class AudioMixer(Stage):
         self.time_base = Fraction(1, SAMPLE_RATE)
         self._tracks: dict[str, _TrackBuffer] = {}
         self.frames_out = 0
+        self.samples_out = 0
         self.silence_samples = 0
         self.dropped_samples = 0
 
@@ -305,21 +306,34 @@ class AudioMixer(Stage):
         self.dropped_samples += buffer.dropped
 
     async def _tick(self) -> None:
+        """Mix each tick once the graph clock has passed it; at the stop, the part up to it.
+
+        So the sound ends where the recording stops, to the sample, whatever
+        the tick's length.
+        """
         n = 0
         while not self.stopping.is_set():
-            await self.clock.sleep_until(n * TICK_SAMPLES / SAMPLE_RATE)
+            await self.clock.sleep_until((n + 1) * TICK_SAMPLES / SAMPLE_RATE)
             if self.stopping.is_set():
                 break
-            await self.output.send(self._mix(n))
+            await self._send(self._mix(n * TICK_SAMPLES, TICK_SAMPLES))
             n += 1
-            self.frames_out = n
+        rest = round(self.clock.now() * SAMPLE_RATE) - n * TICK_SAMPLES
+        if 0 < rest < TICK_SAMPLES:
+            await self._send(self._mix(n * TICK_SAMPLES, rest))
 
-    def _mix(self, n: int) -> av.AudioFrame:
-        total = np.zeros((TICK_SAMPLES, CHANNELS), np.int32)
+    async def _send(self, frame: av.AudioFrame) -> None:
+        await self.output.send(frame)
+        self.frames_out += 1
+        self.samples_out += frame.samples
+
+    def _mix(self, start: int, count: int) -> av.AudioFrame:
+        """The mix of samples `start` to `start + count` of the recording (48 kHz from 0)."""
+        total = np.zeros((count, CHANNELS), np.int32)
         levels: dict[str, float] = {}
-        position = n * TICK_SAMPLES - PLAYOUT_DELAY_SAMPLES
+        position = start - PLAYOUT_DELAY_SAMPLES
         for buffer in self._tracks.values():
-            chunk = buffer.take(position, TICK_SAMPLES)
+            chunk = buffer.take(position, count)
             if chunk is None:
                 continue
             if buffer.channel is None:
@@ -332,11 +346,11 @@ class AudioMixer(Stage):
                 rms = math.sqrt(float(np.dot(flat, flat)) / flat.size) / 32768
                 levels[identity] = max(rms, levels.get(identity, 0.0))
         if self.speakers is not None:
-            self.speakers.observe(n * TICK_SAMPLES / SAMPLE_RATE, levels)
+            self.speakers.observe(start / SAMPLE_RATE, levels)
         mixed = np.clip(total, -32768, 32767).astype(np.int16)
         frame = av.AudioFrame.from_ndarray(mixed.reshape(1, -1), format="s16", layout="stereo")
         frame.sample_rate = SAMPLE_RATE
-        frame.pts = n * TICK_SAMPLES
+        frame.pts = start
         frame.time_base = self.time_base
         return frame
 
@@ -352,6 +366,7 @@ class AudioMixer(Stage):
         dropped = self.dropped_samples + sum(b.dropped for b in self._tracks.values())
         return {
             "frames_out": self.frames_out,
+            "samples_out": self.samples_out,
             "silence_samples": silence,
             "dropped_samples": dropped,
         }
