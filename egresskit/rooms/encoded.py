@@ -374,7 +374,7 @@ class _VideoFrames:
         if frame is not None or self._next in self._packets:
             self._stuck_since = None
             return False, frame
-        now = time.monotonic()
+        now = arrival.now()  # by arrival: the wait is the network's, not the read tick's
         if self._stuck_since is None:
             self._stuck_since = now
         if now - self._stuck_since < MAX_PACKET_WAIT_S and len(self._packets) < MAX_BUFFERED:

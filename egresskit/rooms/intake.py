@@ -15,10 +15,10 @@ itself and calls the receiver's handlers at once. Not on each readiness
 event: the loop woke ~280 times a second for ~600 packets of a live 2x2
 composite, each wakeup with cold caches, and the reader cost ~500 us per
 wakeup. Measured on bench/live_composite.py (alternating runs, one window),
-the recording process's event loop used 0.20-0.22 core read every 20 ms
-against 0.26 on readiness (0.17-0.18 every 40 ms, but then retransmissions
-came late enough for a flash to miss its composite frame in the 100 ms
-jitter + 2% loss lip-sync test). Recording waits a playout delay of 0.5 s.
+the recording process's event loop used 0.18-0.195 core read every 30 ms,
+0.20-0.21 every 20 ms, against 0.26 on readiness. Every 40 ms (0.17-0.18)
+the 100 ms jitter + 2% loss lip-sync test's pictures came back from a
+lost packet too late once in five. Recording waits a playout delay of 0.5 s.
 Each datagram keeps its own arrival
 time, the kernel's receive timestamp (SO_TIMESTAMPNS): the bandwidth
 estimate, the receiver statistics (jitter) and the tracks' timelines
@@ -77,7 +77,7 @@ log = logging.getLogger(__name__)
 
 # How often the sockets are read (see the module docstring): a retransmission asked
 # for waits up to two ticks longer.
-RECEIVE_TICK_S = 0.02
+RECEIVE_TICK_S = 0.03
 # Datagrams read from one socket per tick: a tick of a ~100 Mbps sender, and a bound
 # on how long one socket keeps the loop from everything else.
 MAX_DATAGRAMS_PER_READ = 256
