@@ -21,8 +21,8 @@ from livekit import api
 from livekit.protocol import egress as egress_pb
 from livekit.protocol import models
 from media_checks import av_offsets, ffprobe
-from service_fixtures import API_KEY, API_SECRET, stop, wait_status
-from test_lip_sync import publish_flash_beep, published_tracks, serve
+from service_fixtures import API_KEY, API_SECRET, serve, stop, wait_status
+from test_lip_sync import publish_flash_beep, published_tracks
 
 STAGGER_S = 1.5
 OVERLAP_S = 6.0
@@ -51,7 +51,8 @@ def manifest_of(info: egress_pb.EgressInfo) -> Path:
 
 @pytest.mark.slow
 async def test_two_track_egresses_started_apart_merge_in_sync(tmp_path):
-    service, base = await serve(tmp_path / "out")
+    service = await serve(tmp_path / "out")
+    base = service.url
     publisher = None
     client = api.LiveKitAPI(base, API_KEY, API_SECRET)
     try:
@@ -81,7 +82,7 @@ async def test_two_track_egresses_started_apart_merge_in_sync(tmp_path):
         await client.aclose()
         if publisher is not None:
             await stop(publisher)
-        await stop(service)
+        await service.stop()
 
     manifests = [manifest_of(info) for info in infos]
     started = [json.loads(m.read_text())["first_media_at"] for m in manifests]
