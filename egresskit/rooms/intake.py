@@ -16,9 +16,13 @@ event: the loop woke ~280 times a second for ~600 packets of a live 2x2
 composite, each wakeup with cold caches, and the reader cost ~500 us per
 wakeup. Measured on bench/live_composite.py (alternating runs, one window),
 the recording process's event loop used 0.18-0.195 core read every 30 ms,
-0.20-0.21 every 20 ms, against 0.26 on readiness. Every 40 ms (0.17-0.18)
-the 100 ms jitter + 2% loss lip-sync test's pictures came back from a
-lost packet too late once in five. Recording waits a playout delay of 0.5 s.
+0.20-0.21 every 20 ms, against 0.26 on readiness. But at 30 ms the 100 ms
+jitter + 2% loss lip-sync test failed in CI (a flash soon after the start
+two frames late: retransmissions asked for and read up to two ticks later),
+and at 40 ms in two runs of five; it never failed read on readiness. So the
+tick is 5 ms, close to readiness for retransmissions, until retransmissions
+are read at once (a socket with a hole waited for could be read on
+readiness while the others wait for the tick).
 Each datagram keeps its own arrival
 time, the kernel's receive timestamp (SO_TIMESTAMPNS): the bandwidth
 estimate, the receiver statistics (jitter) and the tracks' timelines
@@ -77,7 +81,7 @@ log = logging.getLogger(__name__)
 
 # How often the sockets are read (see the module docstring): a retransmission asked
 # for waits up to two ticks longer.
-RECEIVE_TICK_S = 0.03
+RECEIVE_TICK_S = 0.005
 # Datagrams read from one socket per tick: a tick of a ~100 Mbps sender, and a bound
 # on how long one socket keeps the loop from everything else.
 MAX_DATAGRAMS_PER_READ = 256
