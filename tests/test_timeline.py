@@ -120,6 +120,21 @@ def test_video_frames_leave_complete_in_order_and_skip_a_lost_packet(monkeypatch
     assert pli and (frame.timestamp, frame.data) == (9000, bytes([4, 5]))
 
 
+def test_a_packet_lost_inside_a_frame_is_waited_for_as_long_as_one_at_its_start(monkeypatch):
+    frames = _VideoFrames()
+    assert frames.add(rtp(10, 0)) == (False, None)
+    assert not frames.waiting  # the frame is still arriving
+    # 11 is lost for good; 12 ends the frame, 13 is the next one
+    assert frames.add(rtp(12, 0, marker=True)) == (False, None)
+    assert frames.waiting
+    assert frames.add(rtp(13, 3000, marker=True)) == (False, None)
+    monkeypatch.setattr("egresskit.rooms.encoded.MAX_PACKET_WAIT_S", 0.0)
+    pli, frame = frames.add(rtp(14, 6000, marker=True))
+    # the frame with the hole goes (not 512 packets later); a key frame is asked for
+    assert pli and frame.timestamp == 3000 and not frames.waiting
+    assert frames.take().timestamp == 6000
+
+
 def test_frames_held_behind_a_hole_all_leave_when_it_is_filled():
     frames = _VideoFrames()
     assert frames.add(rtp(10, 0, marker=True))[1].timestamp == 0

@@ -345,8 +345,10 @@ class _VideoFrames:
     behind each other would otherwise add up to a delay that never drains
     while each packet carries a frame.
 
-    A missing packet (asked for again by aiortc's NACK) is waited for at
-    most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets are held; then
+    A missing packet (asked for again by aiortc's NACK), at the head frame's
+    start or inside it (known once its last packet or a later frame's came),
+    is waited for at most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets
+    are held; then
     the hole and the frame after it (which may have lost its start) are
     dropped, frames flow again, and a key frame is asked for (the PLI flag):
     pictures that referred to what was lost decode wrong until it comes.
@@ -371,9 +373,17 @@ class _VideoFrames:
             return True, self.take()
         self._packets.setdefault(seq, packet)
         frame = self.take()
-        if frame is not None or self._next in self._packets:
+        if frame is not None:
             self._stuck_since = None
             return False, frame
+        head = self._packets.get(self._next)
+        if (
+            self._stuck_since is None
+            and head is not None
+            and head.timestamp == packet.timestamp
+            and not packet.marker
+        ):
+            return False, None  # the head frame is still arriving, nothing missing yet
         now = arrival.now()  # by arrival: the wait is the network's, not the read tick's
         if self._stuck_since is None:
             self._stuck_since = now
@@ -382,6 +392,11 @@ class _VideoFrames:
         self._stuck_since = None
         self._skip_hole()
         return True, self.take()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether frames are held back by a missing packet (asked for again by NACK)."""
+        return self._stuck_since is not None
 
     def take(self) -> JitterFrame | None:
         """The head frame if it is complete, removed from the buffer."""

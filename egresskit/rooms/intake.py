@@ -14,34 +14,36 @@ data, all of it (up to `MAX_DATAGRAMS_PER_READ`), unprotects SRTP and SRTCP
 itself and calls the receiver's handlers at once. Not on each readiness
 event: the loop woke ~280 times a second for ~600 packets of a live 2x2
 composite, each wakeup with cold caches, and the reader cost ~500 us per
-wakeup. Measured on bench/live_composite.py (alternating runs, one window),
-the recording process's event loop used 0.18-0.195 core read every 30 ms,
-0.20-0.21 every 20 ms, against 0.26 on readiness. But at 30 ms the 100 ms
-jitter + 2% loss lip-sync test failed in CI (a flash soon after the start
-two frames late: retransmissions asked for and read up to two ticks later),
-and at 40 ms in two runs of five; it never failed read on readiness. So the
-tick is 5 ms, close to readiness for retransmissions, until retransmissions
-are read at once (a socket with a hole waited for could be read on
-readiness while the others wait for the tick).
-Each datagram keeps its own arrival
-time, the kernel's receive timestamp (SO_TIMESTAMPNS): the bandwidth
-estimate, the receiver statistics (jitter) and the tracks' timelines
-(`egresskit.rooms.arrival`) see when it arrived, not when the tick read it.
+wakeup. Measured on bench/live_composite.py, the recording process's event
+loop used 0.18-0.195 core read every 30 ms, 0.20-0.21 every 20 ms, and
+0.26-0.28 every 5 ms as on readiness.
+
+A socket whose video waits for a missing packet (`encoded._VideoFrames`:
+a NACK asked for it again) is read on readiness as well until the hole
+is filled or given up: a retransmission read up to a tick late ate into
+the wait, and with 100 ms of jitter and 2 % loss a flash came two frames
+late in a lip-sync test read every 30 ms (never on readiness).
+
+Each datagram keeps its own arrival time, the kernel's receive timestamp
+(SO_TIMESTAMPNS): the bandwidth estimate, the receiver statistics (jitter)
+and the tracks' timelines (`egresskit.rooms.arrival`) see when it arrived,
+not when the tick read it.
 
 A tapped receiver's media packets are unprotected in a reused buffer
 (`egresskit.rooms.srtp.Unprotect`) and handled there by
 `egresskit.rooms.media_packets.ReceiverPackets`, found by SSRC once aiortc's
 router has routed that SSRC's first packet; the rest take aiortc's parser
-and receiver coroutine. Everything else (STUN consent checks, DTLS) goes to aioice as before, and
-on to the DTLS transport's own task.
+and receiver coroutine. Everything else (STUN consent checks, DTLS) goes to
+aioice as before, and on to the DTLS transport's own task.
 
 It reaches into, besides aiortc's receiver (see `egresskit.rooms.encoded`
 and `egresskit.rooms.media_packets`):
 
 - asyncio's selector datagram transport: `_sock`, `_sock_fd` and
-  `_conn_lost`, and the selector loop's `_remove_reader` (which the
-  transport itself uses; its `close()` still closes the socket, and the tick
-  forgets a socket whose transport lost its connection);
+  `_conn_lost`, and the selector loop's `_add_reader`/`_remove_reader`
+  (which the transport itself uses; its `close()` still closes the socket
+  and removes a readiness reader, and the tick forgets a socket whose
+  transport lost its connection);
 - aioice: `Connection._protocols` (one `StunProtocol` per local candidate,
   with its `transport`) and `StunProtocol.datagram_received`/`error_received`;
 - aiortc's `RTCDtlsTransport`: `_rx_srtp` (pylibsrtp session),
@@ -79,9 +81,9 @@ from egresskit.rooms.srtp import Unprotect
 
 log = logging.getLogger(__name__)
 
-# How often the sockets are read (see the module docstring): a retransmission asked
-# for waits up to two ticks longer.
-RECEIVE_TICK_S = 0.005
+# How often the sockets are read (see the module docstring); one with a hole waited
+# for is read on readiness too.
+RECEIVE_TICK_S = 0.030
 # Datagrams read from one socket per tick: a tick of a ~100 Mbps sender, and a bound
 # on how long one socket keeps the loop from everything else.
 MAX_DATAGRAMS_PER_READ = 256
@@ -184,7 +186,10 @@ _tickers: WeakKeyDictionary[asyncio.AbstractEventLoop, _Ticker] = WeakKeyDiction
 class _Reader:
     """Reads one ICE socket: SRTP to the receivers at once, the rest to aioice."""
 
-    __slots__ = ("_dtls", "_protocol", "_transport", "_sock", "_unprotect", "_handlers", "fd")
+    __slots__ = (
+        "_dtls", "_protocol", "_transport", "_sock", "_unprotect", "_handlers", "fd",
+        "_on_readiness",
+    )  # fmt: skip
 
     def __init__(self, dtls: RTCDtlsTransport, protocol: Any, transport: Any, sock: socket.socket):
         self._dtls = dtls
@@ -194,6 +199,7 @@ class _Reader:
         self.fd: int = transport._sock_fd
         self._unprotect: Unprotect | None = None
         self._handlers: dict[int, ReceiverPackets] = {}  # by SSRC
+        self._on_readiness = False  # also read as soon as data comes (a hole waited for)
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         if _SO_TIMESTAMPNS is not None:
@@ -243,6 +249,24 @@ class _Reader:
             arrival.handling(None)
             dtls._RTCDtlsTransport__rx_packets += count  # type: ignore[attr-defined]
             dtls._RTCDtlsTransport__rx_bytes += size  # type: ignore[attr-defined]
+        self._read_on_readiness(any(handler.waiting for handler in self._handlers.values()))
+
+    def _read_on_readiness(self, wanted: bool) -> None:
+        """Read as soon as data comes while a hole is waited for, else on the tick only."""
+        if wanted == self._on_readiness or self._transport.is_closing():
+            return  # a closing transport has removed the loop's reader itself
+        self._on_readiness = wanted
+        loop = asyncio.get_running_loop()
+        if wanted:
+            loop._add_reader(self.fd, self._ready)  # type: ignore[attr-defined]
+        else:
+            loop._remove_reader(self.fd)  # type: ignore[attr-defined]
+
+    def _ready(self) -> None:
+        try:
+            self(_TickClock())
+        except Exception:
+            log.exception("reading %s failed", self)
 
     def _srtp_received(self, unprotect: Unprotect, data: bytes, arrival_ms: int) -> None:
         """What aiortc's DTLS transport does with an SRTP or SRTCP datagram, without waiting."""

@@ -240,6 +240,12 @@ class ReceiverPackets:
         self._active_ms = 0
         self._video = receiver._RTCRtpReceiver__kind == "video"  # type: ignore[attr-defined]
 
+    @property
+    def waiting(self) -> bool:
+        """Whether the receiver's frames wait for a missing packet (`encoded._VideoFrames`)."""
+        jitter_buffer = self.receiver._RTCRtpReceiver__jitter_buffer  # type: ignore[attr-defined]
+        return bool(getattr(jitter_buffer, "waiting", False))
+
     @classmethod
     def of(
         cls, dtls: RTCDtlsTransport, receiver: object, ssrc: int, payload_type: int
