@@ -117,6 +117,7 @@ async def follow_room(session: EgressSession, room: LiveKitRoom) -> None:
                     session.end(reason, egress_pb.EGRESS_FAILED)
                 else:
                     session.end(ROOM_ENDED)
+                    session.explain_source_closed(ROOM_ENDED)
                 await finished
     finally:
         finished.cancel()

@@ -247,6 +247,16 @@ class EgressSession:
         self._changed("egress_updated")
         self._stopping = asyncio.create_task(self.plan.graph.stop())
 
+    def explain_source_closed(self, reason: str) -> None:
+        """Why the source closed, learnt while the graph drains: the reason reported instead.
+
+        A deleted LiveKit room sends its participants' departures (the room is
+        empty, the source closes) before the room's end, in whichever order
+        they are read.
+        """
+        if self._stopping is not None and self.active and self._end_reason == SOURCE_CLOSED:
+            self._end_reason = reason
+
     def set_details(self, details: str) -> None:
         """What the caller should know about a running egress (tracks left out, and why).
 
