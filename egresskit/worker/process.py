@@ -39,19 +39,22 @@ from egresskit.worker.config import WorkerConfig
 log = logging.getLogger(__name__)
 
 CPU_SAMPLE_S = 1.0
-# Shutdown never waits on an unreachable Redis longer than this per step...
+# Shutdown never waits on an unreachable Redis longer than this per step (and once a
+# step went unanswered, the next get only a moment each)...
 REDIS_STEP_TIMEOUT_S = 3.0
+UNANSWERED_STEP_TIMEOUT_S = 0.2
 # ...nor on the final reports of drained egresses longer than this.
 REPORT_TIMEOUT_S = 60.0
 
 
-async def _bounded(step: Awaitable[None], what: str) -> None:
+async def _bounded(step: Awaitable[None], what: str, timeout: float = REDIS_STEP_TIMEOUT_S) -> bool:
+    """Whether `step` finished within `timeout`; if not it is cancelled and a warning logged."""
     try:
-        await asyncio.wait_for(step, REDIS_STEP_TIMEOUT_S)
+        await asyncio.wait_for(step, timeout)
     except TimeoutError:
-        log.warning(
-            "%s took longer than %.0f s (Redis unreachable?): going on", what, REDIS_STEP_TIMEOUT_S
-        )
+        log.warning("%s took longer than %.1f s (Redis unreachable?): going on", what, timeout)
+        return False
+    return True
 
 
 def psrpc_error(exc: Exception) -> PsrpcError:
@@ -128,6 +131,7 @@ class WorkerProcess:
         # egress id -> [sum, samples, max] of this process's CPU use (cores) while it ran
         self._cpu: dict[str, list[float]] = {}
         self._sampler: asyncio.Task[None] | None = None
+        self._redis_unanswered = False  # a shutdown step timed out: do not wait on the next
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -149,7 +153,7 @@ class WorkerProcess:
         self.draining = True  # from here on every claim is -1, whatever Redis does
         log.info("draining: %d egress(es) running", len(self.manager.active()))
         if self.server is not None:
-            await _bounded(self.server.stop_serving(), "leaving StartEgress")
+            await self._leave_redis(self.server.stop_serving(), "leaving StartEgress")
         await self.manager.shutdown(self.config.drain_timeout_s)
         if self._watchers:  # their final UpdateEgress (retried while Redis is away)
             await asyncio.wait(set(self._watchers), timeout=REPORT_TIMEOUT_S)
@@ -160,11 +164,17 @@ class WorkerProcess:
         for watcher in self._watchers:
             watcher.cancel()
         if self.server is not None:
-            await _bounded(self.server.close(), "closing the psrpc server")
+            await self._leave_redis(self.server.close(), "closing the psrpc server")
         if self.reporter is not None:
-            await _bounded(self.reporter.io.close(), "closing the IOInfo client")
+            await self._leave_redis(self.reporter.io.close(), "closing the IOInfo client")
         if self.bus is not None:
-            await _bounded(self.bus.close(), "closing the Redis connection")
+            await self._leave_redis(self.bus.close(), "closing the Redis connection")
+
+    async def _leave_redis(self, step: Awaitable[None], what: str) -> None:
+        """A shutdown step on Redis: once one went unanswered, Redis is taken as gone."""
+        timeout = UNANSWERED_STEP_TIMEOUT_S if self._redis_unanswered else REDIS_STEP_TIMEOUT_S
+        if not await _bounded(step, what, timeout):
+            self._redis_unanswered = True
 
     # --- served -----------------------------------------------------------------------------
 
