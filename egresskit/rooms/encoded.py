@@ -348,10 +348,10 @@ class _VideoFrames:
     A missing packet (asked for again by aiortc's NACK), at the head frame's
     start or inside it (known once its last packet or a later frame's came),
     is waited for at most MAX_PACKET_WAIT_S, and at most MAX_BUFFERED packets
-    are held; then
-    the hole and the frame after it (which may have lost its start) are
-    dropped, frames flow again, and a key frame is asked for (the PLI flag):
-    pictures that referred to what was lost decode wrong until it comes.
+    are held; then the hole and the frame after it (which may have lost its
+    start) are dropped, frames flow again, and a key frame is asked for (the
+    PLI flag): pictures that referred to what was lost decode wrong until it
+    comes.
     """
 
     def __init__(self) -> None:

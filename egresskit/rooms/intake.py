@@ -83,7 +83,7 @@ log = logging.getLogger(__name__)
 
 # How often the sockets are read (see the module docstring); one with a hole waited
 # for is read on readiness too.
-RECEIVE_TICK_S = 0.030
+RECEIVE_TICK_S = 0.03
 # Datagrams read from one socket per tick: a tick of a ~100 Mbps sender, and a bound
 # on how long one socket keeps the loop from everything else.
 MAX_DATAGRAMS_PER_READ = 256
